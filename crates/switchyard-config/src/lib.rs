@@ -1,0 +1,434 @@
+//! Switchyard's configuration file: a TOML document with `${ENV_VAR}`
+//! interpolation, parsed into typed settings and validated up front, so that
+//! a mistake stops start-up with a message naming the file, the field and
+//! the problem instead of failing on the first request.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//!
+//! [models.smollm2-135m-instruct]
+//! backend = "local"
+//!
+//! [models.gpt-4o-mini]
+//! backend = "openai"
+//! base_url = "https://api.openai.com/v1"
+//! api_key = "${OPENAI_API_KEY}"
+//! ```
+
+mod interpolate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use interpolate::{InterpolationError, interpolate};
+
+/// The model served when no configuration file is given.
+pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+    /// Public model name → how to serve it.
+    #[serde(default = "default_models")]
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+            models: default_models(),
+        }
+    }
+}
+
+/// One model as clients name it, and the backend that serves it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum ModelConfig {
+    /// A GGUF model run in-process.
+    Local(LocalModelConfig),
+    /// Any server that speaks OpenAI's chat completions API.
+    Openai(OpenAiModelConfig),
+}
+
+/// Settings of a local GGUF model.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalModelConfig {
+    /// A GGUF file on disk. Without it, the model comes from the catalogue
+    /// (`switchyard models pull`).
+    pub path: Option<PathBuf>,
+    /// Catalogue name; defaults to the model's own name.
+    pub catalog: Option<String>,
+    /// Context window per request, in tokens.
+    #[serde(default = "default_context_length")]
+    pub context_length: u32,
+    /// Requests decoded together.
+    #[serde(default = "default_parallel")]
+    pub parallel: u32,
+    /// CPU threads; defaults to every core.
+    pub threads: Option<u32>,
+    /// Requests that may wait for a free slot before new ones get 503.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Most tokens per forward pass.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// Layers offloaded to a GPU (GPU builds only).
+    #[serde(default)]
+    pub gpu_layers: u32,
+}
+
+impl Default for LocalModelConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            catalog: None,
+            context_length: default_context_length(),
+            parallel: default_parallel(),
+            threads: None,
+            queue: default_queue(),
+            batch_size: default_batch_size(),
+            gpu_layers: 0,
+        }
+    }
+}
+
+/// Settings of an OpenAI-compatible upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiModelConfig {
+    /// Base URL up to and including the version, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Bearer token; usually `${SOME_ENV_VAR}`. Omit for servers without auth.
+    pub api_key: Option<String>,
+    /// The model id sent upstream; defaults to the public name.
+    pub upstream_model: Option<String>,
+    /// Extra headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// TCP (and TLS) connect deadline.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Deadline for the upstream's first byte (headers, then first event).
+    #[serde(default = "default_first_byte_timeout_ms")]
+    pub first_byte_timeout_ms: u64,
+    /// Deadline for the whole answer.
+    #[serde(default = "default_total_timeout_ms")]
+    pub total_timeout_ms: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_shutdown_grace_secs() -> u64 {
+    30
+}
+fn default_models() -> BTreeMap<String, ModelConfig> {
+    BTreeMap::from([(
+        DEFAULT_MODEL.to_owned(),
+        ModelConfig::Local(LocalModelConfig::default()),
+    )])
+}
+fn default_context_length() -> u32 {
+    2048
+}
+fn default_parallel() -> u32 {
+    4
+}
+fn default_queue() -> usize {
+    64
+}
+fn default_batch_size() -> u32 {
+    512
+}
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+fn default_first_byte_timeout_ms() -> u64 {
+    60_000
+}
+fn default_total_timeout_ms() -> u64 {
+    600_000
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A field is missing, mistyped, unknown or out of range.
+    #[error("config file {path}: field `{field}`: {message}")]
+    Field {
+        /// The file.
+        path: PathBuf,
+        /// Dotted path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file, taking `${VAR}` values from
+    /// the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates configuration text; `path` is only for messages.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        interpolate(&mut value, env).map_err(|e| ConfigError::Field {
+            path: path.to_owned(),
+            field: e.field,
+            message: e.message,
+        })?;
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            ConfigError::Field {
+                path: path.to_owned(),
+                field,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config
+            .validate()
+            .map_err(|(field, message)| ConfigError::Field {
+                path: path.to_owned(),
+                field,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.models.is_empty() {
+            return Err((
+                "models".into(),
+                "at least one model must be configured".into(),
+            ));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(("max_body_bytes".into(), "must be at least 1".into()));
+        }
+        for (name, model) in &self.models {
+            let field = |f: &str| format!("models.{name}.{f}");
+            if name.trim().is_empty() || name.chars().any(char::is_whitespace) {
+                return Err((
+                    format!("models.{name:?}"),
+                    "model names must be non-empty and contain no whitespace".into(),
+                ));
+            }
+            match model {
+                ModelConfig::Local(local) => {
+                    if local.path.is_some() && local.catalog.is_some() {
+                        return Err((
+                            field("path"),
+                            "give either `path` or `catalog`, not both".into(),
+                        ));
+                    }
+                    if local.context_length < 16 {
+                        return Err((field("context_length"), "must be at least 16".into()));
+                    }
+                    if local.parallel == 0 || local.parallel > 256 {
+                        return Err((field("parallel"), "must be between 1 and 256".into()));
+                    }
+                    if local.batch_size < local.parallel {
+                        return Err((
+                            field("batch_size"),
+                            "must be at least `parallel` so every sequence advances each step"
+                                .into(),
+                        ));
+                    }
+                    if local.threads == Some(0) {
+                        return Err((field("threads"), "must be at least 1".into()));
+                    }
+                }
+                ModelConfig::Openai(remote) => {
+                    let url = url::Url::parse(&remote.base_url)
+                        .map_err(|e| (field("base_url"), format!("not a URL: {e}")))?;
+                    if !matches!(url.scheme(), "http" | "https") {
+                        return Err((field("base_url"), "must be an http or https URL".into()));
+                    }
+                    for (key, value) in [
+                        ("connect_timeout_ms", remote.connect_timeout_ms),
+                        ("first_byte_timeout_ms", remote.first_byte_timeout_ms),
+                        ("total_timeout_ms", remote.total_timeout_ms),
+                    ] {
+                        if value == 0 {
+                            return Err((field(key), "must be at least 1".into()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let env = |name: &str| (name == "OPENAI_KEY").then(|| "sk-test".to_string());
+        Config::parse(Path::new("/etc/switchyard.toml"), text, &env)
+    }
+
+    #[test]
+    fn empty_file_serves_the_default_local_model() {
+        let config = parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert!(matches!(
+            config.models.get(DEFAULT_MODEL),
+            Some(ModelConfig::Local(_))
+        ));
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn full_config_parses_with_interpolated_secret() {
+        let config = parse(
+            r#"
+            listen = "0.0.0.0:9000"
+            max_body_bytes = 1024
+
+            [models.local]
+            backend = "local"
+            path = "/models/x.gguf"
+            parallel = 2
+
+            [models.gpt]
+            backend = "openai"
+            base_url = "https://api.openai.com/v1"
+            api_key = "${OPENAI_KEY}"
+            upstream_model = "gpt-4o-mini"
+            headers = { "OpenAI-Organization" = "org-1" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.max_body_bytes, 1024);
+        let Some(ModelConfig::Openai(gpt)) = config.models.get("gpt") else {
+            panic!("gpt is not an openai model");
+        };
+        assert_eq!(gpt.api_key.as_deref(), Some("sk-test"));
+        assert_eq!(gpt.first_byte_timeout_ms, 60_000);
+        let Some(ModelConfig::Local(local)) = config.models.get("local") else {
+            panic!("local is not a local model");
+        };
+        assert_eq!(local.parallel, 2);
+        assert_eq!(local.context_length, 2048);
+    }
+
+    fn field_error(text: &str) -> (String, String) {
+        match parse(text) {
+            Err(ConfigError::Field { field, message, .. }) => (field, message),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let (field, message) =
+            field_error("[models.m]\nbackend = \"local\"\ncontext_lenght = 10\n");
+        assert_eq!(field, "models.m");
+        assert!(message.contains("context_lenght"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let (field, message) =
+            field_error("[models.m]\nbackend = \"local\"\nparallel = \"four\"\n");
+        assert_eq!(field, "models.m.parallel");
+        assert!(message.contains("invalid type"), "{message}");
+    }
+
+    #[test]
+    fn unknown_backend_is_named() {
+        let (field, message) = field_error("[models.m]\nbackend = \"nope\"\n");
+        assert_eq!(field, "models.m");
+        assert!(message.contains("nope"), "{message}");
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let (field, message) = field_error(
+            "[models.m]\nbackend = \"openai\"\nbase_url = \"http://x\"\napi_key = \"${UNSET_KEY}\"\n",
+        );
+        assert_eq!(field, "models.m.api_key");
+        assert!(message.contains("UNSET_KEY"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_are_caught_before_start() {
+        let (field, _) =
+            field_error("[models.m]\nbackend = \"openai\"\nbase_url = \"not a url\"\n");
+        assert_eq!(field, "models.m.base_url");
+        let (field, _) = field_error("[models.m]\nbackend = \"local\"\nparallel = 0\n");
+        assert_eq!(field, "models.m.parallel");
+        let (field, _) = field_error("listen = \"localhost\"\n");
+        assert_eq!(field, "listen");
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        let error = parse("listen = \n").unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("/etc/switchyard.toml"), "{text}");
+        assert!(text.contains("line 1"), "{text}");
+    }
+
+    #[test]
+    fn field_error_message_names_file() {
+        let error = parse("max_body_bytes = 0").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "config file /etc/switchyard.toml: field `max_body_bytes`: must be at least 1"
+        );
+    }
+}

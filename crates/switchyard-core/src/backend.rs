@@ -1,0 +1,130 @@
+//! The model-adapter interface: the only thing the layers above know about a
+//! backend.
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::chat::{ChatRequest, ChatResponse, FinishReason, StreamEvent, Usage};
+use crate::error::{BackendError, ErrorKind};
+
+/// A streamed answer. Dropping it cancels the work behind it: the local
+/// engine stops generating, a remote call's connection is closed.
+pub type ChatStream = BoxStream<'static, Result<StreamEvent, BackendError>>;
+
+/// What a backend is, for listings and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// The adapter kind, e.g. `local` or `openai`.
+    pub kind: &'static str,
+    /// The model name the backend itself uses (a GGUF file's model, an
+    /// upstream model id).
+    pub upstream_model: String,
+    /// Who serves it, for `/v1/models`' `owned_by`.
+    pub owned_by: String,
+}
+
+/// A model backend: generate a chat completion, whole or as a stream.
+///
+/// Errors that happen before the first token (bad request, full queue,
+/// upstream refusal) come back from the returned future, so that the caller
+/// can still answer with a proper status code or fall back; errors after it
+/// arrive inside the stream.
+pub trait ChatBackend: Send + Sync + 'static {
+    /// Describes the backend.
+    fn info(&self) -> BackendInfo;
+
+    /// Whether the backend can take requests now (model loaded, and so on).
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    /// Starts a streamed completion.
+    fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, BackendError>>;
+
+    /// A whole completion. The default collects [`ChatBackend::chat_stream`];
+    /// remote adapters override it to make a non-streaming upstream call.
+    fn chat(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatResponse, BackendError>> {
+        let model = self.info().upstream_model;
+        Box::pin(async move {
+            let stream = self.chat_stream(request).await?;
+            collect_stream(model, stream).await
+        })
+    }
+}
+
+/// Folds a stream into a whole response. A stream that ends without saying
+/// why is an upstream failure, not a silent success.
+pub async fn collect_stream(
+    model: String,
+    mut stream: ChatStream,
+) -> Result<ChatResponse, BackendError> {
+    let mut content = String::new();
+    let mut finish_reason: Option<FinishReason> = None;
+    let mut usage = Usage::default();
+    while let Some(event) = stream.next().await {
+        match event? {
+            StreamEvent::Delta(text) => content.push_str(&text),
+            StreamEvent::Finish(reason) => finish_reason = Some(reason),
+            StreamEvent::Usage(counts) => usage = counts,
+        }
+    }
+    let finish_reason = finish_reason.ok_or_else(|| {
+        BackendError::new(
+            ErrorKind::Upstream,
+            "the backend's stream ended before it reported a finish reason",
+        )
+    })?;
+    Ok(ChatResponse {
+        model,
+        content,
+        finish_reason,
+        usage,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::stream;
+
+    #[tokio::test]
+    async fn collect_joins_deltas_and_keeps_usage() {
+        let events = vec![
+            Ok(StreamEvent::Delta("Hello".into())),
+            Ok(StreamEvent::Delta(", world".into())),
+            Ok(StreamEvent::Finish(FinishReason::Length)),
+            Ok(StreamEvent::Usage(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+            })),
+        ];
+        let response = collect_stream("m".into(), stream::iter(events).boxed())
+            .await
+            .unwrap();
+        assert_eq!(response.content, "Hello, world");
+        assert_eq!(response.finish_reason, FinishReason::Length);
+        assert_eq!(response.usage.total_tokens(), 5);
+    }
+
+    #[tokio::test]
+    async fn collect_rejects_a_stream_without_finish() {
+        let events = vec![Ok(StreamEvent::Delta("cut".into()))];
+        let error = collect_stream("m".into(), stream::iter(events).boxed())
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Upstream);
+    }
+
+    #[tokio::test]
+    async fn collect_passes_errors_through() {
+        let events = vec![
+            Ok(StreamEvent::Delta("a".into())),
+            Err(BackendError::new(ErrorKind::Timeout, "slow")),
+        ];
+        let error = collect_stream("m".into(), stream::iter(events).boxed())
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Timeout);
+    }
+}

@@ -1,0 +1,7 @@
+//! The wire formats Switchyard speaks, as typed structs with explicit
+//! conversions to and from the canonical types of `switchyard-core`.
+//!
+//! Both the server (which receives these formats) and the adapters (which
+//! send them upstream) use the same definitions, so a field is spelled once.
+
+pub mod openai;
