@@ -29,21 +29,33 @@ pub use interpolate::{InterpolationError, interpolate};
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Address the HTTP server binds.
-    #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes; larger ones get 413.
-    #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
-    #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
     /// Public model name → how to serve it.
-    #[serde(default = "default_models")]
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// The file's top level, before each model's `backend` picks its schema.
+///
+/// Models are decoded in a second step rather than as an internally tagged
+/// enum: serde buffers tagged content and loses the path of a bad field
+/// inside it, and the error must name that field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: usize,
+    #[serde(default = "default_shutdown_grace_secs")]
+    shutdown_grace_secs: u64,
+    models: Option<BTreeMap<String, toml::Table>>,
 }
 
 impl Default for Config {
@@ -57,9 +69,9 @@ impl Default for Config {
     }
 }
 
-/// One model as clients name it, and the backend that serves it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "backend", rename_all = "lowercase")]
+/// One model as clients name it, and the backend that serves it (the
+/// `backend` key of its table).
+#[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     /// A GGUF model run in-process.
     Local(LocalModelConfig),
@@ -132,6 +144,47 @@ pub struct OpenAiModelConfig {
     /// Deadline for the whole answer.
     #[serde(default = "default_total_timeout_ms")]
     pub total_timeout_ms: u64,
+}
+
+/// A field's dotted path and what is wrong with it.
+type FieldProblem = (String, String);
+
+/// Deserialises `value`, reporting the failing field's path under `prefix`.
+fn decode<T: serde::de::DeserializeOwned>(
+    value: impl Into<toml::Value>,
+    prefix: &str,
+) -> Result<T, FieldProblem> {
+    serde_path_to_error::deserialize(value.into()).map_err(|e| {
+        let inner = e.path().to_string();
+        let field = match (prefix.is_empty(), inner == ".") {
+            (true, _) => inner,
+            (false, true) => prefix.to_owned(),
+            (false, false) => format!("{prefix}.{inner}"),
+        };
+        (field, e.into_inner().to_string())
+    })
+}
+
+fn decode_model(name: &str, mut table: toml::Table) -> Result<ModelConfig, FieldProblem> {
+    let prefix = format!("models.{name}");
+    let backend = match table.remove("backend") {
+        Some(toml::Value::String(backend)) => backend,
+        Some(_) => return Err((format!("{prefix}.backend"), "must be a string".into())),
+        None => {
+            return Err((
+                format!("{prefix}.backend"),
+                "missing; set backend = \"local\" or \"openai\"".into(),
+            ));
+        }
+    };
+    match backend.as_str() {
+        "local" => decode(table, &prefix).map(ModelConfig::Local),
+        "openai" => decode(table, &prefix).map(ModelConfig::Openai),
+        other => Err((
+            format!("{prefix}.backend"),
+            format!("unknown backend {other:?}; expected \"local\" or \"openai\""),
+        )),
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -228,14 +281,28 @@ impl Config {
             field: e.field,
             message: e.message,
         })?;
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
-            let field = e.path().to_string();
-            ConfigError::Field {
-                path: path.to_owned(),
-                field,
-                message: e.into_inner().to_string(),
-            }
-        })?;
+        let field_error = |field: String, message: String| ConfigError::Field {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        let raw: RawConfig = decode(value, "").map_err(|(f, m)| field_error(f, m))?;
+        let models = match raw.models {
+            None => default_models(),
+            Some(tables) => tables
+                .into_iter()
+                .map(|(name, table)| {
+                    let model = decode_model(&name, table).map_err(|(f, m)| field_error(f, m))?;
+                    Ok((name, model))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+        };
+        let config = Config {
+            listen: raw.listen,
+            max_body_bytes: raw.max_body_bytes,
+            shutdown_grace_secs: raw.shutdown_grace_secs,
+            models,
+        };
         config
             .validate()
             .map_err(|(field, message)| ConfigError::Field {
@@ -246,7 +313,7 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn validate(&self) -> Result<(), FieldProblem> {
         if self.models.is_empty() {
             return Err((
                 "models".into(),
@@ -376,7 +443,7 @@ mod tests {
     fn unknown_field_is_named() {
         let (field, message) =
             field_error("[models.m]\nbackend = \"local\"\ncontext_lenght = 10\n");
-        assert_eq!(field, "models.m");
+        assert_eq!(field, "models.m.context_lenght");
         assert!(message.contains("context_lenght"), "{message}");
     }
 
@@ -391,7 +458,7 @@ mod tests {
     #[test]
     fn unknown_backend_is_named() {
         let (field, message) = field_error("[models.m]\nbackend = \"nope\"\n");
-        assert_eq!(field, "models.m");
+        assert_eq!(field, "models.m.backend");
         assert!(message.contains("nope"), "{message}");
     }
 

@@ -335,7 +335,7 @@ impl ChatCompletionRequest {
             stop: (!request.stop.is_empty()).then(|| StopSequences::Many(request.stop.clone())),
             seed: sampling.seed.map(|s| s as i64),
             stream: stream.then_some(true),
-            stream_options: stream.then(|| StreamOptions {
+            stream_options: stream.then_some(StreamOptions {
                 include_usage: Some(true),
             }),
             user: request.user.clone(),

@@ -1,0 +1,37 @@
+# Switchyard's entry points. `make run` and `make test` do all the set-up a
+# fresh machine needs (see scripts/bootstrap.sh).
+
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+RELEASE_BIN := target/release/switchyard
+DEBUG_BIN := target/debug/switchyard
+
+.PHONY: run build models test lint bootstrap bench-engine bench-overhead
+
+## Build, fetch the default model, and serve on $(LISTEN).
+run: bootstrap
+	$(CARGO) build --release -p switchyard
+	$(RELEASE_BIN) models pull
+	exec $(RELEASE_BIN) serve --listen $(LISTEN) $(if $(CONFIG),--config $(CONFIG))
+
+build: bootstrap
+	$(CARGO) build --release -p switchyard
+
+## Fetch the default models into the cache (idempotent).
+models:
+	$(CARGO) run --quiet -p switchyard -- models pull
+
+## The whole test suite: unit, end-to-end, and the official SDKs.
+test:
+	scripts/bootstrap.sh --test
+	$(CARGO) build -p switchyard
+	$(DEBUG_BIN) models pull
+	$(CARGO) test --workspace
+
+## Formatting and lints, as CI runs them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bootstrap:
+	scripts/bootstrap.sh

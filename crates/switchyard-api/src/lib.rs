@@ -1,0 +1,153 @@
+//! Switchyard's API layer: HTTP in, calls on the orchestration layer, HTTP
+//! out. It holds no business logic.
+//!
+//! Endpoints: `POST /v1/chat/completions`, `GET /v1/models`,
+//! `GET /v1/models/{model}`, `GET /healthz`, `GET /readyz`. Every response
+//! carries `x-request-id` (the client's own when it sent one); every error
+//! is OpenAI-shaped.
+
+mod chat;
+pub mod error;
+pub mod extract;
+mod models;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use switchyard_orchestration::Gateway;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::{info, warn};
+
+use crate::error::ApiError;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub gateway: Arc<Gateway>,
+}
+
+/// The complete HTTP application.
+pub fn router(gateway: Arc<Gateway>, config: &ApiConfig) -> Router {
+    let state = AppState { gateway };
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*model}", get(models::retrieve))
+        .route("/healthz", get(models::healthz))
+        .route("/readyz", get(models::readyz))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state);
+    // Failures are logged once, by the error response itself, at the level
+    // they deserve (a 503 from /readyz is not an ERROR).
+    let trace = TraceLayer::new_for_http()
+        .on_failure(())
+        .make_span_with(|request: &Request<_>| {
+            let request_id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!(
+                "request",
+                method = %request.method(),
+                path = %request.uri().path(),
+                request_id,
+                model = tracing::field::Empty,
+            )
+        });
+    api.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(trace)
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(CatchPanicLayer::custom(panic_response)),
+    )
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        ..ApiError::invalid_request(
+            format!("unknown request URL: {method} {}", uri.path()),
+            None,
+        )
+    }
+    .with_code("unknown_url")
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        ..ApiError::invalid_request(format!("{method} is not allowed on {}", uri.path()), None)
+    }
+    .with_code("method_not_allowed")
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "server_error",
+        ..ApiError::invalid_request("internal error; the request was not completed", None)
+    }
+    .into_response()
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops
+/// accepting and gives in-flight requests up to `grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: no new connections; finishing in-flight requests"
+        );
+        let _ = stopping_tx.send(true);
+    });
+    let grace_over = async move {
+        // Only a fired signal starts the clock; a dropped sender never does.
+        if stopping_rx.wait_for(|stopping| *stopping).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = grace_over => {
+            warn!("grace period over; closing the remaining connections");
+            Ok(())
+        }
+    }
+}

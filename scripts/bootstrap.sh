@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what building Switchyard needs and is missing: cmake and libclang
+# (llama.cpp's build), and, with --test, a Python virtual environment with
+# the official client SDKs the end-to-end tests drive.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test_env=false
+[ "${1:-}" = "--test" ] && want_test_env=true
+
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+# bindgen needs libclang; Debian ships it as libclang-dev.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+  missing+=(libclang-dev)
+fi
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+if $want_test_env && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing missing packages: ${missing[*]}" >&2
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "bootstrap: no apt-get here; install ${missing[*]} with your package manager" >&2
+    exit 1
+  fi
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "bootstrap: Rust is not installed; install it with rustup (https://rustup.rs), then rerun" >&2
+  exit 1
+fi
+
+if $want_test_env; then
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    -r crates/switchyard/tests/python/requirements.txt
+fi
