@@ -26,8 +26,8 @@ use tracing::debug;
 
 use crate::http::{classify_status, ensure_crypto_provider, transport_error};
 
-/// How to reach one upstream model.
-#[derive(Debug, Clone, PartialEq)]
+/// How to reach one upstream model. `Debug` leaves the key out.
+#[derive(Clone, PartialEq)]
 pub struct OpenAiConfig {
     /// Base URL up to the API version, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
@@ -43,6 +43,23 @@ pub struct OpenAiConfig {
     pub first_byte_timeout: Duration,
     /// Deadline for the whole answer.
     pub total_timeout: Duration,
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("upstream_model", &self.upstream_model)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_byte_timeout", &self.first_byte_timeout)
+            .field("total_timeout", &self.total_timeout)
+            .finish()
+    }
 }
 
 impl OpenAiConfig {
@@ -115,7 +132,10 @@ impl OpenAiAdapter {
             };
             let header_name =
                 HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-            let header_value = HeaderValue::from_str(value).map_err(|e| invalid(e.to_string()))?;
+            let mut header_value =
+                HeaderValue::from_str(value).map_err(|e| invalid(e.to_string()))?;
+            // Extra headers often carry credentials (`api-key`, `x-api-key`).
+            header_value.set_sensitive(true);
             headers.insert(header_name, header_value);
         }
         let client = reqwest::Client::builder()
@@ -410,6 +430,17 @@ mod tests {
             id: String::new(),
             retry: None,
         }))
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let mut config = OpenAiConfig::new("http://x/v1", "m");
+        config.api_key = Some("sk-live-secret".into());
+        config.headers = vec![("x-api-key".into(), "also-secret".into())];
+        let adapter = OpenAiAdapter::new(config).unwrap();
+        let printed = format!("{adapter:?}");
+        assert!(!printed.contains("sk-live-secret"), "{printed}");
+        assert!(!printed.contains("also-secret"), "{printed}");
     }
 
     #[test]

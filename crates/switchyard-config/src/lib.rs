@@ -122,8 +122,8 @@ impl Default for LocalModelConfig {
     }
 }
 
-/// Settings of an OpenAI-compatible upstream.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Settings of an OpenAI-compatible upstream. `Debug` leaves the key out.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiModelConfig {
     /// Base URL up to and including the version, e.g. `https://api.openai.com/v1`.
@@ -184,6 +184,20 @@ fn decode_model(name: &str, mut table: toml::Table) -> Result<ModelConfig, Field
             format!("{prefix}.backend"),
             format!("unknown backend {other:?}; expected \"local\" or \"openai\""),
         )),
+    }
+}
+
+impl std::fmt::Debug for OpenAiModelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiModelConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("upstream_model", &self.upstream_model)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("first_byte_timeout_ms", &self.first_byte_timeout_ms)
+            .field("total_timeout_ms", &self.total_timeout_ms)
+            .finish()
     }
 }
 
@@ -480,6 +494,17 @@ mod tests {
         assert_eq!(field, "models.m.parallel");
         let (field, _) = field_error("listen = \"localhost\"\n");
         assert_eq!(field, "listen");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let config = parse(
+            "[models.m]\nbackend = \"openai\"\nbase_url = \"http://x\"\napi_key = \"${OPENAI_KEY}\"\n",
+        )
+        .unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("sk-test"), "{printed}");
+        assert!(printed.contains("<redacted>"));
     }
 
     #[test]

@@ -1,0 +1,225 @@
+//! Prompt and decode throughput of the embedded engine, beside the same
+//! llama.cpp build driven directly (llama-bench style), on one GGUF file.
+//!
+//! ```text
+//! cargo run --release -p switchyard-engine --example engine_bench -- \
+//!     --mode raw|engine [--threads 2] [--runs 3] [MODEL.gguf]
+//! ```
+//!
+//! `raw` rows call llama.cpp through `llama-cpp-2` with nothing around it:
+//! one `decode` of the whole prompt, then one `decode` per generated token.
+//! `engine` rows go through `LocalEngine`'s public API (template, tokenizer
+//! on the blocking pool, queue, scheduler thread, streamed deltas), timing
+//! the first delta and the last.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use futures::StreamExt;
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use switchyard_core::{ChatBackend, ChatMessage, ChatRequest, Role, StreamEvent};
+use switchyard_engine::template::ChatTemplate;
+use switchyard_engine::{EngineConfig, LocalEngine};
+
+const DECODE_TOKENS: u32 = 128;
+
+struct Args {
+    mode: String,
+    model: PathBuf,
+    threads: u32,
+    runs: usize,
+}
+
+fn args() -> Args {
+    let mut threads = 2;
+    let mut runs = 3;
+    let mut model = None;
+    let mut mode = String::from("engine");
+    let mut iter = std::env::args().skip(1);
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--threads" => threads = iter.next().unwrap().parse().unwrap(),
+            "--runs" => runs = iter.next().unwrap().parse().unwrap(),
+            "--mode" => mode = iter.next().unwrap(),
+            path => model = Some(PathBuf::from(path)),
+        }
+    }
+    let model = model.unwrap_or_else(|| {
+        let home = std::env::var("HOME").unwrap();
+        PathBuf::from(home)
+            .join(".cache/switchyard/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+    });
+    Args {
+        mode,
+        model,
+        threads,
+        runs,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A user message that the template turns into roughly `tokens` tokens.
+fn filler(words: usize) -> String {
+    let vocabulary = [
+        "river", "stone", "garden", "lantern", "harbor", "meadow", "copper", "violin",
+    ];
+    let body: Vec<&str> = (0..words)
+        .map(|i| vocabulary[i % vocabulary.len()])
+        .collect();
+    format!(
+        "Read these words and then tell a long story: {}",
+        body.join(" ")
+    )
+}
+
+/// llama.cpp alone: pp = one decode of the prompt, tg = one decode per token.
+fn raw(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
+    let backend = LlamaBackend::init().unwrap();
+    let model =
+        LlamaModel::load_from_file(&backend, &args.model, &LlamaModelParams::default()).unwrap();
+    // The same tokens the engine feeds: the model's template, its tokenizer.
+    let template = ChatTemplate::new(
+        model.meta_val_str("tokenizer.chat_template").unwrap(),
+        "",
+        "",
+    )
+    .unwrap();
+    let prompt_tokens: Vec<Vec<LlamaToken>> = prompts
+        .iter()
+        .map(|p| {
+            let text = template
+                .render(&[ChatMessage::new(Role::User, p.as_str())])
+                .unwrap();
+            model.vocab().tokenize(text.as_bytes(), false, true)
+        })
+        .collect();
+    let threads = args.threads as i32;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(1024))
+        .with_n_batch(512)
+        .with_n_ubatch(512)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let mut ctx = model.new_context(&backend, params).unwrap();
+    let mut rows = Vec::new();
+    for tokens in &prompt_tokens {
+        let mut rates = Vec::new();
+        for _ in 0..args.runs {
+            ctx.clear_kv_cache();
+            let mut batch = LlamaBatch::new(512, 1);
+            batch.add_sequence(tokens, 0, false).unwrap();
+            let started = Instant::now();
+            ctx.decode(&mut batch).unwrap();
+            rates.push(tokens.len() as f64 / started.elapsed().as_secs_f64());
+        }
+        rows.push((format!("raw    pp{}", tokens.len()), median(rates)));
+    }
+    let mut rates = Vec::new();
+    let prompt = &prompt_tokens[0];
+    for _ in 0..args.runs {
+        ctx.clear_kv_cache();
+        let mut batch = LlamaBatch::new(512, 1);
+        batch.add_sequence(prompt, 0, false).unwrap();
+        ctx.decode(&mut batch).unwrap();
+        let mut sampler = LlamaSampler::greedy();
+        let mut last = batch.n_tokens() - 1;
+        let mut pos = prompt.len() as i32;
+        let started = Instant::now();
+        for _ in 0..DECODE_TOKENS {
+            let token = sampler.sample(&ctx, last);
+            batch.clear();
+            batch.add(token, pos, &[0], true).unwrap();
+            ctx.decode(&mut batch).unwrap();
+            pos += 1;
+            last = 0;
+        }
+        rates.push(f64::from(DECODE_TOKENS) / started.elapsed().as_secs_f64());
+    }
+    rows.push((format!("raw    tg{DECODE_TOKENS}"), median(rates)));
+    rows
+}
+
+/// The same work through the engine's public API.
+async fn engine(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
+    let mut config = EngineConfig::new(&args.model);
+    config.threads = Some(args.threads);
+    config.context_length = 1024;
+    let engine = LocalEngine::start(config).unwrap();
+    engine.wait_ready().await.unwrap();
+    let mut rows = Vec::new();
+    for (index, prompt) in prompts.iter().enumerate() {
+        let mut prompt_rates = Vec::new();
+        let mut decode_rates = Vec::new();
+        let mut prompt_len = 0;
+        let mut generated = 0;
+        for _ in 0..args.runs {
+            let mut request = ChatRequest::new("bench", vec![ChatMessage::new(Role::User, prompt)]);
+            request.sampling.temperature = Some(0.0);
+            request.max_tokens = Some(DECODE_TOKENS);
+            let started = Instant::now();
+            let mut stream = engine.chat_stream(request).await.unwrap();
+            let mut first = None;
+            let mut last = started;
+            while let Some(event) = stream.next().await {
+                match event.unwrap() {
+                    StreamEvent::Delta(_) => {
+                        let now = Instant::now();
+                        first.get_or_insert(now);
+                        last = now;
+                    }
+                    StreamEvent::Usage(usage) => {
+                        prompt_len = usage.prompt_tokens;
+                        generated = usage.completion_tokens;
+                    }
+                    StreamEvent::Finish(_) => {}
+                }
+            }
+            let first = first.unwrap();
+            prompt_rates.push(f64::from(prompt_len) / (first - started).as_secs_f64());
+            decode_rates.push(f64::from(generated - 1) / (last - first).as_secs_f64());
+        }
+        rows.push((format!("engine pp{prompt_len}"), median(prompt_rates)));
+        if index == 0 {
+            rows.push((
+                format!("engine tg{generated} (after pp{prompt_len})"),
+                median(decode_rates),
+            ));
+        }
+    }
+    rows
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    // User messages that the chat template turns into about 40 and about
+    // 512 tokens.
+    let prompts = vec![filler(14), filler(480)];
+    let rows = match args.mode.as_str() {
+        "raw" => raw(&args, &prompts),
+        "engine" => engine(&args, &prompts).await,
+        other => panic!("unknown --mode {other}; use raw or engine"),
+    };
+    println!(
+        "# {} threads={} runs={} (median)",
+        args.model.display(),
+        args.threads,
+        args.runs
+    );
+    for (name, rate) in rows {
+        println!("{name:<32} {rate:>8.1} tok/s");
+    }
+}
