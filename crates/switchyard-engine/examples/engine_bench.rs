@@ -119,7 +119,7 @@ fn raw(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
         let mut rates = Vec::new();
         for _ in 0..args.runs {
             ctx.clear_kv_cache();
-            let mut batch = LlamaBatch::new(512, 1);
+            let mut batch = LlamaBatch::new(1024, 1);
             batch.add_sequence(tokens, 0, false).unwrap();
             let started = Instant::now();
             ctx.decode(&mut batch).unwrap();
@@ -131,7 +131,7 @@ fn raw(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
     let prompt = &prompt_tokens[0];
     for _ in 0..args.runs {
         ctx.clear_kv_cache();
-        let mut batch = LlamaBatch::new(512, 1);
+        let mut batch = LlamaBatch::new(1024, 1);
         batch.add_sequence(prompt, 0, false).unwrap();
         ctx.decode(&mut batch).unwrap();
         let mut sampler = LlamaSampler::greedy();
@@ -207,7 +207,7 @@ async fn main() {
     let args = args();
     // User messages that the chat template turns into about 40 and about
     // 512 tokens.
-    let prompts = vec![filler(14), filler(480)];
+    let prompts = vec![filler(14), filler(472)];
     let rows = match args.mode.as_str() {
         "raw" => raw(&args, &prompts),
         "engine" => engine(&args, &prompts).await,
