@@ -2,17 +2,16 @@
 # fresh machine needs (see scripts/bootstrap.sh).
 
 CARGO ?= cargo
-LISTEN ?= 127.0.0.1:8080
 RELEASE_BIN := target/release/switchyard
 DEBUG_BIN := target/debug/switchyard
 
-.PHONY: run build models test lint bootstrap bench-engine bench-overhead
+.PHONY: run build models test lint bootstrap bench-overhead
 
-## Build, fetch the default model, and serve on $(LISTEN).
+## Build, fetch the default model, and serve (127.0.0.1:8080 unless CONFIG or LISTEN say otherwise).
 run: bootstrap
 	$(CARGO) build --release -p switchyard
 	$(RELEASE_BIN) models pull
-	exec $(RELEASE_BIN) serve --listen $(LISTEN) $(if $(CONFIG),--config $(CONFIG))
+	exec $(RELEASE_BIN) serve $(if $(CONFIG),--config $(CONFIG)) $(if $(LISTEN),--listen $(LISTEN))
 
 build: bootstrap
 	$(CARGO) build --release -p switchyard
@@ -35,3 +34,7 @@ lint:
 
 bootstrap:
 	scripts/bootstrap.sh
+
+## Gateway overhead against the stand-in upstream (needs wrk).
+bench-overhead:
+	bench/overhead.sh

@@ -12,7 +12,12 @@
 //! on the blocking pool, queue, scheduler thread, streamed deltas), timing
 //! the first delta and the last.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -136,14 +141,13 @@ fn raw(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
         ctx.decode(&mut batch).unwrap();
         let mut sampler = LlamaSampler::greedy();
         let mut last = batch.n_tokens() - 1;
-        let mut pos = prompt.len() as i32;
+        let first_pos = prompt.len() as i32;
         let started = Instant::now();
-        for _ in 0..DECODE_TOKENS {
+        for pos in first_pos..first_pos + DECODE_TOKENS as i32 {
             let token = sampler.sample(&ctx, last);
             batch.clear();
             batch.add(token, pos, &[0], true).unwrap();
             ctx.decode(&mut batch).unwrap();
-            pos += 1;
             last = 0;
         }
         rates.push(f64::from(DECODE_TOKENS) / started.elapsed().as_secs_f64());

@@ -403,7 +403,8 @@ fn accept_token(
         seq.utf8 = Utf8Assembler::default();
         return Outcome::Finished(FinishReason::Stop);
     }
-    let context_full = u32::try_from(seq.n_past + 1).unwrap_or(u32::MAX) >= context_length;
+    // The sampled token would be fed at position `n_past`.
+    let context_full = u32::try_from(seq.n_past).unwrap_or(u32::MAX) >= context_length;
     if seq.generated >= seq.job.max_tokens || context_full {
         return Outcome::Finished(FinishReason::Length);
     }
