@@ -91,15 +91,7 @@ async fn max_tokens_five_ends_with_length() {
     let mut request = capital_request(false);
     request["messages"][0]["content"] = json!("Write a long poem about the sea.");
     request["max_tokens"] = json!(5);
-    let answer: Value = client()
-        .post(format!("{}/chat/completions", server.v1()))
-        .json(&request)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer: Value = server.post_chat(&request).await.json().await.unwrap();
     assert_eq!(answer["choices"][0]["finish_reason"], "length");
     assert_eq!(answer["usage"]["completion_tokens"], 5);
 
@@ -108,15 +100,7 @@ async fn max_tokens_five_ends_with_length() {
     request["max_completion_tokens"] = json!(3);
     request["stream"] = json!(true);
     request["stream_options"] = json!({"include_usage": true});
-    let body = client()
-        .post(format!("{}/chat/completions", server.v1()))
-        .json(&request)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = server.post_chat(&request).await.text().await.unwrap();
     let events = sse_data(&body);
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 3);
@@ -132,12 +116,7 @@ async fn client_disconnect_mid_stream_stops_generation() {
         json!("Write a very long story about a dragon and a knight.");
     request["max_tokens"] = json!(900);
     request["temperature"] = json!(0.8);
-    let mut response = client()
-        .post(format!("{}/chat/completions", server.v1()))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let mut response = server.post_chat(&request).await;
     // Read a few chunks, then hang up.
     for _ in 0..3 {
         response.chunk().await.unwrap();
@@ -167,12 +146,7 @@ async fn prompt_longer_than_the_context_is_a_400() {
     );
     let mut request = capital_request(false);
     request["messages"][0]["content"] = json!("word ".repeat(300));
-    let response = client()
-        .post(format!("{}/chat/completions", server.v1()))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let response = server.post_chat(&request).await;
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"]["code"], "context_length_exceeded");
@@ -221,12 +195,7 @@ async fn sigterm_lets_an_in_flight_stream_finish() {
     let mut request = capital_request(true);
     request["max_tokens"] = json!(40);
     request["messages"][0]["content"] = json!("Count from one to twenty in words.");
-    let mut response = client()
-        .post(format!("{}/chat/completions", server.v1()))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let mut response = server.post_chat(&request).await;
     let first = response.chunk().await.unwrap().unwrap();
     common::signal(server.pid(), "TERM");
     let mut body = String::from_utf8_lossy(&first).into_owned();

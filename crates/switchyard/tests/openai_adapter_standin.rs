@@ -114,12 +114,7 @@ async fn stream_through_standin_is_forwarded_chunk_by_chunk() {
     let server = Server::start(&config);
     let mut request = chat("remote", true);
     request["stream_options"] = json!({"include_usage": true});
-    let mut response = client()
-        .post(format!("{}/chat/completions", server.v1()))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let mut response = server.post_chat(&request).await;
     assert_eq!(response.status(), 200);
     let mut body = String::new();
     let mut content_arrivals = Vec::new();

@@ -142,6 +142,16 @@ impl Server {
         response.split_whitespace().nth(1)?.parse().ok()
     }
 
+    /// Posts `body` to `/v1/chat/completions`.
+    pub async fn post_chat(&self, body: &serde_json::Value) -> reqwest::Response {
+        client()
+            .post(format!("{}/chat/completions", self.v1()))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// `http://127.0.0.1:PORT/v1`.
     pub fn v1(&self) -> String {
         format!("{}/v1", self.url)
