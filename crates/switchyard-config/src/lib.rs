@@ -105,6 +105,11 @@ pub struct LocalModelConfig {
     /// Layers offloaded to a GPU (GPU builds only).
     #[serde(default)]
     pub gpu_layers: u32,
+    /// Temperature for requests that set none (default: the catalogue's
+    /// recommendation, else 1).
+    pub temperature: Option<f32>,
+    /// Nucleus mass for requests that set none.
+    pub top_p: Option<f32>,
 }
 
 impl Default for LocalModelConfig {
@@ -118,6 +123,8 @@ impl Default for LocalModelConfig {
             queue: default_queue(),
             batch_size: default_batch_size(),
             gpu_layers: 0,
+            temperature: None,
+            top_p: None,
         }
     }
 }
@@ -368,6 +375,12 @@ impl Config {
                     }
                     if local.threads == Some(0) {
                         return Err((field("threads"), "must be at least 1".into()));
+                    }
+                    if local.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+                        return Err((field("temperature"), "must be between 0 and 2".into()));
+                    }
+                    if local.top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+                        return Err((field("top_p"), "must be between 0 and 1".into()));
                     }
                 }
                 ModelConfig::Openai(remote) => {

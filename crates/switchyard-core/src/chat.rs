@@ -95,6 +95,20 @@ impl SamplingParams {
     pub fn is_deterministic(&self) -> bool {
         self.temperature == Some(0.0) || self.seed.is_some()
     }
+
+    /// Fills every parameter this request left unset from `defaults`.
+    pub fn or_defaults(self, defaults: &SamplingParams) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature.or(defaults.temperature),
+            top_p: self.top_p.or(defaults.top_p),
+            top_k: self.top_k.or(defaults.top_k),
+            min_p: self.min_p.or(defaults.min_p),
+            seed: self.seed.or(defaults.seed),
+            presence_penalty: self.presence_penalty.or(defaults.presence_penalty),
+            frequency_penalty: self.frequency_penalty.or(defaults.frequency_penalty),
+            repetition_penalty: self.repetition_penalty.or(defaults.repetition_penalty),
+        }
+    }
 }
 
 /// A chat completion request in Switchyard's own terms.
@@ -195,4 +209,26 @@ pub enum StreamEvent {
     Finish(FinishReason),
     /// Final token counts.
     Usage(Usage),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_values_win_over_defaults() {
+        let defaults = SamplingParams {
+            temperature: Some(0.2),
+            top_p: Some(0.9),
+            ..SamplingParams::default()
+        };
+        let asked = SamplingParams {
+            temperature: Some(0.0),
+            ..SamplingParams::default()
+        };
+        let merged = asked.or_defaults(&defaults);
+        assert_eq!(merged.temperature, Some(0.0));
+        assert_eq!(merged.top_p, Some(0.9));
+        assert_eq!(merged.seed, None);
+    }
 }

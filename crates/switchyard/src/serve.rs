@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use switchyard_adapters::{OpenAiAdapter, OpenAiConfig};
 use switchyard_api::ApiConfig;
 use switchyard_config::{Config, LocalModelConfig, ModelConfig, OpenAiModelConfig};
-use switchyard_core::ChatBackend;
+use switchyard_core::{ChatBackend, SamplingParams};
 use switchyard_engine::{EngineConfig, LocalEngine};
 use switchyard_models::ModelStore;
 use switchyard_orchestration::Gateway;
@@ -122,6 +122,11 @@ async fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()>
 
 /// Resolves where a local model's file is and starts its engine.
 fn start_local(name: &str, local: &LocalModelConfig) -> anyhow::Result<LocalEngine> {
+    let mut default_sampling = SamplingParams {
+        temperature: local.temperature,
+        top_p: local.top_p,
+        ..SamplingParams::default()
+    };
     let path: PathBuf = match &local.path {
         Some(path) => path.clone(),
         None => {
@@ -135,6 +140,8 @@ fn start_local(name: &str, local: &LocalModelConfig) -> anyhow::Result<LocalEngi
                     "the model `{catalog_name}` is not downloaded yet; run `switchyard models pull {catalog_name}`"
                 );
             }
+            default_sampling.temperature = default_sampling.temperature.or(entry.temperature);
+            default_sampling.top_p = default_sampling.top_p.or(entry.top_p);
             path
         }
     };
@@ -146,6 +153,7 @@ fn start_local(name: &str, local: &LocalModelConfig) -> anyhow::Result<LocalEngi
         queue_capacity: local.queue,
         batch_size: local.batch_size,
         gpu_layers: local.gpu_layers,
+        default_sampling,
     })?;
     Ok(engine)
 }
