@@ -1,23 +1,174 @@
-//! What every HTTP adapter shares: TLS set-up, Retry-After parsing, and the
-//! mapping of statuses and transport failures to canonical error kinds.
+//! What every HTTP adapter shares: the pooled client with its deadlines,
+//! credential headers that never show in logs, Retry-After parsing, and the
+//! mapping of transport failures to canonical error kinds.
 
 use std::sync::Once;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::HeaderMap;
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use switchyard_core::{BackendError, ErrorKind};
-use switchyard_protocol::openai::ErrorBody;
+use tokio::time::{Instant, timeout_at};
+
+use crate::AdapterBuildError;
 
 /// Longest upstream error text passed on to clients.
 const MAX_ERROR_TEXT: usize = 512;
 
 /// rustls needs a process-wide crypto provider; ring builds fastest and is
 /// enough for a client. Installing twice is harmless.
-pub(crate) fn ensure_crypto_provider() {
+fn ensure_crypto_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+/// Connect, first-byte and total deadlines of one upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP/TLS connect deadline.
+    pub connect: Duration,
+    /// Deadline for the response headers and, when streaming, the first event.
+    pub first_byte: Duration,
+    /// Deadline for the whole answer.
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    /// 5 s connect, 60 s first byte, 10 min total.
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Builds a header map from configured pairs. Every value is marked
+/// sensitive: configured headers often carry credentials (`api-key`,
+/// `x-api-key`), and sensitive values never appear in `Debug` output.
+pub(crate) fn header_map<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<HeaderMap, AdapterBuildError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        let invalid = |reason: String| AdapterBuildError::InvalidHeader {
+            name: name.to_owned(),
+            reason,
+        };
+        let header_name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+        let mut header_value = HeaderValue::from_str(value).map_err(|e| invalid(e.to_string()))?;
+        header_value.set_sensitive(true);
+        headers.insert(header_name, header_value);
+    }
+    Ok(headers)
+}
+
+/// How a provider turns an unsuccessful answer into an error.
+pub(crate) type Classifier = fn(u16, &HeaderMap, &str) -> BackendError;
+
+/// A pooled HTTP client for one upstream, with its deadlines and the headers
+/// every request carries.
+#[derive(Debug)]
+pub(crate) struct HttpUpstream {
+    client: reqwest::Client,
+    headers: HeaderMap,
+    timeouts: Timeouts,
+}
+
+impl HttpUpstream {
+    pub fn new(timeouts: Timeouts, mut headers: HeaderMap) -> Result<Self, AdapterBuildError> {
+        ensure_crypto_provider();
+        headers
+            .entry(CONTENT_TYPE)
+            .or_insert(HeaderValue::from_static("application/json"));
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()?;
+        Ok(Self {
+            client,
+            headers,
+            timeouts,
+        })
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// The deadline of a request that starts now.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.timeouts.total
+    }
+
+    /// POSTs `body` and waits for a successful status within the first-byte
+    /// deadline. `signed` adds per-request headers (request signatures).
+    pub async fn post(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        signed: HeaderMap,
+        deadline: Instant,
+        classify: Classifier,
+    ) -> Result<reqwest::Response, BackendError> {
+        let headers_deadline = deadline.min(Instant::now() + self.timeouts.first_byte);
+        let mut headers = self.headers.clone();
+        headers.extend(signed);
+        let pending = self.client.post(url).headers(headers).body(body).send();
+        let response = timeout_at(headers_deadline, pending)
+            .await
+            .map_err(|_| self.first_byte_timeout())?
+            .map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let headers = response.headers().clone();
+        // The error body is small; cap the wait for it by the same deadline.
+        let text = timeout_at(deadline, response.text())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        Err(classify(status.as_u16(), &headers, &text))
+    }
+
+    /// Reads a whole body within the deadline.
+    pub async fn body(
+        &self,
+        response: reqwest::Response,
+        deadline: Instant,
+    ) -> Result<Bytes, BackendError> {
+        timeout_at(deadline, response.bytes())
+            .await
+            .map_err(|_| self.total_timeout())?
+            .map_err(|e| transport_error(&e))
+    }
+
+    pub fn first_byte_timeout(&self) -> BackendError {
+        BackendError::new(
+            ErrorKind::Timeout,
+            format!(
+                "the upstream sent nothing within {} ms",
+                self.timeouts.first_byte.as_millis()
+            ),
+        )
+    }
+
+    pub fn total_timeout(&self) -> BackendError {
+        BackendError::new(
+            ErrorKind::Timeout,
+            format!(
+                "the upstream did not finish within {} ms",
+                self.timeouts.total.as_millis()
+            ),
+        )
+    }
 }
 
 /// Reads `retry-after-ms` (OpenAI), then `retry-after` as seconds or as an
@@ -46,32 +197,9 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     )
 }
 
-/// The upstream's own error message: OpenAI's `{"error":{"message"}}` when
-/// the body has that shape, else the text itself, shortened.
-fn upstream_message(body: &str) -> (String, Option<String>) {
-    if let Ok(parsed) = serde_json::from_str::<ErrorBody>(body) {
-        let code = parsed.error.code.map(|c| match c {
-            serde_json::Value::String(s) => s,
-            other => other.to_string(),
-        });
-        return (parsed.error.message, code);
-    }
-    let trimmed = body.trim();
-    let mut end = trimmed.len().min(MAX_ERROR_TEXT);
-    while !trimmed.is_char_boundary(end) {
-        end -= 1;
-    }
-    (trimmed[..end].to_owned(), None)
-}
-
-/// Classifies an unsuccessful upstream answer.
-pub(crate) fn classify_status(
-    status: u16,
-    retry_after: Option<Duration>,
-    body: &str,
-) -> BackendError {
-    let (message, code) = upstream_message(body);
-    let kind = match status {
+/// The error kind most providers mean by an HTTP status.
+pub(crate) fn kind_of_status(status: u16) -> ErrorKind {
+    match status {
         400 | 409 | 413 | 415 | 422 => ErrorKind::InvalidRequest,
         401 | 403 => ErrorKind::Authentication,
         404 => ErrorKind::NotFound,
@@ -79,7 +207,18 @@ pub(crate) fn classify_status(
         429 => ErrorKind::RateLimited,
         503 | 529 => ErrorKind::Overloaded,
         _ => ErrorKind::Upstream,
-    };
+    }
+}
+
+/// An error for an unsuccessful upstream status, with the provider's own
+/// message (already extracted from its error shape) and code.
+pub(crate) fn status_error(
+    status: u16,
+    kind: ErrorKind,
+    message: &str,
+    code: Option<String>,
+    retry_after: Option<Duration>,
+) -> BackendError {
     let detail = if message.is_empty() {
         String::new()
     } else {
@@ -96,6 +235,16 @@ pub(crate) fn classify_status(
         .with_retry_after(retry_after);
     error.code = code;
     error
+}
+
+/// An upstream body that is not the provider's error shape, shortened.
+pub(crate) fn plain_message(body: &str) -> String {
+    let trimmed = body.trim();
+    let mut end = trimmed.len().min(MAX_ERROR_TEXT);
+    while !trimmed.is_char_boundary(end) {
+        end -= 1;
+    }
+    trimmed[..end].to_owned()
 }
 
 /// Classifies a failure to talk to the upstream at all.
@@ -121,10 +270,17 @@ pub(crate) fn transport_error(error: &reqwest::Error) -> BackendError {
     BackendError::new(kind, format!("{what}: {detail}"))
 }
 
+/// An upstream answer Switchyard cannot read.
+pub(crate) fn unreadable(what: &str, error: impl std::fmt::Display) -> BackendError {
+    BackendError::new(
+        ErrorKind::Upstream,
+        format!("the upstream's {what} could not be read: {error}"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
     #[test]
     fn retry_after_in_seconds_milliseconds_and_dates() {
@@ -142,30 +298,15 @@ mod tests {
     }
 
     #[test]
-    fn statuses_map_to_kinds_with_upstream_message() {
-        let body = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
-        let error = classify_status(429, Some(Duration::from_secs(2)), body);
-        assert_eq!(error.kind, ErrorKind::RateLimited);
-        assert_eq!(error.code.as_deref(), Some("rate_limit_exceeded"));
-        assert_eq!(error.retry_after, Some(Duration::from_secs(2)));
-        assert!(error.message.contains("Rate limit reached"));
-        assert_eq!(classify_status(529, None, "").kind, ErrorKind::Overloaded);
-        assert_eq!(classify_status(500, None, "boom").kind, ErrorKind::Upstream);
-        assert_eq!(
-            classify_status(401, None, "").kind,
-            ErrorKind::Authentication
-        );
-        assert_eq!(
-            classify_status(400, None, "").kind,
-            ErrorKind::InvalidRequest
-        );
-        assert_eq!(classify_status(504, None, "").kind, ErrorKind::Timeout);
+    fn configured_headers_are_hidden_from_debug_output() {
+        let headers = header_map([("x-api-key", "secret-value")]).unwrap();
+        assert!(!format!("{headers:?}").contains("secret-value"));
+        assert!(header_map([("bad header", "x")]).is_err());
     }
 
     #[test]
     fn long_html_error_pages_are_shortened() {
         let page = "é".repeat(1000);
-        let error = classify_status(502, None, &page);
-        assert!(error.message.len() < 600);
+        assert!(plain_message(&page).len() <= MAX_ERROR_TEXT);
     }
 }

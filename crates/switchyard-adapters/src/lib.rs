@@ -1,8 +1,32 @@
 //! Switchyard's remote model adapters. Each provider gets one module that
 //! translates between the canonical types and the provider's wire format,
-//! and implements [`switchyard_core::ChatBackend`].
+//! and implements [`switchyard_core::ChatBackend`] (and, where the provider
+//! has one, [`switchyard_core::EmbeddingBackend`]).
 
 mod http;
 pub mod openai;
+pub mod presets;
+mod stream;
 
-pub use openai::{AdapterBuildError, OpenAiAdapter, OpenAiConfig};
+pub use http::Timeouts;
+pub use openai::{Auth, OpenAiAdapter, OpenAiConfig};
+pub use presets::{PRESETS, Preset, Quirks, preset};
+
+/// An adapter could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterBuildError {
+    /// A configured header is not a valid HTTP header.
+    #[error("header {name:?}: {reason}")]
+    InvalidHeader {
+        /// The header name.
+        name: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The HTTP client could not be created.
+    #[error("HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// A setting is missing or inconsistent.
+    #[error("{0}")]
+    Config(String),
+}

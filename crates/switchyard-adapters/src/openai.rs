@@ -1,100 +1,114 @@
 //! The `openai` adapter: any upstream that speaks OpenAI's chat completions
-//! API (OpenAI itself, vLLM, TGI, Ollama, llama.cpp's server, DeepSeek,
-//! Groq, Together, ...).
+//! API (OpenAI itself, Azure OpenAI, Mistral, DeepSeek, Groq, Together,
+//! Fireworks, OpenRouter, vLLM, TGI, Ollama, llama.cpp's server, ...), with
+//! each family's quirks in a [`Preset`](crate::presets::Preset).
 //!
-//! Streams are forwarded event by event as they arrive. The first event is
-//! read before the stream is handed back, so that an upstream that fails
-//! right after its headers still yields an error the caller can act on
-//! (status code, fallback) rather than a broken stream.
+//! Streams are forwarded event by event as they arrive; the first event is
+//! read before the stream is handed back (see [`crate::stream`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
 use futures::future::BoxFuture;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 use switchyard_core::{
-    BackendError, BackendInfo, ChatBackend, ChatRequest, ChatResponse, ChatStream, ErrorKind,
-    StreamEvent,
+    BackendError, BackendInfo, ChatBackend, ChatRequest, ChatResponse, ChatStream,
+    EmbeddingBackend, EmbeddingRequest, EmbeddingResponse, ErrorKind, StreamEvent, ToolCall,
+    ToolCallDelta,
 };
 use switchyard_protocol::openai::{
     ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorBody, parse_finish_reason,
 };
-use tokio::time::{Instant, timeout_at};
-use tracing::debug;
+use switchyard_protocol::openai_embeddings::{EmbeddingsRequest, EmbeddingsResponse};
+use tokio::time::Instant;
 
-use crate::http::{classify_status, ensure_crypto_provider, transport_error};
+use crate::AdapterBuildError;
+use crate::http::{
+    HttpUpstream, Timeouts, header_map, kind_of_status, plain_message, retry_after, status_error,
+    unreadable,
+};
+use crate::presets::Quirks;
+use crate::stream::{SseEvent, Step, Translate, cut_short, drive, sse_events};
 
-/// How to reach one upstream model. `Debug` leaves the key out.
+/// How requests prove who Switchyard is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// No credentials (local servers).
+    None,
+    /// `Authorization: Bearer KEY` (OpenAI and most others).
+    Bearer(String),
+    /// The key in a named header (Azure's `api-key`).
+    Header {
+        /// The header's name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::None => f.write_str("None"),
+            Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Auth::Header { name, .. } => write!(f, "Header({name}: <redacted>)"),
+        }
+    }
+}
+
+/// How to reach one upstream model.
 #[derive(Clone, PartialEq)]
 pub struct OpenAiConfig {
-    /// Base URL up to the API version, e.g. `https://api.openai.com/v1`.
+    /// Base URL; `/chat/completions` and `/embeddings` are appended.
     pub base_url: String,
-    /// Sent as `Authorization: Bearer …` when set.
-    pub api_key: Option<String>,
+    /// Query string for every request (Azure's `api-version=...`).
+    pub query: Option<String>,
+    /// Credentials.
+    pub auth: Auth,
     /// The model id sent upstream.
     pub upstream_model: String,
     /// Extra headers for every request.
     pub headers: Vec<(String, String)>,
-    /// TCP/TLS connect deadline.
-    pub connect_timeout: Duration,
-    /// Deadline for the response headers and, when streaming, the first event.
-    pub first_byte_timeout: Duration,
-    /// Deadline for the whole answer.
-    pub total_timeout: Duration,
+    /// Deadlines.
+    pub timeouts: Timeouts,
+    /// What this upstream does differently from OpenAI.
+    pub quirks: Quirks,
 }
 
 impl std::fmt::Debug for OpenAiConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpenAiConfig")
             .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("query", &self.query)
+            .field("auth", &self.auth)
             .field("upstream_model", &self.upstream_model)
             .field(
                 "headers",
                 &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
             )
-            .field("connect_timeout", &self.connect_timeout)
-            .field("first_byte_timeout", &self.first_byte_timeout)
-            .field("total_timeout", &self.total_timeout)
+            .field("timeouts", &self.timeouts)
+            .field("quirks", &self.quirks)
             .finish()
     }
 }
 
 impl OpenAiConfig {
-    /// A config with the given base URL and model and the default deadlines
-    /// (5 s connect, 60 s first byte, 10 min total).
+    /// An OpenAI-compatible upstream at `base_url` with default deadlines,
+    /// no credentials and OpenAI's own behaviour.
     pub fn new(base_url: impl Into<String>, upstream_model: impl Into<String>) -> Self {
         Self {
             base_url: base_url.into(),
-            api_key: None,
+            query: None,
+            auth: Auth::None,
             upstream_model: upstream_model.into(),
             headers: Vec::new(),
-            connect_timeout: Duration::from_secs(5),
-            first_byte_timeout: Duration::from_secs(60),
-            total_timeout: Duration::from_secs(600),
+            timeouts: Timeouts::default(),
+            quirks: Quirks::OPENAI,
         }
     }
 }
 
-/// The adapter could not be built from its configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum AdapterBuildError {
-    /// A configured header is not a valid HTTP header.
-    #[error("header {name:?}: {reason}")]
-    InvalidHeader {
-        /// The header name.
-        name: String,
-        /// Why it is invalid.
-        reason: String,
-    },
-    /// The HTTP client could not be created.
-    #[error("HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
-}
-
-/// An OpenAI-compatible upstream behind [`ChatBackend`].
+/// An OpenAI-compatible upstream behind [`ChatBackend`] and
+/// [`EmbeddingBackend`].
 #[derive(Debug, Clone)]
 pub struct OpenAiAdapter {
     inner: Arc<Inner>,
@@ -102,9 +116,9 @@ pub struct OpenAiAdapter {
 
 #[derive(Debug)]
 struct Inner {
-    client: reqwest::Client,
-    url: String,
-    headers: HeaderMap,
+    http: HttpUpstream,
+    chat_url: String,
+    embeddings_url: String,
     config: OpenAiConfig,
     owned_by: String,
 }
@@ -112,47 +126,28 @@ struct Inner {
 impl OpenAiAdapter {
     /// Builds the adapter and its connection pool.
     pub fn new(config: OpenAiConfig) -> Result<Self, AdapterBuildError> {
-        ensure_crypto_provider();
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(key) = &config.api_key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|e| {
-                AdapterBuildError::InvalidHeader {
-                    name: "authorization".into(),
-                    reason: e.to_string(),
-                }
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+        let mut pairs: Vec<(String, String)> = config.headers.clone();
+        match &config.auth {
+            Auth::None => {}
+            Auth::Bearer(key) => pairs.push(("authorization".into(), format!("Bearer {key}"))),
+            Auth::Header { name, key } => pairs.push((name.clone(), key.clone())),
         }
-        for (name, value) in &config.headers {
-            let invalid = |reason: String| AdapterBuildError::InvalidHeader {
-                name: name.clone(),
-                reason,
-            };
-            let header_name =
-                HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-            let mut header_value =
-                HeaderValue::from_str(value).map_err(|e| invalid(e.to_string()))?;
-            // Extra headers often carry credentials (`api-key`, `x-api-key`).
-            header_value.set_sensitive(true);
-            headers.insert(header_name, header_value);
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
+        let headers = header_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let http = HttpUpstream::new(config.timeouts, headers)?;
         let base = config.base_url.trim_end_matches('/');
+        let url = |path: &str| match &config.query {
+            Some(query) => format!("{base}/{path}?{query}"),
+            None => format!("{base}/{path}"),
+        };
         let owned_by = reqwest::Url::parse(base)
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_else(|| "openai".into());
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                url: format!("{base}/chat/completions"),
-                headers,
+                http,
+                chat_url: url("chat/completions"),
+                embeddings_url: url("embeddings"),
                 owned_by,
                 config,
             }),
@@ -160,75 +155,47 @@ impl OpenAiAdapter {
     }
 }
 
+/// Reads OpenAI's error shape `{"error":{"message","type","code"}}`.
+pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &str) -> BackendError {
+    let (message, code) = match serde_json::from_str::<ErrorBody>(body) {
+        Ok(parsed) => (
+            parsed.error.message,
+            parsed.error.code.map(|c| match c {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            }),
+        ),
+        Err(_) => (plain_message(body), None),
+    };
+    status_error(
+        status,
+        kind_of_status(status),
+        &message,
+        code,
+        retry_after(headers),
+    )
+}
+
 impl Inner {
-    async fn send(
-        &self,
-        request: &ChatRequest,
-        stream: bool,
-        deadline: Instant,
-    ) -> Result<reqwest::Response, BackendError> {
+    fn chat_body(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, BackendError> {
         let body =
             ChatCompletionRequest::from_canonical(request, &self.config.upstream_model, stream);
-        let body = serde_json::to_vec(&body)
-            .map_err(|e| BackendError::internal(format!("cannot encode the request: {e}")))?;
-        let headers_deadline = deadline.min(Instant::now() + self.config.first_byte_timeout);
-        let pending = self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .body(body)
-            .send();
-        let response = timeout_at(headers_deadline, pending)
-            .await
-            .map_err(|_| self.first_byte_timeout())?
-            .map_err(|e| transport_error(&e))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let retry_after = crate::http::retry_after(response.headers());
-        // The error body is small; cap the wait for it by the same deadline.
-        let text = timeout_at(deadline, response.text())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        Err(classify_status(status.as_u16(), retry_after, &text))
-    }
-
-    fn first_byte_timeout(&self) -> BackendError {
-        BackendError::new(
-            ErrorKind::Timeout,
-            format!(
-                "the upstream sent nothing within {} ms",
-                self.config.first_byte_timeout.as_millis()
-            ),
-        )
-    }
-
-    fn total_timeout(&self) -> BackendError {
-        BackendError::new(
-            ErrorKind::Timeout,
-            format!(
-                "the upstream did not finish within {} ms",
-                self.config.total_timeout.as_millis()
-            ),
-        )
+        self.config
+            .quirks
+            .encode(body)
+            .map_err(|e| BackendError::internal(format!("cannot encode the request: {e}")))
     }
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, BackendError> {
-        let deadline = Instant::now() + self.config.total_timeout;
-        let response = self.send(&request, false, deadline).await?;
-        let bytes = timeout_at(deadline, response.bytes())
-            .await
-            .map_err(|_| self.total_timeout())?
-            .map_err(|e| transport_error(&e))?;
-        let completion: ChatCompletion = serde_json::from_slice(&bytes).map_err(|e| {
-            BackendError::new(
-                ErrorKind::Upstream,
-                format!("the upstream's answer is not a chat completion: {e}"),
-            )
-        })?;
+        let deadline = self.http.deadline();
+        let body = self.chat_body(&request, false)?;
+        let response = self
+            .http
+            .post(&self.chat_url, body, HeaderMap::new(), deadline, classify)
+            .await?;
+        let bytes = self.http.body(response, deadline).await?;
+        let completion: ChatCompletion =
+            serde_json::from_slice(&bytes).map_err(|e| unreadable("chat completion", e))?;
         let model = if completion.model.is_empty() {
             self.config.upstream_model.clone()
         } else {
@@ -237,81 +204,79 @@ impl Inner {
         let choice = completion.choices.into_iter().next().ok_or_else(|| {
             BackendError::new(ErrorKind::Upstream, "the upstream's answer has no choices")
         })?;
+        if let Some(refusal) = choice.message.refusal.filter(|r| !r.is_empty()) {
+            return Err(BackendError::invalid_request(format!(
+                "the upstream model refused: {refusal}"
+            ))
+            .with_code("refusal"));
+        }
         Ok(ChatResponse {
             model,
             content: choice.message.content.unwrap_or_default(),
+            tool_calls: choice
+                .message
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .map(ToolCall::from)
+                .collect(),
             finish_reason: parse_finish_reason(choice.finish_reason.as_deref().unwrap_or("stop")),
             usage: completion.usage.map(Into::into).unwrap_or_default(),
         })
     }
 
-    async fn chat_stream(
-        self: Arc<Self>,
-        request: ChatRequest,
-    ) -> Result<ChatStream, BackendError> {
+    async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
         let started = Instant::now();
-        let deadline = started + self.config.total_timeout;
-        let response = self.send(&request, true, deadline).await?;
-        let mut events = response.bytes_stream().eventsource();
-        let mut translator = ChunkTranslator::default();
-
-        // Peek: the first event must arrive within the first-byte deadline,
-        // and an error there is still an error, not a stream.
-        let first_deadline = deadline.min(started + self.config.first_byte_timeout);
-        let first = loop {
-            let event = timeout_at(first_deadline, events.next())
-                .await
-                .map_err(|_| self.first_byte_timeout())?;
-            let step = translator.step(event)?;
-            if !step.events.is_empty() || step.done {
-                break step;
-            }
-        };
-        debug!(
-            first_event_ms = started.elapsed().as_millis() as u64,
-            "upstream stream opened"
-        );
-        let adapter = self.clone();
-        let stream = async_stream::stream! {
-            for event in first.events {
-                yield Ok(event);
-            }
-            if first.done {
-                return;
-            }
-            loop {
-                let next = match timeout_at(deadline, events.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        yield Err(adapter.total_timeout());
-                        return;
-                    }
-                };
-                match translator.step(next) {
-                    Ok(step) => {
-                        for event in step.events {
-                            yield Ok(event);
-                        }
-                        if step.done {
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        yield Err(error);
-                        return;
-                    }
-                }
-            }
-        };
-        Ok(stream.boxed())
+        let deadline = started + self.http.timeouts().total;
+        let body = self.chat_body(&request, true)?;
+        let response = self
+            .http
+            .post(&self.chat_url, body, HeaderMap::new(), deadline, classify)
+            .await?;
+        drive(
+            sse_events(response),
+            ChunkTranslator::default(),
+            started + self.http.timeouts().first_byte,
+            deadline,
+            self.http.first_byte_timeout(),
+            self.http.total_timeout(),
+        )
+        .await
     }
-}
 
-/// What one upstream SSE event produced.
-#[derive(Debug, Default)]
-struct Step {
-    events: Vec<StreamEvent>,
-    done: bool,
+    async fn embed(&self, request: EmbeddingRequest) -> Result<EmbeddingResponse, BackendError> {
+        let deadline = self.http.deadline();
+        let body = EmbeddingsRequest::from_canonical(&request, &self.config.upstream_model);
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| BackendError::internal(format!("cannot encode the request: {e}")))?;
+        let response = self
+            .http
+            .post(
+                &self.embeddings_url,
+                body,
+                HeaderMap::new(),
+                deadline,
+                classify,
+            )
+            .await?;
+        let bytes = self.http.body(response, deadline).await?;
+        let parsed: EmbeddingsResponse =
+            serde_json::from_slice(&bytes).map_err(|e| unreadable("embeddings", e))?;
+        let answer = parsed
+            .into_canonical(&self.config.upstream_model)
+            .ok_or_else(|| unreadable("embeddings", "a vector is not valid base64 floats"))?;
+        if answer.embeddings.len() != request.inputs.len() {
+            return Err(BackendError::new(
+                ErrorKind::Upstream,
+                format!(
+                    "the upstream returned {} vectors for {} inputs",
+                    answer.embeddings.len(),
+                    request.inputs.len()
+                ),
+            ));
+        }
+        Ok(answer)
+    }
 }
 
 /// Translates OpenAI stream chunks into canonical events, checking that the
@@ -321,34 +286,8 @@ struct ChunkTranslator {
     finished: bool,
 }
 
-type SseItem<E> =
-    Option<Result<eventsource_stream::Event, eventsource_stream::EventStreamError<E>>>;
-
-impl ChunkTranslator {
-    fn step<E: std::fmt::Display>(&mut self, item: SseItem<E>) -> Result<Step, BackendError> {
-        let event = match item {
-            // Some servers close without `[DONE]`; that is fine once they
-            // have said why generation ended.
-            None if self.finished => {
-                return Ok(Step {
-                    events: Vec::new(),
-                    done: true,
-                });
-            }
-            None => {
-                return Err(BackendError::new(
-                    ErrorKind::Upstream,
-                    "the upstream closed the stream before the answer was complete",
-                ));
-            }
-            Some(Err(error)) => {
-                return Err(BackendError::new(
-                    ErrorKind::Upstream,
-                    format!("the upstream stream broke: {error}"),
-                ));
-            }
-            Some(Ok(event)) => event,
-        };
+impl Translate<SseEvent> for ChunkTranslator {
+    fn event(&mut self, event: SseEvent) -> Result<Step, BackendError> {
         let data = event.data.trim();
         if data == "[DONE]" {
             if !self.finished {
@@ -357,15 +296,12 @@ impl ChunkTranslator {
                     "the upstream ended the stream without a finish reason",
                 ));
             }
-            return Ok(Step {
-                events: Vec::new(),
-                done: true,
-            });
+            return Ok(Step::done());
         }
         if data.is_empty() {
             return Ok(Step::default());
         }
-        if event.event == "error" || data.starts_with("{\"error\"") {
+        if event.name == "error" || data.starts_with("{\"error\"") {
             let message = serde_json::from_str::<ErrorBody>(data)
                 .map(|body| body.error.message)
                 .unwrap_or_else(|_| data.to_owned());
@@ -385,6 +321,9 @@ impl ChunkTranslator {
             if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
                 events.push(StreamEvent::Delta(text));
             }
+            for piece in choice.delta.tool_calls.unwrap_or_default() {
+                events.push(StreamEvent::ToolCall(ToolCallDelta::from(piece)));
+            }
             if let Some(reason) = choice.finish_reason {
                 self.finished = true;
                 events.push(StreamEvent::Finish(parse_finish_reason(&reason)));
@@ -393,10 +332,17 @@ impl ChunkTranslator {
         if let Some(usage) = chunk.usage {
             events.push(StreamEvent::Usage(usage.into()));
         }
-        Ok(Step {
-            events,
-            done: false,
-        })
+        Ok(Step::events(events))
+    }
+
+    fn end(&mut self) -> Result<Step, BackendError> {
+        // Some servers close without `[DONE]`; that is fine once they have
+        // said why generation ended.
+        if self.finished {
+            Ok(Step::done())
+        } else {
+            Err(cut_short())
+        }
     }
 }
 
@@ -414,7 +360,20 @@ impl ChatBackend for OpenAiAdapter {
     }
 
     fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, BackendError>> {
-        Box::pin(self.inner.clone().chat_stream(request))
+        Box::pin(self.inner.chat_stream(request))
+    }
+}
+
+impl EmbeddingBackend for OpenAiAdapter {
+    fn info(&self) -> BackendInfo {
+        ChatBackend::info(self)
+    }
+
+    fn embed(
+        &self,
+        request: EmbeddingRequest,
+    ) -> BoxFuture<'_, Result<EmbeddingResponse, BackendError>> {
+        Box::pin(self.inner.embed(request))
     }
 }
 
@@ -423,19 +382,17 @@ mod tests {
     use super::*;
     use switchyard_core::{FinishReason, Usage};
 
-    fn event(data: &str) -> SseItem<std::io::Error> {
-        Some(Ok(eventsource_stream::Event {
-            event: "message".into(),
+    fn event(data: &str) -> SseEvent {
+        SseEvent {
+            name: "message".into(),
             data: data.into(),
-            id: String::new(),
-            retry: None,
-        }))
+        }
     }
 
     #[test]
     fn debug_output_never_shows_the_key() {
         let mut config = OpenAiConfig::new("http://x/v1", "m");
-        config.api_key = Some("sk-live-secret".into());
+        config.auth = Auth::Bearer("sk-live-secret".into());
         config.headers = vec![("x-api-key".into(), "also-secret".into())];
         let adapter = OpenAiAdapter::new(config).unwrap();
         let printed = format!("{adapter:?}");
@@ -444,22 +401,37 @@ mod tests {
     }
 
     #[test]
+    fn azure_style_urls_carry_the_query() {
+        let mut config = OpenAiConfig::new("https://r.example/openai/deployments/d1", "d1");
+        config.query = Some("api-version=2024-10-21".into());
+        let adapter = OpenAiAdapter::new(config).unwrap();
+        assert_eq!(
+            adapter.inner.chat_url,
+            "https://r.example/openai/deployments/d1/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            adapter.inner.embeddings_url,
+            "https://r.example/openai/deployments/d1/embeddings?api-version=2024-10-21"
+        );
+    }
+
+    #[test]
     fn translates_an_openai_stream() {
         let mut t = ChunkTranslator::default();
         let role = t
-            .step(event(
+            .event(event(
                 r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
             ))
             .unwrap();
         assert!(role.events.is_empty());
         let text = t
-            .step(event(
+            .event(event(
                 r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
             ))
             .unwrap();
         assert_eq!(text.events, vec![StreamEvent::Delta("Hi".into())]);
         let finish = t
-            .step(event(
+            .event(event(
                 r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#,
             ))
             .unwrap();
@@ -468,32 +440,56 @@ mod tests {
             vec![StreamEvent::Finish(FinishReason::Length)]
         );
         let usage = t
-            .step(event(
+            .event(event(
                 r#"{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":1,"total_tokens":3}}"#,
             ))
             .unwrap();
+        assert_eq!(usage.events, vec![StreamEvent::Usage(Usage::new(2, 1))]);
+        assert!(t.event(event("[DONE]")).unwrap().done);
+    }
+
+    #[test]
+    fn translates_streamed_tool_calls() {
+        let mut t = ChunkTranslator::default();
+        let first = t
+            .event(event(
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"get_weather","arguments":""}}]}}]}"#,
+            ))
+            .unwrap();
         assert_eq!(
-            usage.events,
-            vec![StreamEvent::Usage(Usage {
-                prompt_tokens: 2,
-                completion_tokens: 1
+            first.events,
+            vec![StreamEvent::ToolCall(ToolCallDelta {
+                index: 0,
+                id: Some("call_1".into()),
+                name: Some("get_weather".into()),
+                arguments: String::new(),
             })]
         );
-        assert!(t.step(event("[DONE]")).unwrap().done);
+        let more = t
+            .event(event(
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]}}]}"#,
+            ))
+            .unwrap();
+        assert_eq!(
+            more.events,
+            vec![StreamEvent::ToolCall(ToolCallDelta {
+                index: 0,
+                id: None,
+                name: None,
+                arguments: "{\"city\":".into(),
+            })]
+        );
     }
 
     #[test]
     fn a_stream_cut_before_finishing_is_an_error() {
         let mut t = ChunkTranslator::default();
-        t.step(event(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#))
+        t.event(event(r#"{"choices":[{"delta":{"content":"Hi"}}]}"#))
             .unwrap();
-        assert_eq!(
-            t.step::<std::io::Error>(None).unwrap_err().kind,
-            ErrorKind::Upstream
-        );
+        assert_eq!(t.end().unwrap_err().kind, ErrorKind::Upstream);
         let mut t = ChunkTranslator::default();
         assert_eq!(
-            t.step(event("[DONE]")).unwrap_err().kind,
+            t.event(event("[DONE]")).unwrap_err().kind,
             ErrorKind::Upstream
         );
     }
@@ -501,13 +497,37 @@ mod tests {
     #[test]
     fn malformed_and_error_events_are_errors() {
         let mut t = ChunkTranslator::default();
-        let error = t.step(event("{not json")).unwrap_err();
+        let error = t.event(event("{not json")).unwrap_err();
         assert!(error.message.contains("malformed"), "{}", error.message);
         let error = t
-            .step(event(
+            .event(event(
                 r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
             ))
             .unwrap_err();
         assert!(error.message.contains("overloaded"), "{}", error.message);
+    }
+
+    #[test]
+    fn statuses_map_to_kinds_with_upstream_message() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "2".parse().unwrap());
+        let body = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+        let error = classify(429, &headers, body);
+        assert_eq!(error.kind, ErrorKind::RateLimited);
+        assert_eq!(error.code.as_deref(), Some("rate_limit_exceeded"));
+        assert_eq!(error.retry_after, Some(std::time::Duration::from_secs(2)));
+        assert!(error.message.contains("Rate limit reached"));
+        let none = HeaderMap::new();
+        assert_eq!(classify(529, &none, "").kind, ErrorKind::Overloaded);
+        assert_eq!(classify(500, &none, "boom").kind, ErrorKind::Upstream);
+        assert_eq!(classify(401, &none, "").kind, ErrorKind::Authentication);
+        assert_eq!(classify(400, &none, "").kind, ErrorKind::InvalidRequest);
+        assert_eq!(classify(504, &none, "").kind, ErrorKind::Timeout);
+        let long = classify(
+            400,
+            &none,
+            r#"{"error":{"message":"This model's maximum context length is 128000 tokens","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+        );
+        assert_eq!(long.code.as_deref(), Some("context_length_exceeded"));
     }
 }

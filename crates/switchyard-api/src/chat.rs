@@ -80,6 +80,7 @@ fn sse_events(
         while let Some(event) = events.next().await {
             match event {
                 Ok(StreamEvent::Delta(text)) => yield Ok(data(&chunks.content(text))),
+                Ok(StreamEvent::ToolCall(piece)) => yield Ok(data(&chunks.tool_call(piece))),
                 Ok(StreamEvent::Finish(reason)) => yield Ok(data(&chunks.finish(reason))),
                 Ok(StreamEvent::Usage(usage)) => {
                     completion_tokens = Some(usage.completion_tokens);

@@ -1,12 +1,13 @@
 //! Switchyard's API layer: HTTP in, calls on the orchestration layer, HTTP
 //! out. It holds no business logic.
 //!
-//! Endpoints: `POST /v1/chat/completions`, `GET /v1/models`,
+//! Endpoints: `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models`,
 //! `GET /v1/models/{model}`, `GET /healthz`, `GET /readyz`. Every response
 //! carries `x-request-id` (the client's own when it sent one); every error
 //! is OpenAI-shaped.
 
 mod chat;
+mod embeddings;
 pub mod error;
 pub mod extract;
 mod models;
@@ -56,6 +57,7 @@ pub fn router(gateway: Arc<Gateway>, config: &ApiConfig) -> Router {
     let state = AppState { gateway };
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::retrieve))
         .route("/healthz", get(models::healthz))

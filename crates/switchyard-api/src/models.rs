@@ -24,7 +24,7 @@ impl<'a> From<&'a ModelEntry> for ModelObject<'a> {
             id: &entry.name,
             object: "model",
             created: entry.created,
-            owned_by: entry.backend.info().owned_by,
+            owned_by: entry.info().map(|i| i.owned_by).unwrap_or_default(),
         }
     }
 }

@@ -25,8 +25,11 @@ use serde::Deserialize;
 
 pub use interpolate::{InterpolationError, interpolate};
 
-/// The model served when no configuration file is given.
+/// The chat model served when no configuration file is given.
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
+
+/// The embedding model served when no configuration file is given.
+pub const DEFAULT_EMBEDDING_MODEL: &str = "all-minilm-l6-v2";
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,10 +76,46 @@ impl Default for Config {
 /// `backend` key of its table).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
-    /// A GGUF model run in-process.
+    /// A GGUF chat model run in-process (`backend = "local"`).
     Local(LocalModelConfig),
-    /// Any server that speaks OpenAI's chat completions API.
-    Openai(OpenAiModelConfig),
+    /// A sentence-embedding model run in-process (`backend = "local-embedding"`).
+    LocalEmbedding(LocalEmbeddingConfig),
+    /// A remote provider (`backend = "openai"`, `"azure"`, `"anthropic"`,
+    /// `"gemini"` or `"bedrock"`).
+    Remote(Provider, Box<RemoteModelConfig>),
+}
+
+/// The remote providers Switchyard speaks to natively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// OpenAI and every OpenAI-compatible server (see `preset`).
+    Openai,
+    /// Azure OpenAI: deployment URLs, `api-version`, `api-key` header.
+    Azure,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// Google's Gemini API.
+    Gemini,
+    /// AWS Bedrock's Converse API.
+    Bedrock,
+}
+
+impl Provider {
+    const ALL: [(&'static str, Provider); 5] = [
+        ("openai", Provider::Openai),
+        ("azure", Provider::Azure),
+        ("anthropic", Provider::Anthropic),
+        ("gemini", Provider::Gemini),
+        ("bedrock", Provider::Bedrock),
+    ];
+
+    /// The `backend` value.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map_or("", |(name, _)| name)
+    }
 }
 
 /// Settings of a local GGUF model.
@@ -129,13 +168,48 @@ impl Default for LocalModelConfig {
     }
 }
 
-/// Settings of an OpenAI-compatible upstream. `Debug` leaves the key out.
+/// Settings of a local sentence-embedding model.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalEmbeddingConfig {
+    /// A folder with `model.safetensors`, `tokenizer.json`, `config.json`.
+    /// Without it, the model comes from the catalogue.
+    pub path: Option<PathBuf>,
+    /// Catalogue name; defaults to the model's own name.
+    pub catalog: Option<String>,
+    /// Inputs per forward pass.
+    #[serde(default = "default_embedding_batch")]
+    pub max_batch: usize,
+    /// Tokens per input; longer inputs are truncated.
+    #[serde(default = "default_embedding_tokens")]
+    pub max_tokens: usize,
+    /// Requests that may wait before new ones get 503.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+impl Default for LocalEmbeddingConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            catalog: None,
+            max_batch: default_embedding_batch(),
+            max_tokens: default_embedding_tokens(),
+            queue: default_queue(),
+        }
+    }
+}
+
+/// Settings of a remote model. Fields that only one provider understands
+/// are refused for the others. `Debug` leaves secrets out.
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OpenAiModelConfig {
-    /// Base URL up to and including the version, e.g. `https://api.openai.com/v1`.
-    pub base_url: String,
-    /// Bearer token; usually `${SOME_ENV_VAR}`. Omit for servers without auth.
+pub struct RemoteModelConfig {
+    /// The API's base URL. Required for `openai` without a `preset` and for
+    /// `azure` (the resource endpoint, `https://NAME.openai.azure.com`);
+    /// defaults to the provider's public API otherwise.
+    pub base_url: Option<String>,
+    /// The API key; usually `${SOME_ENV_VAR}`.
     pub api_key: Option<String>,
     /// The model id sent upstream; defaults to the public name.
     pub upstream_model: Option<String>,
@@ -151,6 +225,67 @@ pub struct OpenAiModelConfig {
     /// Deadline for the whole answer.
     #[serde(default = "default_total_timeout_ms")]
     pub total_timeout_ms: u64,
+    /// `openai`: a member of the OpenAI-compatible family (`mistral`,
+    /// `deepseek`, `groq`, `vllm`, ...), which supplies its base URL and quirks.
+    pub preset: Option<String>,
+    /// `azure`: the deployment name.
+    pub deployment: Option<String>,
+    /// `azure`: the `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// `anthropic`: the `anthropic-version` header.
+    pub anthropic_version: Option<String>,
+    /// `anthropic`: `max_tokens` for requests that set none (the API requires one).
+    pub default_max_tokens: Option<u32>,
+    /// `bedrock`: the AWS region.
+    pub region: Option<String>,
+    /// `bedrock`: access key id (default: `AWS_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// `bedrock`: secret access key (default: `AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: Option<String>,
+    /// `bedrock`: session token (default: `AWS_SESSION_TOKEN`).
+    pub session_token: Option<String>,
+}
+
+impl RemoteModelConfig {
+    /// The fields set that belong to one provider only, with that provider.
+    fn provider_fields(&self) -> Vec<(&'static str, Provider)> {
+        let mut set = Vec::new();
+        let mut check = |present: bool, field: &'static str, provider: Provider| {
+            if present {
+                set.push((field, provider));
+            }
+        };
+        check(self.preset.is_some(), "preset", Provider::Openai);
+        check(self.deployment.is_some(), "deployment", Provider::Azure);
+        check(self.api_version.is_some(), "api_version", Provider::Azure);
+        check(
+            self.anthropic_version.is_some(),
+            "anthropic_version",
+            Provider::Anthropic,
+        );
+        check(
+            self.default_max_tokens.is_some(),
+            "default_max_tokens",
+            Provider::Anthropic,
+        );
+        check(self.region.is_some(), "region", Provider::Bedrock);
+        check(
+            self.access_key_id.is_some(),
+            "access_key_id",
+            Provider::Bedrock,
+        );
+        check(
+            self.secret_access_key.is_some(),
+            "secret_access_key",
+            Provider::Bedrock,
+        );
+        check(
+            self.session_token.is_some(),
+            "session_token",
+            Provider::Bedrock,
+        );
+        set
+    }
 }
 
 /// A field's dotted path and what is wrong with it.
@@ -180,30 +315,46 @@ fn decode_model(name: &str, mut table: toml::Table) -> Result<ModelConfig, Field
         None => {
             return Err((
                 format!("{prefix}.backend"),
-                "missing; set backend = \"local\" or \"openai\"".into(),
+                "missing; set backend = \"local\", \"openai\", \"anthropic\", ...".into(),
             ));
         }
     };
     match backend.as_str() {
         "local" => decode(table, &prefix).map(ModelConfig::Local),
-        "openai" => decode(table, &prefix).map(ModelConfig::Openai),
-        other => Err((
-            format!("{prefix}.backend"),
-            format!("unknown backend {other:?}; expected \"local\" or \"openai\""),
-        )),
+        "local-embedding" => decode(table, &prefix).map(ModelConfig::LocalEmbedding),
+        other => match Provider::ALL.iter().find(|(name, _)| *name == other) {
+            Some((_, provider)) => decode(table, &prefix)
+                .map(|remote| ModelConfig::Remote(*provider, Box::new(remote))),
+            None => Err((
+                format!("{prefix}.backend"),
+                format!(
+                    "unknown backend {other:?}; expected local, local-embedding, openai, azure, anthropic, gemini or bedrock"
+                ),
+            )),
+        },
     }
 }
 
-impl std::fmt::Debug for OpenAiModelConfig {
+impl std::fmt::Debug for RemoteModelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiModelConfig")
+        let secret = |value: &Option<String>| value.as_ref().map(|_| "<redacted>");
+        f.debug_struct("RemoteModelConfig")
             .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("api_key", &secret(&self.api_key))
             .field("upstream_model", &self.upstream_model)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("first_byte_timeout_ms", &self.first_byte_timeout_ms)
             .field("total_timeout_ms", &self.total_timeout_ms)
+            .field("preset", &self.preset)
+            .field("deployment", &self.deployment)
+            .field("api_version", &self.api_version)
+            .field("anthropic_version", &self.anthropic_version)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .field("region", &self.region)
+            .field("access_key_id", &secret(&self.access_key_id))
+            .field("secret_access_key", &secret(&self.secret_access_key))
+            .field("session_token", &secret(&self.session_token))
             .finish()
     }
 }
@@ -218,10 +369,22 @@ fn default_shutdown_grace_secs() -> u64 {
     30
 }
 fn default_models() -> BTreeMap<String, ModelConfig> {
-    BTreeMap::from([(
-        DEFAULT_MODEL.to_owned(),
-        ModelConfig::Local(LocalModelConfig::default()),
-    )])
+    BTreeMap::from([
+        (
+            DEFAULT_MODEL.to_owned(),
+            ModelConfig::Local(LocalModelConfig::default()),
+        ),
+        (
+            DEFAULT_EMBEDDING_MODEL.to_owned(),
+            ModelConfig::LocalEmbedding(LocalEmbeddingConfig::default()),
+        ),
+    ])
+}
+fn default_embedding_batch() -> usize {
+    32
+}
+fn default_embedding_tokens() -> usize {
+    256
 }
 fn default_context_length() -> u32 {
     2048
@@ -274,6 +437,91 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+fn validate_remote(
+    provider: Provider,
+    remote: &RemoteModelConfig,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(), FieldProblem> {
+    for (name, owner) in remote.provider_fields() {
+        if owner != provider {
+            return Err((
+                field(name),
+                format!(
+                    "applies to backend \"{}\" only, not \"{}\"",
+                    owner.name(),
+                    provider.name()
+                ),
+            ));
+        }
+    }
+    if let Some(base_url) = &remote.base_url {
+        let url = url::Url::parse(base_url)
+            .map_err(|e| (field("base_url"), format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err((field("base_url"), "must be an http or https URL".into()));
+        }
+    }
+    let required = |present: bool, name: &str, why: &str| {
+        if present {
+            Ok(())
+        } else {
+            Err((field(name), format!("required: {why}")))
+        }
+    };
+    match provider {
+        Provider::Openai => required(
+            remote.base_url.is_some() || remote.preset.is_some(),
+            "base_url",
+            "the upstream's URL (or a `preset` that knows it)",
+        )?,
+        Provider::Azure => {
+            required(
+                remote.base_url.is_some(),
+                "base_url",
+                "the resource endpoint, e.g. https://NAME.openai.azure.com",
+            )?;
+            required(
+                remote.deployment.is_some(),
+                "deployment",
+                "the deployment name",
+            )?;
+            required(remote.api_key.is_some(), "api_key", "Azure's `api-key`")?;
+        }
+        Provider::Anthropic | Provider::Gemini => {
+            required(
+                remote.api_key.is_some(),
+                "api_key",
+                "the provider's API key",
+            )?;
+        }
+        Provider::Bedrock => {
+            required(
+                remote.region.is_some(),
+                "region",
+                "the AWS region, e.g. us-east-1",
+            )?;
+            required(
+                remote.upstream_model.is_some(),
+                "upstream_model",
+                "the Bedrock model id, e.g. anthropic.claude-3-haiku-20240307-v1:0",
+            )?;
+        }
+    }
+    if remote.default_max_tokens == Some(0) {
+        return Err((field("default_max_tokens"), "must be at least 1".into()));
+    }
+    for (key, value) in [
+        ("connect_timeout_ms", remote.connect_timeout_ms),
+        ("first_byte_timeout_ms", remote.first_byte_timeout_ms),
+        ("total_timeout_ms", remote.total_timeout_ms),
+    ] {
+        if value == 0 {
+            return Err((field(key), "must be at least 1".into()));
+        }
+    }
+    Ok(())
 }
 
 impl Config {
@@ -383,21 +631,22 @@ impl Config {
                         return Err((field("top_p"), "must be between 0 and 1".into()));
                     }
                 }
-                ModelConfig::Openai(remote) => {
-                    let url = url::Url::parse(&remote.base_url)
-                        .map_err(|e| (field("base_url"), format!("not a URL: {e}")))?;
-                    if !matches!(url.scheme(), "http" | "https") {
-                        return Err((field("base_url"), "must be an http or https URL".into()));
+                ModelConfig::LocalEmbedding(local) => {
+                    if local.path.is_some() && local.catalog.is_some() {
+                        return Err((
+                            field("path"),
+                            "give either `path` or `catalog`, not both".into(),
+                        ));
                     }
-                    for (key, value) in [
-                        ("connect_timeout_ms", remote.connect_timeout_ms),
-                        ("first_byte_timeout_ms", remote.first_byte_timeout_ms),
-                        ("total_timeout_ms", remote.total_timeout_ms),
-                    ] {
-                        if value == 0 {
-                            return Err((field(key), "must be at least 1".into()));
-                        }
+                    if local.max_batch == 0 {
+                        return Err((field("max_batch"), "must be at least 1".into()));
                     }
+                    if local.max_tokens < 2 || local.max_tokens > 512 {
+                        return Err((field("max_tokens"), "must be between 2 and 512".into()));
+                    }
+                }
+                ModelConfig::Remote(provider, remote) => {
+                    validate_remote(*provider, remote, &field)?;
                 }
             }
         }
@@ -447,7 +696,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.max_body_bytes, 1024);
-        let Some(ModelConfig::Openai(gpt)) = config.models.get("gpt") else {
+        let Some(ModelConfig::Remote(Provider::Openai, gpt)) = config.models.get("gpt") else {
             panic!("gpt is not an openai model");
         };
         assert_eq!(gpt.api_key.as_deref(), Some("sk-test"));
@@ -518,6 +767,69 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("sk-test"), "{printed}");
         assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn provider_fields_belong_to_their_provider() {
+        let (field, message) = field_error(
+            "[models.m]\nbackend = \"openai\"\nbase_url = \"http://x\"\ndeployment = \"d\"\n",
+        );
+        assert_eq!(field, "models.m.deployment");
+        assert!(message.contains("\"azure\" only"), "{message}");
+        let (field, _) = field_error(
+            "[models.m]\nbackend = \"azure\"\nbase_url = \"https://r\"\napi_key = \"k\"\n",
+        );
+        assert_eq!(field, "models.m.deployment");
+        let (field, _) = field_error("[models.m]\nbackend = \"bedrock\"\nupstream_model = \"x\"\n");
+        assert_eq!(field, "models.m.region");
+        let (field, _) = field_error("[models.m]\nbackend = \"anthropic\"\n");
+        assert_eq!(field, "models.m.api_key");
+        let (field, _) = field_error("[models.m]\nbackend = \"openai\"\n");
+        assert_eq!(field, "models.m.base_url");
+    }
+
+    #[test]
+    fn every_backend_parses() {
+        let config = parse(
+            r#"
+            [models.mistral]
+            backend = "openai"
+            preset = "mistral"
+            api_key = "k"
+            [models.claude]
+            backend = "anthropic"
+            api_key = "k"
+            default_max_tokens = 1024
+            [models.gem]
+            backend = "gemini"
+            api_key = "k"
+            [models.az]
+            backend = "azure"
+            base_url = "https://r.openai.azure.com"
+            deployment = "gpt4o"
+            api_key = "k"
+            [models.br]
+            backend = "bedrock"
+            region = "us-east-1"
+            upstream_model = "anthropic.claude-3-haiku-20240307-v1:0"
+            [models.embed]
+            backend = "local-embedding"
+            max_batch = 16
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.models.len(), 6);
+        assert!(matches!(
+            config.models.get("claude"),
+            Some(ModelConfig::Remote(Provider::Anthropic, _))
+        ));
+        assert!(matches!(
+            config.models.get("embed"),
+            Some(ModelConfig::LocalEmbedding(LocalEmbeddingConfig {
+                max_batch: 16,
+                ..
+            }))
+        ));
     }
 
     #[test]

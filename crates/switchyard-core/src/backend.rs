@@ -5,7 +5,9 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-use crate::chat::{ChatRequest, ChatResponse, FinishReason, StreamEvent, Usage};
+use crate::chat::{
+    ChatRequest, ChatResponse, FinishReason, StreamEvent, ToolCall, ToolCallDelta, Usage,
+};
 use crate::error::{BackendError, ErrorKind};
 
 /// A streamed answer. Dropping it cancels the work behind it: the local
@@ -60,11 +62,13 @@ pub async fn collect_stream(
     mut stream: ChatStream,
 ) -> Result<ChatResponse, BackendError> {
     let mut content = String::new();
+    let mut tool_calls: Vec<ToolCall> = Vec::new();
     let mut finish_reason: Option<FinishReason> = None;
     let mut usage = Usage::default();
     while let Some(event) = stream.next().await {
         match event? {
             StreamEvent::Delta(text) => content.push_str(&text),
+            StreamEvent::ToolCall(delta) => append_tool_call(&mut tool_calls, delta),
             StreamEvent::Finish(reason) => finish_reason = Some(reason),
             StreamEvent::Usage(counts) => usage = counts,
         }
@@ -78,9 +82,30 @@ pub async fn collect_stream(
     Ok(ChatResponse {
         model,
         content,
+        tool_calls,
         finish_reason,
         usage,
     })
+}
+
+/// Adds a streamed piece to the call it belongs to.
+fn append_tool_call(calls: &mut Vec<ToolCall>, delta: ToolCallDelta) {
+    let index = delta.index as usize;
+    while calls.len() <= index {
+        calls.push(ToolCall {
+            id: String::new(),
+            name: String::new(),
+            arguments: String::new(),
+        });
+    }
+    let call = &mut calls[index];
+    if let Some(id) = delta.id {
+        call.id = id;
+    }
+    if let Some(name) = delta.name {
+        call.name.push_str(&name);
+    }
+    call.arguments.push_str(&delta.arguments);
 }
 
 #[cfg(test)]
@@ -94,10 +119,7 @@ mod tests {
             Ok(StreamEvent::Delta("Hello".into())),
             Ok(StreamEvent::Delta(", world".into())),
             Ok(StreamEvent::Finish(FinishReason::Length)),
-            Ok(StreamEvent::Usage(Usage {
-                prompt_tokens: 3,
-                completion_tokens: 2,
-            })),
+            Ok(StreamEvent::Usage(Usage::new(3, 2))),
         ];
         let response = collect_stream("m".into(), stream::iter(events).boxed())
             .await
@@ -105,6 +127,33 @@ mod tests {
         assert_eq!(response.content, "Hello, world");
         assert_eq!(response.finish_reason, FinishReason::Length);
         assert_eq!(response.usage.total_tokens(), 5);
+    }
+
+    #[tokio::test]
+    async fn collect_assembles_streamed_tool_calls() {
+        let piece = |index, id: Option<&str>, name: Option<&str>, arguments: &str| {
+            Ok(StreamEvent::ToolCall(ToolCallDelta {
+                index,
+                id: id.map(str::to_owned),
+                name: name.map(str::to_owned),
+                arguments: arguments.to_owned(),
+            }))
+        };
+        let events = vec![
+            piece(0, Some("call_a"), Some("weather"), ""),
+            piece(0, None, None, "{\"city\":"),
+            piece(1, Some("call_b"), Some("time"), "{}"),
+            piece(0, None, None, "\"Oslo\"}"),
+            Ok(StreamEvent::Finish(FinishReason::ToolCalls)),
+        ];
+        let response = collect_stream("m".into(), stream::iter(events).boxed())
+            .await
+            .unwrap();
+        assert_eq!(response.tool_calls.len(), 2);
+        assert_eq!(response.tool_calls[0].id, "call_a");
+        assert_eq!(response.tool_calls[0].arguments, "{\"city\":\"Oslo\"}");
+        assert_eq!(response.tool_calls[1].name, "time");
+        assert_eq!(response.finish_reason, FinishReason::ToolCalls);
     }
 
     #[tokio::test]

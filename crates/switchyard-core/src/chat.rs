@@ -41,30 +41,140 @@ impl fmt::Display for Role {
     }
 }
 
+/// Where an image comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageSource {
+    /// A URL the provider fetches itself.
+    Url(String),
+    /// Inline bytes, base64-encoded (from a `data:` URL or a base64 block).
+    Base64 {
+        /// MIME type, e.g. `image/png`.
+        media_type: String,
+        /// The base64 text.
+        data: String,
+    },
+}
+
+impl ImageSource {
+    /// Reads an OpenAI-style image URL: `data:image/png;base64,...` becomes
+    /// inline bytes, anything else stays a URL.
+    pub fn from_url(url: &str) -> Self {
+        if let Some(rest) = url.strip_prefix("data:")
+            && let Some((meta, data)) = rest.split_once(',')
+            && let Some(media_type) = meta.strip_suffix(";base64")
+        {
+            return ImageSource::Base64 {
+                media_type: media_type.to_owned(),
+                data: data.to_owned(),
+            };
+        }
+        ImageSource::Url(url.to_owned())
+    }
+
+    /// The OpenAI-style URL: the URL itself or a `data:` URL.
+    pub fn to_url(&self) -> String {
+        match self {
+            ImageSource::Url(url) => url.clone(),
+            ImageSource::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
+        }
+    }
+}
+
+/// One piece of a message's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ContentPart {
+    /// Text.
+    Text(String),
+    /// An image.
+    Image {
+        /// Where it is.
+        source: ImageSource,
+        /// OpenAI's `detail` hint (`low`, `high`, `auto`), passed on where understood.
+        detail: Option<String>,
+    },
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolDefinition {
+    /// The function's name.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: Option<String>,
+    /// Its arguments, as a JSON Schema object.
+    pub parameters: serde_json::Value,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// No tool calls.
+    None,
+    /// At least one tool call.
+    Required,
+    /// This tool.
+    Tool(String),
+}
+
+/// A call the model made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The call's id, echoed by the tool result that answers it.
+    pub id: String,
+    /// The function called.
+    pub name: String,
+    /// Its arguments as JSON text (as OpenAI carries them).
+    pub arguments: String,
+}
+
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// Who wrote it.
     pub role: Role,
-    /// Its text. Multi-part text content is joined before it gets here.
-    pub content: String,
+    /// Text and images, in order.
+    pub content: Vec<ContentPart>,
     /// An optional participant name (OpenAI's `name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// For tool results: the id of the call this message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// For assistant messages: the tool calls it made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl ChatMessage {
     /// A message with just a role and text.
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
+    pub fn new(role: Role, text: impl Into<String>) -> Self {
         Self {
             role,
-            content: content.into(),
+            content: vec![ContentPart::Text(text.into())],
             name: None,
             tool_call_id: None,
+            tool_calls: Vec::new(),
         }
+    }
+
+    /// The text parts, joined.
+    pub fn text(&self) -> String {
+        self.content
+            .iter()
+            .filter_map(|part| match part {
+                ContentPart::Text(text) => Some(text.as_str()),
+                ContentPart::Image { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Whether any part is an image.
+    pub fn has_images(&self) -> bool {
+        self.content
+            .iter()
+            .any(|part| matches!(part, ContentPart::Image { .. }))
     }
 }
 
@@ -128,6 +238,13 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     /// An opaque end-user identifier, forwarded to upstreams that take one.
     pub user: Option<String>,
+    /// Functions the model may call.
+    #[serde(default)]
+    pub tools: Vec<ToolDefinition>,
+    /// Whether and which tool the model must call.
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether several calls may come in one turn.
+    pub parallel_tool_calls: Option<bool>,
 }
 
 impl ChatRequest {
@@ -140,6 +257,9 @@ impl ChatRequest {
             max_tokens: None,
             stop: Vec::new(),
             user: None,
+            tools: Vec::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
         }
     }
 }
@@ -173,13 +293,28 @@ impl FinishReason {
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    /// Tokens in the prompt, after the chat template.
+    /// Every input token, cached ones included (after the chat template).
     pub prompt_tokens: u32,
     /// Tokens generated.
     pub completion_tokens: u32,
+    /// Of `prompt_tokens`, those read from the provider's prompt cache.
+    #[serde(default)]
+    pub cache_read_tokens: u32,
+    /// Of `prompt_tokens`, those written to the provider's prompt cache.
+    #[serde(default)]
+    pub cache_write_tokens: u32,
 }
 
 impl Usage {
+    /// Counts without any cache figures.
+    pub fn new(prompt_tokens: u32, completion_tokens: u32) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            ..Self::default()
+        }
+    }
+
     /// Prompt plus completion tokens.
     pub fn total_tokens(&self) -> u32 {
         self.prompt_tokens.saturating_add(self.completion_tokens)
@@ -193,18 +328,37 @@ pub struct ChatResponse {
     pub model: String,
     /// The generated text.
     pub content: String,
+    /// Tool calls the model made.
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
     /// Why generation ended.
     pub finish_reason: FinishReason,
     /// Token counts.
     pub usage: Usage,
 }
 
+/// A piece of a streamed tool call: the first piece of a call carries its
+/// id and name, later ones more argument text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallDelta {
+    /// Which call of this turn (0, 1, ...).
+    pub index: u32,
+    /// The call's id, on its first piece.
+    pub id: Option<String>,
+    /// The function's name, on its first piece.
+    pub name: Option<String>,
+    /// More of the arguments' JSON text.
+    pub arguments: String,
+}
+
 /// One event of a streamed answer, in the order a backend emits them:
-/// any number of `Delta`s, then `Finish`, then `Usage`.
+/// any number of `Delta`s and `ToolCall`s, then `Finish`, then `Usage`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StreamEvent {
     /// More generated text (always whole UTF-8 characters).
     Delta(String),
+    /// A piece of a tool call.
+    ToolCall(ToolCallDelta),
     /// Generation ended.
     Finish(FinishReason),
     /// Final token counts.

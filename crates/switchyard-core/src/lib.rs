@@ -1,15 +1,19 @@
-//! Switchyard's core: the canonical chat types and the [`ChatBackend`] trait
-//! that every model adapter implements and every higher layer calls.
+//! Switchyard's core: the canonical chat and embedding types and the
+//! [`ChatBackend`] and [`EmbeddingBackend`] traits that every model adapter
+//! implements and every higher layer calls.
 //!
 //! This crate sits below everything else and depends on nothing of
 //! Switchyard's own.
 
 pub mod backend;
 pub mod chat;
+pub mod embed;
 pub mod error;
 
 pub use backend::{BackendInfo, ChatBackend, ChatStream, collect_stream};
 pub use chat::{
-    ChatMessage, ChatRequest, ChatResponse, FinishReason, Role, SamplingParams, StreamEvent, Usage,
+    ChatMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, Role,
+    SamplingParams, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, ToolDefinition, Usage,
 };
+pub use embed::{EmbeddingBackend, EmbeddingRequest, EmbeddingResponse};
 pub use error::{BackendError, ErrorKind};

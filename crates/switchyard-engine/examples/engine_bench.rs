@@ -106,7 +106,7 @@ fn raw(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
         .iter()
         .map(|p| {
             let text = template
-                .render(&[ChatMessage::new(Role::User, p.as_str())])
+                .render(&[ChatMessage::new(Role::User, p.as_str())], &[])
                 .unwrap();
             model.vocab().tokenize(text.as_bytes(), false, true)
         })
@@ -188,7 +188,7 @@ async fn engine(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
                         prompt_len = usage.prompt_tokens;
                         generated = usage.completion_tokens;
                     }
-                    StreamEvent::Finish(_) => {}
+                    StreamEvent::Finish(_) | StreamEvent::ToolCall(_) => {}
                 }
             }
             let first = first.unwrap();

@@ -15,13 +15,14 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use switchyard_core::{
     BackendError, BackendInfo, ChatBackend, ChatMessage, ChatRequest, ChatStream, ErrorKind,
-    SamplingParams,
+    SamplingParams, StreamEvent, ToolChoice, ToolDefinition,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use crate::scheduler::{Job, Scheduler, SchedulerLimits};
 use crate::template::{ChatTemplate, TemplateError};
+use crate::tools::ToolCallParser;
 
 /// How long a client should wait before retrying when the engine is busy.
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -105,8 +106,32 @@ struct Prompter {
 }
 
 impl Prompter {
-    fn tokenize(&self, messages: &[ChatMessage]) -> Result<Vec<LlamaToken>, BackendError> {
-        let prompt = self.template.render(messages).map_err(|error| {
+    /// Checks what a local GGUF model can serve: text only, tools only when
+    /// its template renders them.
+    fn check(&self, request: &ChatRequest) -> Result<(), BackendError> {
+        if let Some(index) = request.messages.iter().position(ChatMessage::has_images) {
+            return Err(BackendError::invalid_request(format!(
+                "this local model reads text only; messages[{index}] contains an image"
+            ))
+            .with_param(format!("messages[{index}].content")));
+        }
+        let wants_tools =
+            !request.tools.is_empty() && request.tool_choice != Some(ToolChoice::None);
+        if wants_tools && !self.template.supports_tools() {
+            return Err(BackendError::invalid_request(
+                "tool calling is not supported by this local model: its chat template does not render tools; remove `tools` or use a model whose template does",
+            )
+            .with_param("tools"));
+        }
+        Ok(())
+    }
+
+    fn tokenize(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[ToolDefinition],
+    ) -> Result<Vec<LlamaToken>, BackendError> {
+        let prompt = self.template.render(messages, tools).map_err(|error| {
             BackendError::invalid_request(format!(
                 "the model's chat template rejected the conversation: {error}"
             ))
@@ -193,9 +218,16 @@ impl LocalEngine {
 
     async fn start_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
         let prompter = self.prompter()?;
+        prompter.check(&request)?;
         let enqueued_at = Instant::now();
+        let tools = if request.tool_choice == Some(ToolChoice::None) {
+            Vec::new()
+        } else {
+            request.tools
+        };
+        let parse_tool_calls = !tools.is_empty();
         let messages = request.messages;
-        let prompt = tokio::task::spawn_blocking(move || prompter.tokenize(&messages))
+        let prompt = tokio::task::spawn_blocking(move || prompter.tokenize(&messages, &tools))
             .await
             .map_err(|e| BackendError::internal(format!("tokenizer task failed: {e}")))??;
 
@@ -239,7 +271,19 @@ impl LocalEngine {
             }
         }
         let stream = futures::stream::poll_fn(move |cx| events_rx.poll_recv(cx));
-        Ok(stream.boxed())
+        if !parse_tool_calls {
+            return Ok(stream.boxed());
+        }
+        let mut parser = ToolCallParser::default();
+        let parsed = stream.flat_map(move |event| {
+            let events = match event {
+                Ok(StreamEvent::Delta(text)) => parser.push(&text),
+                Ok(StreamEvent::Finish(reason)) => parser.finish(reason),
+                other => return futures::stream::iter(vec![other]),
+            };
+            futures::stream::iter(events.into_iter().map(Ok).collect::<Vec<_>>())
+        });
+        Ok(parsed.boxed())
     }
 }
 

@@ -11,6 +11,7 @@ mod sampler;
 mod scheduler;
 mod stop;
 pub mod template;
+mod tools;
 mod utf8;
 
 pub use engine::{EngineConfig, EngineError, LocalEngine};

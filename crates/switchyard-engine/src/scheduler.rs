@@ -324,10 +324,10 @@ impl<'model> Scheduler<'model> {
         if !rest.is_empty() {
             seq.send(Ok(StreamEvent::Delta(rest)));
         }
-        let usage = Usage {
-            prompt_tokens: u32::try_from(seq.job.prompt.len()).unwrap_or(u32::MAX),
-            completion_tokens: seq.generated,
-        };
+        let usage = Usage::new(
+            u32::try_from(seq.job.prompt.len()).unwrap_or(u32::MAX),
+            seq.generated,
+        );
         seq.send(Ok(StreamEvent::Finish(reason)));
         seq.send(Ok(StreamEvent::Usage(usage)));
         log_finished(&seq, reason);

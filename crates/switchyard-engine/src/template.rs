@@ -7,7 +7,7 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Serde;
 use minijinja::{Environment, Error as JinjaError, ErrorKind as JinjaErrorKind, context};
 use serde::Serialize;
-use switchyard_core::ChatMessage;
+use switchyard_core::{ChatMessage, ToolDefinition};
 
 /// ChatML, for GGUF files that carry no template of their own.
 const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -32,16 +32,42 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    supports_tools: bool,
 }
 
 #[derive(Serialize)]
 struct TemplateMessage<'a> {
     role: &'a str,
-    content: &'a str,
+    content: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_call_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<TemplateToolCall<'a>>,
+}
+
+/// Tool calls as Hugging Face templates expect them: arguments as an object.
+#[derive(Serialize)]
+struct TemplateToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: TemplateFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct TemplateFunction<'a> {
+    name: &'a str,
+    arguments: serde_json::Value,
+}
+
+/// Tool definitions as Hugging Face templates expect them.
+#[derive(Serialize)]
+struct TemplateTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: &'a ToolDefinition,
 }
 
 impl ChatTemplate {
@@ -69,11 +95,16 @@ impl ChatTemplate {
                 Err(JinjaError::new(JinjaErrorKind::InvalidOperation, message))
             },
         );
-        env.add_template_owned(TEMPLATE_NAME, source.into())?;
+        let source = source.into();
+        // Templates written for tool use read a `tools` variable; the others
+        // would silently drop the definitions.
+        let supports_tools = source.contains("tools");
+        env.add_template_owned(TEMPLATE_NAME, source)?;
         Ok(Self {
             env,
             bos_token: bos_token.into(),
             eos_token: eos_token.into(),
+            supports_tools,
         })
     }
 
@@ -82,29 +113,70 @@ impl ChatTemplate {
         Self::new(CHATML, bos_token, eos_token)
     }
 
+    /// Whether the template renders tool definitions.
+    pub fn supports_tools(&self) -> bool {
+        self.supports_tools
+    }
+
     /// The BOS token's text, as the template sees it.
     pub fn bos_token(&self) -> &str {
         &self.bos_token
     }
 
-    /// Renders the conversation and opens the assistant's turn.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, TemplateError> {
+    /// Renders the conversation (and the tools, when given) and opens the
+    /// assistant's turn.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[ToolDefinition],
+    ) -> Result<String, TemplateError> {
         let messages: Vec<TemplateMessage<'_>> = messages
             .iter()
             .map(|m| TemplateMessage {
                 role: m.role.as_str(),
-                content: &m.content,
+                content: m.text(),
                 name: m.name.as_deref(),
                 tool_call_id: m.tool_call_id.as_deref(),
+                tool_calls: m
+                    .tool_calls
+                    .iter()
+                    .map(|call| TemplateToolCall {
+                        id: &call.id,
+                        kind: "function",
+                        function: TemplateFunction {
+                            name: &call.name,
+                            arguments: serde_json::from_str(&call.arguments).unwrap_or_else(|_| {
+                                serde_json::Value::String(call.arguments.clone())
+                            }),
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        let tools: Vec<TemplateTool<'_>> = tools
+            .iter()
+            .map(|function| TemplateTool {
+                kind: "function",
+                function,
             })
             .collect();
         let template = self.env.get_template(TEMPLATE_NAME)?;
-        let prompt = template.render(context! {
-            messages => Serde(&messages),
-            add_generation_prompt => true,
-            bos_token => &self.bos_token,
-            eos_token => &self.eos_token,
-        })?;
+        let prompt = if tools.is_empty() {
+            template.render(context! {
+                messages => Serde(&messages),
+                add_generation_prompt => true,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })?
+        } else {
+            template.render(context! {
+                messages => Serde(&messages),
+                tools => Serde(&tools),
+                add_generation_prompt => true,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })?
+        };
         Ok(prompt)
     }
 }
@@ -121,7 +193,7 @@ mod tests {
     fn smollm2_template_adds_default_system_prompt() {
         let template = ChatTemplate::new(SMOLLM2, "<|im_start|>", "<|im_end|>").unwrap();
         let prompt = template
-            .render(&[ChatMessage::new(Role::User, "Hi")])
+            .render(&[ChatMessage::new(Role::User, "Hi")], &[])
             .unwrap();
         assert_eq!(
             prompt,
@@ -134,7 +206,7 @@ mod tests {
         let source = "{{ bos_token }}{% for m in messages %}[{{ m.role.upper() }}] {{ m.content.strip() }}\n{% endfor %}";
         let template = ChatTemplate::new(source, "<s>", "</s>").unwrap();
         let prompt = template
-            .render(&[ChatMessage::new(Role::User, "  spaced  ")])
+            .render(&[ChatMessage::new(Role::User, "  spaced  ")], &[])
             .unwrap();
         assert_eq!(prompt, "<s>[USER] spaced\n");
     }
@@ -144,7 +216,7 @@ mod tests {
         let source = "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}";
         let template = ChatTemplate::new(source, "", "").unwrap();
         let error = template
-            .render(&[ChatMessage::new(Role::Assistant, "x")])
+            .render(&[ChatMessage::new(Role::Assistant, "x")], &[])
             .unwrap_err();
         assert!(
             error
@@ -152,6 +224,37 @@ mod tests {
                 .contains("Conversation must start with user"),
             "{error}"
         );
+    }
+
+    /// A Hermes-style template (as Qwen 2.5 ships), cut down to what
+    /// matters here: tools in the system turn, calls and results in history.
+    const HERMES: &str = "{% if tools %}<|im_start|>system\n<tools>{% for tool in tools %}{{ tool.function | tojson }}{% endfor %}</tools><|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}{% for call in m.tool_calls %}<tool_call>{\"name\": \"{{ call.function.name }}\", \"arguments\": {{ call.function.arguments | tojson }}}</tool_call>{% endfor %}<|im_end|>\n{% endfor %}<|im_start|>assistant\n";
+
+    #[test]
+    fn tool_templates_see_definitions_and_calls() {
+        let template = ChatTemplate::new(HERMES, "", "").unwrap();
+        assert!(template.supports_tools());
+        let tool = ToolDefinition {
+            name: "weather".into(),
+            description: Some("Weather now".into()),
+            parameters: serde_json::json!({"type": "object"}),
+        };
+        let mut asked = ChatMessage::new(Role::Assistant, "");
+        asked.tool_calls = vec![switchyard_core::ToolCall {
+            id: "c1".into(),
+            name: "weather".into(),
+            arguments: "{\"city\":\"Oslo\"}".into(),
+        }];
+        let prompt = template
+            .render(&[ChatMessage::new(Role::User, "Oslo?"), asked], &[tool])
+            .unwrap();
+        assert!(prompt.contains("<tools>{\"name\": \"weather\""), "{prompt}");
+        assert!(
+            prompt.contains("<tool_call>{\"name\": \"weather\", \"arguments\": {\"city\": \"Oslo\"}}</tool_call>"),
+            "{prompt}"
+        );
+        let plain = ChatTemplate::new(SMOLLM2, "", "").unwrap();
+        assert!(!plain.supports_tools());
     }
 
     #[test]

@@ -80,7 +80,7 @@ async fn greedy_answer_names_paris_and_stream_matches_whole() {
 async fn max_tokens_ends_with_length_and_exact_count() {
     let engine = engine(|_| {}).await;
     let mut request = capital_question();
-    request.messages[0].content = "Write a long story about a dragon.".into();
+    request.messages[0] = ChatMessage::new(Role::User, "Write a long story about a dragon.");
     request.max_tokens = Some(5);
     let response = engine.chat(request).await.unwrap();
     assert_eq!(response.finish_reason, FinishReason::Length);
@@ -103,7 +103,7 @@ async fn stop_sequence_cuts_the_answer() {
 async fn prompt_longer_than_context_is_refused() {
     let engine = engine(|c| c.context_length = 64).await;
     let mut request = capital_question();
-    request.messages[0].content = "word ".repeat(200);
+    request.messages[0] = ChatMessage::new(Role::User, "word ".repeat(200));
     let error = match engine.chat_stream(request).await {
         Err(error) => error,
         Ok(_) => panic!("an over-long prompt was accepted"),
@@ -117,7 +117,7 @@ async fn same_seed_same_sample_and_concurrent_requests_all_finish() {
     let engine = engine(|c| c.parallel = 2).await;
     let sampled = || {
         let mut request = capital_question();
-        request.messages[0].content = "Name three fruits.".into();
+        request.messages[0] = ChatMessage::new(Role::User, "Name three fruits.");
         request.sampling.temperature = Some(0.9);
         request.sampling.seed = Some(42);
         request.max_tokens = Some(24);
@@ -138,7 +138,7 @@ async fn same_seed_same_sample_and_concurrent_requests_all_finish() {
 async fn dropping_the_stream_frees_the_slot() {
     let engine = engine(|c| c.parallel = 1).await;
     let mut long = capital_question();
-    long.messages[0].content = "Write a very long story about a dragon.".into();
+    long.messages[0] = ChatMessage::new(Role::User, "Write a very long story about a dragon.");
     long.max_tokens = Some(400);
     let mut stream = engine.chat_stream(long).await.unwrap();
     let _ = stream.next().await;
@@ -157,7 +157,7 @@ async fn full_queue_is_refused_as_overloaded() {
     .await;
     let mut long = capital_question();
     long.max_tokens = Some(200);
-    long.messages[0].content = "Write a very long story about a dragon.".into();
+    long.messages[0] = ChatMessage::new(Role::User, "Write a very long story about a dragon.");
     let mut streams = Vec::new();
     let mut refused = None;
     for _ in 0..4 {
@@ -172,4 +172,34 @@ async fn full_queue_is_refused_as_overloaded() {
     let error = refused.expect("a one-slot, one-place queue took four requests");
     assert_eq!(error.kind, ErrorKind::Overloaded);
     assert!(error.retry_after.is_some());
+}
+
+#[tokio::test]
+async fn tools_and_images_are_refused_by_a_template_without_tools() {
+    let engine = engine(|_| {}).await;
+    let mut with_tools = capital_question();
+    with_tools.tools = vec![switchyard_core::ToolDefinition {
+        name: "lookup".into(),
+        description: None,
+        parameters: serde_json::json!({"type": "object"}),
+    }];
+    let error = engine.chat_stream(with_tools.clone()).await.err().unwrap();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert_eq!(error.param.as_deref(), Some("tools"));
+    assert!(error.message.contains("tool calling is not supported"));
+
+    // tool_choice "none" means the tools are only context: served.
+    with_tools.tool_choice = Some(switchyard_core::ToolChoice::None);
+    assert!(engine.chat(with_tools).await.is_ok());
+
+    let mut with_image = capital_question();
+    with_image.messages[0]
+        .content
+        .push(switchyard_core::ContentPart::Image {
+            source: switchyard_core::ImageSource::Url("https://example.com/a.png".into()),
+            detail: None,
+        });
+    let error = engine.chat_stream(with_image).await.err().unwrap();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert_eq!(error.param.as_deref(), Some("messages[0].content"));
 }

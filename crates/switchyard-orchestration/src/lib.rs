@@ -1,13 +1,15 @@
 //! Switchyard's orchestration layer. Today it maps each public model name to
-//! one backend; routing across deployments, fallbacks, retries and caching
-//! grow here, behind the same two calls the API layer makes.
+//! its backends (chat, embeddings, or both); routing across deployments,
+//! fallbacks, retries and caching grow here, behind the same calls the API
+//! layer makes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use switchyard_core::{
-    BackendError, ChatBackend, ChatRequest, ChatResponse, ChatStream, ErrorKind,
+    BackendError, BackendInfo, ChatBackend, ChatRequest, ChatResponse, ChatStream,
+    EmbeddingBackend, EmbeddingRequest, EmbeddingResponse, ErrorKind,
 };
 
 /// One model clients can ask for.
@@ -15,10 +17,28 @@ use switchyard_core::{
 pub struct ModelEntry {
     /// The public name.
     pub name: String,
-    /// What serves it.
-    pub backend: Arc<dyn ChatBackend>,
+    /// What serves chat completions, if it chats.
+    pub chat: Option<Arc<dyn ChatBackend>>,
+    /// What serves embeddings, if it embeds.
+    pub embeddings: Option<Arc<dyn EmbeddingBackend>>,
     /// When it was registered (Unix seconds), for `/v1/models`.
     pub created: u64,
+}
+
+impl ModelEntry {
+    /// Describes the model's backend.
+    pub fn info(&self) -> Option<BackendInfo> {
+        match (&self.chat, &self.embeddings) {
+            (Some(chat), _) => Some(chat.info()),
+            (None, Some(embeddings)) => Some(embeddings.info()),
+            (None, None) => None,
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.chat.as_ref().is_none_or(|b| b.is_ready())
+            && self.embeddings.as_ref().is_none_or(|b| b.is_ready())
+    }
 }
 
 /// The models this gateway serves, by public name.
@@ -27,26 +47,41 @@ pub struct Gateway {
     models: BTreeMap<String, ModelEntry>,
 }
 
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 impl Gateway {
     /// A gateway with no models.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Serves `backend` under `name`, replacing any model of that name.
-    pub fn add_model(&mut self, name: impl Into<String>, backend: Arc<dyn ChatBackend>) {
-        let name = name.into();
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.models.insert(
-            name.clone(),
-            ModelEntry {
+    fn entry(&mut self, name: String) -> &mut ModelEntry {
+        self.models
+            .entry(name.clone())
+            .or_insert_with(|| ModelEntry {
                 name,
-                backend,
-                created,
-            },
-        );
+                chat: None,
+                embeddings: None,
+                created: now(),
+            })
+    }
+
+    /// Serves chat completions of `name` with `backend`.
+    pub fn add_chat_model(&mut self, name: impl Into<String>, backend: Arc<dyn ChatBackend>) {
+        self.entry(name.into()).chat = Some(backend);
+    }
+
+    /// Serves embeddings of `name` with `backend`.
+    pub fn add_embedding_model(
+        &mut self,
+        name: impl Into<String>,
+        backend: Arc<dyn EmbeddingBackend>,
+    ) {
+        self.entry(name.into()).embeddings = Some(backend);
     }
 
     /// Every model, ordered by name.
@@ -56,10 +91,10 @@ impl Gateway {
 
     /// Whether every backend can serve (e.g. local models have loaded).
     pub fn is_ready(&self) -> bool {
-        self.models.values().all(|m| m.backend.is_ready())
+        self.models.values().all(ModelEntry::is_ready)
     }
 
-    /// The backend for a public name, or a not-found error that lists what
+    /// The model of a public name, or a not-found error that lists what
     /// exists.
     pub fn resolve(&self, name: &str) -> Result<&ModelEntry, BackendError> {
         self.models.get(name).ok_or_else(|| {
@@ -76,18 +111,45 @@ impl Gateway {
         })
     }
 
+    fn chat_backend(&self, name: &str) -> Result<&Arc<dyn ChatBackend>, BackendError> {
+        self.resolve(name)?.chat.as_ref().ok_or_else(|| {
+            BackendError::invalid_request(format!(
+                "the model `{name}` is an embedding model; send it to /v1/embeddings"
+            ))
+            .with_param("model")
+            .with_code("model_not_supported")
+        })
+    }
+
     /// A whole completion from the model the request names.
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, BackendError> {
-        let entry = self.resolve(&request.model)?;
-        tracing::debug!(model = %entry.name, backend = entry.backend.info().kind, "routing");
-        entry.backend.chat(request).await
+        let backend = self.chat_backend(&request.model)?;
+        tracing::debug!(model = %request.model, backend = backend.info().kind, "routing");
+        backend.chat(request).await
     }
 
     /// A streamed completion from the model the request names.
     pub async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
-        let entry = self.resolve(&request.model)?;
-        tracing::debug!(model = %entry.name, backend = entry.backend.info().kind, "routing");
-        entry.backend.chat_stream(request).await
+        let backend = self.chat_backend(&request.model)?;
+        tracing::debug!(model = %request.model, backend = backend.info().kind, "routing");
+        backend.chat_stream(request).await
+    }
+
+    /// Embeddings from the model the request names.
+    pub async fn embed(
+        &self,
+        request: EmbeddingRequest,
+    ) -> Result<EmbeddingResponse, BackendError> {
+        let name = request.model.clone();
+        let backend = self.resolve(&name)?.embeddings.as_ref().ok_or_else(|| {
+            BackendError::invalid_request(format!(
+                "the model `{name}` does not produce embeddings; send it to /v1/chat/completions"
+            ))
+            .with_param("model")
+            .with_code("model_not_supported")
+        })?;
+        tracing::debug!(model = %name, backend = backend.info().kind, "routing");
+        backend.embed(request).await
     }
 }
 
@@ -96,18 +158,22 @@ mod tests {
     use super::*;
     use futures::future::BoxFuture;
     use futures::{StreamExt, stream};
-    use switchyard_core::{BackendInfo, FinishReason, StreamEvent};
+    use switchyard_core::{FinishReason, StreamEvent};
 
     /// A backend that answers with its own name.
     struct Named(&'static str);
 
+    fn info(name: &str) -> BackendInfo {
+        BackendInfo {
+            kind: "test",
+            upstream_model: name.into(),
+            owned_by: "test".into(),
+        }
+    }
+
     impl ChatBackend for Named {
         fn info(&self) -> BackendInfo {
-            BackendInfo {
-                kind: "test",
-                upstream_model: self.0.into(),
-                owned_by: "test".into(),
-            }
+            info(self.0)
         }
 
         fn chat_stream(
@@ -122,11 +188,39 @@ mod tests {
         }
     }
 
+    impl EmbeddingBackend for Named {
+        fn info(&self) -> BackendInfo {
+            info(self.0)
+        }
+
+        fn embed(
+            &self,
+            request: EmbeddingRequest,
+        ) -> BoxFuture<'_, Result<EmbeddingResponse, BackendError>> {
+            Box::pin(async move {
+                Ok(EmbeddingResponse {
+                    model: self.0.into(),
+                    embeddings: vec![vec![1.0]; request.inputs.len()],
+                    prompt_tokens: 1,
+                })
+            })
+        }
+    }
+
+    fn embedding_request(model: &str) -> EmbeddingRequest {
+        EmbeddingRequest {
+            model: model.into(),
+            inputs: vec!["x".into()],
+            dimensions: None,
+            user: None,
+        }
+    }
+
     #[tokio::test]
     async fn requests_reach_the_named_model() {
         let mut gateway = Gateway::new();
-        gateway.add_model("a", Arc::new(Named("alpha")));
-        gateway.add_model("b", Arc::new(Named("beta")));
+        gateway.add_chat_model("a", Arc::new(Named("alpha")));
+        gateway.add_chat_model("b", Arc::new(Named("beta")));
         let answer = gateway
             .chat(ChatRequest::new("b", Vec::new()))
             .await
@@ -138,7 +232,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_model_is_not_found_and_lists_the_known_ones() {
         let mut gateway = Gateway::new();
-        gateway.add_model("a", Arc::new(Named("alpha")));
+        gateway.add_chat_model("a", Arc::new(Named("alpha")));
         let error = gateway
             .chat(ChatRequest::new("zzz", Vec::new()))
             .await
@@ -146,5 +240,24 @@ mod tests {
         assert_eq!(error.kind, ErrorKind::NotFound);
         assert_eq!(error.code.as_deref(), Some("model_not_found"));
         assert!(error.message.contains("available models: a"));
+    }
+
+    #[tokio::test]
+    async fn chat_and_embedding_models_refuse_the_other_endpoint() {
+        let mut gateway = Gateway::new();
+        gateway.add_chat_model("chat", Arc::new(Named("c")));
+        gateway.add_embedding_model("embed", Arc::new(Named("e")));
+        gateway.add_chat_model("both", Arc::new(Named("b")));
+        gateway.add_embedding_model("both", Arc::new(Named("b")));
+        assert!(gateway.embed(embedding_request("embed")).await.is_ok());
+        assert!(gateway.embed(embedding_request("both")).await.is_ok());
+        let error = gateway.embed(embedding_request("chat")).await.unwrap_err();
+        assert_eq!(error.kind, ErrorKind::InvalidRequest);
+        let error = gateway
+            .chat(ChatRequest::new("embed", Vec::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code.as_deref(), Some("model_not_supported"));
+        assert_eq!(gateway.models().count(), 3);
     }
 }

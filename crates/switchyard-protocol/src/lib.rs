@@ -5,3 +5,4 @@
 //! send them upstream) use the same definitions, so a field is spelled once.
 
 pub mod openai;
+pub mod openai_embeddings;

@@ -10,7 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 use switchyard_core::{
-    ChatMessage, ChatRequest, ChatResponse, FinishReason, Role, SamplingParams, Usage,
+    ChatMessage, ChatRequest, ChatResponse, ContentPart as CanonicalPart, FinishReason,
+    ImageSource, Role, SamplingParams, ToolCall, ToolCallDelta, ToolChoice, ToolDefinition, Usage,
 };
 
 /// `POST /v1/chat/completions` body.
@@ -65,6 +66,113 @@ pub struct ChatCompletionRequest {
     /// Multiplicative repetition penalty (vLLM, llama.cpp server, TGI extension).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f32>,
+    /// Functions the model may call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<WireTool>>,
+    /// `auto`, `none`, `required` or a named function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<WireToolChoice>,
+    /// Whether several calls may come in one turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+}
+
+/// A tool definition: `{"type": "function", "function": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireTool {
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function.
+    pub function: WireFunction,
+}
+
+/// A function definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireFunction {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of its arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    /// Structured-outputs strictness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: a mode string or a named function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WireToolChoice {
+    /// `auto`, `none` or `required`.
+    Mode(String),
+    /// `{"type": "function", "function": {"name": ...}}`.
+    Named {
+        /// Always `function`.
+        #[serde(rename = "type")]
+        kind: String,
+        /// The function to call.
+        function: NamedFunction,
+    },
+}
+
+/// The function a named `tool_choice` points at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedFunction {
+    /// Its name.
+    pub name: String,
+}
+
+/// A tool call in a message or response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireToolCall {
+    /// The call's id.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type", default = "function_type")]
+    pub kind: String,
+    /// What was called.
+    pub function: WireFunctionCall,
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+/// A function call: name and JSON arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireFunctionCall {
+    /// The function.
+    pub name: String,
+    /// Its arguments as JSON text.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+impl From<&ToolCall> for WireToolCall {
+    fn from(call: &ToolCall) -> Self {
+        Self {
+            id: call.id.clone(),
+            kind: function_type(),
+            function: WireFunctionCall {
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+            },
+        }
+    }
+}
+
+impl From<WireToolCall> for ToolCall {
+    fn from(call: WireToolCall) -> Self {
+        Self {
+            id: call.id,
+            name: call.function.name,
+            arguments: call.function.arguments,
+        }
+    }
 }
 
 /// `stop`: one string or several.
@@ -109,6 +217,9 @@ pub struct RequestMessage {
     /// For `tool` messages: the call answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// For `assistant` messages: the calls it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<WireToolCall>>,
 }
 
 /// `content`: a string or a list of typed parts.
@@ -133,7 +244,7 @@ pub enum ContentPart {
     /// An image by URL or data URL.
     ImageUrl {
         /// The image reference.
-        image_url: serde_json::Value,
+        image_url: ImageUrl,
     },
     /// Audio input.
     InputAudio {
@@ -145,6 +256,16 @@ pub enum ContentPart {
         /// The file reference.
         file: serde_json::Value,
     },
+}
+
+/// `image_url`: a URL (or `data:` URL) and a detail hint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageUrl {
+    /// `https://...` or `data:image/png;base64,...`.
+    pub url: String,
+    /// `low`, `high` or `auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// A request that is well-formed JSON but not a valid chat request.
@@ -193,32 +314,65 @@ fn parse_role(index: usize, role: &str) -> Result<Role, InvalidField> {
     }
 }
 
-fn message_text(index: usize, content: Option<MessageContent>) -> Result<String, InvalidField> {
+fn message_parts(
+    index: usize,
+    content: Option<MessageContent>,
+) -> Result<Vec<CanonicalPart>, InvalidField> {
     match content {
-        None => Ok(String::new()),
-        Some(MessageContent::Text(text)) => Ok(text),
-        Some(MessageContent::Parts(parts)) => {
-            let mut text = String::new();
-            for (part_index, part) in parts.into_iter().enumerate() {
-                match part {
-                    ContentPart::Text { text: piece } => text.push_str(&piece),
-                    other => {
-                        let kind = match other {
-                            ContentPart::ImageUrl { .. } => "image_url",
-                            ContentPart::InputAudio { .. } => "input_audio",
-                            _ => "file",
-                        };
-                        return Err(invalid(
-                            format!("messages[{index}].content[{part_index}].type"),
-                            format!(
-                                "content parts of type {kind} are not supported; send text parts only"
-                            ),
-                        ));
-                    }
+        None => Ok(Vec::new()),
+        Some(MessageContent::Text(text)) => Ok(vec![CanonicalPart::Text(text)]),
+        Some(MessageContent::Parts(parts)) => parts
+            .into_iter()
+            .enumerate()
+            .map(|(part_index, part)| match part {
+                ContentPart::Text { text } => Ok(CanonicalPart::Text(text)),
+                ContentPart::ImageUrl { image_url } => Ok(CanonicalPart::Image {
+                    source: ImageSource::from_url(&image_url.url),
+                    detail: image_url.detail,
+                }),
+                other => {
+                    let kind = match other {
+                        ContentPart::InputAudio { .. } => "input_audio",
+                        _ => "file",
+                    };
+                    Err(invalid(
+                        format!("messages[{index}].content[{part_index}].type"),
+                        format!(
+                            "content parts of type {kind} are not supported; send text and image_url parts"
+                        ),
+                    ))
                 }
-            }
-            Ok(text)
-        }
+            })
+            .collect(),
+    }
+}
+
+fn parse_tool_choice(choice: WireToolChoice) -> Result<ToolChoice, InvalidField> {
+    match choice {
+        WireToolChoice::Mode(mode) => match mode.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(invalid(
+                "tool_choice",
+                format!(
+                    "unknown tool_choice {other:?}; expected auto, none, required or a named function"
+                ),
+            )),
+        },
+        WireToolChoice::Named { function, .. } => Ok(ToolChoice::Tool(function.name)),
+    }
+}
+
+fn wire_tool_choice(choice: &ToolChoice) -> WireToolChoice {
+    match choice {
+        ToolChoice::Auto => WireToolChoice::Mode("auto".into()),
+        ToolChoice::None => WireToolChoice::Mode("none".into()),
+        ToolChoice::Required => WireToolChoice::Mode("required".into()),
+        ToolChoice::Tool(name) => WireToolChoice::Named {
+            kind: function_type(),
+            function: NamedFunction { name: name.clone() },
+        },
     }
 }
 
@@ -294,14 +448,66 @@ impl ChatCompletionRequest {
             .into_iter()
             .enumerate()
             .map(|(index, message)| {
+                let role = parse_role(index, &message.role)?;
+                if role == Role::Tool && message.tool_call_id.is_none() {
+                    return Err(invalid(
+                        format!("messages[{index}].tool_call_id"),
+                        "tool messages must carry the `tool_call_id` of the call they answer",
+                    ));
+                }
                 Ok(ChatMessage {
-                    role: parse_role(index, &message.role)?,
-                    content: message_text(index, message.content)?,
+                    role,
+                    content: message_parts(index, message.content)?,
                     name: message.name,
                     tool_call_id: message.tool_call_id,
+                    tool_calls: message
+                        .tool_calls
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(ToolCall::from)
+                        .collect(),
                 })
             })
             .collect::<Result<Vec<_>, InvalidField>>()?;
+        let tools =
+            self.tools
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(index, tool)| {
+                    if tool.kind != "function" {
+                        return Err(invalid(
+                            format!("tools[{index}].type"),
+                            format!(
+                                "only tools of type function are supported; got {:?}",
+                                tool.kind
+                            ),
+                        ));
+                    }
+                    if tool.function.name.is_empty() {
+                        return Err(invalid(
+                            format!("tools[{index}].function.name"),
+                            "every tool needs a name",
+                        ));
+                    }
+                    Ok(ToolDefinition {
+                        name: tool.function.name,
+                        description: tool.function.description,
+                        parameters: tool.function.parameters.unwrap_or_else(
+                            || serde_json::json!({"type": "object", "properties": {}}),
+                        ),
+                    })
+                })
+                .collect::<Result<Vec<_>, InvalidField>>()?;
+        let tool_choice = self.tool_choice.map(parse_tool_choice).transpose()?;
+        if let Some(ToolChoice::Tool(name)) = &tool_choice
+            && !tools.iter().any(|t| &t.name == name)
+        {
+            return Err(invalid(
+                "tool_choice",
+                format!("tool_choice names {name:?}, which is not among `tools`"),
+            ));
+        }
         Ok(ChatRequest {
             model: self.model,
             messages,
@@ -309,6 +515,9 @@ impl ChatCompletionRequest {
             max_tokens,
             stop,
             user: self.user,
+            tools,
+            tool_choice,
+            parallel_tool_calls: self.parallel_tool_calls,
         })
     }
 
@@ -318,16 +527,7 @@ impl ChatCompletionRequest {
         let sampling = &request.sampling;
         Self {
             model: upstream_model.to_owned(),
-            messages: request
-                .messages
-                .iter()
-                .map(|m| RequestMessage {
-                    role: m.role.as_str().to_owned(),
-                    content: Some(MessageContent::Text(m.content.clone())),
-                    name: m.name.clone(),
-                    tool_call_id: m.tool_call_id.clone(),
-                })
-                .collect(),
+            messages: request.messages.iter().map(wire_message).collect(),
             temperature: sampling.temperature,
             top_p: sampling.top_p,
             max_tokens: None,
@@ -345,7 +545,61 @@ impl ChatCompletionRequest {
             top_k: sampling.top_k,
             min_p: sampling.min_p,
             repetition_penalty: sampling.repetition_penalty,
+            tools: (!request.tools.is_empty()).then(|| {
+                request
+                    .tools
+                    .iter()
+                    .map(|tool| WireTool {
+                        kind: function_type(),
+                        function: WireFunction {
+                            name: tool.name.clone(),
+                            description: tool.description.clone(),
+                            parameters: Some(tool.parameters.clone()),
+                            strict: None,
+                        },
+                    })
+                    .collect()
+            }),
+            tool_choice: request.tool_choice.as_ref().map(wire_tool_choice),
+            parallel_tool_calls: request.parallel_tool_calls,
         }
+    }
+}
+
+/// A canonical message in OpenAI's shape: plain text stays a string, text
+/// with images becomes parts.
+fn wire_message(message: &ChatMessage) -> RequestMessage {
+    let content = if message.has_images() {
+        Some(MessageContent::Parts(
+            message
+                .content
+                .iter()
+                .map(|part| match part {
+                    CanonicalPart::Text(text) => ContentPart::Text { text: text.clone() },
+                    CanonicalPart::Image { source, detail } => ContentPart::ImageUrl {
+                        image_url: ImageUrl {
+                            url: source.to_url(),
+                            detail: detail.clone(),
+                        },
+                    },
+                })
+                .collect(),
+        ))
+    } else if message.role == Role::Assistant
+        && !message.tool_calls.is_empty()
+        && message.text().is_empty()
+    {
+        None
+    } else {
+        Some(MessageContent::Text(message.text()))
+    };
+    RequestMessage {
+        role: message.role.as_str().to_owned(),
+        content,
+        name: message.name.clone(),
+        tool_call_id: message.tool_call_id.clone(),
+        tool_calls: (!message.tool_calls.is_empty())
+            .then(|| message.tool_calls.iter().map(WireToolCall::from).collect()),
     }
 }
 
@@ -361,6 +615,17 @@ pub struct WireUsage {
     /// Their sum.
     #[serde(default)]
     pub total_tokens: u32,
+    /// Cached prompt tokens, when there were any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens read from the cache.
+    #[serde(default)]
+    pub cached_tokens: u32,
 }
 
 impl From<Usage> for WireUsage {
@@ -369,6 +634,9 @@ impl From<Usage> for WireUsage {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.total_tokens(),
+            prompt_tokens_details: (usage.cache_read_tokens > 0).then_some(PromptTokensDetails {
+                cached_tokens: usage.cache_read_tokens,
+            }),
         }
     }
 }
@@ -378,6 +646,8 @@ impl From<WireUsage> for Usage {
         Self {
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
+            cache_read_tokens: usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens),
+            cache_write_tokens: 0,
         }
     }
 }
@@ -439,6 +709,9 @@ pub struct ResponseMessage {
     /// A refusal message, when the model refused.
     #[serde(default)]
     pub refusal: Option<String>,
+    /// Tool calls the model made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<WireToolCall>>,
 }
 
 impl ChatCompletion {
@@ -458,8 +731,12 @@ impl ChatCompletion {
                 index: 0,
                 message: ResponseMessage {
                     role: "assistant".into(),
-                    content: Some(response.content.clone()),
+                    // OpenAI sends null content when the model only called tools.
+                    content: (!response.content.is_empty() || response.tool_calls.is_empty())
+                        .then(|| response.content.clone()),
                     refusal: None,
+                    tool_calls: (!response.tool_calls.is_empty())
+                        .then(|| response.tool_calls.iter().map(WireToolCall::from).collect()),
                 },
                 finish_reason: Some(response.finish_reason.as_str().to_owned()),
                 logprobs: None,
@@ -526,6 +803,48 @@ pub struct ChunkDelta {
     /// New text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    /// Pieces of tool calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<WireToolCallDelta>>,
+}
+
+/// A piece of a streamed tool call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireToolCallDelta {
+    /// Which call.
+    #[serde(default)]
+    pub index: u32,
+    /// The call's id, on its first piece.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `function`, on its first piece.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Name and argument text.
+    #[serde(default)]
+    pub function: WireFunctionCallDelta,
+}
+
+/// The function part of a streamed tool-call piece.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireFunctionCallDelta {
+    /// The function's name, on the first piece.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// More argument text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
+}
+
+impl From<WireToolCallDelta> for ToolCallDelta {
+    fn from(delta: WireToolCallDelta) -> Self {
+        Self {
+            index: delta.index,
+            id: delta.id,
+            name: delta.function.name,
+            arguments: delta.function.arguments.unwrap_or_default(),
+        }
+    }
 }
 
 /// Stamps every chunk of one stream with the same id, time and model.
@@ -568,6 +887,7 @@ impl ChunkFactory {
         let delta = ChunkDelta {
             role: Some("assistant".into()),
             content: Some(String::new()),
+            tool_calls: None,
         };
         self.chunk(Self::choice(delta, None), None)
     }
@@ -577,6 +897,25 @@ impl ChunkFactory {
         let delta = ChunkDelta {
             role: None,
             content: Some(text),
+            tool_calls: None,
+        };
+        self.chunk(Self::choice(delta, None), None)
+    }
+
+    /// A chunk carrying a piece of a tool call.
+    pub fn tool_call(&self, piece: ToolCallDelta) -> ChatCompletionChunk {
+        let delta = ChunkDelta {
+            role: None,
+            content: None,
+            tool_calls: Some(vec![WireToolCallDelta {
+                index: piece.index,
+                kind: piece.id.is_some().then(function_type),
+                id: piece.id,
+                function: WireFunctionCallDelta {
+                    name: piece.name,
+                    arguments: Some(piece.arguments),
+                },
+            }]),
         };
         self.chunk(Self::choice(delta, None), None)
     }
@@ -655,8 +994,8 @@ mod tests {
         .into_canonical()
         .unwrap();
         assert_eq!(parsed.messages[0].role, Role::System);
-        assert_eq!(parsed.messages[1].content, "ab");
-        assert_eq!(parsed.messages[2].content, "");
+        assert_eq!(parsed.messages[1].text(), "ab");
+        assert!(parsed.messages[2].content.is_empty());
         assert_eq!(parsed.messages[3].tool_call_id.as_deref(), Some("call_1"));
         assert_eq!(parsed.stop, vec!["END"]);
         assert_eq!(parsed.max_tokens, Some(9));
@@ -699,9 +1038,127 @@ mod tests {
             rejected(json!({"model": "m", "messages": [{"role": "robot", "content": "x"}]})).param,
             "messages[0].role"
         );
-        let image = json!({"model": "m", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]});
-        assert_eq!(rejected(image).param, "messages[0].content[0].type");
+        let audio = json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]});
+        assert_eq!(rejected(audio).param, "messages[0].content[0].type");
+        let orphan_tool = json!({"model": "m", "messages": [{"role": "tool", "content": "42"}]});
+        assert_eq!(rejected(orphan_tool).param, "messages[0].tool_call_id");
+        let unknown_choice = base(
+            json!({"tools": [{"type": "function", "function": {"name": "f"}}],
+                                         "tool_choice": {"type": "function", "function": {"name": "g"}}}),
+        );
+        assert_eq!(rejected(unknown_choice).param, "tool_choice");
+    }
+
+    #[test]
+    fn tools_images_and_tool_history_round_trip() {
+        let parsed = request(json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "what is here?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR", "detail": "low"}}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{\"x\":1}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "a cat"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "look", "description": "Look",
+                       "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}],
+            "tool_choice": "required",
+            "parallel_tool_calls": false
+        }))
+        .into_canonical()
+        .unwrap();
+        assert_eq!(
+            parsed.messages[0].content[1],
+            CanonicalPart::Image {
+                source: ImageSource::Base64 {
+                    media_type: "image/png".into(),
+                    data: "iVBOR".into()
+                },
+                detail: Some("low".into())
+            }
+        );
+        assert_eq!(parsed.messages[1].tool_calls[0].name, "look");
+        assert_eq!(parsed.tools[0].name, "look");
+        assert_eq!(parsed.tool_choice, Some(ToolChoice::Required));
+
+        let wire =
+            serde_json::to_value(ChatCompletionRequest::from_canonical(&parsed, "up", false))
+                .unwrap();
+        assert_eq!(
+            wire["messages"][0]["content"][1],
+            json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR", "detail": "low"}})
+        );
+        assert_eq!(wire["messages"][1]["content"], serde_json::Value::Null);
+        assert_eq!(
+            wire["messages"][1]["tool_calls"][0]["function"]["arguments"],
+            "{\"x\":1}"
+        );
+        assert_eq!(
+            wire["messages"][2],
+            json!({"role": "tool", "content": "a cat", "tool_call_id": "call_1"})
+        );
+        assert_eq!(wire["tools"][0]["function"]["name"], "look");
+        assert_eq!(wire["tool_choice"], "required");
+        assert_eq!(wire["parallel_tool_calls"], false);
+    }
+
+    #[test]
+    fn tool_call_responses_and_chunks_are_openai_shaped() {
+        let response = ChatResponse {
+            model: "m".into(),
+            content: String::new(),
+            tool_calls: vec![ToolCall {
+                id: "call_9".into(),
+                name: "f".into(),
+                arguments: "{}".into(),
+            }],
+            finish_reason: FinishReason::ToolCalls,
+            usage: Usage::new(1, 2),
+        };
+        let whole = serde_json::to_value(ChatCompletion::from_canonical(
+            "id".into(),
+            1,
+            "m".into(),
+            &response,
+        ))
+        .unwrap();
+        assert_eq!(
+            whole["choices"][0]["message"]["content"],
+            serde_json::Value::Null
+        );
+        assert_eq!(
+            whole["choices"][0]["message"]["tool_calls"][0]["type"],
+            "function"
+        );
+        assert_eq!(whole["choices"][0]["finish_reason"], "tool_calls");
+
+        let factory = ChunkFactory::new("c".into(), 1, "m".into());
+        let first = serde_json::to_value(factory.tool_call(ToolCallDelta {
+            index: 0,
+            id: Some("call_9".into()),
+            name: Some("f".into()),
+            arguments: String::new(),
+        }))
+        .unwrap();
+        assert_eq!(
+            first["choices"][0]["delta"]["tool_calls"][0],
+            json!({"index": 0, "id": "call_9", "type": "function", "function": {"name": "f", "arguments": ""}})
+        );
+        let next = serde_json::to_value(factory.tool_call(ToolCallDelta {
+            index: 0,
+            id: None,
+            name: None,
+            arguments: "{\"a\"".into(),
+        }))
+        .unwrap();
+        assert_eq!(
+            next["choices"][0]["delta"]["tool_calls"][0],
+            json!({"index": 0, "function": {"arguments": "{\"a\""}})
+        );
     }
 
     #[test]
@@ -717,11 +1174,7 @@ mod tests {
             serde_json::to_value(factory.finish(FinishReason::Length)).unwrap()["choices"][0],
             json!({"index": 0, "delta": {}, "finish_reason": "length", "logprobs": null})
         );
-        let usage = serde_json::to_value(factory.usage(Usage {
-            prompt_tokens: 3,
-            completion_tokens: 4,
-        }))
-        .unwrap();
+        let usage = serde_json::to_value(factory.usage(Usage::new(3, 4))).unwrap();
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(
             usage["usage"],

@@ -1,23 +1,32 @@
-//! A stand-in for an OpenAI-compatible upstream, for tests and benchmarks.
+//! Stand-ins for the providers Switchyard talks to, for tests and
+//! benchmarks: one server that answers in each provider's documented wire
+//! format (OpenAI and Azure OpenAI today), with the same scripted answers
+//! and the same injectable faults behind every face.
 //!
-//! It answers `POST /v1/chat/completions` in OpenAI's exact wire format
-//! (whole and streamed: role chunk, one chunk per word, finish chunk, usage
-//! chunk, `[DONE]`) and injects faults on request, through headers that a
-//! Switchyard model config can set with its `headers` table:
+//! Answers are deterministic: the reply echoes the last user message
+//! (`echo: ...`, noting attached images), answers a tool result with
+//! `tool said: ...`, and calls a tool when the request offers tools (the
+//! named one, else the first) with `{"query": <last user message>}`.
+//!
+//! Faults are asked for with request headers, which a Switchyard model
+//! config can set with its `headers` table:
 //!
 //! | header | effect |
 //! |---|---|
-//! | `x-standin-status: 429` | answer with this status and an OpenAI error body |
+//! | `x-standin-status: 429` | answer with this status and the provider's error body |
 //! | `x-standin-retry-after: 2` | add `Retry-After` to that error |
 //! | `x-standin-latency-ms: 200` | wait before sending the response headers |
-//! | `x-standin-token-delay-ms: 50` | wait between streamed chunks |
-//! | `x-standin-fault: midstream-disconnect` | send two chunks, then drop the connection |
-//! | `x-standin-fault: malformed` | send a chunk that is not JSON |
+//! | `x-standin-token-delay-ms: 50` | wait between streamed events |
+//! | `x-standin-fault: midstream-disconnect` | send two pieces, then drop the connection |
+//! | `x-standin-fault: malformed` | send an event that is not JSON |
 //! | `x-standin-fault: reset` | drop the connection before any body |
 //! | `x-standin-reply: text` | answer with this text instead of the echo |
 //!
-//! Every request it receives is recorded (`GET /_standin/requests`), so a
-//! test can check what the gateway actually sent upstream.
+//! Every request is recorded (`GET /_standin/requests`, or
+//! [`RunningStandin::requests`]), so a test can check what the gateway sent.
+
+mod answer;
+mod openai;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,17 +35,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde::Serialize;
-use switchyard_core::{FinishReason, Usage};
-use switchyard_protocol::openai::{
-    ChatCompletion, ChatCompletionRequest, Choice, ChunkFactory, ErrorBody, ErrorObject,
-    MessageContent, ResponseMessage, WireUsage,
-};
 use tokio::net::TcpListener;
 
 /// Behaviour that applies to every request unless a header overrides it.
@@ -44,7 +49,7 @@ use tokio::net::TcpListener;
 pub struct StandinConfig {
     /// Wait before the response headers.
     pub latency: Duration,
-    /// Wait between streamed chunks.
+    /// Wait between streamed events.
     pub token_delay: Duration,
     /// Fixed reply text; `None` echoes the last user message.
     pub reply: Option<String>,
@@ -55,24 +60,36 @@ pub struct StandinConfig {
 /// A request as the stand-in saw it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecordedRequest {
+    /// The path and query.
+    pub uri: String,
     /// Lower-cased header names and their values.
     pub headers: Vec<(String, String)>,
     /// The parsed body.
     pub body: serde_json::Value,
 }
 
+impl RecordedRequest {
+    /// The value of a header, if it was sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 #[derive(Clone)]
-struct Standin {
-    config: Arc<StandinConfig>,
+pub(crate) struct Standin {
+    pub config: Arc<StandinConfig>,
     recorded: Arc<Mutex<Vec<RecordedRequest>>>,
     abandoned: Arc<AtomicUsize>,
 }
 
 /// Counts a stream as abandoned if it is dropped before its last frame,
 /// which is what happens when the downstream hangs up.
-struct AbandonGuard {
+pub(crate) struct AbandonGuard {
     abandoned: Arc<AtomicUsize>,
-    completed: bool,
+    pub completed: bool,
 }
 
 impl Drop for AbandonGuard {
@@ -83,29 +100,46 @@ impl Drop for AbandonGuard {
     }
 }
 
+impl Standin {
+    pub fn abandon_guard(&self) -> AbandonGuard {
+        AbandonGuard {
+            abandoned: self.abandoned.clone(),
+            completed: false,
+        }
+    }
+}
+
 /// A running stand-in.
 pub struct RunningStandin {
     /// Where it listens.
     pub addr: SocketAddr,
-    recorded: Arc<Mutex<Vec<RecordedRequest>>>,
-    abandoned: Arc<AtomicUsize>,
+    state: Standin,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningStandin {
-    /// `http://addr/v1`, what a model's `base_url` should be.
+    /// `http://addr/v1`: the `base_url` of an OpenAI-compatible model.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
 
+    /// `http://addr`: the root, for providers whose paths differ.
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Streams whose reader went away before the stream's end.
     pub fn abandoned_streams(&self) -> usize {
-        self.abandoned.load(Ordering::SeqCst)
+        self.state.abandoned.load(Ordering::SeqCst)
     }
 
     /// Requests received so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.recorded.lock().map(|r| r.clone()).unwrap_or_default()
+        self.state
+            .recorded
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -115,7 +149,6 @@ impl Drop for RunningStandin {
     }
 }
 
-/// The stand-in's routes.
 fn router(config: StandinConfig) -> (Router, Standin) {
     let state = Standin {
         config: Arc::new(config),
@@ -123,9 +156,19 @@ fn router(config: StandinConfig) -> (Router, Standin) {
         abandoned: Arc::default(),
     };
     let app = Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(openai::azure_chat_completions),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(openai::azure_embeddings),
+        )
+        .route("/v1/models", get(openai::models))
         .route("/_standin/requests", get(recorded_requests))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), record))
         .with_state(state.clone());
     (app, state)
 }
@@ -140,225 +183,40 @@ pub async fn spawn(addr: SocketAddr, config: StandinConfig) -> std::io::Result<R
             tracing::error!(%error, "stand-in server stopped");
         }
     });
-    Ok(RunningStandin {
-        addr,
-        recorded: state.recorded,
-        abandoned: state.abandoned,
-        task,
-    })
+    Ok(RunningStandin { addr, state, task })
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn header_ms(headers: &HeaderMap, name: &str) -> Option<Duration> {
-    header_str(headers, name)
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-}
-
-fn error_response(status: StatusCode, message: &str, retry_after: Option<&str>) -> Response {
-    let kind = match status.as_u16() {
-        429 => "requests",
-        400..=499 => "invalid_request_error",
-        _ => "server_error",
-    };
-    let body = ErrorBody {
-        error: ErrorObject {
-            message: message.to_owned(),
-            kind: Some(kind.to_owned()),
-            param: None,
-            code: (status == StatusCode::TOO_MANY_REQUESTS)
-                .then(|| serde_json::Value::String("rate_limit_exceeded".into())),
-        },
-    };
-    let mut response = (status, axum::Json(body)).into_response();
-    if let Some(value) = retry_after.and_then(|v| v.parse().ok()) {
-        response.headers_mut().insert(header::RETRY_AFTER, value);
+/// Records every POST before its handler runs, then waits the configured
+/// latency.
+async fn record(State(standin): State<Standin>, request: Request, next: Next) -> Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
     }
-    response
-}
-
-fn count_words(text: &str) -> u32 {
-    u32::try_from(text.split_whitespace().count()).unwrap_or(u32::MAX)
-}
-
-fn message_text(content: &Option<MessageContent>) -> String {
-    match content {
-        None => String::new(),
-        Some(MessageContent::Text(text)) => text.clone(),
-        Some(MessageContent::Parts(parts)) => parts
-            .iter()
-            .filter_map(|p| match p {
-                switchyard_protocol::openai::ContentPart::Text { text } => Some(text.as_str()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join(""),
-    }
-}
-
-async fn chat_completions(
-    State(standin): State<Standin>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 16 * 1024 * 1024).await else {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    };
     if standin.config.record {
         let recorded = RecordedRequest {
-            headers: headers
+            uri: parts.uri.to_string(),
+            headers: parts
+                .headers
                 .iter()
                 .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
                 .collect(),
-            body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
         };
         if let Ok(mut all) = standin.recorded.lock() {
             all.push(recorded);
         }
     }
-    let latency = header_ms(&headers, "x-standin-latency-ms").unwrap_or(standin.config.latency);
+    let latency =
+        header_ms(&parts.headers, "x-standin-latency-ms").unwrap_or(standin.config.latency);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    if let Some(status) = header_str(&headers, "x-standin-status")
-        .and_then(|s| s.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok())
-    {
-        return error_response(
-            status,
-            &format!("stand-in failure with status {}", status.as_u16()),
-            header_str(&headers, "x-standin-retry-after"),
-        );
-    }
-    let request: ChatCompletionRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return error_response(StatusCode::BAD_REQUEST, &error.to_string(), None);
-        }
-    };
-    let fault = header_str(&headers, "x-standin-fault").unwrap_or("");
-    if fault == "reset" {
-        let failing = futures::stream::once(async {
-            Err::<Bytes, std::io::Error>(std::io::Error::other("stand-in reset"))
-        });
-        return Response::new(Body::from_stream(failing));
-    }
-
-    let prompt_tokens = request
-        .messages
-        .iter()
-        .map(|m| count_words(&message_text(&m.content)))
-        .sum();
-    let reply = match header_str(&headers, "x-standin-reply") {
-        Some(reply) => reply.to_owned(),
-        None => standin.config.reply.clone().unwrap_or_else(|| {
-            let last_user = request
-                .messages
-                .iter()
-                .rev()
-                .find(|m| m.role == "user")
-                .map(|m| message_text(&m.content))
-                .unwrap_or_default();
-            format!("echo: {last_user}")
-        }),
-    };
-    let limit = request
-        .max_completion_tokens
-        .or(request.max_tokens)
-        .map_or(usize::MAX, |m| m as usize);
-    let words: Vec<String> = reply
-        .split_inclusive(' ')
-        .take(limit)
-        .map(str::to_owned)
-        .collect();
-    let finish = if words.len() < reply.split_inclusive(' ').count() {
-        FinishReason::Length
-    } else {
-        FinishReason::Stop
-    };
-    let usage = Usage {
-        prompt_tokens,
-        completion_tokens: u32::try_from(words.len()).unwrap_or(u32::MAX),
-    };
-    let model = request.model.clone();
-
-    if !request.is_stream() {
-        let completion = ChatCompletion {
-            id: "chatcmpl-standin".into(),
-            object: "chat.completion".into(),
-            created: 1_700_000_000,
-            model,
-            choices: vec![Choice {
-                index: 0,
-                message: ResponseMessage {
-                    role: "assistant".into(),
-                    content: Some(words.concat()),
-                    refusal: None,
-                },
-                finish_reason: Some(finish.as_str().into()),
-                logprobs: None,
-            }],
-            usage: Some(WireUsage::from(usage)),
-            system_fingerprint: Some("fp_standin".into()),
-        };
-        return axum::Json(completion).into_response();
-    }
-
-    let token_delay =
-        header_ms(&headers, "x-standin-token-delay-ms").unwrap_or(standin.config.token_delay);
-    let include_usage = request.wants_stream_usage();
-    let fault = fault.to_owned();
-    let chunks = ChunkFactory::new("chatcmpl-standin".into(), 1_700_000_000, model);
-    let abandoned = standin.abandoned.clone();
-    let events = async_stream::stream! {
-        let mut guard = AbandonGuard { abandoned, completed: false };
-        yield json_frame(&chunks.role());
-        for (index, word) in words.into_iter().enumerate() {
-            if !token_delay.is_zero() {
-                tokio::time::sleep(token_delay).await;
-            }
-            if fault == "midstream-disconnect" && index == 2 {
-                // Let the chunks already sent reach the wire first: hyper
-                // drops unflushed frames when a body fails.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                guard.completed = true;
-                yield Err(std::io::Error::other("stand-in disconnect"));
-                return;
-            }
-            if fault == "malformed" && index == 1 {
-                yield raw_frame("{\"choices\": [{\"delta\": ");
-                continue;
-            }
-            yield json_frame(&chunks.content(word));
-        }
-        yield json_frame(&chunks.finish(finish));
-        if include_usage {
-            yield json_frame(&chunks.usage(usage));
-        }
-        guard.completed = true;
-        yield raw_frame("[DONE]");
-    };
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(events.boxed()))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-fn raw_frame(data: &str) -> Result<Bytes, std::io::Error> {
-    Ok(Bytes::from(format!("data: {data}\n\n")))
-}
-
-fn json_frame<T: Serialize>(payload: &T) -> Result<Bytes, std::io::Error> {
-    raw_frame(&serde_json::to_string(payload).unwrap_or_default())
-}
-
-async fn models() -> Response {
-    axum::Json(serde_json::json!({
-        "object": "list",
-        "data": [{"id": "standin", "object": "model", "created": 1_700_000_000, "owned_by": "standin"}]
-    }))
-    .into_response()
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 async fn recorded_requests(State(standin): State<Standin>) -> Response {
@@ -368,4 +226,146 @@ async fn recorded_requests(State(standin): State<Standin>) -> Response {
         .map(|r| r.clone())
         .unwrap_or_default();
     axum::Json(all).into_response()
+}
+
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn header_ms(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    header_str(headers, name)
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+}
+
+/// What the request's headers ask the stand-in to do.
+#[derive(Debug, Clone)]
+pub(crate) struct Script {
+    /// Fail with this status.
+    pub status: Option<StatusCode>,
+    /// With this Retry-After.
+    pub retry_after: Option<String>,
+    /// Wait between streamed pieces.
+    pub token_delay: Duration,
+    /// A fault to inject.
+    pub fault: Fault,
+    /// Reply with this text.
+    pub reply: Option<String>,
+}
+
+/// Faults the stand-in can inject into an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    None,
+    Reset,
+    MidstreamDisconnect,
+    Malformed,
+}
+
+impl Script {
+    pub fn read(headers: &HeaderMap, config: &StandinConfig) -> Self {
+        Self {
+            status: header_str(headers, "x-standin-status")
+                .and_then(|s| s.parse::<u16>().ok())
+                .and_then(|s| StatusCode::from_u16(s).ok()),
+            retry_after: header_str(headers, "x-standin-retry-after").map(str::to_owned),
+            token_delay: header_ms(headers, "x-standin-token-delay-ms")
+                .unwrap_or(config.token_delay),
+            fault: match header_str(headers, "x-standin-fault") {
+                Some("reset") => Fault::Reset,
+                Some("midstream-disconnect") => Fault::MidstreamDisconnect,
+                Some("malformed") => Fault::Malformed,
+                _ => Fault::None,
+            },
+            reply: header_str(headers, "x-standin-reply")
+                .map(str::to_owned)
+                .or_else(|| config.reply.clone()),
+        }
+    }
+
+    /// The `Retry-After` header for an error response.
+    pub fn with_retry_after(&self, mut response: Response) -> Response {
+        if let Some(value) = self.retry_after.as_deref().and_then(|v| v.parse().ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+/// A body that fails before sending anything: the connection drops.
+pub(crate) fn reset_response() -> Response {
+    let failing = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("stand-in reset"))
+    });
+    Response::new(Body::from_stream(failing))
+}
+
+/// Streams `frames` as the response body, applying the script's delay and
+/// faults: `frames` are the answer's wire frames in order, `piece_frames`
+/// says which of them carry answer pieces (the ones delays and faults apply
+/// to), and `malformed` is the frame a `malformed` fault sends instead.
+pub(crate) fn stream_response(
+    standin: &Standin,
+    script: &Script,
+    content_type: &'static str,
+    frames: Vec<(Bytes, bool)>,
+    malformed: Bytes,
+) -> Response {
+    let guard = standin.abandon_guard();
+    let delay = script.token_delay;
+    let fault = script.fault;
+    let body = async_stream::stream! {
+        // Moved in whole: closures capture single fields otherwise, and the
+        // guard must live exactly as long as the stream.
+        let mut guard = guard;
+        let mut piece_index = 0;
+        for (frame, is_piece) in frames {
+            if is_piece {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                if fault == Fault::MidstreamDisconnect && piece_index == 2 {
+                    // Let the frames already sent reach the wire first:
+                    // hyper drops unflushed frames when a body fails.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    guard.completed = true;
+                    yield Err(std::io::Error::other("stand-in disconnect"));
+                    return;
+                }
+                if fault == Fault::Malformed && piece_index == 1 {
+                    piece_index += 1;
+                    yield Ok(malformed.clone());
+                    continue;
+                }
+                piece_index += 1;
+            }
+            yield Ok::<Bytes, std::io::Error>(frame);
+        }
+        guard.completed = true;
+    };
+    streaming(content_type, body)
+}
+
+fn streaming(
+    content_type: &'static str,
+    body: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+) -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body.boxed()))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// One server-sent event with an optional `event:` name.
+pub(crate) fn sse_frame(event: Option<&str>, data: &str) -> Bytes {
+    match event {
+        Some(name) => Bytes::from(format!("event: {name}\ndata: {data}\n\n")),
+        None => Bytes::from(format!("data: {data}\n\n")),
+    }
+}
+
+/// One server-sent event carrying JSON.
+pub(crate) fn sse_json<T: Serialize>(event: Option<&str>, payload: &T) -> Bytes {
+    sse_frame(event, &serde_json::to_string(payload).unwrap_or_default())
 }

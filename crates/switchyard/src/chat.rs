@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use switchyard_adapters::{OpenAiAdapter, OpenAiConfig};
+use switchyard_adapters::{Auth, OpenAiAdapter, OpenAiConfig};
 use switchyard_core::{ChatBackend, ChatMessage, ChatRequest, Role, StreamEvent};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -36,8 +36,8 @@ fn fresh_history(system: &Option<String>) -> Vec<ChatMessage> {
 
 async fn converse(options: ChatOptions) -> anyhow::Result<()> {
     let mut config = OpenAiConfig::new(options.url.clone(), options.model.clone());
-    config.api_key = options.api_key.clone();
-    config.total_timeout = Duration::from_secs(3600);
+    config.auth = options.api_key.clone().map_or(Auth::None, Auth::Bearer);
+    config.timeouts.total = Duration::from_secs(3600);
     let client = OpenAiAdapter::new(config)?;
     let mut history = fresh_history(&options.system);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();

@@ -66,7 +66,7 @@ pub fn list() -> anyhow::Result<()> {
             "{:<24} {:<8} {:>6}MB  {:<12} {} ({})",
             entry.name,
             format!("{:?}", entry.kind).to_lowercase(),
-            entry.size / 1_000_000,
+            entry.size() / 1_000_000,
             status,
             entry.description,
             entry.license

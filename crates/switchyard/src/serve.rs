@@ -2,17 +2,13 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use switchyard_adapters::{OpenAiAdapter, OpenAiConfig};
 use switchyard_api::ApiConfig;
-use switchyard_config::{Config, LocalModelConfig, ModelConfig, OpenAiModelConfig};
-use switchyard_core::{ChatBackend, SamplingParams};
-use switchyard_engine::{EngineConfig, LocalEngine};
-use switchyard_models::ModelStore;
+use switchyard_config::Config;
 use switchyard_orchestration::Gateway;
 use tokio::net::TcpListener;
 use tracing::{error, info};
@@ -44,23 +40,17 @@ pub fn run(config_path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Re
 async fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
     let origin = origin(config_path);
     let mut gateway = Gateway::new();
-    let mut engines = Vec::new();
+    let mut loading = Vec::new();
     for (name, model) in &config.models {
-        let backend: Arc<dyn ChatBackend> = match model {
-            ModelConfig::Local(local) => {
-                let engine = Arc::new(
-                    start_local(name, local)
-                        .with_context(|| format!("{origin}: field `models.{name}`"))?,
-                );
-                engines.push((name.clone(), engine.clone()));
-                engine
-            }
-            ModelConfig::Openai(remote) => Arc::new(
-                build_openai(name, remote)
-                    .with_context(|| format!("{origin}: field `models.{name}`"))?,
-            ),
-        };
-        gateway.add_model(name.clone(), backend);
+        let built = crate::backends::build(name, model)
+            .with_context(|| format!("{origin}: field `models.{name}`"))?;
+        if let Some(chat) = built.chat {
+            gateway.add_chat_model(name.clone(), chat);
+        }
+        if let Some(embeddings) = built.embeddings {
+            gateway.add_embedding_model(name.clone(), embeddings);
+        }
+        loading.push((name.clone(), built.ready));
     }
     let gateway = Arc::new(gateway);
 
@@ -86,10 +76,9 @@ async fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()>
     // they are loaded. A model that cannot load stops the server.
     let (load_failed_tx, load_failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     tokio::spawn(async move {
-        for (name, engine) in engines {
-            if let Err(error) = engine.wait_ready().await {
-                let _ =
-                    load_failed_tx.send(anyhow!("local model `{name}` failed to load: {error}"));
+        for (name, ready) in loading {
+            if let Err(error) = ready.await {
+                let _ = load_failed_tx.send(anyhow!("model `{name}` failed to load: {error}"));
                 return;
             }
         }
@@ -118,64 +107,6 @@ async fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()>
     }
     info!("stopped");
     Ok(())
-}
-
-/// Resolves where a local model's file is and starts its engine.
-fn start_local(name: &str, local: &LocalModelConfig) -> anyhow::Result<LocalEngine> {
-    let mut default_sampling = SamplingParams {
-        temperature: local.temperature,
-        top_p: local.top_p,
-        ..SamplingParams::default()
-    };
-    let path: PathBuf = match &local.path {
-        Some(path) => path.clone(),
-        None => {
-            let catalog_name = local.catalog.as_deref().unwrap_or(name);
-            let store = ModelStore::default_location()?;
-            let (entry, path) = store.resolve(catalog_name).with_context(|| {
-                "not in the model catalogue; set `path` to a GGUF file or `catalog` to a catalogue name"
-            })?;
-            if !store.is_present(entry) {
-                bail!(
-                    "the model `{catalog_name}` is not downloaded yet; run `switchyard models pull {catalog_name}`"
-                );
-            }
-            default_sampling.temperature = default_sampling.temperature.or(entry.temperature);
-            default_sampling.top_p = default_sampling.top_p.or(entry.top_p);
-            path
-        }
-    };
-    let engine = LocalEngine::start(EngineConfig {
-        model_path: path,
-        context_length: local.context_length,
-        parallel: local.parallel,
-        threads: local.threads,
-        queue_capacity: local.queue,
-        batch_size: local.batch_size,
-        gpu_layers: local.gpu_layers,
-        default_sampling,
-    })?;
-    Ok(engine)
-}
-
-fn build_openai(name: &str, remote: &OpenAiModelConfig) -> anyhow::Result<OpenAiAdapter> {
-    let adapter = OpenAiAdapter::new(OpenAiConfig {
-        base_url: remote.base_url.clone(),
-        api_key: remote.api_key.clone(),
-        upstream_model: remote
-            .upstream_model
-            .clone()
-            .unwrap_or_else(|| name.to_owned()),
-        headers: remote
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        connect_timeout: Duration::from_millis(remote.connect_timeout_ms),
-        first_byte_timeout: Duration::from_millis(remote.first_byte_timeout_ms),
-        total_timeout: Duration::from_millis(remote.total_timeout_ms),
-    })?;
-    Ok(adapter)
 }
 
 async fn shutdown_signal() {

@@ -91,7 +91,7 @@ fn missing_default_model_says_how_to_pull_it() {
     assert!(!output.status.success());
     let stderr = text(&output.stderr);
     assert!(
-        stderr.contains("switchyard models pull smollm2-135m-instruct"),
+        stderr.contains("is not downloaded yet; run `switchyard models pull "),
         "{stderr}"
     );
 }

@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, capital_request, client, local_model_config, sse_data};
+use common::{
+    Server, capital_request, client, local_embedding_config, local_model_config, sse_data,
+};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -207,4 +209,58 @@ async fn sigterm_lets_an_in_flight_stream_finish() {
     assert!(events.iter().any(|e| e.contains("\"finish_reason\":\"")));
     assert_eq!(server.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(server.logs().contains("shutting down"));
+}
+
+#[tokio::test]
+async fn local_embeddings_over_http() {
+    let server = Server::start(&local_embedding_config());
+    let http = client();
+    let answer: Value = http
+        .post(format!("{}/embeddings", server.v1()))
+        .json(&json!({"model": "all-minilm-l6-v2", "input": ["A man is eating food.", "A man is eating a piece of bread."]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a: Vec<f64> = serde_json::from_value(answer["data"][0]["embedding"].clone()).unwrap();
+    let b: Vec<f64> = serde_json::from_value(answer["data"][1]["embedding"].clone()).unwrap();
+    assert_eq!(a.len(), 384);
+    let cosine: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    assert!((cosine - 0.7553).abs() < 0.01, "{cosine}");
+    assert!(answer["usage"]["prompt_tokens"].as_u64().unwrap() >= 14);
+
+    // An embedding model does not chat, and says where to go instead.
+    let mut chat = capital_request(false);
+    chat["model"] = json!("all-minilm-l6-v2");
+    let refused = server.post_chat(&chat).await;
+    assert_eq!(refused.status(), 400);
+    let error: Value = refused.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "model_not_supported");
+}
+
+#[tokio::test]
+async fn local_model_refuses_tools_and_images_with_400() {
+    let server = Server::start(&local_model_config(""));
+    let mut with_tools = capital_request(false);
+    with_tools["tools"] = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
+    let response = server.post_chat(&with_tools).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "tools");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tool calling is not supported")
+    );
+
+    let with_image = json!({"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this"},
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]});
+    let response = server.post_chat(&with_image).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "messages[0].content");
 }

@@ -321,3 +321,224 @@ async fn client_disconnect_drops_the_standin_call() {
         "the upstream stream was read to its end after the client left"
     );
 }
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}])
+}
+
+#[tokio::test]
+async fn tool_calls_through_standin_whole_and_streamed() {
+    let upstream = standin().await;
+    let server = Server::start(&remote_model("remote", &upstream.base_url(), ""));
+    let mut request = chat("remote", false);
+    request["tools"] = weather_tools();
+    request["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
+    let whole: Value = server.post_chat(&request).await.json().await.unwrap();
+    let message = &whole["choices"][0]["message"];
+    assert_eq!(whole["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(message["content"], Value::Null);
+    let call = &message["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(
+        call["function"]["arguments"],
+        "{\"query\":\"hello there stand in\"}"
+    );
+    let sent = &upstream.requests()[0].body;
+    assert_eq!(sent["tools"], weather_tools());
+    assert_eq!(sent["tool_choice"]["function"]["name"], "get_weather");
+
+    request["stream"] = json!(true);
+    let body = server.post_chat(&request).await.text().await.unwrap();
+    let events = sse_data(&body);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let pieces: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert!(
+        pieces.len() >= 3,
+        "arguments were not streamed in fragments"
+    );
+    assert_eq!(pieces[0]["id"], call["id"]);
+    assert_eq!(pieces[0]["function"]["name"], "get_weather");
+    let arguments: String = pieces
+        .iter()
+        .filter_map(|p| p["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(arguments, "{\"query\":\"hello there stand in\"}");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "tool_calls")
+    );
+
+    // The tool's answer goes back up, and the model reads it.
+    let follow_up = json!({
+        "model": "remote",
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}
+        ],
+        "tools": weather_tools()
+    });
+    let answer: Value = server.post_chat(&follow_up).await.json().await.unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "tool said: sunny"
+    );
+    let sent = upstream.requests().last().unwrap().body.clone();
+    assert_eq!(sent["messages"][1]["tool_calls"][0]["id"], call["id"]);
+    assert_eq!(sent["messages"][2]["tool_call_id"], call["id"]);
+}
+
+#[tokio::test]
+async fn images_are_forwarded_to_the_standin() {
+    let upstream = standin().await;
+    let server = Server::start(&remote_model("remote", &upstream.base_url(), ""));
+    let request = json!({
+        "model": "remote",
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+        ]}]
+    });
+    let answer: Value = server.post_chat(&request).await.json().await.unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "echo: what is this (2 images)"
+    );
+    let sent = &upstream.requests()[0].body["messages"][0]["content"];
+    assert_eq!(
+        sent[1],
+        json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}})
+    );
+    assert_eq!(sent[2]["image_url"]["url"], "https://example.com/cat.jpg");
+}
+
+#[tokio::test]
+async fn embeddings_through_standin_float_and_base64() {
+    let upstream = standin().await;
+    let server = Server::start(&remote_model("embedder", &upstream.base_url(), ""));
+    let http = client();
+    let url = format!("{}/embeddings", server.v1());
+    let floats: Value = http
+        .post(&url)
+        .json(&json!({"model": "embedder", "input": ["alpha", "beta"], "dimensions": 4}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(floats["object"], "list");
+    assert_eq!(floats["model"], "embedder");
+    assert_eq!(floats["data"][1]["index"], 1);
+    assert_eq!(floats["data"][0]["embedding"].as_array().unwrap().len(), 4);
+    assert_eq!(floats["usage"]["prompt_tokens"], 2);
+    let sent = &upstream.requests()[0].body;
+    assert_eq!(sent["model"], "upstream-embedder");
+    assert_eq!(sent["dimensions"], 4);
+
+    let encoded: Value = http
+        .post(&url)
+        .json(&json!({"model": "embedder", "input": "alpha", "dimensions": 4, "encoding_format": "base64"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = encoded["data"][0]["embedding"].as_str().unwrap();
+    let bytes = base64_decode(text);
+    let decoded: Vec<f64> = bytes
+        .chunks_exact(4)
+        .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+        .collect();
+    let expected: Vec<f64> = floats["data"][0]["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(decoded.len(), 4);
+    for (a, b) in decoded.iter().zip(&expected) {
+        assert!((a - b).abs() < 1e-6);
+    }
+}
+
+/// Standard base64, decoded by hand to keep the test free of the code under test.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let value = alphabet.iter().position(|&a| a == c).unwrap() as u32;
+        bits = (bits << 6) | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn azure_deployment_urls_key_header_and_api_version_against_standin() {
+    let upstream = standin().await;
+    let config = format!(
+        "[models.azure-gpt]\nbackend = \"azure\"\nbase_url = \"{}\"\ndeployment = \"gpt4o-prod\"\napi_key = \"azure-secret\"\napi_version = \"2024-10-21\"\n",
+        upstream.root_url()
+    );
+    let server = Server::start(&config);
+    let answer: Value = server
+        .post_chat(&chat("azure-gpt", false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "echo: hello there stand in"
+    );
+    let sent = &upstream.requests()[0];
+    assert_eq!(
+        sent.uri,
+        "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(sent.header("api-key"), Some("azure-secret"));
+    assert_eq!(sent.header("authorization"), None);
+}
+
+#[tokio::test]
+async fn mistral_preset_renames_fields_against_standin() {
+    let upstream = standin().await;
+    let config = format!(
+        "[models.mistral-small]\nbackend = \"openai\"\npreset = \"mistral\"\nbase_url = \"{}\"\napi_key = \"m-key\"\n",
+        upstream.base_url()
+    );
+    let server = Server::start(&config);
+    let mut request = chat("mistral-small", true);
+    request["seed"] = json!(7);
+    request["user"] = json!("someone");
+    request["stream_options"] = json!({"include_usage": true});
+    let response = server.post_chat(&request).await;
+    assert_eq!(response.status(), 200);
+    let _ = response.text().await.unwrap();
+    let sent = &upstream.requests()[0].body;
+    assert_eq!(sent["random_seed"], 7);
+    assert_eq!(sent["max_tokens"], 50);
+    assert!(sent.get("seed").is_none());
+    assert!(sent.get("user").is_none());
+    assert!(sent.get("stream_options").is_none());
+    assert!(sent.get("max_completion_tokens").is_none());
+}

@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Server, local_model_config};
+use common::{Server, local_embedding_config, local_model_config};
 
 fn python() -> PathBuf {
     if let Some(python) = std::env::var_os("SWITCHYARD_TEST_PYTHON") {
@@ -26,7 +26,8 @@ fn python() -> PathBuf {
 
 #[test]
 fn official_openai_sdk_streams_and_not() {
-    let server = Server::start(&local_model_config(""));
+    let config = format!("{}\n{}", local_model_config(""), local_embedding_config());
+    let server = Server::start(&config);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_sdk_check.py");
     let output = Command::new(python())
         .arg(script)

@@ -45,6 +45,23 @@ fn switchyard_models_path() -> PathBuf {
         .join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// A config entry for the local embedding model (pulled by `make models`).
+pub fn local_embedding_config() -> String {
+    let cache = default_model_path()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("all-minilm-l6-v2"))
+        .unwrap();
+    assert!(
+        cache.join("model.safetensors").is_file(),
+        "all-minilm-l6-v2 is not pulled: run `make models` or `switchyard models pull` first"
+    );
+    format!(
+        "[models.all-minilm-l6-v2]\nbackend = \"local-embedding\"\npath = \"{}\"\n",
+        cache.display()
+    )
+}
+
 /// A config with the default local model, small enough for tests.
 pub fn local_model_config(extra: &str) -> String {
     format!(

@@ -1,0 +1,217 @@
+//! Turns each configured model into its backends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures::future::BoxFuture;
+use switchyard_adapters::{Auth, OpenAiAdapter, OpenAiConfig, Quirks, Timeouts};
+use switchyard_config::{
+    LocalEmbeddingConfig, LocalModelConfig, ModelConfig, Provider, RemoteModelConfig,
+};
+use switchyard_core::{ChatBackend, EmbeddingBackend, SamplingParams};
+use switchyard_embedder::{EmbedderConfig, LocalEmbedder};
+use switchyard_engine::{EngineConfig, LocalEngine};
+use switchyard_models::{ModelKind, ModelStore};
+
+/// A model's backends, and how to wait until they can serve.
+pub struct Built {
+    pub chat: Option<Arc<dyn ChatBackend>>,
+    pub embeddings: Option<Arc<dyn EmbeddingBackend>>,
+    /// Resolves once local weights are loaded (at once for remote models).
+    pub ready: BoxFuture<'static, Result<(), String>>,
+}
+
+/// Builds the backends of model `name`.
+pub fn build(name: &str, model: &ModelConfig) -> anyhow::Result<Built> {
+    match model {
+        ModelConfig::Local(local) => {
+            let engine = Arc::new(start_local(name, local)?);
+            let waiter = engine.clone();
+            Ok(Built {
+                chat: Some(engine),
+                embeddings: None,
+                ready: Box::pin(
+                    async move { waiter.wait_ready().await.map_err(|e| e.to_string()) },
+                ),
+            })
+        }
+        ModelConfig::LocalEmbedding(local) => {
+            let embedder = Arc::new(start_embedder(name, local)?);
+            let waiter = embedder.clone();
+            Ok(Built {
+                chat: None,
+                embeddings: Some(embedder),
+                ready: Box::pin(
+                    async move { waiter.wait_ready().await.map_err(|e| e.to_string()) },
+                ),
+            })
+        }
+        ModelConfig::Remote(provider, remote) => build_remote(name, *provider, remote),
+    }
+}
+
+fn timeouts(remote: &RemoteModelConfig) -> Timeouts {
+    Timeouts {
+        connect: Duration::from_millis(remote.connect_timeout_ms),
+        first_byte: Duration::from_millis(remote.first_byte_timeout_ms),
+        total: Duration::from_millis(remote.total_timeout_ms),
+    }
+}
+
+fn headers(remote: &RemoteModelConfig) -> Vec<(String, String)> {
+    remote
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn build_remote(
+    name: &str,
+    provider: Provider,
+    remote: &RemoteModelConfig,
+) -> anyhow::Result<Built> {
+    let upstream_model = remote
+        .upstream_model
+        .clone()
+        .unwrap_or_else(|| name.to_owned());
+    match provider {
+        Provider::Openai | Provider::Azure => {
+            let adapter = Arc::new(OpenAiAdapter::new(openai_config(
+                provider,
+                remote,
+                upstream_model,
+            )?)?);
+            Ok(Built {
+                chat: Some(adapter.clone()),
+                embeddings: Some(adapter),
+                ready: Box::pin(async { Ok(()) }),
+            })
+        }
+        other => bail!("backend `{}` is not available in this build", other.name()),
+    }
+}
+
+fn openai_config(
+    provider: Provider,
+    remote: &RemoteModelConfig,
+    upstream_model: String,
+) -> anyhow::Result<OpenAiConfig> {
+    let (base_url, query, auth, quirks) = match provider {
+        Provider::Azure => {
+            let endpoint = remote.base_url.clone().unwrap_or_default();
+            let deployment = remote.deployment.clone().unwrap_or_default();
+            let version = remote
+                .api_version
+                .clone()
+                .unwrap_or_else(|| "2024-10-21".to_owned());
+            (
+                format!(
+                    "{}/openai/deployments/{deployment}",
+                    endpoint.trim_end_matches('/')
+                ),
+                Some(format!("api-version={version}")),
+                Auth::Header {
+                    name: "api-key".into(),
+                    key: remote.api_key.clone().unwrap_or_default(),
+                },
+                Quirks::OPENAI,
+            )
+        }
+        _ => {
+            let preset = match remote.preset.as_deref() {
+                None => None,
+                Some(name) => Some(switchyard_adapters::preset(name).with_context(|| {
+                    let known: Vec<&str> = switchyard_adapters::PRESETS
+                        .iter()
+                        .map(|p| p.name)
+                        .collect();
+                    format!(
+                        "field `preset`: unknown preset {name:?}; known presets: {}",
+                        known.join(", ")
+                    )
+                })?),
+            };
+            let base_url = match (&remote.base_url, preset.and_then(|p| p.base_url)) {
+                (Some(url), _) => url.clone(),
+                (None, Some(url)) => url.to_owned(),
+                (None, None) => bail!(
+                    "field `base_url`: required, the preset {:?} is self-hosted",
+                    remote.preset.as_deref().unwrap_or_default()
+                ),
+            };
+            let auth = remote.api_key.clone().map_or(Auth::None, Auth::Bearer);
+            let quirks = preset.map_or(Quirks::OPENAI, |p| p.quirks);
+            (base_url, None, auth, quirks)
+        }
+    };
+    Ok(OpenAiConfig {
+        base_url,
+        query,
+        auth,
+        upstream_model,
+        headers: headers(remote),
+        timeouts: timeouts(remote),
+        quirks,
+    })
+}
+
+/// Resolves a local model's files: an explicit path, or the catalogue.
+fn local_path(
+    name: &str,
+    path: &Option<PathBuf>,
+    catalog: &Option<String>,
+    kind: ModelKind,
+) -> anyhow::Result<(PathBuf, Option<&'static switchyard_models::CatalogEntry>)> {
+    if let Some(path) = path {
+        return Ok((path.clone(), None));
+    }
+    let catalog_name = catalog.as_deref().unwrap_or(name);
+    let store = ModelStore::default_location()?;
+    let (entry, path) = store.resolve(catalog_name).with_context(|| {
+        "not in the model catalogue; set `path` to the model's files or `catalog` to a catalogue name"
+    })?;
+    if entry.kind != kind {
+        bail!(
+            "the catalogue model `{catalog_name}` is a {:?} model, which this backend does not serve",
+            entry.kind
+        );
+    }
+    if !store.is_present(entry) {
+        bail!(
+            "the model `{catalog_name}` is not downloaded yet; run `switchyard models pull {catalog_name}`"
+        );
+    }
+    Ok((path, Some(entry)))
+}
+
+fn start_local(name: &str, local: &LocalModelConfig) -> anyhow::Result<LocalEngine> {
+    let (path, entry) = local_path(name, &local.path, &local.catalog, ModelKind::Chat)?;
+    let default_sampling = SamplingParams {
+        temperature: local.temperature.or(entry.and_then(|e| e.temperature)),
+        top_p: local.top_p.or(entry.and_then(|e| e.top_p)),
+        ..SamplingParams::default()
+    };
+    Ok(LocalEngine::start(EngineConfig {
+        model_path: path,
+        context_length: local.context_length,
+        parallel: local.parallel,
+        threads: local.threads,
+        queue_capacity: local.queue,
+        batch_size: local.batch_size,
+        gpu_layers: local.gpu_layers,
+        default_sampling,
+    })?)
+}
+
+fn start_embedder(name: &str, local: &LocalEmbeddingConfig) -> anyhow::Result<LocalEmbedder> {
+    let (path, _) = local_path(name, &local.path, &local.catalog, ModelKind::Embedding)?;
+    Ok(LocalEmbedder::start(EmbedderConfig {
+        model_dir: path,
+        max_batch: local.max_batch,
+        max_tokens: local.max_tokens,
+        queue_capacity: local.queue,
+    })?)
+}
