@@ -3,11 +3,13 @@
 //! and implements [`switchyard_core::ChatBackend`] (and, where the provider
 //! has one, [`switchyard_core::EmbeddingBackend`]).
 
+pub mod anthropic;
 mod http;
 pub mod openai;
 pub mod presets;
 mod stream;
 
+pub use anthropic::{AnthropicAdapter, AnthropicConfig};
 pub use http::Timeouts;
 pub use openai::{Auth, OpenAiAdapter, OpenAiConfig};
 pub use presets::{PRESETS, Preset, Quirks, preset};

@@ -19,27 +19,36 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError {
-                        status: StatusCode::PAYLOAD_TOO_LARGE,
-                        ..ApiError::invalid_request(
-                            "the request body is larger than this server accepts (see `max_body_bytes` in the configuration)",
-                            None,
-                        )
-                    }
-                    .with_code("request_too_large")
-                } else {
-                    ApiError::invalid_request(
-                        format!("could not read the request body: {rejection}"),
+        read_json(request, state).await.map(OpenAiJson)
+    }
+}
+
+/// Reads the body (within the configured size limit) and parses it.
+pub async fn read_json<S, T>(request: Request, state: &S) -> Result<T, ApiError>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    let bytes = Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    ..ApiError::invalid_request(
+                        "the request body is larger than this server accepts (see `max_body_bytes` in the configuration)",
                         None,
                     )
                 }
-            })?;
-        parse_json(&bytes).map(OpenAiJson)
-    }
+                .with_code("request_too_large")
+            } else {
+                ApiError::invalid_request(
+                    format!("could not read the request body: {rejection}"),
+                    None,
+                )
+            }
+        })?;
+    parse_json(&bytes)
 }
 
 /// Parses `bytes` into `T`, naming the field at fault when it does not fit.
@@ -82,6 +91,8 @@ fn explain(message: &str) -> String {
         Some("must be a string or an array of content parts")
     } else if message.contains("untagged enum StopSequences") {
         Some("must be a string or an array of strings")
+    } else if message.contains("untagged enum SystemPrompt") {
+        Some("must be a string or an array of text blocks")
     } else {
         None
     };

@@ -1,11 +1,13 @@
 //! Switchyard's API layer: HTTP in, calls on the orchestration layer, HTTP
 //! out. It holds no business logic.
 //!
-//! Endpoints: `POST /v1/chat/completions`, `POST /v1/embeddings`, `GET /v1/models`,
+//! Endpoints: `POST /v1/chat/completions`, `POST /v1/messages` (Anthropic's
+//! shape), `POST /v1/embeddings`, `GET /v1/models`,
 //! `GET /v1/models/{model}`, `GET /healthz`, `GET /readyz`. Every response
 //! carries `x-request-id` (the client's own when it sent one); every error
 //! is OpenAI-shaped.
 
+mod anthropic;
 mod chat;
 mod embeddings;
 pub mod error;
@@ -58,6 +60,7 @@ pub fn router(gateway: Arc<Gateway>, config: &ApiConfig) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::retrieve))
         .route("/healthz", get(models::healthz))

@@ -4,5 +4,6 @@
 //! Both the server (which receives these formats) and the adapters (which
 //! send them upstream) use the same definitions, so a field is spelled once.
 
+pub mod anthropic;
 pub mod openai;
 pub mod openai_embeddings;

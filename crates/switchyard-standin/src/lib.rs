@@ -1,6 +1,6 @@
 //! Stand-ins for the providers Switchyard talks to, for tests and
 //! benchmarks: one server that answers in each provider's documented wire
-//! format (OpenAI and Azure OpenAI today), with the same scripted answers
+//! format (OpenAI, Azure OpenAI, Anthropic), with the same scripted answers
 //! and the same injectable faults behind every face.
 //!
 //! Answers are deterministic: the reply echoes the last user message
@@ -19,6 +19,7 @@
 //! | `x-standin-token-delay-ms: 50` | wait between streamed events |
 //! | `x-standin-fault: midstream-disconnect` | send two pieces, then drop the connection |
 //! | `x-standin-fault: malformed` | send an event that is not JSON |
+//! | `x-standin-fault: error-event` | send two pieces, then the provider's in-stream error |
 //! | `x-standin-fault: reset` | drop the connection before any body |
 //! | `x-standin-reply: text` | answer with this text instead of the echo |
 //!
@@ -26,6 +27,7 @@
 //! [`RunningStandin::requests`]), so a test can check what the gateway sent.
 
 mod answer;
+mod anthropic;
 mod openai;
 
 use std::net::SocketAddr;
@@ -167,6 +169,7 @@ fn router(config: StandinConfig) -> (Router, Standin) {
             post(openai::azure_embeddings),
         )
         .route("/v1/models", get(openai::models))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/_standin/requests", get(recorded_requests))
         .layer(axum::middleware::from_fn_with_state(state.clone(), record))
         .with_state(state.clone());
@@ -260,6 +263,7 @@ pub(crate) enum Fault {
     Reset,
     MidstreamDisconnect,
     Malformed,
+    ErrorEvent,
 }
 
 impl Script {
@@ -275,6 +279,7 @@ impl Script {
                 Some("reset") => Fault::Reset,
                 Some("midstream-disconnect") => Fault::MidstreamDisconnect,
                 Some("malformed") => Fault::Malformed,
+                Some("error-event") => Fault::ErrorEvent,
                 _ => Fault::None,
             },
             reply: header_str(headers, "x-standin-reply")
@@ -300,16 +305,23 @@ pub(crate) fn reset_response() -> Response {
     Response::new(Body::from_stream(failing))
 }
 
+/// The provider-specific frames that faults inject.
+pub(crate) struct FaultFrames {
+    /// Sent instead of a piece by `malformed`.
+    pub malformed: Bytes,
+    /// The provider's in-stream error, sent by `error-event`.
+    pub error: Bytes,
+}
+
 /// Streams `frames` as the response body, applying the script's delay and
-/// faults: `frames` are the answer's wire frames in order, `piece_frames`
-/// says which of them carry answer pieces (the ones delays and faults apply
-/// to), and `malformed` is the frame a `malformed` fault sends instead.
+/// faults: `frames` are the answer's wire frames in order, each flagged if
+/// it carries an answer piece (the frames delays and faults apply to).
 pub(crate) fn stream_response(
     standin: &Standin,
     script: &Script,
     content_type: &'static str,
     frames: Vec<(Bytes, bool)>,
-    malformed: Bytes,
+    faults: FaultFrames,
 ) -> Response {
     let guard = standin.abandon_guard();
     let delay = script.token_delay;
@@ -334,8 +346,13 @@ pub(crate) fn stream_response(
                 }
                 if fault == Fault::Malformed && piece_index == 1 {
                     piece_index += 1;
-                    yield Ok(malformed.clone());
+                    yield Ok(faults.malformed.clone());
                     continue;
+                }
+                if fault == Fault::ErrorEvent && piece_index == 2 {
+                    guard.completed = true;
+                    yield Ok(faults.error.clone());
+                    return;
                 }
                 piece_index += 1;
             }

@@ -17,7 +17,7 @@ use switchyard_protocol::openai_embeddings::{
 };
 
 use crate::answer::{Piece, Prompt, answer, count_words};
-use crate::{Fault, Script, Standin, header_str, reset_response, sse_frame, sse_json};
+use crate::{Fault, FaultFrames, Script, Standin, header_str, reset_response, sse_frame, sse_json};
 
 const CREATED: u64 = 1_700_000_000;
 
@@ -205,7 +205,13 @@ pub(crate) async fn chat_completions(
         &script,
         "text/event-stream",
         frames,
-        sse_frame(None, "{\"choices\": [{\"delta\": "),
+        FaultFrames {
+            malformed: sse_frame(None, "{\"choices\": [{\"delta\": "),
+            error: sse_frame(
+                None,
+                "{\"error\": {\"message\": \"The server had an error while processing your request.\", \"type\": \"server_error\"}}",
+            ),
+        },
     )
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::future::BoxFuture;
-use switchyard_adapters::{Auth, OpenAiAdapter, OpenAiConfig, Quirks, Timeouts};
+use switchyard_adapters::{
+    AnthropicAdapter, AnthropicConfig, Auth, OpenAiAdapter, OpenAiConfig, Quirks, Timeouts,
+};
 use switchyard_config::{
     LocalEmbeddingConfig, LocalModelConfig, ModelConfig, Provider, RemoteModelConfig,
 };
@@ -90,7 +92,32 @@ fn build_remote(
                 ready: Box::pin(async { Ok(()) }),
             })
         }
+        Provider::Anthropic => {
+            let mut config =
+                AnthropicConfig::new(remote.api_key.clone().unwrap_or_default(), upstream_model);
+            if let Some(base_url) = &remote.base_url {
+                config.base_url = base_url.clone();
+            }
+            if let Some(version) = &remote.anthropic_version {
+                config.version = version.clone();
+            }
+            if let Some(max_tokens) = remote.default_max_tokens {
+                config.default_max_tokens = max_tokens;
+            }
+            config.headers = headers(remote);
+            config.timeouts = timeouts(remote);
+            Ok(chat_only(Arc::new(AnthropicAdapter::new(config)?)))
+        }
         other => bail!("backend `{}` is not available in this build", other.name()),
+    }
+}
+
+/// A remote backend that only chats.
+fn chat_only(chat: Arc<dyn ChatBackend>) -> Built {
+    Built {
+        chat: Some(chat),
+        embeddings: None,
+        ready: Box::pin(async { Ok(()) }),
     }
 }
 

@@ -1,7 +1,7 @@
-//! The official `openai` Python package, unmodified, against the server and
-//! its local model (streaming and not, errors included). `make test` installs
-//! the package into `.venv`; `SWITCHYARD_TEST_PYTHON` may name another
-//! interpreter that has it.
+//! The official `openai` and `anthropic` Python packages, unmodified,
+//! against the server and its local models (streaming and not, errors
+//! included). `make test` installs the packages into `.venv`;
+//! `SWITCHYARD_TEST_PYTHON` may name another interpreter that has them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -24,22 +24,45 @@ fn python() -> PathBuf {
     venv
 }
 
-#[test]
-fn official_openai_sdk_streams_and_not() {
-    let config = format!("{}\n{}", local_model_config(""), local_embedding_config());
-    let server = Server::start(&config);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_sdk_check.py");
+/// Runs one SDK check script against `url`, failing with everything useful.
+fn run_check(server: &Server, script: &str, url: String, passed: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let output = Command::new(python())
         .arg(script)
-        .arg(server.v1())
+        .arg(url)
         .output()
         .unwrap();
     assert!(
         output.status.success(),
-        "openai SDK check failed:\nstdout: {}\nstderr: {}\nserver logs:\n{}",
+        "SDK check failed:\nstdout: {}\nstderr: {}\nserver logs:\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
         server.logs()
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("openai SDK checks passed"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(passed));
+}
+
+#[test]
+fn official_openai_sdk_streams_and_not() {
+    let config = format!("{}\n{}", local_model_config(""), local_embedding_config());
+    let server = Server::start(&config);
+    run_check(
+        &server,
+        "openai_sdk_check.py",
+        server.v1(),
+        "openai SDK checks passed",
+    );
+}
+
+#[test]
+fn official_anthropic_sdk_streams_and_not_with_the_local_model() {
+    let server = Server::start(&local_model_config(""));
+    run_check(
+        &server,
+        "anthropic_sdk_check.py",
+        server.url.clone(),
+        "anthropic SDK checks passed",
+    );
 }
