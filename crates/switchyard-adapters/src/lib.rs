@@ -4,12 +4,14 @@
 //! has one, [`switchyard_core::EmbeddingBackend`]).
 
 pub mod anthropic;
+pub mod gemini;
 mod http;
 pub mod openai;
 pub mod presets;
 mod stream;
 
 pub use anthropic::{AnthropicAdapter, AnthropicConfig};
+pub use gemini::{GeminiAdapter, GeminiConfig};
 pub use http::Timeouts;
 pub use openai::{Auth, OpenAiAdapter, OpenAiConfig};
 pub use presets::{PRESETS, Preset, Quirks, preset};

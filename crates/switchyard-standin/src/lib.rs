@@ -1,6 +1,6 @@
 //! Stand-ins for the providers Switchyard talks to, for tests and
 //! benchmarks: one server that answers in each provider's documented wire
-//! format (OpenAI, Azure OpenAI, Anthropic), with the same scripted answers
+//! format (OpenAI, Azure OpenAI, Anthropic, Gemini), with the same scripted answers
 //! and the same injectable faults behind every face.
 //!
 //! Answers are deterministic: the reply echoes the last user message
@@ -20,6 +20,8 @@
 //! | `x-standin-fault: midstream-disconnect` | send two pieces, then drop the connection |
 //! | `x-standin-fault: malformed` | send an event that is not JSON |
 //! | `x-standin-fault: error-event` | send two pieces, then the provider's in-stream error |
+//! | `x-standin-fault: safety` | (Gemini) stop the answer with a safety finish reason |
+//! | `x-standin-fault: blocked-prompt` | (Gemini) block the prompt: no candidates |
 //! | `x-standin-fault: reset` | drop the connection before any body |
 //! | `x-standin-reply: text` | answer with this text instead of the echo |
 //!
@@ -28,6 +30,7 @@
 
 mod answer;
 mod anthropic;
+mod gemini;
 mod openai;
 
 use std::net::SocketAddr;
@@ -170,6 +173,7 @@ fn router(config: StandinConfig) -> (Router, Standin) {
         )
         .route("/v1/models", get(openai::models))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1beta/models/{action}", post(gemini::model_action))
         .route("/_standin/requests", get(recorded_requests))
         .layer(axum::middleware::from_fn_with_state(state.clone(), record))
         .with_state(state.clone());
@@ -264,6 +268,8 @@ pub(crate) enum Fault {
     MidstreamDisconnect,
     Malformed,
     ErrorEvent,
+    Safety,
+    BlockedPrompt,
 }
 
 impl Script {
@@ -280,6 +286,8 @@ impl Script {
                 Some("midstream-disconnect") => Fault::MidstreamDisconnect,
                 Some("malformed") => Fault::Malformed,
                 Some("error-event") => Fault::ErrorEvent,
+                Some("safety") => Fault::Safety,
+                Some("blocked-prompt") => Fault::BlockedPrompt,
                 _ => Fault::None,
             },
             reply: header_str(headers, "x-standin-reply")

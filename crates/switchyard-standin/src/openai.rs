@@ -216,7 +216,7 @@ pub(crate) async fn chat_completions(
 }
 
 /// A deterministic unit vector for `text`.
-fn vector_for(text: &str, dimensions: usize) -> Vec<f32> {
+pub(crate) fn vector_for(text: &str, dimensions: usize) -> Vec<f32> {
     let mut vector: Vec<f32> = (0..dimensions)
         .map(|i| {
             text.bytes()

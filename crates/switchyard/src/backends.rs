@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures::future::BoxFuture;
 use switchyard_adapters::{
-    AnthropicAdapter, AnthropicConfig, Auth, OpenAiAdapter, OpenAiConfig, Quirks, Timeouts,
+    AnthropicAdapter, AnthropicConfig, Auth, GeminiAdapter, GeminiConfig, OpenAiAdapter,
+    OpenAiConfig, Quirks, Timeouts,
 };
 use switchyard_config::{
     LocalEmbeddingConfig, LocalModelConfig, ModelConfig, Provider, RemoteModelConfig,
@@ -107,6 +108,21 @@ fn build_remote(
             config.headers = headers(remote);
             config.timeouts = timeouts(remote);
             Ok(chat_only(Arc::new(AnthropicAdapter::new(config)?)))
+        }
+        Provider::Gemini => {
+            let mut config =
+                GeminiConfig::new(remote.api_key.clone().unwrap_or_default(), upstream_model);
+            if let Some(base_url) = &remote.base_url {
+                config.base_url = base_url.clone();
+            }
+            config.headers = headers(remote);
+            config.timeouts = timeouts(remote);
+            let adapter = Arc::new(GeminiAdapter::new(config)?);
+            Ok(Built {
+                chat: Some(adapter.clone()),
+                embeddings: Some(adapter),
+                ready: Box::pin(async { Ok(()) }),
+            })
         }
         other => bail!("backend `{}` is not available in this build", other.name()),
     }
