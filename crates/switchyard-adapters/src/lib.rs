@@ -4,6 +4,7 @@
 //! has one, [`switchyard_core::EmbeddingBackend`]).
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 mod http;
 pub mod openai;
@@ -11,6 +12,7 @@ pub mod presets;
 mod stream;
 
 pub use anthropic::{AnthropicAdapter, AnthropicConfig};
+pub use bedrock::{AwsCredentials, BedrockAdapter, BedrockConfig};
 pub use gemini::{GeminiAdapter, GeminiConfig};
 pub use http::Timeouts;
 pub use openai::{Auth, OpenAiAdapter, OpenAiConfig};

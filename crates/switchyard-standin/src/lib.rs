@@ -1,6 +1,6 @@
 //! Stand-ins for the providers Switchyard talks to, for tests and
 //! benchmarks: one server that answers in each provider's documented wire
-//! format (OpenAI, Azure OpenAI, Anthropic, Gemini), with the same scripted answers
+//! format (OpenAI, Azure OpenAI, Anthropic, Gemini, Bedrock Converse), with the same scripted answers
 //! and the same injectable faults behind every face.
 //!
 //! Answers are deterministic: the reply echoes the last user message
@@ -30,6 +30,7 @@
 
 mod answer;
 mod anthropic;
+mod bedrock;
 mod gemini;
 mod openai;
 
@@ -48,6 +49,10 @@ use axum::routing::{get, post};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::net::TcpListener;
+
+/// The secret access key the Bedrock face checks SigV4 signatures with
+/// (any access key id is accepted).
+pub const AWS_SECRET: &str = "standin-aws-secret-key";
 
 /// Behaviour that applies to every request unless a header overrides it.
 #[derive(Debug, Clone, Default)]
@@ -174,6 +179,7 @@ fn router(config: StandinConfig) -> (Router, Standin) {
         .route("/v1/models", get(openai::models))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1beta/models/{action}", post(gemini::model_action))
+        .route("/model/{model}/{action}", post(bedrock::converse))
         .route("/_standin/requests", get(recorded_requests))
         .layer(axum::middleware::from_fn_with_state(state.clone(), record))
         .with_state(state.clone());

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures::future::BoxFuture;
 use switchyard_adapters::{
-    AnthropicAdapter, AnthropicConfig, Auth, GeminiAdapter, GeminiConfig, OpenAiAdapter,
-    OpenAiConfig, Quirks, Timeouts,
+    AnthropicAdapter, AnthropicConfig, Auth, AwsCredentials, BedrockAdapter, BedrockConfig,
+    GeminiAdapter, GeminiConfig, OpenAiAdapter, OpenAiConfig, Quirks, Timeouts,
 };
 use switchyard_config::{
     LocalEmbeddingConfig, LocalModelConfig, ModelConfig, Provider, RemoteModelConfig,
@@ -124,7 +124,35 @@ fn build_remote(
                 ready: Box::pin(async { Ok(()) }),
             })
         }
-        other => bail!("backend `{}` is not available in this build", other.name()),
+        Provider::Bedrock => {
+            let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let access_key_id = remote
+                .access_key_id
+                .clone()
+                .or_else(|| from_env("AWS_ACCESS_KEY_ID"))
+                .context("field `access_key_id`: required (or set AWS_ACCESS_KEY_ID)")?;
+            let secret_access_key = remote
+                .secret_access_key
+                .clone()
+                .or_else(|| from_env("AWS_SECRET_ACCESS_KEY"))
+                .context("field `secret_access_key`: required (or set AWS_SECRET_ACCESS_KEY)")?;
+            let credentials = AwsCredentials {
+                access_key_id,
+                secret_access_key,
+                session_token: remote
+                    .session_token
+                    .clone()
+                    .or_else(|| from_env("AWS_SESSION_TOKEN")),
+            };
+            let region = remote.region.clone().unwrap_or_default();
+            let mut config = BedrockConfig::new(region, credentials, upstream_model);
+            if let Some(base_url) = &remote.base_url {
+                config.base_url = base_url.clone();
+            }
+            config.headers = headers(remote);
+            config.timeouts = timeouts(remote);
+            Ok(chat_only(Arc::new(BedrockAdapter::new(config)?)))
+        }
     }
 }
 
