@@ -511,7 +511,15 @@ fn classify(status: u16, headers: &HeaderMap, body: &str) -> BackendError {
             let error = envelope.error;
             let kind = status_kind(error.status.as_deref(), status);
             let wait = retry_after(headers).or_else(|| retry_delay(&error.details));
-            status_error(status, kind, &error.message, error.status, wait)
+            let code = if error
+                .message
+                .contains("exceeds the maximum number of tokens")
+            {
+                Some("context_length_exceeded".to_owned())
+            } else {
+                error.status
+            };
+            status_error(status, kind, &error.message, code, wait)
         }
         Err(_) => status_error(
             status,

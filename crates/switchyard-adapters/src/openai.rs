@@ -12,8 +12,8 @@ use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 use switchyard_core::{
     BackendError, BackendInfo, ChatBackend, ChatRequest, ChatResponse, ChatStream,
-    EmbeddingBackend, EmbeddingRequest, EmbeddingResponse, ErrorKind, StreamEvent, ToolCall,
-    ToolCallDelta,
+    EmbeddingBackend, EmbeddingRequest, EmbeddingResponse, ErrorKind, FinishReason, StreamEvent,
+    ToolCall, ToolCallDelta,
 };
 use switchyard_protocol::openai::{
     ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorBody, parse_finish_reason,
@@ -204,11 +204,16 @@ impl Inner {
         let choice = completion.choices.into_iter().next().ok_or_else(|| {
             BackendError::new(ErrorKind::Upstream, "the upstream's answer has no choices")
         })?;
+        // A refusal (structured outputs) is the model declining on safety
+        // grounds: its text is the answer, and the finish says why.
         if let Some(refusal) = choice.message.refusal.filter(|r| !r.is_empty()) {
-            return Err(BackendError::invalid_request(format!(
-                "the upstream model refused: {refusal}"
-            ))
-            .with_code("refusal"));
+            return Ok(ChatResponse {
+                model,
+                content: refusal,
+                tool_calls: Vec::new(),
+                finish_reason: FinishReason::ContentFilter,
+                usage: completion.usage.map(Into::into).unwrap_or_default(),
+            });
         }
         Ok(ChatResponse {
             model,
