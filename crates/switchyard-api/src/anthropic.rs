@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
@@ -19,6 +19,7 @@ use switchyard_protocol::anthropic::{
 use tracing::{info, warn};
 
 use crate::AppState;
+use crate::context::{request_context, route_headers};
 use crate::error::ApiError;
 use crate::extract::read_json;
 
@@ -96,31 +97,41 @@ where
 
 pub(crate) async fn messages(
     State(state): State<AppState>,
+    headers: HeaderMap,
     AnthropicJson(body): AnthropicJson<MessagesRequest>,
 ) -> Result<Response, AnthropicError> {
     let stream = body.is_stream();
+    let context = request_context(&headers, None);
     let request = body.into_canonical().map_err(ApiError::from)?;
+    let gateway = state.gateway.load_full();
     let model = request.model.clone();
     tracing::Span::current().record("model", model.as_str());
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     if stream {
-        let events = state.gateway.chat_stream(request).await?;
-        let mut response = Sse::new(sse_events(events, id, model))
+        let routed = gateway.chat_stream(request, &context).await?;
+        tracing::Span::current().record("route", routed.label().as_str());
+        let route = route_headers(&routed);
+        let mut response = Sse::new(sse_events(routed.value, id, model))
             .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
             .into_response();
         response
             .headers_mut()
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response.headers_mut().extend(route);
         return Ok(response);
     }
-    let answer = state.gateway.chat(request).await?;
+    let routed = gateway.chat(request, &context).await?;
+    tracing::Span::current().record("route", routed.label().as_str());
+    let answer = &routed.value;
     info!(
         finish_reason = answer.finish_reason.as_str(),
         prompt_tokens = answer.usage.prompt_tokens,
         completion_tokens = answer.usage.completion_tokens,
         "message served"
     );
-    Ok(Json(MessagesResponse::from_canonical(id, model, &answer)).into_response())
+    let mut response = Json(MessagesResponse::from_canonical(id, model, answer)).into_response();
+    response.headers_mut().extend(route_headers(&routed));
+    Ok(response)
 }
 
 fn event(wire: &WireEvent) -> Event {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
@@ -15,6 +15,7 @@ use switchyard_protocol::openai::{ChatCompletion, ChatCompletionRequest, ChunkFa
 use tracing::{info, warn};
 
 use crate::AppState;
+use crate::context::{request_context, route_headers};
 use crate::error::ApiError;
 use crate::extract::OpenAiJson;
 
@@ -24,11 +25,14 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
-    OpenAiJson(body): OpenAiJson<ChatCompletionRequest>,
+    headers: HeaderMap,
+    OpenAiJson(mut body): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let stream = body.is_stream();
     let include_usage = body.wants_stream_usage();
+    let context = request_context(&headers, body.metadata.take().as_ref());
     let request = body.into_canonical()?;
+    let gateway = state.gateway.load_full();
     let model = request.model.clone();
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = SystemTime::now()
@@ -37,26 +41,34 @@ pub(crate) async fn chat_completions(
     tracing::Span::current().record("model", model.as_str());
 
     if stream {
-        let events = state.gateway.chat_stream(request).await?;
+        let routed = gateway.chat_stream(request, &context).await?;
+        tracing::Span::current().record("route", routed.label().as_str());
         let chunks = ChunkFactory::new(id, created, model);
-        let mut response = Sse::new(sse_events(events, chunks, include_usage))
+        let headers = route_headers(&routed);
+        let mut response = Sse::new(sse_events(routed.value, chunks, include_usage))
             .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
             .into_response();
         // Tell buffering reverse proxies (nginx) to pass events straight on.
         response
             .headers_mut()
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response.headers_mut().extend(headers);
         return Ok(response);
     }
 
-    let answer = state.gateway.chat(request).await?;
+    let routed = gateway.chat(request, &context).await?;
+    tracing::Span::current().record("route", routed.label().as_str());
+    let answer = &routed.value;
     info!(
         finish_reason = answer.finish_reason.as_str(),
         prompt_tokens = answer.usage.prompt_tokens,
         completion_tokens = answer.usage.completion_tokens,
         "completion served"
     );
-    Ok(Json(ChatCompletion::from_canonical(id, created, model, &answer)).into_response())
+    let mut response =
+        Json(ChatCompletion::from_canonical(id, created, model, answer)).into_response();
+    response.headers_mut().extend(route_headers(&routed));
+    Ok(response)
 }
 
 fn data<T: Serialize>(payload: &T) -> Event {

@@ -9,6 +9,7 @@
 
 mod anthropic;
 mod chat;
+mod context;
 mod embeddings;
 pub mod error;
 pub mod extract;
@@ -18,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Request, StatusCode, Uri};
@@ -48,14 +50,18 @@ impl Default for ApiConfig {
     }
 }
 
+/// The gateway the server uses, replaceable while it runs (config reload):
+/// each request takes the current one and keeps it to the end.
+pub type SharedGateway = Arc<ArcSwap<Gateway>>;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub gateway: Arc<Gateway>,
+    pub gateway: SharedGateway,
 }
 
 /// The complete HTTP application.
-pub fn router(gateway: Arc<Gateway>, config: &ApiConfig) -> Router {
+pub fn router(gateway: SharedGateway, config: &ApiConfig) -> Router {
     let state = AppState { gateway };
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))

@@ -5,41 +5,47 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use switchyard_orchestration::ModelEntry;
+use switchyard_orchestration::Listed;
 
 use crate::AppState;
 use crate::error::ApiError;
 
 #[derive(Serialize)]
-struct ModelObject<'a> {
-    id: &'a str,
+struct ModelObject {
+    id: String,
     object: &'static str,
     created: u64,
     owned_by: String,
 }
 
-impl<'a> From<&'a ModelEntry> for ModelObject<'a> {
-    fn from(entry: &'a ModelEntry) -> Self {
+impl From<Listed> for ModelObject {
+    fn from(listed: Listed) -> Self {
         Self {
-            id: &entry.name,
+            id: listed.name,
             object: "model",
-            created: entry.created,
-            owned_by: entry.info().map(|i| i.owned_by).unwrap_or_default(),
+            created: listed.created,
+            owned_by: listed.owned_by,
         }
     }
 }
 
 #[derive(Serialize)]
-struct ModelList<'a> {
+struct ModelList {
     object: &'static str,
-    data: Vec<ModelObject<'a>>,
+    data: Vec<ModelObject>,
 }
 
 /// `GET /v1/models`: OpenAI's list shape.
 pub(crate) async fn list(State(state): State<AppState>) -> Response {
     let list = ModelList {
         object: "list",
-        data: state.gateway.models().map(ModelObject::from).collect(),
+        data: state
+            .gateway
+            .load()
+            .listing()
+            .into_iter()
+            .map(ModelObject::from)
+            .collect(),
     };
     Json(list).into_response()
 }
@@ -49,8 +55,8 @@ pub(crate) async fn retrieve(
     State(state): State<AppState>,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    let entry = state.gateway.resolve(&model)?;
-    Ok(Json(ModelObject::from(entry)).into_response())
+    let listed = state.gateway.load().lookup(&model)?;
+    Ok(Json(ModelObject::from(listed)).into_response())
 }
 
 /// `GET /healthz`: the process is up.
@@ -60,7 +66,7 @@ pub(crate) async fn healthz() -> Response {
 
 /// `GET /readyz`: 200 once every configured model can serve.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.gateway.is_ready() {
+    if state.gateway.load().is_ready() {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         (

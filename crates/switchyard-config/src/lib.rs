@@ -16,6 +16,7 @@
 //! ```
 
 mod interpolate;
+mod routing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,6 +25,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use interpolate::{InterpolationError, interpolate};
+pub use routing::{
+    CacheConfig, DeploymentRef, FailureKind, ResilienceConfig, RouteConfig, RuleConfig, Strategy,
+};
 
 /// The chat model served when no configuration file is given.
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
@@ -42,6 +46,12 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Public model name → how to serve it.
     pub models: BTreeMap<String, ModelConfig>,
+    /// Public names served by groups of models.
+    pub routes: BTreeMap<String, RouteConfig>,
+    /// Circuit breakers and the retry budget.
+    pub resilience: ResilienceConfig,
+    /// The response cache.
+    pub cache: CacheConfig,
 }
 
 /// The file's top level, before each model's `backend` picks its schema.
@@ -59,6 +69,12 @@ struct RawConfig {
     #[serde(default = "default_shutdown_grace_secs")]
     shutdown_grace_secs: u64,
     models: Option<BTreeMap<String, toml::Table>>,
+    #[serde(default)]
+    routes: BTreeMap<String, RouteConfig>,
+    #[serde(default)]
+    resilience: ResilienceConfig,
+    #[serde(default)]
+    cache: CacheConfig,
 }
 
 impl Default for Config {
@@ -68,6 +84,9 @@ impl Default for Config {
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
             models: default_models(),
+            routes: BTreeMap::new(),
+            resilience: ResilienceConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -83,6 +102,17 @@ pub enum ModelConfig {
     /// A remote provider (`backend = "openai"`, `"azure"`, `"anthropic"`,
     /// `"gemini"` or `"bedrock"`).
     Remote(Provider, Box<RemoteModelConfig>),
+}
+
+impl ModelConfig {
+    /// The model's price, when configured.
+    pub fn pricing(&self) -> Option<Pricing> {
+        match self {
+            ModelConfig::Local(local) => local.pricing,
+            ModelConfig::LocalEmbedding(_) => None,
+            ModelConfig::Remote(_, remote) => remote.pricing,
+        }
+    }
 }
 
 /// The remote providers Switchyard speaks to natively.
@@ -118,6 +148,18 @@ impl Provider {
     }
 }
 
+/// What a model costs, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pricing {
+    /// Per million prompt tokens.
+    pub input: f64,
+    /// Per million generated tokens.
+    pub output: f64,
+    /// Per million prompt tokens read from a prompt cache (default: `input`).
+    pub cached_input: Option<f64>,
+}
+
 /// Settings of a local GGUF model.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,6 +191,8 @@ pub struct LocalModelConfig {
     pub temperature: Option<f32>,
     /// Nucleus mass for requests that set none.
     pub top_p: Option<f32>,
+    /// Price (local models are free unless priced here).
+    pub pricing: Option<Pricing>,
 }
 
 impl Default for LocalModelConfig {
@@ -164,6 +208,7 @@ impl Default for LocalModelConfig {
             gpu_layers: 0,
             temperature: None,
             top_p: None,
+            pricing: None,
         }
     }
 }
@@ -244,6 +289,8 @@ pub struct RemoteModelConfig {
     pub secret_access_key: Option<String>,
     /// `bedrock`: session token (default: `AWS_SESSION_TOKEN`).
     pub session_token: Option<String>,
+    /// Price, for cost-based routing and spend.
+    pub pricing: Option<Pricing>,
 }
 
 impl RemoteModelConfig {
@@ -355,6 +402,7 @@ impl std::fmt::Debug for RemoteModelConfig {
             .field("access_key_id", &secret(&self.access_key_id))
             .field("secret_access_key", &secret(&self.secret_access_key))
             .field("session_token", &secret(&self.session_token))
+            .field("pricing", &self.pricing)
             .finish()
     }
 }
@@ -437,6 +485,120 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl Config {
+    fn validate_routes(&self) -> Result<(), FieldProblem> {
+        let exists = |name: &str| self.models.contains_key(name) || self.routes.contains_key(name);
+        for (name, route) in &self.routes {
+            let field = |f: &str| format!("routes.{name}.{f}");
+            if self.models.contains_key(name) {
+                return Err((
+                    format!("routes.{name}"),
+                    "a model of the same name exists; routes and models share one namespace".into(),
+                ));
+            }
+            if route.deployments.is_empty() && route.rules.is_empty() {
+                return Err((
+                    field("deployments"),
+                    "a route needs deployments, rules, or both".into(),
+                ));
+            }
+            for (index, deployment) in route.deployments.iter().enumerate() {
+                if !self.models.contains_key(&deployment.model) {
+                    return Err((
+                        format!("routes.{name}.deployments.{index}.model"),
+                        format!("no model named {:?} in [models]", deployment.model),
+                    ));
+                }
+            }
+            if route.strategy == Strategy::Weighted
+                && !route.deployments.is_empty()
+                && route.deployments.iter().all(|d| d.weight == 0)
+            {
+                return Err((
+                    field("deployments"),
+                    "every weight is 0; give at least one deployment a weight".into(),
+                ));
+            }
+            for (index, target) in route.fallbacks.iter().enumerate() {
+                if !exists(target) || target == name {
+                    return Err((
+                        format!("routes.{name}.fallbacks.{index}"),
+                        format!("{target:?} is not another route or model"),
+                    ));
+                }
+            }
+            for (index, rule) in route.rules.iter().enumerate() {
+                if !exists(&rule.route) || rule.route == *name {
+                    return Err((
+                        format!("routes.{name}.rules.{index}.route"),
+                        format!("{:?} is not another route or model", rule.route),
+                    ));
+                }
+                if rule.header_value.is_some() && rule.header.is_none() {
+                    return Err((
+                        format!("routes.{name}.rules.{index}.header_value"),
+                        "needs `header`".into(),
+                    ));
+                }
+                if rule.metadata_value.is_some() && rule.metadata_key.is_none() {
+                    return Err((
+                        format!("routes.{name}.rules.{index}.metadata_value"),
+                        "needs `metadata_key`".into(),
+                    ));
+                }
+            }
+        }
+        // Rules may point at routes with rules of their own; a cycle would
+        // never settle on a deployment.
+        for name in self.routes.keys() {
+            let mut seen = vec![name.as_str()];
+            self.check_rule_cycle(name, &mut seen)?;
+        }
+        let resilience = &self.resilience;
+        if resilience.breaker_failures == 0 || resilience.breaker_window == 0 {
+            return Err((
+                "resilience".into(),
+                "breaker_failures and breaker_window must be at least 1".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&resilience.breaker_error_rate)
+            || !(0.0..=10.0).contains(&resilience.retry_budget_ratio)
+        {
+            return Err((
+                "resilience".into(),
+                "breaker_error_rate must be within 0..1 and retry_budget_ratio within 0..10".into(),
+            ));
+        }
+        if let Some(redis) = &self.cache.redis_url {
+            url::Url::parse(redis)
+                .map_err(|e| ("cache.redis_url".to_owned(), format!("not a URL: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn check_rule_cycle<'a>(
+        &'a self,
+        name: &str,
+        seen: &mut Vec<&'a str>,
+    ) -> Result<(), FieldProblem> {
+        let Some(route) = self.routes.get(name) else {
+            return Ok(());
+        };
+        for rule in &route.rules {
+            if seen.contains(&rule.route.as_str()) {
+                return Err((
+                    format!("routes.{name}.rules"),
+                    format!("rules loop back to {:?}", rule.route),
+                ));
+            }
+            seen.push(&rule.route);
+            self.check_rule_cycle(&rule.route, seen)?;
+            seen.pop();
+        }
+        Ok(())
+    }
 }
 
 fn validate_remote(
@@ -571,6 +733,9 @@ impl Config {
             max_body_bytes: raw.max_body_bytes,
             shutdown_grace_secs: raw.shutdown_grace_secs,
             models,
+            routes: raw.routes,
+            resilience: raw.resilience,
+            cache: raw.cache,
         };
         config
             .validate()
@@ -650,6 +815,7 @@ impl Config {
                 }
             }
         }
+        self.validate_routes()?;
         Ok(())
     }
 }
@@ -830,6 +996,48 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    const TWO_MODELS: &str = "[models.a]\nbackend = \"openai\"\nbase_url = \"http://x\"\n[models.b]\nbackend = \"openai\"\nbase_url = \"http://y\"\n";
+
+    #[test]
+    fn routes_rules_and_cache_parse() {
+        let config = parse(&format!(
+            "{TWO_MODELS}\n[routes.chat]\nstrategy = \"least-latency\"\ndeployments = [{{ model = \"a\", weight = 95 }}, {{ model = \"b\", weight = 5 }}]\nfallbacks = [\"b\"]\nretries = 2\nhedge_after_ms = 300\nfallback_on = [\"rate-limited\", \"context-length\"]\n\n[routes.auto]\nrules = [{{ route = \"chat\", has_code = true }}, {{ route = \"b\", header = \"x-tier\", header_value = \"cheap\" }}]\ndeployments = [{{ model = \"a\" }}]\n\n[cache]\nenabled = true\nttl_secs = 5\n[resilience]\nbreaker_failures = 3\n"
+        ))
+        .unwrap();
+        let chat = &config.routes["chat"];
+        assert_eq!(chat.strategy, Strategy::LeastLatency);
+        assert_eq!(chat.deployments[0].weight, 95);
+        assert_eq!(
+            chat.fallback_on,
+            vec![FailureKind::RateLimited, FailureKind::ContextLength]
+        );
+        assert_eq!(config.routes["auto"].rules[0].has_code, Some(true));
+        assert!(config.cache.enabled);
+        assert_eq!(config.resilience.breaker_failures, 3);
+        assert_eq!(config.resilience.breaker_open_ms, 30_000);
+    }
+
+    #[test]
+    fn broken_routes_are_named() {
+        let (field, _) = field_error(&format!(
+            "{TWO_MODELS}\n[routes.r]\ndeployments = [{{ model = \"zzz\" }}]\n"
+        ));
+        assert_eq!(field, "routes.r.deployments.0.model");
+        let (field, _) = field_error(&format!(
+            "{TWO_MODELS}\n[routes.a]\ndeployments = [{{ model = \"b\" }}]\n"
+        ));
+        assert_eq!(field, "routes.a");
+        let (field, message) = field_error(&format!(
+            "{TWO_MODELS}\n[routes.x]\nrules = [{{ route = \"y\", has_code = true }}]\n[routes.y]\nrules = [{{ route = \"x\", has_tools = true }}]\n"
+        ));
+        assert!(field.ends_with(".rules"), "{field}");
+        assert!(message.contains("loop"), "{message}");
+        let (field, _) = field_error(&format!(
+            "{TWO_MODELS}\n[routes.r]\nstrategy = \"fastest\"\ndeployments = [{{ model = \"a\" }}]\n"
+        ));
+        assert_eq!(field, "routes.r.strategy");
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct ChatCompletionRequest {
     /// Whether several calls may come in one turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    /// Tags for routing rules and logs; never sent upstream.
+    #[serde(default, skip_serializing)]
+    pub metadata: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 /// A tool definition: `{"type": "function", "function": {...}}`.
@@ -562,6 +565,7 @@ impl ChatCompletionRequest {
             }),
             tool_choice: request.tool_choice.as_ref().map(wire_tool_choice),
             parallel_tool_calls: request.parallel_tool_calls,
+            metadata: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The `switchyard` command: serve the gateway, manage local models, chat.
 
+mod assembly;
 mod backends;
 mod chat;
 mod logging;

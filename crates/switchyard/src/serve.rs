@@ -1,17 +1,24 @@
-//! `switchyard serve`: configuration → backends → gateway → HTTP server.
+//! `switchyard serve`: configuration → backends → gateway → HTTP server,
+//! and configuration reloads (SIGHUP, or the file changing) while serving.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
-use switchyard_api::ApiConfig;
+use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
+use switchyard_api::{ApiConfig, SharedGateway};
 use switchyard_config::Config;
-use switchyard_orchestration::Gateway;
 use tokio::net::TcpListener;
-use tracing::{error, info};
+use tracing::{error, info, warn};
+
+use crate::assembly::{Reusable, assemble};
+
+/// How often the configuration file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the configuration came from, for error messages.
 fn origin(path: Option<&Path>) -> String {
@@ -34,25 +41,29 @@ pub fn run(config_path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Re
         .thread_name("switchyard-io")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, config_path))
+    runtime.block_on(serve(config, config_path.map(Path::to_path_buf), listen))
 }
 
-async fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()> {
-    let origin = origin(config_path);
-    let mut gateway = Gateway::new();
-    let mut loading = Vec::new();
-    for (name, model) in &config.models {
-        let built = crate::backends::build(name, model)
-            .with_context(|| format!("{origin}: field `models.{name}`"))?;
-        if let Some(chat) = built.chat {
-            gateway.add_chat_model(name.clone(), chat);
-        }
-        if let Some(embeddings) = built.embeddings {
-            gateway.add_embedding_model(name.clone(), embeddings);
-        }
-        loading.push((name.clone(), built.ready));
+/// Waits for every load; the first failure names its model.
+async fn all_loaded(
+    loading: Vec<(String, BoxFuture<'static, Result<(), String>>)>,
+) -> anyhow::Result<()> {
+    for (name, ready) in loading {
+        ready
+            .await
+            .map_err(|error| anyhow!("model `{name}` failed to load: {error}"))?;
     }
-    let gateway = Arc::new(gateway);
+    Ok(())
+}
+
+async fn serve(
+    config: Config,
+    config_path: Option<PathBuf>,
+    listen_override: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let origin = origin(config_path.as_deref());
+    let assembled = assemble(&config, &origin, &Reusable::default()).await?;
+    let gateway: SharedGateway = Arc::new(ArcSwap::from_pointee(assembled.gateway));
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -70,20 +81,31 @@ async fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()>
         writeln!(out, "switchyard listening on http://{addr}")?;
         out.flush()?;
     }
-    info!(%addr, models = config.models.len(), "listening");
+    info!(%addr, models = config.models.len(), routes = config.routes.len(), "listening");
 
     // Models load in the background: /healthz answers at once, /readyz once
     // they are loaded. A model that cannot load stops the server.
     let (load_failed_tx, load_failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let loading = assembled.loading;
     tokio::spawn(async move {
-        for (name, ready) in loading {
-            if let Err(error) = ready.await {
-                let _ = load_failed_tx.send(anyhow!("model `{name}` failed to load: {error}"));
-                return;
+        match all_loaded(loading).await {
+            Ok(()) => info!("all models loaded; ready"),
+            Err(error) => {
+                let _ = load_failed_tx.send(error);
             }
         }
-        info!("all models loaded; ready");
     });
+
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    if let Some(path) = config_path {
+        tokio::spawn(watch_config(
+            path,
+            config,
+            listen_override,
+            assembled.reusable,
+            gateway.clone(),
+        ));
+    }
 
     let (failure_tx, mut failure_rx) = tokio::sync::watch::channel(None::<String>);
     let shutdown = async move {
@@ -95,18 +117,94 @@ async fn serve(config: Config, config_path: Option<&Path>) -> anyhow::Result<()>
             }
         }
     };
-    switchyard_api::serve(
-        listener,
-        app,
-        shutdown,
-        Duration::from_secs(config.shutdown_grace_secs),
-    )
-    .await?;
+    switchyard_api::serve(listener, app, shutdown, grace).await?;
     if let Some(message) = failure_rx.borrow_and_update().clone() {
         bail!(message);
     }
     info!("stopped");
     Ok(())
+}
+
+/// The file's identity for change detection.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+/// Reloads on SIGHUP and when the file changes. A reload builds the new
+/// gateway next to the old one, waits for new local models to load, then
+/// swaps it in: requests in flight finish on the gateway they started on.
+/// A configuration that fails to load or build is reported and ignored.
+async fn watch_config(
+    path: PathBuf,
+    mut current: Config,
+    listen_override: Option<SocketAddr>,
+    mut reusable: Reusable,
+    gateway: SharedGateway,
+) {
+    #[cfg(unix)]
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGHUP; reloads follow file changes only");
+            None
+        }
+    };
+    let mut last_stamp = stamp(&path);
+    let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<()>();
+        let reason = tokio::select! {
+            () = hup => "SIGHUP",
+            _ = ticker.tick() => {
+                let now = stamp(&path);
+                if now == last_stamp {
+                    continue;
+                }
+                last_stamp = now;
+                "file changed"
+            }
+        };
+        let mut next = match Config::load(&path) {
+            Ok(config) => config,
+            Err(error) => {
+                error!(%reason, "configuration not reloaded: {error}");
+                continue;
+            }
+        };
+        if let Some(listen) = listen_override {
+            next.listen = listen;
+        }
+        if next.listen != current.listen || next.max_body_bytes != current.max_body_bytes {
+            warn!("`listen` and `max_body_bytes` take effect on restart only");
+        }
+        let origin = format!("config file {}", path.display());
+        let assembled = match assemble(&next, &origin, &reusable).await {
+            Ok(assembled) => assembled,
+            Err(error) => {
+                error!(%reason, "configuration not reloaded: {error:#}");
+                continue;
+            }
+        };
+        if let Err(error) = all_loaded(assembled.loading).await {
+            error!(%reason, "configuration not reloaded: {error:#}");
+            continue;
+        }
+        gateway.store(Arc::new(assembled.gateway));
+        reusable = assembled.reusable;
+        current = next;
+        info!(%reason, models = current.models.len(), routes = current.routes.len(), "configuration reloaded");
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,248 @@
+//! Routes (public names served by groups of deployments), rule-based
+//! routing, resilience settings and the response cache.
+//!
+//! ```toml
+//! [routes.chat]
+//! strategy = "weighted"
+//! deployments = [{ model = "gpt-4o", weight = 95 }, { model = "gpt-4o-canary", weight = 5 }]
+//! fallbacks = ["claude"]
+//! retries = 2
+//!
+//! [routes.auto]
+//! deployments = [{ model = "general" }]
+//! rules = [
+//!   { route = "code", has_code = true },
+//!   { route = "cheap", prompt_chars_below = 400 },
+//! ]
+//!
+//! [cache]
+//! enabled = true
+//! ```
+
+use serde::Deserialize;
+
+/// How a route picks among its deployments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Random, in proportion to each deployment's weight (canaries,
+    /// blue-green).
+    #[default]
+    Weighted,
+    /// Power of two choices over the latency EWMA (scaled by in-flight load).
+    LeastLatency,
+    /// The deployment with the fewest requests in flight.
+    LeastInflight,
+    /// The cheapest deployment by its model's price.
+    LowestCost,
+    /// The first healthy deployment in the order listed.
+    Priority,
+}
+
+/// Failures a route moves past (retrying, then falling back) instead of
+/// answering with the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// 429 from the upstream.
+    RateLimited,
+    /// Overloaded upstream (503, 529) or a full local queue.
+    Overloaded,
+    /// The upstream failed (5xx, broken connection, malformed answer).
+    Upstream,
+    /// A deadline passed.
+    Timeout,
+    /// The prompt did not fit; worth trying a model with a longer context.
+    ContextLength,
+    /// The upstream refused the gateway's credentials.
+    Auth,
+}
+
+/// One deployment of a route.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRef {
+    /// A model from `[models]`.
+    pub model: String,
+    /// Share of traffic under the `weighted` strategy.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A rule: when every condition given holds, the request goes to `route`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The route (or model) that serves matching requests.
+    pub route: String,
+    /// The conversation's text is longer than this many characters.
+    pub prompt_chars_above: Option<usize>,
+    /// The conversation's text is shorter than this many characters.
+    pub prompt_chars_below: Option<usize>,
+    /// The last user message contains code (or not).
+    pub has_code: Option<bool>,
+    /// The request offers tools (or not).
+    pub has_tools: Option<bool>,
+    /// The request carries images (or not).
+    pub has_images: Option<bool>,
+    /// A request header that must be present (lower-case name)...
+    pub header: Option<String>,
+    /// ...with this value.
+    pub header_value: Option<String>,
+    /// A key of the request body's `metadata` object...
+    pub metadata_key: Option<String>,
+    /// ...with this value.
+    pub metadata_value: Option<String>,
+    /// The caller's tenant (once tenants exist).
+    pub tenant: Option<String>,
+}
+
+/// A public name served by a group of deployments.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// How a deployment is picked.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// The deployments; may be empty when every request matches a rule.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentRef>,
+    /// Rules that send matching requests elsewhere, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Routes or models tried, in order, when every deployment failed.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Failures that move on to a retry or the next deployment.
+    #[serde(default = "default_fallback_on")]
+    pub fallback_on: Vec<FailureKind>,
+    /// Retries per deployment before moving on.
+    #[serde(default)]
+    pub retries: u32,
+    /// First retry delay; doubles each retry (with full jitter).
+    #[serde(default = "default_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Longest retry delay, and the longest `Retry-After` worth waiting for.
+    #[serde(default = "default_backoff_max_ms")]
+    pub retry_backoff_max_ms: u64,
+    /// Start a second attempt on the next deployment when the first has not
+    /// answered (or sent its first token) within this time.
+    pub hedge_after_ms: Option<u64>,
+    /// Cache this route's answers (default: the `[cache]` setting).
+    pub cache: Option<bool>,
+    /// Leave this route out of `/v1/models`.
+    #[serde(default)]
+    pub hidden: bool,
+}
+
+pub(crate) fn default_fallback_on() -> Vec<FailureKind> {
+    vec![
+        FailureKind::RateLimited,
+        FailureKind::Overloaded,
+        FailureKind::Upstream,
+        FailureKind::Timeout,
+    ]
+}
+
+fn default_backoff_ms() -> u64 {
+    100
+}
+
+fn default_backoff_max_ms() -> u64 {
+    5_000
+}
+
+/// Circuit breakers and the retry budget, shared by every route.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResilienceConfig {
+    /// Consecutive failures that open a deployment's breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// Failure ratio over the last `breaker_window` outcomes that opens it.
+    #[serde(default = "default_breaker_error_rate")]
+    pub breaker_error_rate: f64,
+    /// Outcomes the error rate is computed over.
+    #[serde(default = "default_breaker_window")]
+    pub breaker_window: u32,
+    /// How long an open breaker refuses traffic before a probe.
+    #[serde(default = "default_breaker_open_ms")]
+    pub breaker_open_ms: u64,
+    /// Retries allowed as a share of requests, over the last 10 seconds.
+    #[serde(default = "default_budget_ratio")]
+    pub retry_budget_ratio: f64,
+    /// Retries per second allowed however little traffic there is.
+    #[serde(default = "default_budget_floor")]
+    pub retry_budget_min_per_sec: u32,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            breaker_failures: default_breaker_failures(),
+            breaker_error_rate: default_breaker_error_rate(),
+            breaker_window: default_breaker_window(),
+            breaker_open_ms: default_breaker_open_ms(),
+            retry_budget_ratio: default_budget_ratio(),
+            retry_budget_min_per_sec: default_budget_floor(),
+        }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_error_rate() -> f64 {
+    0.5
+}
+fn default_breaker_window() -> u32 {
+    20
+}
+fn default_breaker_open_ms() -> u64 {
+    30_000
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_floor() -> u32 {
+    5
+}
+
+/// The response cache.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Cache answers to deterministic requests (temperature 0 or a seed).
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long an answer stays.
+    #[serde(default = "default_cache_ttl")]
+    pub ttl_secs: u64,
+    /// Most answers kept in memory.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u64,
+    /// Keep the cache in Redis, shared by every gateway instance.
+    pub redis_url: Option<String>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ttl_secs: default_cache_ttl(),
+            max_entries: default_cache_entries(),
+            redis_url: None,
+        }
+    }
+}
+
+fn default_cache_ttl() -> u64 {
+    600
+}
+fn default_cache_entries() -> u64 {
+    10_000
+}

@@ -1,0 +1,749 @@
+//! The gateway: resolves a public name (a model or a route) to a plan of
+//! deployments and runs the request through it, with retries, fallbacks,
+//! hedging, circuit breakers and the response cache.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use switchyard_config::{FailureKind, ResilienceConfig, RouteConfig, Strategy};
+use switchyard_core::{
+    BackendError, ChatRequest, ChatResponse, ChatStream, EmbeddingRequest, EmbeddingResponse,
+    ErrorKind,
+};
+use tracing::{debug, info};
+
+use crate::breaker::{BreakerSettings, Permit};
+use crate::budget::RetryBudget;
+use crate::cache::{CachedAnswer, ResponseCache, cache_key, fill_from_stream};
+use crate::deployment::Deployment;
+use crate::rules::{CacheMode, RequestContext, Rule};
+
+/// Rules may lead to routes with rules of their own; config validation
+/// refuses cycles, and this bounds the walk regardless.
+const MAX_RULE_DEPTH: usize = 8;
+
+/// A public name and how it is served.
+#[derive(Debug)]
+struct Route {
+    name: String,
+    strategy: Strategy,
+    deployments: Vec<(Arc<Deployment>, u32)>,
+    rules: Vec<Rule>,
+    fallbacks: Vec<String>,
+    fallback_on: Vec<FailureKind>,
+    retries: u32,
+    backoff: Duration,
+    backoff_max: Duration,
+    hedge_after: Option<Duration>,
+    cache: Option<bool>,
+    hidden: bool,
+    created: u64,
+}
+
+/// Whether the cache answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Served from the cache.
+    Hit,
+    /// Looked up, not found; the answer is stored if it completes.
+    Miss,
+    /// Not cacheable (sampled request, cache off, or skipped by the caller).
+    Bypass,
+}
+
+/// An answer and how it was reached.
+#[derive(Debug)]
+pub struct Routed<T> {
+    /// The answer.
+    pub value: T,
+    /// The route that served it (after rules).
+    pub route: String,
+    /// The deployment that answered.
+    pub deployment: String,
+    /// Whether the cache served it.
+    pub cache: CacheStatus,
+}
+
+impl<T> Routed<T> {
+    /// `route/deployment`, or just the model for a direct call.
+    pub fn label(&self) -> String {
+        if self.route == self.deployment {
+            self.route.clone()
+        } else {
+            format!("{}/{}", self.route, self.deployment)
+        }
+    }
+}
+
+/// A public name as `/v1/models` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The name clients send.
+    pub name: String,
+    /// Who serves it.
+    pub owned_by: String,
+    /// When it was configured (Unix seconds).
+    pub created: u64,
+}
+
+/// The models and routes this gateway serves.
+pub struct Gateway {
+    deployments: BTreeMap<String, Arc<Deployment>>,
+    routes: BTreeMap<String, Route>,
+    budget: RetryBudget,
+    cache: Option<Arc<dyn ResponseCache>>,
+    cache_by_default: bool,
+}
+
+/// Builds a [`Gateway`].
+pub struct GatewayBuilder {
+    deployments: BTreeMap<String, Arc<Deployment>>,
+    routes: Vec<(String, RouteConfig)>,
+    resilience: ResilienceConfig,
+    cache: Option<Arc<dyn ResponseCache>>,
+    cache_by_default: bool,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl GatewayBuilder {
+    /// The breaker thresholds new deployments should use.
+    pub fn breaker_settings(&self) -> BreakerSettings {
+        BreakerSettings {
+            failures: self.resilience.breaker_failures,
+            error_rate: self.resilience.breaker_error_rate,
+            window: self.resilience.breaker_window,
+            open_for: Duration::from_millis(self.resilience.breaker_open_ms),
+        }
+    }
+
+    /// Serves a deployment under its own name (and lets routes use it). A
+    /// deployment reused across config reloads keeps its statistics.
+    pub fn deployment(mut self, deployment: Arc<Deployment>) -> Self {
+        self.deployments.insert(deployment.name.clone(), deployment);
+        self
+    }
+
+    /// Adds a route; its deployments must have been added.
+    pub fn route(mut self, name: impl Into<String>, config: RouteConfig) -> Self {
+        self.routes.push((name.into(), config));
+        self
+    }
+
+    /// Uses `cache`; routes that do not say cache when `by_default`.
+    pub fn cache(mut self, cache: Arc<dyn ResponseCache>, by_default: bool) -> Self {
+        self.cache = Some(cache);
+        self.cache_by_default = by_default;
+        self
+    }
+
+    /// The gateway. Unknown deployments in a route are an error.
+    pub fn build(self) -> Result<Gateway, String> {
+        let created = now();
+        let mut routes = BTreeMap::new();
+        for (name, deployment) in &self.deployments {
+            routes.insert(
+                name.clone(),
+                Route {
+                    name: name.clone(),
+                    strategy: Strategy::Priority,
+                    deployments: vec![(deployment.clone(), 1)],
+                    rules: Vec::new(),
+                    fallbacks: Vec::new(),
+                    fallback_on: Vec::new(),
+                    retries: 0,
+                    backoff: Duration::ZERO,
+                    backoff_max: Duration::ZERO,
+                    hedge_after: None,
+                    cache: None,
+                    hidden: false,
+                    created,
+                },
+            );
+        }
+        for (name, config) in self.routes {
+            let deployments = config
+                .deployments
+                .iter()
+                .map(|d| {
+                    self.deployments
+                        .get(&d.model)
+                        .map(|dep| (dep.clone(), d.weight))
+                        .ok_or_else(|| format!("route {name}: no deployment {:?}", d.model))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            routes.insert(
+                name.clone(),
+                Route {
+                    name: name.clone(),
+                    strategy: config.strategy,
+                    deployments,
+                    rules: config.rules.into_iter().map(Rule::new).collect(),
+                    fallbacks: config.fallbacks,
+                    fallback_on: config.fallback_on,
+                    retries: config.retries,
+                    backoff: Duration::from_millis(config.retry_backoff_ms),
+                    backoff_max: Duration::from_millis(config.retry_backoff_max_ms),
+                    hedge_after: config.hedge_after_ms.map(Duration::from_millis),
+                    cache: config.cache,
+                    hidden: config.hidden,
+                    created,
+                },
+            );
+        }
+        Ok(Gateway {
+            deployments: self.deployments,
+            routes,
+            budget: RetryBudget::new(
+                self.resilience.retry_budget_ratio,
+                self.resilience.retry_budget_min_per_sec,
+            ),
+            cache: self.cache,
+            cache_by_default: self.cache_by_default,
+        })
+    }
+}
+
+/// What kind of failure an error is, for `fallback_on`.
+fn failure_kind(error: &BackendError) -> Option<FailureKind> {
+    match error.kind {
+        ErrorKind::RateLimited => Some(FailureKind::RateLimited),
+        ErrorKind::Overloaded => Some(FailureKind::Overloaded),
+        // A deployment whose upstream does not know its model is broken.
+        ErrorKind::Upstream | ErrorKind::NotFound => Some(FailureKind::Upstream),
+        ErrorKind::Timeout => Some(FailureKind::Timeout),
+        ErrorKind::Authentication => Some(FailureKind::Auth),
+        ErrorKind::InvalidRequest if error.code.as_deref() == Some("context_length_exceeded") => {
+            Some(FailureKind::ContextLength)
+        }
+        ErrorKind::InvalidRequest | ErrorKind::Cancelled | ErrorKind::Internal => None,
+    }
+}
+
+/// Whether the failure says something about the deployment's health (a
+/// bad request does not).
+fn counts_against_deployment(error: &BackendError) -> bool {
+    !matches!(error.kind, ErrorKind::InvalidRequest | ErrorKind::Cancelled)
+}
+
+/// Orders a route's deployments for one request.
+fn order(strategy: Strategy, deployments: &[(Arc<Deployment>, u32)]) -> Vec<Arc<Deployment>> {
+    let mut candidates: Vec<(Arc<Deployment>, u32)> = deployments.to_vec();
+    match strategy {
+        Strategy::Priority => {}
+        Strategy::Weighted => {
+            // Weighted sampling without replacement: the first pick follows
+            // the weights, the rest are the failover order.
+            let mut ordered = Vec::with_capacity(candidates.len());
+            while !candidates.is_empty() {
+                let total: u64 = candidates.iter().map(|(_, w)| u64::from(*w)).sum();
+                let index = if total == 0 {
+                    0
+                } else {
+                    let mut point = fastrand::u64(0..total);
+                    candidates
+                        .iter()
+                        .position(|(_, w)| {
+                            let w = u64::from(*w);
+                            if point < w {
+                                true
+                            } else {
+                                point -= w;
+                                false
+                            }
+                        })
+                        .unwrap_or(0)
+                };
+                ordered.push(candidates.remove(index));
+            }
+            candidates = ordered;
+        }
+        Strategy::LeastInflight => {
+            fastrand::shuffle(&mut candidates);
+            candidates.sort_by_key(|(d, _)| d.inflight());
+        }
+        Strategy::LowestCost => {
+            candidates.sort_by(|(a, _), (b, _)| a.price().total_cmp(&b.price()));
+        }
+        Strategy::LeastLatency => {
+            // Power of two choices: two at random, the faster first; the
+            // rest by score as failover order.
+            if candidates.len() >= 2 {
+                let a = fastrand::usize(0..candidates.len());
+                let mut b = fastrand::usize(0..candidates.len() - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let pick = if candidates[b].0.latency_score() < candidates[a].0.latency_score() {
+                    b
+                } else {
+                    a
+                };
+                let first = candidates.remove(pick);
+                candidates
+                    .sort_by(|(x, _), (y, _)| x.latency_score().total_cmp(&y.latency_score()));
+                candidates.insert(0, first);
+            }
+        }
+    }
+    candidates.into_iter().map(|(d, _)| d).collect()
+}
+
+type Attempt<T> = Result<(T, Arc<Deployment>), BackendError>;
+
+/// One attempt on one deployment, with the breaker and load accounted.
+async fn attempt<T>(
+    deployment: Arc<Deployment>,
+    permit: Permit,
+    call: &(dyn Fn(Arc<Deployment>) -> BoxFuture<'static, Result<T, BackendError>> + Sync),
+) -> Attempt<T> {
+    let _inflight = deployment.start();
+    let started = Instant::now();
+    let result = call(deployment.clone()).await;
+    match &result {
+        Ok(_) => {
+            deployment.observe_latency(started.elapsed());
+            permit.success();
+        }
+        Err(error) if counts_against_deployment(error) => permit.failure(),
+        Err(_) => permit.success(),
+    }
+    result.map(|value| (value, deployment))
+}
+
+impl Gateway {
+    /// A builder with these breaker and retry-budget settings.
+    pub fn builder(resilience: &ResilienceConfig) -> GatewayBuilder {
+        GatewayBuilder {
+            deployments: BTreeMap::new(),
+            routes: Vec::new(),
+            resilience: resilience.clone(),
+            cache: None,
+            cache_by_default: false,
+        }
+    }
+
+    /// A deployment by model name (to reuse it across reloads).
+    pub fn deployment(&self, name: &str) -> Option<&Arc<Deployment>> {
+        self.deployments.get(name)
+    }
+
+    /// Whether every deployment can serve.
+    pub fn is_ready(&self) -> bool {
+        self.deployments.values().all(|d| d.is_ready())
+    }
+
+    /// The public names, for `/v1/models`.
+    pub fn listing(&self) -> Vec<Listed> {
+        self.routes
+            .values()
+            .filter(|r| !r.hidden)
+            .map(|r| self.listed(r))
+            .collect()
+    }
+
+    /// One public name, for `/v1/models/{id}`.
+    pub fn lookup(&self, name: &str) -> Result<Listed, BackendError> {
+        self.route(name).map(|r| self.listed(r))
+    }
+
+    fn listed(&self, route: &Route) -> Listed {
+        let owned_by = route
+            .deployments
+            .first()
+            .and_then(|(d, _)| {
+                d.chat
+                    .as_ref()
+                    .map(|c| c.info().owned_by)
+                    .or_else(|| d.embeddings.as_ref().map(|e| e.info().owned_by))
+            })
+            .unwrap_or_else(|| "switchyard".into());
+        Listed {
+            name: route.name.clone(),
+            owned_by,
+            created: route.created,
+        }
+    }
+
+    fn route(&self, name: &str) -> Result<&Route, BackendError> {
+        self.routes.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .routes
+                .values()
+                .filter(|r| !r.hidden)
+                .map(|r| r.name.as_str())
+                .collect();
+            BackendError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "the model `{name}` does not exist; available models: {}",
+                    known.join(", ")
+                ),
+            )
+            .with_param("model")
+            .with_code("model_not_found")
+        })
+    }
+
+    /// The route a request ends up on after its rules.
+    fn resolve(
+        &self,
+        request: &ChatRequest,
+        context: &RequestContext,
+    ) -> Result<&Route, BackendError> {
+        let mut route = self.route(&request.model)?;
+        for _ in 0..MAX_RULE_DEPTH {
+            let Some(rule) = route.rules.iter().find(|r| r.matches(request, context)) else {
+                break;
+            };
+            route = self.route(&rule.target)?;
+        }
+        Ok(route)
+    }
+
+    /// The deployments to try, in order: the route's, then its fallbacks'.
+    fn plan(&self, route: &Route) -> Vec<Arc<Deployment>> {
+        let mut plan = order(route.strategy, &route.deployments);
+        for fallback in &route.fallbacks {
+            if let Some(next) = self.routes.get(fallback) {
+                for deployment in order(next.strategy, &next.deployments) {
+                    if !plan.iter().any(|d| Arc::ptr_eq(d, &deployment)) {
+                        plan.push(deployment);
+                    }
+                }
+            }
+        }
+        plan
+    }
+
+    /// The wait before retry `attempt` (0-based): exponential with full
+    /// jitter, at least the upstream's Retry-After; `None` when the
+    /// upstream asks for longer than the route will wait.
+    fn backoff(route: &Route, attempt: u32, retry_after: Option<Duration>) -> Option<Duration> {
+        let ceiling = route
+            .backoff
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(route.backoff_max);
+        let jittered = ceiling.mul_f64(fastrand::f64());
+        match retry_after {
+            Some(wait) if wait > route.backoff_max => None,
+            Some(wait) => Some(wait.max(jittered)),
+            None => Some(jittered),
+        }
+    }
+
+    /// Runs `call` through the plan.
+    async fn run<T: Send + 'static>(
+        &self,
+        route: &Route,
+        plan: Vec<Arc<Deployment>>,
+        call: &(dyn Fn(Arc<Deployment>) -> BoxFuture<'static, Result<T, BackendError>> + Sync),
+    ) -> Attempt<T> {
+        self.budget.record_request();
+        let mut last_error: Option<BackendError> = None;
+        let mut soonest_probe: Option<Duration> = None;
+        let mut index = 0;
+        while index < plan.len() {
+            let deployment = plan[index].clone();
+            index += 1;
+            let mut tries = 0;
+            loop {
+                let Some(permit) = deployment.breaker().try_acquire() else {
+                    let wait = deployment.breaker().retry_in();
+                    soonest_probe = match (soonest_probe, wait) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    debug!(deployment = %deployment.name, "circuit open; skipped");
+                    break;
+                };
+                let outcome = match route.hedge_after {
+                    Some(delay) if tries == 0 && index < plan.len() => {
+                        self.hedged(deployment.clone(), permit, &plan, &mut index, delay, call)
+                            .await
+                    }
+                    _ => attempt(deployment.clone(), permit, call).await,
+                };
+                let error = match outcome {
+                    Ok(done) => return Ok(done),
+                    Err(error) => error,
+                };
+                let kind = failure_kind(&error);
+                if !kind.is_some_and(|k| route.fallback_on.contains(&k)) {
+                    return Err(error);
+                }
+                info!(
+                    deployment = %deployment.name,
+                    kind = ?error.kind,
+                    message = %error.message,
+                    "attempt failed"
+                );
+                let same_again = matches!(
+                    kind,
+                    Some(
+                        FailureKind::RateLimited
+                            | FailureKind::Overloaded
+                            | FailureKind::Upstream
+                            | FailureKind::Timeout
+                    )
+                );
+                if same_again && tries < route.retries {
+                    if let Some(wait) = Self::backoff(route, tries, error.retry_after)
+                        && self.budget.try_retry()
+                    {
+                        debug!(deployment = %deployment.name, wait_ms = wait.as_millis() as u64, "retrying");
+                        tokio::time::sleep(wait).await;
+                        tries += 1;
+                        last_error = Some(error);
+                        continue;
+                    }
+                    debug!("retry budget spent or Retry-After too long; moving on");
+                }
+                last_error = Some(error);
+                break;
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            BackendError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "no deployment of `{}` can take requests now (circuit breakers open)",
+                    route.name
+                ),
+            )
+            .with_retry_after(soonest_probe.or(Some(Duration::from_secs(1))))
+        }))
+    }
+
+    /// The first attempt, and a second one on the next deployment if the
+    /// first has not answered within `delay`; the first success wins and
+    /// the other attempt is dropped (cancelled).
+    async fn hedged<T: Send + 'static>(
+        &self,
+        first: Arc<Deployment>,
+        permit: Permit,
+        plan: &[Arc<Deployment>],
+        index: &mut usize,
+        delay: Duration,
+        call: &(dyn Fn(Arc<Deployment>) -> BoxFuture<'static, Result<T, BackendError>> + Sync),
+    ) -> Attempt<T> {
+        let a = attempt(first, permit, call);
+        tokio::pin!(a);
+        tokio::select! {
+            result = &mut a => return result,
+            () = tokio::time::sleep(delay) => {}
+        }
+        let second = loop {
+            let Some(candidate) = plan.get(*index) else {
+                break None;
+            };
+            *index += 1;
+            if let Some(permit) = candidate.breaker().try_acquire() {
+                break Some((candidate.clone(), permit));
+            }
+        };
+        let Some((deployment, permit)) = second else {
+            return a.await;
+        };
+        debug!(deployment = %deployment.name, "hedging with a second attempt");
+        let b = attempt(deployment, permit, call);
+        tokio::pin!(b);
+        tokio::select! {
+            result = &mut a => match result {
+                Ok(done) => Ok(done),
+                Err(_) => b.await,
+            },
+            result = &mut b => match result {
+                Ok(done) => Ok(done),
+                Err(_) => a.await,
+            },
+        }
+    }
+
+    fn cache_for(
+        &self,
+        route: &Route,
+        request: &ChatRequest,
+        context: &RequestContext,
+    ) -> Option<(Arc<dyn ResponseCache>, String)> {
+        let cache = self.cache.as_ref()?;
+        let route_caches = route.cache.unwrap_or(self.cache_by_default);
+        let wanted = match context.cache {
+            CacheMode::Skip => false,
+            CacheMode::Force => true,
+            CacheMode::Default => route_caches && request.sampling.is_deterministic(),
+        };
+        wanted.then(|| {
+            (
+                cache.clone(),
+                cache_key(&context.caller, &route.name, request),
+            )
+        })
+    }
+
+    /// A whole completion.
+    pub async fn chat(
+        &self,
+        request: ChatRequest,
+        context: &RequestContext,
+    ) -> Result<Routed<ChatResponse>, BackendError> {
+        let route = self.resolve(&request, context)?;
+        let cached = self.cache_for(route, &request, context);
+        if let Some((cache, key)) = &cached
+            && let Some(hit) = cache.get(key).await
+        {
+            return Ok(Routed {
+                value: hit.to_response(),
+                route: route.name.clone(),
+                deployment: hit.deployment,
+                cache: CacheStatus::Hit,
+            });
+        }
+        let plan: Vec<_> = self
+            .plan(route)
+            .into_iter()
+            .filter(|d| d.chat.is_some())
+            .collect();
+        if plan.is_empty() {
+            return Err(not_a_chat_model(&route.name));
+        }
+        let request = Arc::new(request);
+        let call = move |deployment: Arc<Deployment>| -> BoxFuture<'static, Result<ChatResponse, BackendError>> {
+            let request = request.clone();
+            Box::pin(async move {
+                match &deployment.chat {
+                    Some(chat) => chat.chat((*request).clone()).await,
+                    None => Err(not_a_chat_model(&deployment.name)),
+                }
+            })
+        };
+        let (response, deployment) = self.run(route, plan, &call).await?;
+        let status = match cached {
+            Some((cache, key)) => {
+                let answer = CachedAnswer::from_response(&deployment.name, &response);
+                tokio::spawn(async move { cache.put(key, answer).await });
+                CacheStatus::Miss
+            }
+            None => CacheStatus::Bypass,
+        };
+        Ok(Routed {
+            value: response,
+            route: route.name.clone(),
+            deployment: deployment.name.clone(),
+            cache: status,
+        })
+    }
+
+    /// A streamed completion. Failures before the first event fall back;
+    /// after it, they reach the client as stream errors.
+    pub async fn chat_stream(
+        &self,
+        request: ChatRequest,
+        context: &RequestContext,
+    ) -> Result<Routed<ChatStream>, BackendError> {
+        let route = self.resolve(&request, context)?;
+        let cached = self.cache_for(route, &request, context);
+        if let Some((cache, key)) = &cached
+            && let Some(hit) = cache.get(key).await
+        {
+            return Ok(Routed {
+                value: hit.to_stream(),
+                route: route.name.clone(),
+                deployment: hit.deployment,
+                cache: CacheStatus::Hit,
+            });
+        }
+        let plan: Vec<_> = self
+            .plan(route)
+            .into_iter()
+            .filter(|d| d.chat.is_some())
+            .collect();
+        if plan.is_empty() {
+            return Err(not_a_chat_model(&route.name));
+        }
+        let request = Arc::new(request);
+        let call = move |deployment: Arc<Deployment>| -> BoxFuture<'static, Result<ChatStream, BackendError>> {
+            let request = request.clone();
+            Box::pin(async move {
+                match &deployment.chat {
+                    Some(chat) => chat.chat_stream((*request).clone()).await,
+                    None => Err(not_a_chat_model(&deployment.name)),
+                }
+            })
+        };
+        let (stream, deployment) = self.run(route, plan, &call).await?;
+        let (stream, status) = match cached {
+            Some((cache, key)) => {
+                let model = deployment
+                    .chat
+                    .as_ref()
+                    .map(|c| c.info().upstream_model)
+                    .unwrap_or_default();
+                (
+                    fill_from_stream(stream, cache, key, deployment.name.clone(), model),
+                    CacheStatus::Miss,
+                )
+            }
+            None => (stream, CacheStatus::Bypass),
+        };
+        Ok(Routed {
+            value: stream,
+            route: route.name.clone(),
+            deployment: deployment.name.clone(),
+            cache: status,
+        })
+    }
+
+    /// Embeddings, with failover across the route's embedding deployments.
+    pub async fn embed(
+        &self,
+        request: EmbeddingRequest,
+        _context: &RequestContext,
+    ) -> Result<Routed<EmbeddingResponse>, BackendError> {
+        let route = self.route(&request.model)?;
+        let plan: Vec<_> = self
+            .plan(route)
+            .into_iter()
+            .filter(|d| d.embeddings.is_some())
+            .collect();
+        if plan.is_empty() {
+            return Err(BackendError::invalid_request(format!(
+                "the model `{}` does not produce embeddings; send it to /v1/chat/completions",
+                route.name
+            ))
+            .with_param("model")
+            .with_code("model_not_supported"));
+        }
+        let request = Arc::new(request);
+        let call = move |deployment: Arc<Deployment>| -> BoxFuture<'static, Result<EmbeddingResponse, BackendError>> {
+            let request = request.clone();
+            Box::pin(async move {
+                match &deployment.embeddings {
+                    Some(embedder) => embedder.embed((*request).clone()).await,
+                    None => Err(BackendError::internal("deployment without embeddings")),
+                }
+            })
+        };
+        let (response, deployment) = self.run(route, plan, &call).await?;
+        Ok(Routed {
+            value: response,
+            route: route.name.clone(),
+            deployment: deployment.name.clone(),
+            cache: CacheStatus::Bypass,
+        })
+    }
+}
+
+fn not_a_chat_model(name: &str) -> BackendError {
+    BackendError::invalid_request(format!(
+        "the model `{name}` is an embedding model; send it to /v1/embeddings"
+    ))
+    .with_param("model")
+    .with_code("model_not_supported")
+}
