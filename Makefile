@@ -2,6 +2,8 @@
 # fresh machine needs (see scripts/bootstrap.sh).
 
 CARGO ?= cargo
+# The Redis the shared-state tests use (a local one by default).
+export SWITCHYARD_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 RELEASE_BIN := target/release/switchyard
 DEBUG_BIN := target/debug/switchyard
 

@@ -24,6 +24,11 @@
 //! | `x-standin-fault: blocked-prompt` | (Gemini) block the prompt: no candidates |
 //! | `x-standin-fault: reset` | drop the connection before any body |
 //! | `x-standin-reply: text` | answer with this text instead of the echo |
+//! | `x-standin-failure-rate: 0.3` | fail this share of requests at random, with... |
+//! | `x-standin-failure-mix: 500,reset,timeout` | ...one of these (a hang lasts `x-standin-timeout-ms`, default 2000) |
+//!
+//! Tests can also script failures directly: [`RunningStandin::queue_failures`]
+//! for the next requests, [`RunningStandin::set_outage`] for all of them.
 //!
 //! Every request is recorded (`GET /_standin/requests`, or
 //! [`RunningStandin::requests`]), so a test can check what the gateway sent.
@@ -34,6 +39,7 @@ mod bedrock;
 mod gemini;
 mod openai;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,6 +99,31 @@ pub(crate) struct Standin {
     pub config: Arc<StandinConfig>,
     recorded: Arc<Mutex<Vec<RecordedRequest>>>,
     abandoned: Arc<AtomicUsize>,
+    /// Requests whose handler was dropped before it answered.
+    cancelled: Arc<AtomicUsize>,
+    /// Failures served to the next requests, in order.
+    queued: Arc<Mutex<VecDeque<Failure>>>,
+    /// A failure served to every request while set.
+    outage: Arc<Mutex<Option<Failure>>>,
+}
+
+/// A scripted failure: a status and, optionally, a `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The HTTP status.
+    pub status: u16,
+    /// `Retry-After`, in seconds.
+    pub retry_after: Option<u32>,
+}
+
+impl Failure {
+    /// A failure with this status and no Retry-After.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            retry_after: None,
+        }
+    }
 }
 
 /// Counts a stream as abandoned if it is dropped before its last frame,
@@ -143,6 +174,26 @@ impl RunningStandin {
         self.state.abandoned.load(Ordering::SeqCst)
     }
 
+    /// Requests whose handler was dropped (the caller hung up) before the
+    /// stand-in answered.
+    pub fn cancelled_requests(&self) -> usize {
+        self.state.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The next requests fail like this, one each, in order.
+    pub fn queue_failures(&self, failures: impl IntoIterator<Item = Failure>) {
+        if let Ok(mut queued) = self.state.queued.lock() {
+            queued.extend(failures);
+        }
+    }
+
+    /// Every request fails like this until cleared with `None`.
+    pub fn set_outage(&self, failure: Option<Failure>) {
+        if let Ok(mut outage) = self.state.outage.lock() {
+            *outage = failure;
+        }
+    }
+
     /// Requests received so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state
@@ -164,6 +215,9 @@ fn router(config: StandinConfig) -> (Router, Standin) {
         config: Arc::new(config),
         recorded: Arc::default(),
         abandoned: Arc::default(),
+        cancelled: Arc::default(),
+        queued: Arc::default(),
+        outage: Arc::default(),
     };
     let app = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -223,13 +277,74 @@ async fn record(State(standin): State<Standin>, request: Request, next: Next) ->
             all.push(recorded);
         }
     }
+    let mut parts = parts;
+    // Counts the request as cancelled if this future is dropped before the
+    // handler answers (the caller hung up).
+    let mut guard = AbandonGuard {
+        abandoned: standin.cancelled.clone(),
+        completed: false,
+    };
     let latency =
         header_ms(&parts.headers, "x-standin-latency-ms").unwrap_or(standin.config.latency);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    // Scripted failures become the headers every provider face obeys.
+    let scripted = standin
+        .outage
+        .lock()
+        .ok()
+        .and_then(|o| o.clone())
+        .or_else(|| standin.queued.lock().ok().and_then(|mut q| q.pop_front()));
+    if let Some(failure) = scripted {
+        inject(
+            &mut parts.headers,
+            "x-standin-status",
+            &failure.status.to_string(),
+        );
+        if let Some(seconds) = failure.retry_after {
+            inject(
+                &mut parts.headers,
+                "x-standin-retry-after",
+                &seconds.to_string(),
+            );
+        }
+    } else if let Some(rate) =
+        header_str(&parts.headers, "x-standin-failure-rate").and_then(|r| r.parse::<f64>().ok())
+        && fastrand::f64() < rate
+    {
+        // A random failure from the mix: a 500, a reset connection, or a
+        // hang long enough for the caller's deadline to pass.
+        let mix: Vec<String> = header_str(&parts.headers, "x-standin-failure-mix")
+            .unwrap_or("500,reset,timeout")
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .collect();
+        match mix
+            .get(fastrand::usize(0..mix.len().max(1)))
+            .map(String::as_str)
+        {
+            Some("reset") => inject(&mut parts.headers, "x-standin-fault", "reset"),
+            Some("timeout") => {
+                let hang = header_ms(&parts.headers, "x-standin-timeout-ms")
+                    .unwrap_or(Duration::from_secs(2));
+                tokio::time::sleep(hang).await;
+            }
+            Some(status) => inject(&mut parts.headers, "x-standin-status", status),
+            None => {}
+        }
+    }
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    guard.completed = true;
+    response
+}
+
+fn inject(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = value.parse() {
+        headers.insert(name, value);
+    }
 }
 
 async fn recorded_requests(State(standin): State<Standin>) -> Response {

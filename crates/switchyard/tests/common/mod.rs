@@ -16,7 +16,7 @@ pub struct Server {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     logs: Arc<Mutex<Vec<String>>>,
-    _config: tempfile::NamedTempFile,
+    _config: Option<tempfile::NamedTempFile>,
 }
 
 /// The binary under test.
@@ -76,13 +76,27 @@ impl Server {
         Self::start_with_env(config, &[])
     }
 
+    /// Starts the server on a config file the test keeps (to rewrite it).
+    pub fn start_file(path: &std::path::Path) -> Server {
+        Self::spawn(path, &[], None)
+    }
+
     /// Like [`Server::start`], with extra environment variables.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Server {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(config.as_bytes()).unwrap();
+        let path = file.path().to_path_buf();
+        Self::spawn(&path, env, Some(file))
+    }
+
+    fn spawn(
+        path: &std::path::Path,
+        env: &[(&str, &str)],
+        file: Option<tempfile::NamedTempFile>,
+    ) -> Server {
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(file.path())
+            .arg(path)
             .envs(env.iter().copied())
             .env(
                 "RUST_LOG",

@@ -1,0 +1,455 @@
+//! Routing and resilience end to end: the real gateway process, routes over
+//! deployments on stand-in upstreams (`switchyard-standin`, OpenAI wire
+//! format) with injected faults.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::{Server, client, sse_data};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use switchyard_standin::{Failure, RunningStandin, StandinConfig};
+
+async fn standin() -> RunningStandin {
+    switchyard_standin::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        StandinConfig {
+            record: true,
+            ..StandinConfig::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn model(name: &str, upstream: &RunningStandin, extra: &str) -> String {
+    format!(
+        "[models.{name}]\nbackend = \"openai\"\nbase_url = \"{}\"\nupstream_model = \"{name}\"\n{extra}\n",
+        upstream.base_url()
+    )
+}
+
+fn ask(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// How many requests each upstream model received.
+fn served_by(upstream: &RunningStandin, model: &str) -> usize {
+    upstream
+        .requests()
+        .iter()
+        .filter(|r| r.body["model"] == model)
+        .count()
+}
+
+/// Sends `total` requests, `concurrency` at a time; returns the statuses.
+async fn load(server: &Server, body: Value, total: usize, concurrency: usize) -> Vec<u16> {
+    let http = client();
+    let url = format!("{}/chat/completions", server.v1());
+    futures::stream::iter(0..total)
+        .map(|_| {
+            let http = http.clone();
+            let url = url.clone();
+            let body = body.clone();
+            async move {
+                let response = http.post(&url).json(&body).send().await.unwrap();
+                let status = response.status().as_u16();
+                let _ = response.bytes().await;
+                status
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+#[tokio::test]
+async fn a_deployment_failing_30_percent_with_a_healthy_fallback_serves_all_1000() {
+    let upstream = standin().await;
+    let config = [
+        model(
+            "flaky",
+            &upstream,
+            "headers = { \"x-standin-failure-rate\" = \"0.3\", \"x-standin-failure-mix\" = \"500,reset,timeout\", \"x-standin-timeout-ms\" = \"1500\" }\nfirst_byte_timeout_ms = 250",
+        ),
+        model("steady", &upstream, ""),
+        "[routes.chat]\nstrategy = \"priority\"\ndeployments = [{ model = \"flaky\" }, { model = \"steady\" }]\n".into(),
+        // Keep the breaker from hiding the flaky deployment: every request
+        // should meet the faults.
+        "[resilience]\nbreaker_failures = 1000\nbreaker_window = 100000\n".into(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let statuses = load(&server, ask("chat"), 1000, 25).await;
+    let failed: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {failed:?}",
+        failed.len()
+    );
+    let flaky = served_by(&upstream, "flaky");
+    let steady = served_by(&upstream, "steady");
+    assert_eq!(flaky, 1000, "every request tried the first deployment");
+    assert!(
+        (200..=400).contains(&steady),
+        "about 30% fell back, got {steady}"
+    );
+}
+
+#[tokio::test]
+async fn a_breaker_opens_stops_sending_then_recovers() {
+    let primary = standin().await;
+    let backup = standin().await;
+    let config = [
+        model("primary", &primary, ""),
+        model("backup", &backup, ""),
+        "[routes.chat]\nstrategy = \"priority\"\ndeployments = [{ model = \"primary\" }, { model = \"backup\" }]\n".into(),
+        "[resilience]\nbreaker_failures = 3\nbreaker_open_ms = 700\n".into(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    primary.set_outage(Some(Failure::status(503)));
+    for _ in 0..20 {
+        let response = server.post_chat(&ask("chat")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-switchyard-route"], "chat/backup");
+    }
+    assert_eq!(
+        primary.requests().len(),
+        3,
+        "the breaker let more than 3 through"
+    );
+    primary.set_outage(None);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let probe = server.post_chat(&ask("chat")).await;
+    assert_eq!(probe.headers()["x-switchyard-route"], "chat/primary");
+    for _ in 0..5 {
+        let response = server.post_chat(&ask("chat")).await;
+        assert_eq!(response.headers()["x-switchyard-route"], "chat/primary");
+    }
+}
+
+#[tokio::test]
+async fn retries_stop_when_the_retry_budget_is_spent() {
+    let upstream = standin().await;
+    let config = [
+        model("down", &upstream, ""),
+        "[routes.chat]\ndeployments = [{ model = \"down\" }]\nretries = 3\nretry_backoff_ms = 1\n".into(),
+        // A window that never fills and a count never reached: only the
+        // budget limits the retries.
+        "[resilience]\nbreaker_failures = 1000\nbreaker_window = 100000\nretry_budget_ratio = 0.1\nretry_budget_min_per_sec = 0\n".into(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    upstream.set_outage(Some(Failure::status(500)));
+    let statuses = load(&server, ask("chat"), 100, 4).await;
+    assert!(statuses.iter().all(|s| *s == 502));
+    let attempts = upstream.requests().len();
+    // 100 requests × 4 attempts without a budget; 10% allows ~10 retries.
+    assert!((100..=111).contains(&attempts), "{attempts} attempts");
+}
+
+#[tokio::test]
+async fn retry_after_from_the_upstream_is_honoured() {
+    let upstream = standin().await;
+    let config = [
+        model("limited", &upstream, ""),
+        "[routes.chat]\ndeployments = [{ model = \"limited\" }]\nretries = 1\n".into(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    upstream.queue_failures([Failure {
+        status: 429,
+        retry_after: Some(1),
+    }]);
+    let started = Instant::now();
+    let response = server.post_chat(&ask("chat")).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retried before the upstream's Retry-After: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(upstream.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_95_5_weighted_split_lands_within_a_few_percent() {
+    let upstream = standin().await;
+    let config = [
+        model("stable", &upstream, ""),
+        model("canary", &upstream, ""),
+        "[routes.chat]\nstrategy = \"weighted\"\ndeployments = [{ model = \"stable\", weight = 95 }, { model = \"canary\", weight = 5 }]\n".into(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let statuses = load(&server, ask("chat"), 2000, 50).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    let canary = served_by(&upstream, "canary") as f64 / 2000.0;
+    assert!((0.03..=0.07).contains(&canary), "canary share {canary}");
+}
+
+#[tokio::test]
+async fn a_stream_cut_after_tokens_ends_with_an_error_and_is_not_replayed() {
+    let upstream = standin().await;
+    let config = [
+        model("cut", &upstream, "headers = { \"x-standin-fault\" = \"midstream-disconnect\" }"),
+        model("steady", &upstream, ""),
+        "[routes.chat]\nstrategy = \"priority\"\ndeployments = [{ model = \"cut\" }, { model = \"steady\" }]\n".into(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let mut request = ask("chat");
+    request["messages"][0]["content"] = json!("hello there stand in today");
+    request["stream"] = json!(true);
+    let body = server.post_chat(&request).await.text().await.unwrap();
+    let events = sse_data(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert!(events[events.len() - 2].contains("\"error\""));
+    assert!(
+        body.contains("echo: "),
+        "the tokens before the cut were not sent"
+    );
+    assert_eq!(served_by(&upstream, "steady"), 0, "tokens were sent twice");
+}
+
+#[tokio::test]
+async fn hedging_answers_from_the_faster_deployment_and_cancels_the_slower() {
+    let slow = standin().await;
+    let fast = standin().await;
+    let config = [
+        model("slow", &slow, "headers = { \"x-standin-latency-ms\" = \"3000\" }"),
+        model("fast", &fast, ""),
+        "[routes.chat]\nstrategy = \"priority\"\nhedge_after_ms = 100\ndeployments = [{ model = \"slow\" }, { model = \"fast\" }]\n".into(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let started = Instant::now();
+    let response = server.post_chat(&ask("chat")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-route"], "chat/fast");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The slow attempt's connection is dropped, and the slow upstream sees
+    // its request abandoned.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.cancelled_requests() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(slow.cancelled_requests(), 1);
+}
+
+#[tokio::test]
+async fn cache_hits_are_exact_replays_and_never_cross_callers() {
+    let upstream = standin().await;
+    let config = [
+        model("m", &upstream, ""),
+        "[cache]\nenabled = true\nttl_secs = 60\n".into(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let http = client();
+    let url = format!("{}/chat/completions", server.v1());
+    let mut request = ask("m");
+    request["temperature"] = json!(0);
+    let call = |key: &'static str, body: Value| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let response = http
+                .post(&url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let cache = response.headers()["x-switchyard-cache"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (cache, response.text().await.unwrap())
+        }
+    };
+    let (first_status, first) = call("key-alice", request.clone()).await;
+    assert_eq!(first_status, "miss");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (second_status, second) = call("key-alice", request.clone()).await;
+    assert_eq!(second_status, "hit");
+    let strip = |body: &str| {
+        let mut value: Value = serde_json::from_str(body).unwrap();
+        value.as_object_mut().unwrap().remove("id");
+        value.as_object_mut().unwrap().remove("created");
+        value
+    };
+    assert_eq!(
+        strip(&first),
+        strip(&second),
+        "a hit must replay the answer exactly"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+
+    let (bob_status, _) = call("key-bob", request.clone()).await;
+    assert_eq!(
+        bob_status, "miss",
+        "another caller must not see alice's entry"
+    );
+    assert_eq!(upstream.requests().len(), 2);
+
+    // A cached answer replays as a stream, piece for piece.
+    let mut streamed = request.clone();
+    streamed["stream"] = json!(true);
+    let (stream_status, body) = call("key-alice", streamed).await;
+    assert_eq!(stream_status, "hit");
+    let text: String = sse_data(&body)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "echo: hello");
+    assert_eq!(upstream.requests().len(), 2);
+
+    // Sampled requests are not cached by default.
+    let mut sampled = ask("m");
+    sampled["temperature"] = json!(0.8);
+    let response = http.post(&url).json(&sampled).send().await.unwrap();
+    assert!(response.headers().get("x-switchyard-cache").is_none());
+}
+
+#[tokio::test]
+async fn rules_route_by_header_code_and_length() {
+    let upstream = standin().await;
+    let config = [
+        model("general", &upstream, ""),
+        model("coder", &upstream, ""),
+        model("cheap", &upstream, ""),
+        model("premium", &upstream, ""),
+        "[routes.auto]\ndeployments = [{ model = \"general\" }]\nrules = [\n  { route = \"premium\", header = \"x-tier\", header_value = \"premium\" },\n  { route = \"coder\", has_code = true },\n  { route = \"cheap\", prompt_chars_below = 20 },\n]\n".into(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let http = client();
+    let url = format!("{}/chat/completions", server.v1());
+    let route_of = |body: Value, tier: Option<&'static str>| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let mut request = http.post(&url).json(&body);
+            if let Some(tier) = tier {
+                request = request.header("x-tier", tier);
+            }
+            let response = request.send().await.unwrap();
+            response.headers()["x-switchyard-route"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let message =
+        |text: &str| json!({"model": "auto", "messages": [{"role": "user", "content": text}]});
+    assert_eq!(route_of(message("hi"), None).await, "cheap");
+    assert_eq!(
+        route_of(
+            message("Please explain this error:\n```\nfn main() { let x: i32 = \"a\"; }\n```"),
+            None
+        )
+        .await,
+        "coder"
+    );
+    assert_eq!(
+        route_of(
+            message("Tell me about the history of Rome in detail."),
+            None
+        )
+        .await,
+        "auto/general"
+    );
+    assert_eq!(route_of(message("hi"), Some("premium")).await, "premium");
+}
+
+#[tokio::test]
+async fn a_config_reload_under_load_fails_no_request() {
+    let upstream = standin().await;
+    let before = [
+        model("blue", &upstream, ""),
+        model("green", &upstream, ""),
+        "[routes.chat]\ndeployments = [{ model = \"blue\", weight = 100 }, { model = \"green\", weight = 0 }]\n".into(),
+    ]
+    .concat();
+    let after = before.replace(
+        "{ model = \"blue\", weight = 100 }, { model = \"green\", weight = 0 }",
+        "{ model = \"blue\", weight = 0 }, { model = \"green\", weight = 100 }",
+    );
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(before.as_bytes()).unwrap();
+    let server = Server::start_file(file.path());
+    let body = ask("chat");
+    let load = {
+        let body = body.clone();
+        let server = &server;
+        async move { load(server, body, 600, 10).await }
+    };
+    let swap = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(file.path(), after.as_bytes()).unwrap();
+        common::signal(server.pid(), "HUP");
+    };
+    let (statuses, ()) = tokio::join!(load, swap);
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "a request failed during the reload"
+    );
+    assert!(
+        server
+            .wait_for_log(&["configuration reloaded"], Duration::from_secs(5))
+            .await
+            .is_some(),
+        "{}",
+        server.logs()
+    );
+    let response = server.post_chat(&body).await;
+    assert_eq!(response.headers()["x-switchyard-route"], "chat/green");
+    assert!(served_by(&upstream, "green") > 0);
+}
+
+/// Two gateway instances sharing a Redis cache. Runs when
+/// `SWITCHYARD_TEST_REDIS_URL` is set (`make test` and CI set it).
+#[tokio::test]
+async fn two_instances_share_the_redis_cache() {
+    let Ok(redis) = std::env::var("SWITCHYARD_TEST_REDIS_URL") else {
+        eprintln!("SWITCHYARD_TEST_REDIS_URL is not set; skipping the Redis cache test");
+        return;
+    };
+    let upstream = standin().await;
+    // A fresh namespace per run: the reply text carries a random marker.
+    let marker = format!("run-{}", fastrand::u64(..));
+    let config = [
+        model(
+            "m",
+            &upstream,
+            &format!("headers = {{ \"x-standin-reply\" = \"{marker}\" }}"),
+        ),
+        format!("[cache]\nenabled = true\nttl_secs = 30\nredis_url = \"{redis}\"\n"),
+    ]
+    .concat();
+    let one = Server::start(&config);
+    let two = Server::start(&config);
+    let mut request = ask("m");
+    request["temperature"] = json!(0);
+    request["messages"][0]["content"] = json!(marker.clone());
+    let first = one.post_chat(&request).await;
+    assert_eq!(first.headers()["x-switchyard-cache"], "miss");
+    let _ = first.text().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = two.post_chat(&request).await;
+    assert_eq!(second.headers()["x-switchyard-cache"], "hit");
+    let answer: Value = second.json().await.unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], marker);
+    assert_eq!(upstream.requests().len(), 1);
+}
