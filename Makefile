@@ -7,7 +7,7 @@ export SWITCHYARD_TEST_REDIS_URL ?= redis://127.0.0.1:6379
 RELEASE_BIN := target/release/switchyard
 DEBUG_BIN := target/debug/switchyard
 
-.PHONY: run build models test lint bootstrap bench-overhead
+.PHONY: run build models test lint bootstrap bench-load
 
 ## Build, fetch the default model, and serve (127.0.0.1:8080 unless CONFIG or LISTEN say otherwise).
 run: bootstrap
@@ -37,6 +37,6 @@ lint:
 bootstrap:
 	scripts/bootstrap.sh
 
-## Gateway overhead against the stand-in upstream (needs wrk).
-bench-overhead:
-	bench/overhead.sh
+## Gateway overhead against the stand-in upstream (requests/s, added latency, TTFT, RSS).
+bench-load:
+	bench/load.sh

@@ -24,8 +24,8 @@ use tokio::time::Instant;
 
 use crate::AdapterBuildError;
 use crate::http::{
-    HttpUpstream, Timeouts, header_map, kind_of_status, plain_message, retry_after, status_error,
-    unreadable,
+    HttpUpstream, Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after,
+    status_error, unreadable,
 };
 use crate::stream::{SseEvent, Step, Translate, cut_short, drive, sse_events};
 
@@ -88,7 +88,7 @@ pub struct AnthropicAdapter {
 #[derive(Debug)]
 struct Inner {
     http: HttpUpstream,
-    url: String,
+    url: reqwest::Url,
     config: AnthropicConfig,
 }
 
@@ -100,7 +100,10 @@ impl AnthropicAdapter {
         pairs.push(("anthropic-version".into(), config.version.clone()));
         let headers = header_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         let http = HttpUpstream::new(config.timeouts, headers)?;
-        let url = format!("{}/v1/messages", config.base_url.trim_end_matches('/'));
+        let url = parse_url(&format!(
+            "{}/v1/messages",
+            config.base_url.trim_end_matches('/')
+        ))?;
         Ok(Self {
             inner: Arc::new(Inner { http, url, config }),
         })

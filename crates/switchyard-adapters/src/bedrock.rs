@@ -502,8 +502,8 @@ pub struct BedrockAdapter {
 #[derive(Debug)]
 struct Inner {
     http: HttpUpstream,
-    converse_url: String,
-    stream_url: String,
+    converse_url: reqwest::Url,
+    stream_url: reqwest::Url,
     extra_headers: HeaderMap,
     config: BedrockConfig,
 }
@@ -516,7 +516,7 @@ impl BedrockAdapter {
         let http = HttpUpstream::new(config.timeouts, HeaderMap::new())?;
         let base = reqwest::Url::parse(&config.base_url)
             .map_err(|e| AdapterBuildError::Config(format!("base_url: {e}")))?;
-        let url = |action: &str| -> Result<String, AdapterBuildError> {
+        let url = |action: &str| -> Result<reqwest::Url, AdapterBuildError> {
             // The model id may hold ':' and '/' (ARNs); as one path segment
             // they are percent-encoded, and SigV4 signs that same path.
             let mut url = base.clone();
@@ -524,7 +524,7 @@ impl BedrockAdapter {
                 .map_err(|()| AdapterBuildError::Config("base_url cannot hold a path".into()))?
                 .pop_if_empty()
                 .extend(["model", config.upstream_model.as_str(), action]);
-            Ok(url.to_string())
+            Ok(url)
         };
         let converse_url = url("converse")?;
         let stream_url = url("converse-stream")?;
@@ -542,7 +542,7 @@ impl BedrockAdapter {
 
 impl Inner {
     /// SigV4-signs a POST of `body` to `url`; returns every header to send.
-    fn signed_headers(&self, url: &str, body: &[u8]) -> Result<HeaderMap, BackendError> {
+    fn signed_headers(&self, url: &reqwest::Url, body: &[u8]) -> Result<HeaderMap, BackendError> {
         let signing_error = |e: &dyn std::fmt::Display| {
             BackendError::internal(format!("cannot sign the request: {e}"))
         };
@@ -575,7 +575,7 @@ impl Inner {
         }
         let signable = SignableRequest::new(
             "POST",
-            url,
+            url.as_str(),
             to_sign.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             SignableBody::Bytes(body),
         )
@@ -694,10 +694,16 @@ mod tests {
     fn urls_encode_the_model_id_as_one_segment() {
         let adapter = BedrockAdapter::new(config()).unwrap();
         assert_eq!(
-            adapter.inner.converse_url,
+            adapter.inner.converse_url.as_str(),
             "https://bedrock-runtime.us-east-1.amazonaws.com/model/anthropic.claude-3-haiku-20240307-v1:0/converse"
         );
-        assert!(adapter.inner.stream_url.ends_with("-v1:0/converse-stream"));
+        assert!(
+            adapter
+                .inner
+                .stream_url
+                .as_str()
+                .ends_with("-v1:0/converse-stream")
+        );
     }
 
     #[test]

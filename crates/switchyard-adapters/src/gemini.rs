@@ -25,8 +25,8 @@ use tokio::time::Instant;
 
 use crate::AdapterBuildError;
 use crate::http::{
-    HttpUpstream, Timeouts, header_map, kind_of_status, plain_message, retry_after, status_error,
-    unreadable,
+    HttpUpstream, Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after,
+    status_error, unreadable,
 };
 use crate::stream::{SseEvent, Step, Translate, cut_short, drive, sse_events};
 
@@ -542,7 +542,9 @@ pub struct GeminiAdapter {
 #[derive(Debug)]
 struct Inner {
     http: HttpUpstream,
-    model_url: String,
+    generate_url: reqwest::Url,
+    stream_url: reqwest::Url,
+    embed_url: reqwest::Url,
     config: GeminiConfig,
 }
 
@@ -561,7 +563,9 @@ impl GeminiAdapter {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
-                model_url,
+                generate_url: parse_url(&format!("{model_url}:generateContent"))?,
+                stream_url: parse_url(&format!("{model_url}:streamGenerateContent?alt=sse"))?,
+                embed_url: parse_url(&format!("{model_url}:batchEmbedContents"))?,
                 config,
             }),
         })
@@ -576,11 +580,10 @@ impl Inner {
 
     async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, BackendError> {
         let deadline = self.http.deadline();
-        let url = format!("{}:generateContent", self.model_url);
         let response = self
             .http
             .post(
-                &url,
+                &self.generate_url,
                 Self::body(&request)?,
                 HeaderMap::new(),
                 deadline,
@@ -626,11 +629,10 @@ impl Inner {
     async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
         let started = Instant::now();
         let deadline = started + self.http.timeouts().total;
-        let url = format!("{}:streamGenerateContent?alt=sse", self.model_url);
         let response = self
             .http
             .post(
-                &url,
+                &self.stream_url,
                 Self::body(&request)?,
                 HeaderMap::new(),
                 deadline,
@@ -650,7 +652,6 @@ impl Inner {
 
     async fn embed(&self, request: EmbeddingRequest) -> Result<EmbeddingResponse, BackendError> {
         let deadline = self.http.deadline();
-        let url = format!("{}:batchEmbedContents", self.model_url);
         let model = format!("models/{}", self.config.upstream_model);
         let body = json!({
             "requests": request.inputs.iter().map(|text| {
@@ -665,7 +666,7 @@ impl Inner {
             .map_err(|e| BackendError::internal(format!("cannot encode the request: {e}")))?;
         let response = self
             .http
-            .post(&url, body, HeaderMap::new(), deadline, classify)
+            .post(&self.embed_url, body, HeaderMap::new(), deadline, classify)
             .await?;
         let bytes = self.http.body(response, deadline).await?;
         #[derive(Deserialize)]

@@ -110,7 +110,7 @@ impl HttpUpstream {
     /// deadline. `signed` adds per-request headers (request signatures).
     pub async fn post(
         &self,
-        url: &str,
+        url: &reqwest::Url,
         body: Vec<u8>,
         signed: HeaderMap,
         deadline: Instant,
@@ -119,7 +119,14 @@ impl HttpUpstream {
         let headers_deadline = deadline.min(Instant::now() + self.timeouts.first_byte);
         let mut headers = self.headers.clone();
         headers.extend(signed);
-        let pending = self.client.post(url).headers(headers).body(body).send();
+        // A parsed URL: reqwest would otherwise parse (and IDNA-check) the
+        // string on every request.
+        let pending = self
+            .client
+            .post(url.clone())
+            .headers(headers)
+            .body(body)
+            .send();
         let response = timeout_at(headers_deadline, pending)
             .await
             .map_err(|_| self.first_byte_timeout())?
@@ -268,6 +275,11 @@ pub(crate) fn transport_error(error: &reqwest::Error) -> BackendError {
         "the upstream connection failed"
     };
     BackendError::new(kind, format!("{what}: {detail}"))
+}
+
+/// Parses a URL built from configuration.
+pub(crate) fn parse_url(url: &str) -> Result<reqwest::Url, AdapterBuildError> {
+    reqwest::Url::parse(url).map_err(|e| AdapterBuildError::Config(format!("URL {url:?}: {e}")))
 }
 
 /// An upstream answer Switchyard cannot read.

@@ -23,8 +23,8 @@ use tokio::time::Instant;
 
 use crate::AdapterBuildError;
 use crate::http::{
-    HttpUpstream, Timeouts, header_map, kind_of_status, plain_message, retry_after, status_error,
-    unreadable,
+    HttpUpstream, Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after,
+    status_error, unreadable,
 };
 use crate::presets::Quirks;
 use crate::stream::{SseEvent, Step, Translate, cut_short, drive, sse_events};
@@ -117,8 +117,8 @@ pub struct OpenAiAdapter {
 #[derive(Debug)]
 struct Inner {
     http: HttpUpstream,
-    chat_url: String,
-    embeddings_url: String,
+    chat_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
     config: OpenAiConfig,
     owned_by: String,
 }
@@ -146,8 +146,8 @@ impl OpenAiAdapter {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
-                chat_url: url("chat/completions"),
-                embeddings_url: url("embeddings"),
+                chat_url: parse_url(&url("chat/completions"))?,
+                embeddings_url: parse_url(&url("embeddings"))?,
                 owned_by,
                 config,
             }),
@@ -411,11 +411,11 @@ mod tests {
         config.query = Some("api-version=2024-10-21".into());
         let adapter = OpenAiAdapter::new(config).unwrap();
         assert_eq!(
-            adapter.inner.chat_url,
+            adapter.inner.chat_url.as_str(),
             "https://r.example/openai/deployments/d1/chat/completions?api-version=2024-10-21"
         );
         assert_eq!(
-            adapter.inner.embeddings_url,
+            adapter.inner.embeddings_url.as_str(),
             "https://r.example/openai/deployments/d1/embeddings?api-version=2024-10-21"
         );
     }

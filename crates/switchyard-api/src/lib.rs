@@ -25,6 +25,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use switchyard_orchestration::Gateway;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -139,6 +140,13 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    // Streams are many small writes: without TCP_NODELAY, Nagle's
+    // algorithm holds each one back until the client acknowledges the last.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         info!(

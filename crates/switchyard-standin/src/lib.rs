@@ -245,6 +245,9 @@ pub async fn spawn(addr: SocketAddr, config: StandinConfig) -> std::io::Result<R
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (app, state) = router(config);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "stand-in server stopped");

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Gateway overhead: the same load against the stand-in upstream directly and
+# through Switchyard, side by side, with switchyard-load (Rust). Reports
+# requests/s and latency percentiles (whole answers, and time to first
+# streamed token), the added latency at each percentile, and the gateway's
+# RSS with 1,000 streams open.
+#
+#   bench/load.sh                      # 10 s per figure, 1 ms upstream latency
+#   SECONDS_PER=30 LATENCY_MS=0 bench/load.sh
+#
+# Load generator, stand-in and gateway share this machine's cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_PER=${SECONDS_PER:-10}
+LATENCY_MS=${LATENCY_MS:-1}
+STANDIN=127.0.0.1:19090
+SLOW_STANDIN=127.0.0.1:19091
+GATEWAY=127.0.0.1:18080
+# 1,000 streams need 2,000 sockets in the gateway alone.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo build --release -q -p switchyard -p switchyard-standin -p switchyard-bench
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+
+target/release/switchyard-standin --listen "$STANDIN" --latency-ms "$LATENCY_MS" 2>"$work/standin.log" &
+# Streams that stay open: one word every 2 s.
+target/release/switchyard-standin --listen "$SLOW_STANDIN" --token-delay-ms 2000 2>"$work/slow.log" &
+cat >"$work/gateway.toml" <<TOML
+listen = "$GATEWAY"
+[models.bench]
+backend = "openai"
+base_url = "http://$STANDIN/v1"
+[models.slow]
+backend = "openai"
+base_url = "http://$SLOW_STANDIN/v1"
+TOML
+RUST_LOG=warn target/release/switchyard serve --config "$work/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.log" &
+gateway_pid=$!
+for _ in $(seq 100); do
+  curl -sf "http://$GATEWAY/readyz" >/dev/null && curl -sf "http://$STANDIN/v1/models" >/dev/null && break
+  sleep 0.1
+done
+
+load() { target/release/switchyard-load --seconds "$SECONDS_PER" "$@"; }
+added() { # two result lines → added latency per percentile
+  paste <(grep -o 'p[0-9.]* *[0-9]*us' <<<"$1") <(grep -o 'p[0-9.]* *[0-9]*us' <<<"$2") |
+    awk '{gsub("us","",$2); gsub("us","",$4); printf "%s +%dus  ", $1, $4-$2} END {print ""}'
+}
+
+echo "upstream latency ${LATENCY_MS} ms, ${SECONDS_PER} s per figure"
+for c in 1 32; do
+  direct=$(load --url "http://$STANDIN/v1" -c "$c" --label "direct")
+  through=$(load --url "http://$GATEWAY/v1" -c "$c" --label "through switchyard")
+  echo "$direct"; echo "$through"; echo "  added: $(added "$direct" "$through")"
+done
+direct=$(load --url "http://$STANDIN/v1" -c 1 --stream --label "direct stream")
+through=$(load --url "http://$GATEWAY/v1" -c 1 --stream --label "switchyard stream")
+echo "$direct"; echo "$through"; echo "  added to first token: $(added "$direct" "$through")"
+
+rss() { echo $(( $(ps -o rss= -p "$gateway_pid") / 1024 )); }
+echo "switchyard RSS after the load: $(rss) MiB"
+target/release/switchyard-load --url "http://$GATEWAY/v1" --model slow --open-streams 1000 --hold 6 &
+holder=$!
+sleep 4
+echo "switchyard RSS with 1,000 open streams: $(rss) MiB"
+wait "$holder"
