@@ -61,8 +61,9 @@ echo "$direct"; echo "$through"; echo "  added to first token: $(added "$direct"
 
 rss() { echo $(( $(ps -o rss= -p "$gateway_pid") / 1024 )); }
 echo "switchyard RSS after the load: $(rss) MiB"
-target/release/switchyard-load --url "http://$GATEWAY/v1" --model slow --open-streams 1000 --hold 6 &
+target/release/switchyard-load --url "http://$GATEWAY/v1" --model slow --open-streams 1000 --hold 3 >"$work/held" &
 holder=$!
-sleep 4
-echo "switchyard RSS with 1,000 open streams: $(rss) MiB"
+until grep -q 'streams open' "$work/held" || ! kill -0 "$holder" 2>/dev/null; do sleep 0.2; done
+cat "$work/held"
+echo "switchyard RSS with those streams open: $(rss) MiB"
 wait "$holder"

@@ -89,6 +89,10 @@ impl HttpUpstream {
             .connect_timeout(timeouts.connect)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
+            // A provider API answers; it does not redirect. Following one
+            // would resend the prompt (and any credential in a custom
+            // header) to wherever the upstream points, so a 3xx is an error.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             client,
@@ -314,6 +318,53 @@ mod tests {
         let headers = header_map([("x-api-key", "secret-value")]).unwrap();
         assert!(!format!("{headers:?}").contains("secret-value"));
         assert!(header_map([("bad header", "x")]).is_err());
+    }
+
+    #[tokio::test]
+    async fn upstream_redirects_are_errors_and_never_followed() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let followed = Arc::new(AtomicUsize::new(0));
+        let counter = followed.clone();
+        let app = axum::Router::new()
+            .route(
+                "/v1/chat/completions",
+                axum::routing::post(|| async {
+                    (
+                        axum::http::StatusCode::TEMPORARY_REDIRECT,
+                        [("location", "/elsewhere")],
+                    )
+                }),
+            )
+            .route(
+                "/elsewhere",
+                axum::routing::post(move || async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    "{}"
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let upstream = HttpUpstream::new(Timeouts::default(), HeaderMap::new()).unwrap();
+        let url = parse_url(&format!("http://{addr}/v1/chat/completions")).unwrap();
+        let classify: Classifier =
+            |status, _, body| status_error(status, kind_of_status(status), body, None, None);
+        let error = upstream
+            .post(
+                &url,
+                b"{}".to_vec(),
+                HeaderMap::new(),
+                upstream.deadline(),
+                classify,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::Upstream);
+        assert_eq!(error.upstream_status, Some(307));
+        assert_eq!(followed.load(Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -169,14 +169,15 @@ async fn run_open_streams(args: Args, count: usize) -> anyhow::Result<()> {
                     .body(payload)
                     .header("content-type", "application/json")
                     .send()
-                    .await?;
+                    .await?
+                    .error_for_status()?;
                 let mut chunks = response.bytes_stream();
                 // Wait for the first chunk: the stream is truly open.
                 chunks.next().await.context("stream closed at once")??;
                 anyhow::Ok(chunks)
             }
         })
-        .buffer_unordered(256)
+        .buffer_unordered(count)
         .collect()
         .await;
     let open = opened.iter().filter(|s| s.is_ok()).count();

@@ -44,6 +44,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Threads that run the async runtime (HTTP, routing, upstream I/O).
+    /// `None` picks one fewer than the machine's cores, leaving a core for
+    /// the kernel's network work and the model threads.
+    pub worker_threads: Option<usize>,
     /// Public model name → how to serve it.
     pub models: BTreeMap<String, ModelConfig>,
     /// Public names served by groups of models.
@@ -68,6 +72,8 @@ struct RawConfig {
     max_body_bytes: usize,
     #[serde(default = "default_shutdown_grace_secs")]
     shutdown_grace_secs: u64,
+    #[serde(default)]
+    worker_threads: Option<usize>,
     models: Option<BTreeMap<String, toml::Table>>,
     #[serde(default)]
     routes: BTreeMap<String, RouteConfig>,
@@ -83,6 +89,7 @@ impl Default for Config {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            worker_threads: None,
             models: default_models(),
             routes: BTreeMap::new(),
             resilience: ResilienceConfig::default(),
@@ -732,6 +739,7 @@ impl Config {
             listen: raw.listen,
             max_body_bytes: raw.max_body_bytes,
             shutdown_grace_secs: raw.shutdown_grace_secs,
+            worker_threads: raw.worker_threads,
             models,
             routes: raw.routes,
             resilience: raw.resilience,
@@ -756,6 +764,9 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             return Err(("max_body_bytes".into(), "must be at least 1".into()));
+        }
+        if self.worker_threads == Some(0) {
+            return Err(("worker_threads".into(), "must be at least 1".into()));
         }
         for (name, model) in &self.models {
             let field = |f: &str| format!("models.{name}.{f}");
@@ -1054,6 +1065,18 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "config file /etc/switchyard.toml: field `max_body_bytes`: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn worker_threads_is_optional_and_positive() {
+        assert_eq!(parse("").unwrap().worker_threads, None);
+        assert_eq!(parse("worker_threads = 3").unwrap().worker_threads, Some(3));
+        let error = parse("worker_threads = 0").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("`worker_threads`: must be at least 1")
         );
     }
 }
