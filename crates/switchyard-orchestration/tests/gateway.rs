@@ -205,6 +205,53 @@ async fn bad_requests_do_not_fall_back() {
 }
 
 #[tokio::test]
+async fn a_prompt_too_long_moves_to_the_longer_context_route_only_when_asked() {
+    let short = Scripted::new("short");
+    let long = Scripted::new("long");
+    let mut chat = route(&[("short", 1)]);
+    chat.retries = 2;
+    chat.fallbacks = vec!["long-context".into()];
+    chat.fallback_on.push(FailureKind::ContextLength);
+    let mut strict = chat.clone();
+    strict
+        .fallback_on
+        .retain(|k| *k != FailureKind::ContextLength);
+    let gw = gateway(
+        &[&short, &long],
+        vec![
+            ("chat", chat),
+            ("strict", strict),
+            ("long-context", route(&[("long", 1)])),
+        ],
+    );
+    short.fail_always(Some(
+        BackendError::invalid_request("the prompt needs 9000 tokens; this model holds 2048")
+            .with_code("context_length_exceeded"),
+    ));
+    for _ in 0..5 {
+        let routed = gw
+            .chat(ask("chat"), &RequestContext::default())
+            .await
+            .unwrap();
+        assert_eq!(routed.deployment, "long");
+    }
+    assert_eq!(short.calls(), 5, "a prompt too long is never retried as is");
+    assert_eq!(
+        gw.deployment("short").unwrap().breaker().state(),
+        BreakerState::Closed,
+        "a long prompt says nothing about the deployment's health"
+    );
+
+    let error = gw
+        .chat(ask("strict"), &RequestContext::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidRequest);
+    assert_eq!(error.code.as_deref(), Some("context_length_exceeded"));
+    assert_eq!(long.calls(), 5);
+}
+
+#[tokio::test]
 async fn the_breaker_opens_stops_traffic_and_recovers() {
     let sick = Scripted::new("sick");
     let spare = Scripted::new("spare");
