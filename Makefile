@@ -4,6 +4,9 @@
 CARGO ?= cargo
 # The Redis the shared-state tests use (a local one by default).
 export SWITCHYARD_TEST_REDIS_URL ?= redis://127.0.0.1:6379
+# The PostgreSQL the state tests run against besides SQLite (each test in a
+# schema of its own).
+export SWITCHYARD_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 RELEASE_BIN := target/release/switchyard
 DEBUG_BIN := target/debug/switchyard
 

@@ -10,8 +10,12 @@ want_test_env=false
 
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-# bindgen needs libclang; Debian ships it as libclang-dev.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+# bindgen needs libclang itself (libclang.so or libclang-NN.so), which
+# Debian ships as libclang-dev; libclang-cpp, which some images carry
+# alone, is a different library and does not count.
+if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+  && ! compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null \
+  && ! ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so'; then
   missing+=(libclang-dev)
 fi
 command -v c++ >/dev/null 2>&1 || missing+=(g++)

@@ -22,6 +22,7 @@ use crate::AppState;
 use crate::context::{request_context, route_headers};
 use crate::error::ApiError;
 use crate::extract::read_json;
+use crate::governed;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -68,10 +69,10 @@ impl IntoResponse for AnthropicError {
         let mut response = error.into_response();
         let headers = std::mem::take(response.headers_mut());
         let mut anthropic = (response.status(), Json(body)).into_response();
-        if let Some(retry) = headers.get(header::RETRY_AFTER) {
-            anthropic
-                .headers_mut()
-                .insert(header::RETRY_AFTER, retry.clone());
+        for (name, value) in &headers {
+            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+                anthropic.headers_mut().insert(name.clone(), value.clone());
+            }
         }
         anthropic
     }
@@ -101,26 +102,50 @@ pub(crate) async fn messages(
     AnthropicJson(body): AnthropicJson<MessagesRequest>,
 ) -> Result<Response, AnthropicError> {
     let stream = body.is_stream();
-    let context = request_context(&headers, None);
+    let mut context = request_context(&headers, None);
     let request = body.into_canonical().map_err(ApiError::from)?;
-    let gateway = state.gateway.load_full();
     let model = request.model.clone();
     tracing::Span::current().record("model", model.as_str());
+    let admission = governed::admit(
+        &state,
+        &headers,
+        &mut context,
+        &model,
+        governed::estimate_chat(&request),
+    )
+    .await?;
+    let limits = governed::rate_headers(&admission);
+    let settings = state.governance.settings();
+    let prompt = settings
+        .store_prompts
+        .then(|| governed::prompt_text(&request));
+    let keep_answer = settings.store_answers;
+    let gateway = state.gateway.load_full();
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     if stream {
-        let routed = gateway.chat_stream(request, &context).await?;
+        let routed = match gateway.chat_stream(request, &context).await {
+            Ok(routed) => routed,
+            Err(error) => return Err(governed::backend_failure(admission, error).into()),
+        };
         tracing::Span::current().record("route", routed.label().as_str());
         let route = route_headers(&routed);
-        let mut response = Sse::new(sse_events(routed.value, id, model))
+        let mut outcome = governed::served(&routed, None);
+        outcome.prompt = prompt;
+        let events = governed::metered(routed.value, admission, outcome, keep_answer);
+        let mut response = Sse::new(sse_events(events, id, model))
             .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
             .into_response();
         response
             .headers_mut()
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
         response.headers_mut().extend(route);
+        response.headers_mut().extend(limits);
         return Ok(response);
     }
-    let routed = gateway.chat(request, &context).await?;
+    let routed = match gateway.chat(request, &context).await {
+        Ok(routed) => routed,
+        Err(error) => return Err(governed::backend_failure(admission, error).into()),
+    };
     tracing::Span::current().record("route", routed.label().as_str());
     let answer = &routed.value;
     info!(
@@ -129,8 +154,13 @@ pub(crate) async fn messages(
         completion_tokens = answer.usage.completion_tokens,
         "message served"
     );
+    let mut outcome = governed::served(&routed, Some(&answer.usage));
+    outcome.prompt = prompt;
+    outcome.answer = keep_answer.then(|| answer.content.clone());
+    admission.finish(outcome);
     let mut response = Json(MessagesResponse::from_canonical(id, model, answer)).into_response();
     response.headers_mut().extend(route_headers(&routed));
+    response.headers_mut().extend(limits);
     Ok(response)
 }
 

@@ -18,6 +18,7 @@ use crate::AppState;
 use crate::context::{request_context, route_headers};
 use crate::error::ApiError;
 use crate::extract::OpenAiJson;
+use crate::governed;
 
 /// Comment lines that keep idle streams open through proxies while a request
 /// waits for a slot.
@@ -30,22 +31,42 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let stream = body.is_stream();
     let include_usage = body.wants_stream_usage();
-    let context = request_context(&headers, body.metadata.take().as_ref());
+    let mut context = request_context(&headers, body.metadata.take().as_ref());
     let request = body.into_canonical()?;
-    let gateway = state.gateway.load_full();
     let model = request.model.clone();
+    tracing::Span::current().record("model", model.as_str());
+    let admission = governed::admit(
+        &state,
+        &headers,
+        &mut context,
+        &model,
+        governed::estimate_chat(&request),
+    )
+    .await?;
+    let limits = governed::rate_headers(&admission);
+    let settings = state.governance.settings();
+    let prompt = settings
+        .store_prompts
+        .then(|| governed::prompt_text(&request));
+    let keep_answer = settings.store_answers;
+    let gateway = state.gateway.load_full();
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    tracing::Span::current().record("model", model.as_str());
 
     if stream {
-        let routed = gateway.chat_stream(request, &context).await?;
+        let routed = match gateway.chat_stream(request, &context).await {
+            Ok(routed) => routed,
+            Err(error) => return Err(governed::backend_failure(admission, error)),
+        };
         tracing::Span::current().record("route", routed.label().as_str());
         let chunks = ChunkFactory::new(id, created, model);
         let headers = route_headers(&routed);
-        let mut response = Sse::new(sse_events(routed.value, chunks, include_usage))
+        let mut outcome = governed::served(&routed, None);
+        outcome.prompt = prompt;
+        let events = governed::metered(routed.value, admission, outcome, keep_answer);
+        let mut response = Sse::new(sse_events(events, chunks, include_usage))
             .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
             .into_response();
         // Tell buffering reverse proxies (nginx) to pass events straight on.
@@ -53,10 +74,14 @@ pub(crate) async fn chat_completions(
             .headers_mut()
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
         response.headers_mut().extend(headers);
+        response.headers_mut().extend(limits);
         return Ok(response);
     }
 
-    let routed = gateway.chat(request, &context).await?;
+    let routed = match gateway.chat(request, &context).await {
+        Ok(routed) => routed,
+        Err(error) => return Err(governed::backend_failure(admission, error)),
+    };
     tracing::Span::current().record("route", routed.label().as_str());
     let answer = &routed.value;
     info!(
@@ -65,9 +90,14 @@ pub(crate) async fn chat_completions(
         completion_tokens = answer.usage.completion_tokens,
         "completion served"
     );
+    let mut outcome = governed::served(&routed, Some(&answer.usage));
+    outcome.prompt = prompt;
+    outcome.answer = keep_answer.then(|| answer.content.clone());
+    admission.finish(outcome);
     let mut response =
         Json(ChatCompletion::from_canonical(id, created, model, answer)).into_response();
     response.headers_mut().extend(route_headers(&routed));
+    response.headers_mut().extend(limits);
     Ok(response)
 }
 

@@ -23,6 +23,8 @@ pub struct ApiError {
     pub code: Option<String>,
     /// Sent as `Retry-After` (whole seconds, rounded up).
     pub retry_after: Option<Duration>,
+    /// Further headers (`x-ratelimit-*` on a rate-limit refusal).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -35,6 +37,7 @@ impl ApiError {
             param,
             code: None,
             retry_after: None,
+            headers: Vec::new(),
         }
     }
 
@@ -118,6 +121,7 @@ impl From<BackendError> for ApiError {
             param: error.param,
             code: error.code.or(default_code.map(str::to_owned)),
             retry_after,
+            headers: Vec::new(),
         }
     }
 }
@@ -134,6 +138,13 @@ impl IntoResponse for ApiError {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        for (name, value) in &self.headers {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::HeaderName::from_static(name), value);
             }
         }
         response

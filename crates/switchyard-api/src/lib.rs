@@ -3,16 +3,20 @@
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/messages` (Anthropic's
 //! shape), `POST /v1/embeddings`, `GET /v1/models`,
-//! `GET /v1/models/{model}`, `GET /healthz`, `GET /readyz`. Every response
+//! `GET /v1/models/{model}`, `GET /healthz`, `GET /readyz`, and the admin
+//! API under `/admin/` (tenants, teams, keys, usage, audit, alerts). Every
+//! response
 //! carries `x-request-id` (the client's own when it sent one); every error
 //! is OpenAI-shaped.
 
+mod admin;
 mod anthropic;
 mod chat;
 mod context;
 mod embeddings;
 pub mod error;
 pub mod extract;
+mod governed;
 mod models;
 
 use std::future::Future;
@@ -26,6 +30,7 @@ use axum::http::{Method, Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
+use switchyard_governance::Governance;
 use switchyard_orchestration::Gateway;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -59,17 +64,47 @@ pub type SharedGateway = Arc<ArcSwap<Gateway>>;
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub gateway: SharedGateway,
+    pub governance: Arc<Governance>,
 }
 
 /// The complete HTTP application.
-pub fn router(gateway: SharedGateway, config: &ApiConfig) -> Router {
-    let state = AppState { gateway };
+pub fn router(gateway: SharedGateway, governance: Arc<Governance>, config: &ApiConfig) -> Router {
+    let state = AppState {
+        gateway,
+        governance,
+    };
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::retrieve))
+        .route(
+            "/admin/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route(
+            "/admin/tenants/{id}",
+            get(admin::get_tenant).patch(admin::update_tenant),
+        )
+        .route(
+            "/admin/teams",
+            post(admin::create_team).get(admin::list_teams),
+        )
+        .route(
+            "/admin/teams/{id}",
+            get(admin::get_team).patch(admin::update_team),
+        )
+        .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route(
+            "/admin/keys/{id}",
+            get(admin::get_key)
+                .patch(admin::update_key)
+                .delete(admin::revoke_key),
+        )
+        .route("/admin/usage", get(admin::usage))
+        .route("/admin/audit", get(admin::audit))
+        .route("/admin/alerts", get(admin::alerts))
         .route("/healthz", get(models::healthz))
         .route("/readyz", get(models::readyz))
         .fallback(unknown_route)

@@ -56,6 +56,78 @@ pub struct Config {
     pub resilience: ResilienceConfig,
     /// The response cache.
     pub cache: CacheConfig,
+    /// Where tenants, keys, the ledger and the audit trail live:
+    /// `sqlite://PATH` or `postgres://…`. `None`: a SQLite file in the
+    /// data folder.
+    pub database_url: Option<String>,
+    /// Redis for the counters several instances share (rate limits,
+    /// concurrency, spend). `None`: counted in this process.
+    pub redis_url: Option<String>,
+    /// Keys, limits, budgets, ledger and audit.
+    pub governance: GovernanceConfig,
+}
+
+/// The `[governance]` table.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// Whether model calls need an API key. Off by default, for the
+    /// single-user local setup; the admin API always needs one.
+    #[serde(default)]
+    pub auth: bool,
+    /// The operator's master key (usually `${SWITCHYARD_MASTER_KEY}`).
+    #[serde(default)]
+    pub master_key: Option<String>,
+    /// How long a looked-up key is trusted before it is read again; a
+    /// revocation reaches other instances within this time.
+    #[serde(default = "default_key_cache_ms")]
+    pub key_cache_ms: u64,
+    /// How often the usage ledger is written; a crash loses at most the
+    /// requests completed in the last interval.
+    #[serde(default = "default_ledger_flush_ms")]
+    pub ledger_flush_ms: u64,
+    /// Keep prompts in the audit trail, masked.
+    #[serde(default)]
+    pub store_prompts: bool,
+    /// Keep answers in the audit trail, masked.
+    #[serde(default)]
+    pub store_answers: bool,
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        Self {
+            auth: false,
+            master_key: None,
+            key_cache_ms: default_key_cache_ms(),
+            ledger_flush_ms: default_ledger_flush_ms(),
+            store_prompts: false,
+            store_answers: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for GovernanceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GovernanceConfig")
+            .field("auth", &self.auth)
+            .field(
+                "master_key",
+                &self.master_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("key_cache_ms", &self.key_cache_ms)
+            .field("ledger_flush_ms", &self.ledger_flush_ms)
+            .field("store_prompts", &self.store_prompts)
+            .field("store_answers", &self.store_answers)
+            .finish()
+    }
+}
+
+fn default_key_cache_ms() -> u64 {
+    5_000
+}
+fn default_ledger_flush_ms() -> u64 {
+    200
 }
 
 /// The file's top level, before each model's `backend` picks its schema.
@@ -81,6 +153,12 @@ struct RawConfig {
     resilience: ResilienceConfig,
     #[serde(default)]
     cache: CacheConfig,
+    #[serde(default)]
+    database_url: Option<String>,
+    #[serde(default)]
+    redis_url: Option<String>,
+    #[serde(default)]
+    governance: GovernanceConfig,
 }
 
 impl Default for Config {
@@ -94,6 +172,9 @@ impl Default for Config {
             routes: BTreeMap::new(),
             resilience: ResilienceConfig::default(),
             cache: CacheConfig::default(),
+            database_url: None,
+            redis_url: None,
+            governance: GovernanceConfig::default(),
         }
     }
 }
@@ -744,6 +825,9 @@ impl Config {
             routes: raw.routes,
             resilience: raw.resilience,
             cache: raw.cache,
+            database_url: raw.database_url,
+            redis_url: raw.redis_url,
+            governance: raw.governance,
         };
         config
             .validate()
@@ -767,6 +851,33 @@ impl Config {
         }
         if self.worker_threads == Some(0) {
             return Err(("worker_threads".into(), "must be at least 1".into()));
+        }
+        if let Some(url) = &self.database_url
+            && !["sqlite:", "postgres:", "postgresql:"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+        {
+            return Err((
+                "database_url".into(),
+                "must start with sqlite:// or postgres://".into(),
+            ));
+        }
+        if self
+            .governance
+            .master_key
+            .as_deref()
+            .is_some_and(|k| k.len() < 16)
+        {
+            return Err((
+                "governance.master_key".into(),
+                "must be at least 16 characters".into(),
+            ));
+        }
+        if self.governance.ledger_flush_ms == 0 {
+            return Err((
+                "governance.ledger_flush_ms".into(),
+                "must be at least 1".into(),
+            ));
         }
         for (name, model) in &self.models {
             let field = |f: &str| format!("models.{name}.{f}");

@@ -3,6 +3,7 @@
 mod assembly;
 mod backends;
 mod chat;
+mod governance;
 mod logging;
 mod models;
 mod serve;

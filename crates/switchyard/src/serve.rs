@@ -85,6 +85,7 @@ async fn serve(
     let origin = origin(config_path.as_deref());
     let assembled = assemble(&config, &origin, &Reusable::default()).await?;
     let gateway: SharedGateway = Arc::new(ArcSwap::from_pointee(assembled.gateway));
+    let governance = crate::governance::build(&config).await?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -92,6 +93,7 @@ async fn serve(
     let addr = listener.local_addr()?;
     let app = switchyard_api::router(
         gateway.clone(),
+        governance.clone(),
         &ApiConfig {
             max_body_bytes: config.max_body_bytes,
         },
@@ -125,6 +127,7 @@ async fn serve(
             listen_override,
             assembled.reusable,
             gateway.clone(),
+            governance.clone(),
         ));
     }
 
@@ -139,6 +142,8 @@ async fn serve(
         }
     };
     switchyard_api::serve(listener, app, shutdown, grace).await?;
+    // Every completed request's ledger row reaches the database before exit.
+    governance.ledger().close().await;
     if let Some(message) = failure_rx.borrow_and_update().clone() {
         bail!(message);
     }
@@ -162,6 +167,7 @@ async fn watch_config(
     listen_override: Option<SocketAddr>,
     mut reusable: Reusable,
     gateway: SharedGateway,
+    governance: Arc<switchyard_governance::Governance>,
 ) {
     #[cfg(unix)]
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -222,6 +228,7 @@ async fn watch_config(
             continue;
         }
         gateway.store(Arc::new(assembled.gateway));
+        governance.set_prices(crate::governance::prices(&next));
         reusable = assembled.reusable;
         current = next;
         info!(%reason, models = current.models.len(), routes = current.routes.len(), "configuration reloaded");

@@ -17,6 +17,7 @@ pub struct Server {
     pub url: String,
     logs: Arc<Mutex<Vec<String>>>,
     _config: Option<tempfile::NamedTempFile>,
+    _data: tempfile::TempDir,
 }
 
 /// The binary under test.
@@ -94,9 +95,13 @@ impl Server {
         env: &[(&str, &str)],
         file: Option<tempfile::NamedTempFile>,
     ) -> Server {
+        // Each server keeps its database in its own folder unless the test
+        // says where.
+        let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(path)
+            .env("SWITCHYARD_DATA_DIR", data.path())
             .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
@@ -137,6 +142,7 @@ impl Server {
             url,
             logs,
             _config: file,
+            _data: data,
         };
         server.wait_ready();
         server

@@ -1,0 +1,243 @@
+//! `/admin/...`: tenants, teams, keys, usage reports, the audit trail and
+//! budget alerts. Every handler authenticates, then hands the caller to the
+//! governance layer, which checks its role and tenant on every object.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use switchyard_governance::Caller;
+use switchyard_governance::admin::{GroupPatch, KeyPatch, NewKey, NewTeam, NewTenant};
+use switchyard_governance::switchyard_state::TimeRange;
+use switchyard_governance::switchyard_state::records::UsageGroup;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::OpenAiJson;
+use crate::governed;
+
+/// The admin API always needs a key, whether or not model calls do.
+async fn admin_caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    match governed::caller(state, headers).await? {
+        Caller::Anonymous => Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            ..ApiError::invalid_request(
+                "the admin API needs the master key or a key with the admin role: send Authorization: Bearer <key>",
+                None,
+            )
+        }
+        .with_code("invalid_api_key")),
+        caller => Ok(caller),
+    }
+}
+
+fn list<T: serde::Serialize>(items: Vec<T>) -> Response {
+    Json(serde_json::json!({"object": "list", "data": items})).into_response()
+}
+
+pub(crate) async fn create_tenant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    OpenAiJson(input): OpenAiJson<NewTenant>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    let tenant = state.governance.create_tenant(&caller, input).await?;
+    Ok((StatusCode::CREATED, Json(tenant)).into_response())
+}
+
+pub(crate) async fn list_tenants(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(list(state.governance.list_tenants(&caller).await?))
+}
+
+pub(crate) async fn get_tenant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(Json(state.governance.get_tenant(&caller, &id).await?).into_response())
+}
+
+pub(crate) async fn update_tenant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    OpenAiJson(patch): OpenAiJson<GroupPatch>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(Json(state.governance.update_tenant(&caller, &id, patch).await?).into_response())
+}
+
+pub(crate) async fn create_team(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    OpenAiJson(input): OpenAiJson<NewTeam>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    let team = state.governance.create_team(&caller, input).await?;
+    Ok((StatusCode::CREATED, Json(team)).into_response())
+}
+
+pub(crate) async fn list_teams(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(list(state.governance.list_teams(&caller).await?))
+}
+
+pub(crate) async fn get_team(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(Json(state.governance.get_team(&caller, &id).await?).into_response())
+}
+
+pub(crate) async fn update_team(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    OpenAiJson(patch): OpenAiJson<GroupPatch>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(Json(state.governance.update_team(&caller, &id, patch).await?).into_response())
+}
+
+pub(crate) async fn create_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    OpenAiJson(input): OpenAiJson<NewKey>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    let created = state.governance.create_key(&caller, input).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+pub(crate) async fn list_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(list(state.governance.list_keys(&caller).await?))
+}
+
+pub(crate) async fn get_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(Json(state.governance.get_key(&caller, &id).await?).into_response())
+}
+
+pub(crate) async fn update_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    OpenAiJson(patch): OpenAiJson<KeyPatch>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(Json(state.governance.update_key(&caller, &id, patch).await?).into_response())
+}
+
+pub(crate) async fn revoke_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(Json(state.governance.revoke_key(&caller, &id).await?).into_response())
+}
+
+/// Query of the usage report.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UsageQuery {
+    /// tenant, team, key, model or day.
+    group_by: Option<UsageGroup>,
+    /// Narrow to one tenant (the master key).
+    tenant_id: Option<String>,
+    /// Unix milliseconds, inclusive.
+    from: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    to: Option<i64>,
+}
+
+pub(crate) async fn usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text(), None))?;
+    let group = query.group_by.unwrap_or(UsageGroup::Model);
+    let range = TimeRange {
+        from: query.from,
+        to: query.to,
+    };
+    let lines = state
+        .governance
+        .usage_report(&caller, query.tenant_id.as_deref(), &range, group)
+        .await?;
+    Ok(list(lines))
+}
+
+/// Query of the audit listing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    /// One request's records.
+    request_id: Option<String>,
+    /// Narrow to one tenant (the master key).
+    tenant_id: Option<String>,
+    /// Unix milliseconds, inclusive.
+    from: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    to: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    limit: Option<u32>,
+}
+
+pub(crate) async fn audit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text(), None))?;
+    let records = match &query.request_id {
+        Some(request_id) => {
+            state
+                .governance
+                .audit_of_request(&caller, request_id)
+                .await?
+        }
+        None => {
+            let range = TimeRange {
+                from: query.from,
+                to: query.to,
+            };
+            let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+            state
+                .governance
+                .audit_records(&caller, query.tenant_id.as_deref(), &range, limit)
+                .await?
+        }
+    };
+    Ok(list(records))
+}
+
+pub(crate) async fn alerts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = admin_caller(&state, &headers).await?;
+    Ok(list(state.governance.alerts(&caller).await?))
+}

@@ -1,0 +1,294 @@
+//! The governance steps every model call takes: who is calling, may it go
+//! ahead, and, once answered, what it used.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use futures::StreamExt;
+use switchyard_core::{BackendError, ChatRequest, ChatStream, StreamEvent, Usage};
+use switchyard_governance::{Admission, Caller, GovernanceError, Outcome, RequestFacts, Tokens};
+use switchyard_orchestration::{CacheStatus, RequestContext, Routed};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Longest answer a request is assumed to ask for when it sets no
+/// `max_tokens`, for the token-limit estimate made before the call.
+const DEFAULT_OUTPUT_ESTIMATE: u64 = 256;
+
+/// The key a request presents: `Authorization: Bearer …` (OpenAI's
+/// clients), `x-api-key` (Anthropic's) or `api-key` (Azure's).
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let mut parts = value.splitn(2, ' ');
+        if let (Some(scheme), Some(token)) = (parts.next(), parts.next())
+            && scheme.eq_ignore_ascii_case("bearer")
+        {
+            return Some(token.trim());
+        }
+    }
+    ["x-api-key", "api-key"]
+        .iter()
+        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
+}
+
+/// Authenticates the request's key.
+pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    Ok(state
+        .governance
+        .authenticate(presented_key(headers))
+        .await?)
+}
+
+/// The request's id, as the request-id layer set it.
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Prompt tokens guessed from characters (about four per token in English
+/// text), plus the answer the request allows.
+pub(crate) fn estimate_chat(request: &ChatRequest) -> u64 {
+    let characters: usize = request.messages.iter().map(|m| m.text().len()).sum();
+    let prompt = u64::try_from(characters.div_ceil(4)).unwrap_or(u64::MAX);
+    let output = request
+        .max_tokens
+        .map_or(DEFAULT_OUTPUT_ESTIMATE, u64::from);
+    prompt.saturating_add(output)
+}
+
+/// Authenticates and admits a model call; ties the cache namespace and
+/// routing context to the caller's tenant.
+pub(crate) async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    context: &mut RequestContext,
+    model: &str,
+    estimated_tokens: u64,
+) -> Result<Admission, ApiError> {
+    let caller = caller(state, headers).await?;
+    if let Some(tenant) = caller.tenant_id() {
+        // Tenants never share cache entries; keys of one tenant may.
+        context.caller = format!("tenant:{tenant}");
+        context.tenant = Some(tenant.to_owned());
+    }
+    let facts = RequestFacts {
+        request_id: request_id(headers),
+        model: model.to_owned(),
+        estimated_tokens,
+    };
+    Ok(state.governance.admit(&caller, facts).await?)
+}
+
+/// `x-ratelimit-*` headers of an admitted request.
+pub(crate) fn rate_headers(admission: &Admission) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in admission.rate_headers().pairs() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    headers
+}
+
+fn tokens(usage: &Usage) -> Tokens {
+    Tokens {
+        input: u64::from(usage.prompt_tokens),
+        output: u64::from(usage.completion_tokens),
+        cached: u64::from(usage.cache_read_tokens),
+    }
+}
+
+/// What the ledger keeps of a served request.
+pub(crate) fn served<T>(routed: &Routed<T>, usage: Option<&Usage>) -> Outcome {
+    Outcome {
+        status: 200,
+        deployment: Some(routed.deployment.clone()),
+        route: Some(routed.route.clone()),
+        cache_hit: routed.cache == CacheStatus::Hit,
+        tokens: usage.map(tokens),
+        ..Outcome::default()
+    }
+}
+
+/// What the ledger keeps of a failed request.
+pub(crate) fn failed(error: &ApiError) -> Outcome {
+    Outcome {
+        status: error.status.as_u16(),
+        error: Some(error.message.clone()),
+        ..Outcome::default()
+    }
+}
+
+/// The prompt as the audit trail may keep it.
+pub(crate) fn prompt_text(request: &ChatRequest) -> String {
+    request
+        .messages
+        .iter()
+        .map(|m| format!("{}: {}", m.role.as_str(), m.text()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Passes a stream through unchanged while noting its first token, its
+/// usage and how it ended; the admission is finished when the stream
+/// ends, and recorded as abandoned (499) if the client drops it first.
+pub(crate) fn metered(
+    mut events: ChatStream,
+    mut admission: Admission,
+    mut outcome: Outcome,
+    keep_answer: bool,
+) -> ChatStream {
+    Box::pin(async_stream::stream! {
+        let mut answer = String::new();
+        while let Some(event) = events.next().await {
+            match &event {
+                Ok(StreamEvent::Delta(text)) => {
+                    admission.first_token();
+                    if keep_answer {
+                        answer.push_str(text);
+                    }
+                }
+                Ok(StreamEvent::ToolCall(_)) => admission.first_token(),
+                Ok(StreamEvent::Usage(usage)) => outcome.tokens = Some(tokens(usage)),
+                Ok(StreamEvent::Finish(_)) => {}
+                Err(error) => {
+                    let api = ApiError::from(error.clone());
+                    outcome.status = api.status.as_u16();
+                    outcome.error = Some(error.message.clone());
+                }
+            }
+            let failed = event.is_err();
+            yield event;
+            if failed {
+                break;
+            }
+        }
+        if keep_answer {
+            outcome.answer = Some(answer);
+        }
+        admission.finish(outcome);
+    })
+}
+
+impl From<GovernanceError> for ApiError {
+    fn from(error: GovernanceError) -> Self {
+        let message = error.to_string();
+        let api = |status: StatusCode, kind: &'static str, code: &str| {
+            ApiError {
+                status,
+                kind,
+                ..ApiError::invalid_request(message.clone(), None)
+            }
+            .with_code(code)
+        };
+        match error {
+            GovernanceError::Unauthenticated(_) => api(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+            ),
+            GovernanceError::Forbidden(_) => api(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "permission_denied",
+            ),
+            GovernanceError::RateLimited {
+                retry_after,
+                headers,
+                ..
+            } => {
+                let mut error = api(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
+                );
+                error.retry_after = Some(retry_after.unwrap_or(Duration::from_secs(60)));
+                error.headers = headers
+                    .pairs()
+                    .into_iter()
+                    .map(|(name, value)| (name, value))
+                    .collect();
+                error
+            }
+            GovernanceError::BudgetExceeded { retry_after, .. } => {
+                let mut error = api(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "insufficient_quota",
+                    "budget_exceeded",
+                );
+                error.retry_after = retry_after;
+                error
+            }
+            GovernanceError::NotFound(_) => {
+                api(StatusCode::NOT_FOUND, "invalid_request_error", "not_found")
+            }
+            GovernanceError::Invalid(_) => api(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_value",
+            ),
+            GovernanceError::Unavailable(_) => {
+                let mut error = api(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "governance_unavailable",
+                );
+                error.message =
+                    "the gateway cannot check keys or limits right now; try again shortly"
+                        .to_owned();
+                error.retry_after = Some(Duration::from_secs(1));
+                error
+            }
+        }
+    }
+}
+
+/// Fails a request early: records the refusal and passes the error on.
+pub(crate) fn refuse(admission: Admission, error: ApiError) -> ApiError {
+    admission.finish(failed(&error));
+    error
+}
+
+/// Maps a backend error and records it on the admission.
+pub(crate) fn backend_failure(admission: Admission, error: BackendError) -> ApiError {
+    refuse(admission, ApiError::from(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_read_from_every_header_clients_use() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer sy-abc"));
+        assert_eq!(presented_key(&headers), Some("sy-abc"));
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("bearer  sy-abc "));
+        assert_eq!(presented_key(&headers), Some("sy-abc"));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_static("sy-def"));
+        assert_eq!(presented_key(&headers), Some("sy-def"));
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Basic dXNlcg=="));
+        assert_eq!(presented_key(&headers), None);
+    }
+
+    #[test]
+    fn estimates_count_prompt_and_allowed_answer() {
+        use switchyard_core::{ChatMessage, Role};
+        let mut request =
+            ChatRequest::new("m", vec![ChatMessage::new(Role::User, "x".repeat(400))]);
+        request.max_tokens = Some(50);
+        assert_eq!(estimate_chat(&request), 150);
+        request.max_tokens = None;
+        assert_eq!(estimate_chat(&request), 100 + DEFAULT_OUTPUT_ESTIMATE);
+    }
+}

@@ -1,0 +1,796 @@
+//! Switchyard's governance layer: who is calling, what they may use, how
+//! fast and how much, and the record every request leaves.
+//!
+//! A request passes through [`Governance::authenticate`], then
+//! [`Governance::admit`] (models, budgets, concurrency, rate windows),
+//! and, once answered, [`Admission::finish`] (real usage reconciled, cost
+//! added to spend, soft alerts, ledger row and audit record queued). An
+//! admission dropped without finishing (a client that went away) still
+//! leaves its record.
+
+pub mod admin;
+mod auth;
+mod budget;
+mod error;
+pub mod keys;
+mod ledger;
+pub mod limits;
+pub mod mask;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use switchyard_state::counters::{
+    ConcurrencySlots, MemorySlots, MemorySpend, MemoryWindows, RedisCounters, SpendTotals,
+    WindowCounters, WindowDecision,
+};
+use switchyard_state::records::{AuditRow, Budget, Role, UsageRow};
+use switchyard_state::{SpendScope, SqlStore, TenantScope};
+use tracing::{info, warn};
+
+pub use auth::{Caller, KeyContext};
+pub use budget::{Price, PriceTable, Tokens, period_bounds};
+pub use error::GovernanceError;
+pub use ledger::Ledger;
+pub use limits::RateHeaders;
+pub use switchyard_state;
+
+use crate::limits::{Counted, LabelledCharge, ScopeLimits};
+
+/// Settings of the governance layer.
+#[derive(Debug, Clone)]
+pub struct GovernanceSettings {
+    /// Whether inference requests need a key.
+    pub auth_enabled: bool,
+    /// The operator's master key (admin API, every tenant).
+    pub master_key: Option<String>,
+    /// How long a looked-up key is trusted before it is read again (a
+    /// revocation reaches other instances within this time).
+    pub key_cache_ttl: Duration,
+    /// How often the ledger writes its batch.
+    pub ledger_flush: Duration,
+    /// Keep prompts in the audit trail (masked).
+    pub store_prompts: bool,
+    /// Keep answers in the audit trail (masked).
+    pub store_answers: bool,
+}
+
+impl Default for GovernanceSettings {
+    fn default() -> Self {
+        Self {
+            auth_enabled: false,
+            master_key: None,
+            key_cache_ttl: Duration::from_secs(5),
+            ledger_flush: Duration::from_millis(200),
+            store_prompts: false,
+            store_answers: false,
+        }
+    }
+}
+
+/// Where the shared counters live.
+pub struct Counters {
+    windows: Arc<dyn WindowCounters>,
+    slots: Arc<dyn ConcurrencySlots>,
+    spend: Arc<dyn SpendTotals>,
+}
+
+impl Counters {
+    /// In this process.
+    pub fn in_memory() -> Self {
+        Self {
+            windows: Arc::new(MemoryWindows::new()),
+            slots: Arc::new(MemorySlots::new()),
+            spend: Arc::new(MemorySpend::new()),
+        }
+    }
+
+    /// In Redis, shared with every instance using `url`.
+    pub async fn redis(url: &str) -> Result<Self, GovernanceError> {
+        // Slots of a crashed instance free themselves after the longest a
+        // request may take.
+        let counters =
+            RedisCounters::connect(url, "switchyard:", Duration::from_secs(15 * 60)).await?;
+        let shared = Arc::new(counters);
+        Ok(Self {
+            windows: shared.clone(),
+            slots: shared.clone(),
+            spend: shared,
+        })
+    }
+}
+
+/// The governance layer.
+pub struct Governance {
+    settings: GovernanceSettings,
+    store: SqlStore,
+    counters: Counters,
+    key_cache: moka::future::Cache<String, Arc<KeyContext>>,
+    ledger: Ledger,
+    prices: RwLock<Arc<PriceTable>>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What admission needs to know of a request.
+#[derive(Debug, Clone)]
+pub struct RequestFacts {
+    /// `x-request-id`.
+    pub request_id: String,
+    /// The public model name asked for.
+    pub model: String,
+    /// Tokens the request is expected to use (prompt estimate plus the
+    /// output it allows), charged to token windows until the real usage
+    /// is known.
+    pub estimated_tokens: u64,
+}
+
+impl Governance {
+    /// A governance layer over `store` and `counters`; starts the ledger
+    /// writer on the current runtime.
+    pub fn new(settings: GovernanceSettings, store: SqlStore, counters: Counters) -> Arc<Self> {
+        let ledger = Ledger::start(store.clone(), settings.ledger_flush);
+        Arc::new(Self {
+            key_cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(settings.key_cache_ttl)
+                .build(),
+            settings,
+            store,
+            counters,
+            ledger,
+            prices: RwLock::new(Arc::new(PriceTable::default())),
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &GovernanceSettings {
+        &self.settings
+    }
+
+    /// The store (for the admin API and reports).
+    pub fn store(&self) -> &SqlStore {
+        &self.store
+    }
+
+    /// The ledger writer.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Replaces the price table (at start-up and on configuration reload).
+    pub fn set_prices(&self, prices: PriceTable) {
+        *self
+            .prices
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(prices);
+    }
+
+    fn prices(&self) -> Arc<PriceTable> {
+        self.prices
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Forgets a cached key so a change to it applies at once here.
+    pub async fn forget_key(&self, key_id: &str) {
+        self.key_cache.invalidate(key_id).await;
+    }
+
+    /// Forgets every cached key (after a tenant or team changed).
+    pub fn forget_all_keys(&self) {
+        self.key_cache.invalidate_all();
+    }
+
+    /// Who presents `token` (a bearer token or `x-api-key` value).
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller, GovernanceError> {
+        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            return if self.settings.auth_enabled {
+                Err(GovernanceError::Unauthenticated(
+                    "no API key: send Authorization: Bearer <key> or x-api-key: <key>".to_owned(),
+                ))
+            } else {
+                Ok(Caller::Anonymous)
+            };
+        };
+        if let Some(master) = &self.settings.master_key
+            && keys::same_secret(token, master)
+        {
+            return Ok(Caller::Master);
+        }
+        let Some(presented) = keys::parse(token) else {
+            // With authentication off, a foreign key (e.g. a provider key a
+            // client sends out of habit) does not stand in the way.
+            return if self.settings.auth_enabled {
+                Err(GovernanceError::Unauthenticated(
+                    "invalid API key".to_owned(),
+                ))
+            } else {
+                Ok(Caller::Anonymous)
+            };
+        };
+        let now = now_ms();
+        let context = match self.key_cache.get(presented.id).await {
+            Some(context) => {
+                if !keys::verify(presented.secret, &context.key.secret_hash) {
+                    return Err(GovernanceError::Unauthenticated(
+                        "invalid API key".to_owned(),
+                    ));
+                }
+                auth::usable(&context, now)?;
+                context
+            }
+            None => {
+                let context = auth::load_key(&self.store, &presented, now).await?;
+                self.key_cache
+                    .insert(presented.id.to_owned(), context.clone())
+                    .await;
+                context
+            }
+        };
+        Ok(Caller::Key(context))
+    }
+
+    /// Checks that `caller` may send `facts` now, and takes what the
+    /// request uses (rate windows, a concurrency slot).
+    pub async fn admit(
+        self: &Arc<Self>,
+        caller: &Caller,
+        facts: RequestFacts,
+    ) -> Result<Admission, GovernanceError> {
+        let started = Instant::now();
+        let at = now_ms();
+        let row_id = uuid::Uuid::new_v4().simple().to_string();
+        let mut decisions = vec![json!({"step": "authenticate", "as": caller.describe()})];
+        let mut admission = Admission {
+            governance: self.clone(),
+            row_id,
+            facts,
+            caller: caller.clone(),
+            at,
+            started,
+            decisions: Vec::new(),
+            token_charges: Vec::new(),
+            slot_keys: Vec::new(),
+            budget_keys: Vec::new(),
+            rate_headers: RateHeaders::default(),
+            first_token: None,
+            finished: false,
+        };
+        let Caller::Key(context) = caller else {
+            admission.decisions = decisions;
+            return Ok(admission);
+        };
+        let model = admission.facts.model.clone();
+        let refuse = |admission: &mut Admission,
+                      decisions: Vec<serde_json::Value>,
+                      error: GovernanceError| {
+            admission.decisions = decisions;
+            admission.refuse(&error);
+            Err(error)
+        };
+
+        if context.key.role == Role::ReadOnly {
+            decisions.push(json!({"step": "role", "allowed": false, "role": "read_only"}));
+            let error = GovernanceError::Forbidden(
+                "this API key is read-only: it may list models but not call them".to_owned(),
+            );
+            return refuse(&mut admission, decisions, error);
+        }
+        if let Some(allowed) = &context.key.allowed_models
+            && !allowed.iter().any(|m| m == &model)
+        {
+            decisions.push(json!({"step": "models", "allowed": false, "model": model}));
+            let error = GovernanceError::Forbidden(format!(
+                "this API key may not use model {model:?}; allowed: {}",
+                allowed.join(", ")
+            ));
+            return refuse(&mut admission, decisions, error);
+        }
+        decisions.push(json!({"step": "models", "allowed": true, "model": model}));
+
+        // Budgets: refuse once spent. Spend is added as requests finish,
+        // so the overshoot is at most what the requests in flight cost.
+        let budgets = budgets_of(context);
+        for (scope, id, budget) in &budgets {
+            let bounds = period_bounds(budget.period, at);
+            let key = spend_key(*scope, id, bounds.start);
+            let spent = match self.spent(&key, *scope, id, bounds, at).await {
+                Ok(spent) => spent,
+                Err(error) => return refuse(&mut admission, decisions, error),
+            };
+            let over = spent >= budget.limit_usd;
+            decisions.push(json!({
+                "step": "budget", "scope": scope.as_str(), "id": id,
+                "spent_usd": spent, "limit_usd": budget.limit_usd, "allowed": !over,
+            }));
+            if over {
+                let error = GovernanceError::BudgetExceeded {
+                    message: format!(
+                        "the {} budget of {id} is spent (${spent:.4} of ${:.4}, {:?})",
+                        scope.as_str(),
+                        budget.limit_usd,
+                        budget.period
+                    ),
+                    retry_after: bounds.remaining(at),
+                };
+                return refuse(&mut admission, decisions, error);
+            }
+            admission.budget_keys.push(BudgetKey {
+                key,
+                scope: *scope,
+                id: id.clone(),
+                tenant_id: context.tenant.id.clone(),
+                budget: budget.clone(),
+                period_start: bounds.start,
+            });
+        }
+
+        let scopes = scopes_of(context);
+        let slots = limits::slots(&scopes);
+        if !slots.is_empty() {
+            let keys: Vec<(String, u64)> = slots.iter().map(|(k, l, _)| (k.clone(), *l)).collect();
+            let full = match self.counters.slots.acquire(&admission.row_id, &keys).await {
+                Ok(full) => full,
+                Err(error) => return refuse(&mut admission, decisions, error.into()),
+            };
+            if let Some(index) = full {
+                let (_, limit, label) = &slots[index];
+                decisions.push(json!({"step": "concurrency", "scope": label, "limit": limit, "allowed": false}));
+                let error = GovernanceError::RateLimited {
+                    message: format!("{label} already has {limit} requests in flight"),
+                    retry_after: Some(Duration::from_secs(1)),
+                    headers: Box::default(),
+                };
+                return refuse(&mut admission, decisions, error);
+            }
+            admission.slot_keys = keys.into_iter().map(|(k, _)| k).collect();
+            decisions.push(json!({"step": "concurrency", "allowed": true}));
+        }
+
+        let charges = limits::charges(&scopes, &model, admission.facts.estimated_tokens);
+        if !charges.is_empty() {
+            let plain: Vec<_> = charges.iter().map(|c| c.charge.clone()).collect();
+            let decision = match self
+                .counters
+                .windows
+                .charge(&admission.row_id, &plain)
+                .await
+            {
+                Ok(decision) => decision,
+                Err(error) => return refuse(&mut admission, decisions, error.into()),
+            };
+            match decision {
+                WindowDecision::Admitted(states) => {
+                    admission.rate_headers = RateHeaders::from_states(&charges, &states);
+                    admission.token_charges = charges
+                        .iter()
+                        .filter(|c| c.counted == Counted::Tokens)
+                        .map(|c| (c.charge.key.clone(), c.charge.amount))
+                        .collect();
+                    decisions.push(json!({"step": "rate_limits", "allowed": true, "windows": windows_json(&charges, &states)}));
+                }
+                WindowDecision::Refused {
+                    index,
+                    retry_after,
+                    states,
+                } => {
+                    let charge = &charges[index];
+                    decisions.push(json!({"step": "rate_limits", "allowed": false, "exceeded": charge.scope, "windows": windows_json(&charges, &states)}));
+                    let what = match charge.counted {
+                        Counted::Requests => "requests",
+                        Counted::Tokens => "tokens",
+                    };
+                    let message = match retry_after {
+                        Some(wait) => format!(
+                            "rate limit reached for {}: {} {what} per minute; try again in {}",
+                            charge.scope,
+                            charge.charge.limit,
+                            limits::go_duration(wait)
+                        ),
+                        None => format!(
+                            "this request needs about {} tokens, more than the {} tokens per minute {} allows",
+                            charge.charge.amount, charge.charge.limit, charge.scope
+                        ),
+                    };
+                    let error = GovernanceError::RateLimited {
+                        message,
+                        retry_after,
+                        headers: Box::new(RateHeaders::from_states(&charges, &states)),
+                    };
+                    return refuse(&mut admission, decisions, error);
+                }
+            }
+        }
+        admission.decisions = decisions;
+        Ok(admission)
+    }
+
+    /// A scope's spend in the current period: the shared total, seeded
+    /// from the ledger the first time it is needed.
+    async fn spent(
+        &self,
+        key: &str,
+        scope: SpendScope,
+        id: &str,
+        bounds: budget::PeriodBounds,
+        now: i64,
+    ) -> Result<f64, GovernanceError> {
+        let keys = [key.to_owned()];
+        if let Some(Some(total)) = self.counters.spend.get(&keys).await?.first() {
+            return Ok(*total);
+        }
+        self.ledger.flush().await;
+        let total = self.store.spend_since(scope, id, bounds.start).await?;
+        // A total budget has no period end; its counter is re-read from
+        // the ledger once a day.
+        let ttl =
+            bounds.remaining(now).unwrap_or(Duration::from_secs(86_400)) + Duration::from_secs(60);
+        self.counters.spend.seed(key, total, ttl).await?;
+        let current = self.counters.spend.get(&keys).await?;
+        Ok(current.first().copied().flatten().unwrap_or(total))
+    }
+
+    /// Spend, keys, usage and audit of one tenant, or of all for the master.
+    pub fn scope_of(caller: &Caller) -> TenantScope {
+        caller.scope()
+    }
+}
+
+/// The budgets that apply to a key: its own, its team's, its tenant's.
+fn budgets_of(context: &KeyContext) -> Vec<(SpendScope, String, Budget)> {
+    let mut out = Vec::new();
+    if let Some(budget) = &context.key.budget {
+        out.push((SpendScope::Key, context.key.id.clone(), budget.clone()));
+    }
+    if let Some(team) = &context.team
+        && let Some(budget) = &team.budget
+    {
+        out.push((SpendScope::Team, team.id.clone(), budget.clone()));
+    }
+    if let Some(budget) = &context.tenant.budget {
+        out.push((
+            SpendScope::Tenant,
+            context.tenant.id.clone(),
+            budget.clone(),
+        ));
+    }
+    out
+}
+
+fn scopes_of(context: &KeyContext) -> Vec<ScopeLimits<'_>> {
+    let mut scopes = vec![ScopeLimits {
+        kind: "key",
+        id: &context.key.id,
+        limits: &context.key.limits,
+    }];
+    if let Some(team) = &context.team {
+        scopes.push(ScopeLimits {
+            kind: "team",
+            id: &team.id,
+            limits: &team.limits,
+        });
+    }
+    scopes.push(ScopeLimits {
+        kind: "tenant",
+        id: &context.tenant.id,
+        limits: &context.tenant.limits,
+    });
+    scopes
+}
+
+fn spend_key(scope: SpendScope, id: &str, period_start: i64) -> String {
+    format!("spend:{}:{id}:{period_start}", scope.as_str())
+}
+
+fn windows_json(
+    charges: &[LabelledCharge],
+    states: &[switchyard_state::counters::WindowState],
+) -> Vec<serde_json::Value> {
+    charges
+        .iter()
+        .zip(states)
+        .map(|(c, s)| {
+            json!({
+                "scope": c.scope,
+                "counted": match c.counted { Counted::Requests => "requests", Counted::Tokens => "tokens" },
+                "limit": s.limit,
+                "remaining": s.remaining,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+struct BudgetKey {
+    key: String,
+    scope: SpendScope,
+    id: String,
+    tenant_id: String,
+    budget: Budget,
+    period_start: i64,
+}
+
+/// How a request ended, for its ledger row and audit record.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// HTTP status sent (or 499 when the client left).
+    pub status: u16,
+    /// The deployment that answered.
+    pub deployment: Option<String>,
+    /// The route taken.
+    pub route: Option<String>,
+    /// Served from the response cache.
+    pub cache_hit: bool,
+    /// Real token counts, when the answer reported them.
+    pub tokens: Option<Tokens>,
+    /// The error, when the request failed.
+    pub error: Option<String>,
+    /// The prompt (kept masked, when the configuration says so).
+    pub prompt: Option<String>,
+    /// The answer (kept masked, when the configuration says so).
+    pub answer: Option<String>,
+    /// Further steps of the decision path (route choice, fallbacks).
+    pub decisions: Vec<serde_json::Value>,
+}
+
+/// An admitted request: what it holds, until it finishes.
+pub struct Admission {
+    governance: Arc<Governance>,
+    row_id: String,
+    facts: RequestFacts,
+    caller: Caller,
+    at: i64,
+    started: Instant,
+    decisions: Vec<serde_json::Value>,
+    token_charges: Vec<(String, u64)>,
+    slot_keys: Vec<String>,
+    budget_keys: Vec<BudgetKey>,
+    rate_headers: RateHeaders,
+    first_token: Option<Duration>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("request_id", &self.facts.request_id)
+            .field("caller", &self.caller.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// The caller.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// The `x-ratelimit-*` values to send.
+    pub fn rate_headers(&self) -> &RateHeaders {
+        &self.rate_headers
+    }
+
+    /// Notes that the first token went out now.
+    pub fn first_token(&mut self) {
+        if self.first_token.is_none() {
+            self.first_token = Some(self.started.elapsed());
+        }
+    }
+
+    /// Records a request refused at admission (its status from the error).
+    fn refuse(&mut self, error: &GovernanceError) {
+        let status = match error {
+            GovernanceError::Unauthenticated(_) => 401,
+            GovernanceError::Forbidden(_) => 403,
+            GovernanceError::RateLimited { .. } | GovernanceError::BudgetExceeded { .. } => 429,
+            GovernanceError::NotFound(_) => 404,
+            GovernanceError::Invalid(_) => 400,
+            GovernanceError::Unavailable(_) => 503,
+        };
+        self.record(Outcome {
+            status,
+            error: Some(error.to_string()),
+            ..Outcome::default()
+        });
+    }
+
+    /// Records how the request ended: reconciles token windows with the
+    /// real usage, adds its cost to spend, raises budget alerts, gives back
+    /// its concurrency slots, and queues its ledger row and audit record.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.record(outcome);
+    }
+
+    fn record(&mut self, outcome: Outcome) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let governance = self.governance.clone();
+        let tokens = outcome.tokens.unwrap_or_default();
+        let deployment = outcome
+            .deployment
+            .clone()
+            .unwrap_or_else(|| self.facts.model.clone());
+        let cost = if outcome.cache_hit {
+            0.0
+        } else {
+            governance.prices().cost(&deployment, tokens)
+        };
+        let latency = self.started.elapsed();
+        let settings = &governance.settings;
+        let mut decisions = std::mem::take(&mut self.decisions);
+        decisions.extend(outcome.decisions.iter().cloned());
+        if outcome.cache_hit {
+            decisions.push(json!({"step": "cache", "status": "hit"}));
+        }
+        if let Some(route) = &outcome.route {
+            decisions
+                .push(json!({"step": "route", "route": route, "deployment": outcome.deployment}));
+        }
+        if let Some(error) = &outcome.error {
+            decisions.push(
+                json!({"step": "error", "status": outcome.status, "message": mask::mask(error)}),
+            );
+        }
+        decisions.push(json!({"step": "usage", "input_tokens": tokens.input, "output_tokens": tokens.output, "cost_usd": cost}));
+        let usage = UsageRow {
+            id: self.row_id.clone(),
+            request_id: self.facts.request_id.clone(),
+            at: self.at,
+            tenant_id: self.caller.tenant_id().map(str::to_owned),
+            team_id: self.caller.team_id().map(str::to_owned),
+            key_id: self.caller.key_id().map(str::to_owned),
+            model: self.facts.model.clone(),
+            deployment: outcome.deployment.clone(),
+            route: outcome.route.clone(),
+            cache_hit: outcome.cache_hit,
+            status: outcome.status,
+            input_tokens: tokens.input,
+            output_tokens: tokens.output,
+            cached_tokens: tokens.cached,
+            cost,
+            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+            ttft_ms: self
+                .first_token
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let audit = AuditRow {
+            id: self.row_id.clone(),
+            request_id: self.facts.request_id.clone(),
+            at: self.at,
+            tenant_id: usage.tenant_id.clone(),
+            key_id: usage.key_id.clone(),
+            status: outcome.status,
+            decisions,
+            prompt: outcome
+                .prompt
+                .as_deref()
+                .filter(|_| settings.store_prompts)
+                .map(|p| mask::mask(p).into_owned()),
+            answer: outcome
+                .answer
+                .as_deref()
+                .filter(|_| settings.store_answers)
+                .map(|a| mask::mask(a).into_owned()),
+        };
+        info!(
+            request_id = %usage.request_id,
+            tenant = usage.tenant_id.as_deref().unwrap_or("-"),
+            key = usage.key_id.as_deref().unwrap_or("-"),
+            model = %usage.model,
+            status = usage.status,
+            input_tokens = usage.input_tokens,
+            output_tokens = usage.output_tokens,
+            cost_usd = usage.cost,
+            latency_ms = usage.latency_ms,
+            "usage"
+        );
+        let slot_keys = std::mem::take(&mut self.slot_keys);
+        let token_charges = std::mem::take(&mut self.token_charges);
+        let budget_keys = std::mem::take(&mut self.budget_keys);
+        let row_id = self.row_id.clone();
+        let counted = outcome.tokens.is_some() || outcome.status >= 400;
+        let actual = tokens.total();
+        // Spend reaches the shared totals before the ledger row is queued,
+        // so the next admission already sees it.
+        let settle = async move {
+            if !slot_keys.is_empty()
+                && let Err(error) = governance.counters.slots.release(&row_id, &slot_keys).await
+            {
+                warn!(%error, "cannot release concurrency slots; their lease will");
+            }
+            if counted {
+                for (key, charged) in &token_charges {
+                    if let Err(error) = governance
+                        .counters
+                        .windows
+                        .adjust(&row_id, key, *charged, actual)
+                        .await
+                    {
+                        warn!(%error, "cannot reconcile a token window");
+                    }
+                }
+            }
+            if cost > 0.0 && !budget_keys.is_empty() {
+                governance.add_spend(&budget_keys, cost).await;
+            }
+            governance.ledger.record(usage, audit);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(settle);
+            }
+            Err(_) => warn!("no runtime to record a request on; its usage row is lost"),
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        // A request dropped unfinished is one whose client went away.
+        self.record(Outcome {
+            status: 499,
+            error: Some("the client closed the connection".to_owned()),
+            ..Outcome::default()
+        });
+    }
+}
+
+impl Governance {
+    async fn add_spend(&self, budget_keys: &[BudgetKey], cost: f64) {
+        let keys: Vec<String> = budget_keys.iter().map(|b| b.key.clone()).collect();
+        let totals = match self.counters.spend.add(&keys, cost).await {
+            Ok(totals) => totals,
+            Err(error) => {
+                warn!(%error, "cannot add to spend totals; budgets re-read the ledger");
+                return;
+            }
+        };
+        for (budget_key, total) in budget_keys.iter().zip(totals) {
+            let Some(total) = total else { continue };
+            let before = total - cost;
+            for &threshold in &budget_key.budget.alert_at {
+                let line = threshold * budget_key.budget.limit_usd;
+                if before < line && total >= line {
+                    self.raise_alert(budget_key, threshold, total).await;
+                }
+            }
+        }
+    }
+
+    async fn raise_alert(&self, budget_key: &BudgetKey, threshold: f64, spent: f64) {
+        let alert = switchyard_state::records::BudgetAlert {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            at: now_ms(),
+            tenant_id: budget_key.tenant_id.clone(),
+            scope: budget_key.scope.as_str().to_owned(),
+            scope_id: budget_key.id.clone(),
+            period_start: budget_key.period_start,
+            threshold,
+            spent,
+            budget_limit: budget_key.budget.limit_usd,
+        };
+        match self.store.insert_alert(&alert).await {
+            Ok(true) => warn!(
+                scope = %alert.scope,
+                id = %alert.scope_id,
+                tenant = %alert.tenant_id,
+                threshold,
+                spent_usd = spent,
+                limit_usd = alert.budget_limit,
+                "budget alert: threshold crossed"
+            ),
+            Ok(false) => {}
+            Err(error) => warn!(%error, "cannot record a budget alert"),
+        }
+    }
+}

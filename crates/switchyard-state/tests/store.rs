@@ -1,0 +1,387 @@
+//! The store against both real databases: an embedded SQLite file always,
+//! and the PostgreSQL named by `SWITCHYARD_TEST_DATABASE_URL` (set by
+//! `make test`; when it is set and unreachable the tests fail).
+
+use std::collections::BTreeMap;
+
+use switchyard_state::records::{
+    ApiKey, AuditRow, Budget, BudgetAlert, BudgetPeriod, Limits, Role, Team, Tenant, UsageGroup,
+    UsageRow,
+};
+use switchyard_state::testing::{POSTGRES_ENV, fresh_postgres_schema};
+use switchyard_state::{DatabaseKind, SpendScope, SqlStore, TenantScope, TimeRange};
+
+/// One store per database available; the folder keeps the SQLite file.
+async fn stores() -> Vec<(SqlStore, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqlStore::connect(&switchyard_state::sqlite_url(dir.path()))
+        .await
+        .unwrap();
+    assert_eq!(sqlite.kind(), DatabaseKind::Sqlite);
+    let mut stores = vec![(sqlite, Some(dir))];
+    match std::env::var(POSTGRES_ENV) {
+        Ok(url) => {
+            let url = fresh_postgres_schema(&url)
+                .await
+                .unwrap_or_else(|e| panic!("{POSTGRES_ENV} is set but unusable: {e}"));
+            let postgres = SqlStore::connect(&url).await.unwrap();
+            assert_eq!(postgres.kind(), DatabaseKind::Postgres);
+            stores.push((postgres, None));
+        }
+        Err(_) => eprintln!("{POSTGRES_ENV} not set: PostgreSQL half skipped"),
+    }
+    stores
+}
+
+fn tenant(id: &str) -> Tenant {
+    Tenant {
+        id: id.into(),
+        name: format!("{id} inc"),
+        disabled: false,
+        limits: Limits {
+            rpm: Some(100),
+            ..Limits::default()
+        },
+        budget: Some(Budget {
+            limit_usd: 10.0,
+            period: BudgetPeriod::Monthly,
+            alert_at: vec![0.5, 0.9],
+        }),
+        metadata: BTreeMap::from([("tier".into(), serde_json::json!("gold"))]),
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn team(id: &str, tenant_id: &str) -> Team {
+    Team {
+        id: id.into(),
+        tenant_id: tenant_id.into(),
+        name: "search".into(),
+        disabled: false,
+        limits: Limits::default(),
+        budget: None,
+        metadata: BTreeMap::new(),
+        created_at: 2,
+        updated_at: 2,
+    }
+}
+
+fn key(id: &str, tenant_id: &str, team_id: Option<&str>) -> ApiKey {
+    ApiKey {
+        id: id.into(),
+        tenant_id: tenant_id.into(),
+        team_id: team_id.map(Into::into),
+        name: "ci".into(),
+        secret_hash: "ab".repeat(32),
+        role: Role::Member,
+        allowed_models: Some(vec!["gpt-4o-mini".into()]),
+        limits: Limits::default(),
+        budget: None,
+        metadata: BTreeMap::new(),
+        expires_at: Some(99),
+        disabled: false,
+        created_at: 3,
+        updated_at: 3,
+    }
+}
+
+fn usage(id: &str, tenant: &str, key: &str, model: &str, at: i64, cost: f64) -> UsageRow {
+    UsageRow {
+        id: id.into(),
+        request_id: format!("req-{id}"),
+        at,
+        tenant_id: Some(tenant.into()),
+        team_id: None,
+        key_id: Some(key.into()),
+        model: model.into(),
+        deployment: Some(model.into()),
+        route: Some(model.into()),
+        cache_hit: false,
+        status: 200,
+        input_tokens: 10,
+        output_tokens: 5,
+        cached_tokens: 2,
+        cost,
+        latency_ms: 12,
+        ttft_ms: Some(3),
+    }
+}
+
+fn audit(id: &str, tenant: &str, at: i64) -> AuditRow {
+    AuditRow {
+        id: id.into(),
+        request_id: format!("req-{id}"),
+        at,
+        tenant_id: Some(tenant.into()),
+        key_id: None,
+        status: 200,
+        decisions: vec![serde_json::json!({"step": "authenticate"})],
+        prompt: Some("hello [EMAIL]".into()),
+        answer: None,
+    }
+}
+
+#[tokio::test]
+async fn tenants_teams_and_keys_round_trip_and_stay_in_their_tenant() {
+    for (store, _dir) in stores().await {
+        let kind = store.kind();
+        store.insert_tenant(&tenant("ten_a")).await.unwrap();
+        store.insert_tenant(&tenant("ten_b")).await.unwrap();
+        store.insert_team(&team("team_a", "ten_a")).await.unwrap();
+        store
+            .insert_key(&key("key_a", "ten_a", Some("team_a")))
+            .await
+            .unwrap();
+        store
+            .insert_key(&key("key_b", "ten_b", None))
+            .await
+            .unwrap();
+
+        let all = TenantScope::All;
+        let a = TenantScope::Tenant("ten_a".into());
+        let b = TenantScope::Tenant("ten_b".into());
+        assert_eq!(
+            store.tenant(&all, "ten_a").await.unwrap(),
+            Some(tenant("ten_a")),
+            "{kind:?}"
+        );
+        assert_eq!(
+            store.key(&a, "key_a").await.unwrap(),
+            Some(key("key_a", "ten_a", Some("team_a")))
+        );
+        assert_eq!(store.tenants(&all).await.unwrap().len(), 2);
+
+        // Another tenant's objects do not exist for a tenant's scope.
+        assert_eq!(store.tenant(&b, "ten_a").await.unwrap(), None);
+        assert_eq!(store.team(&b, "team_a").await.unwrap(), None);
+        assert_eq!(store.key(&b, "key_a").await.unwrap(), None);
+        assert_eq!(store.tenants(&b).await.unwrap().len(), 1);
+        assert!(store.teams(&b).await.unwrap().is_empty());
+        let keys_of_b: Vec<_> = store
+            .keys(&b)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(keys_of_b, ["key_b"]);
+
+        // ...and cannot be changed through it.
+        let mut revoked = key("key_a", "ten_a", Some("team_a"));
+        revoked.disabled = true;
+        assert!(!store.update_key(&b, &revoked).await.unwrap());
+        assert!(!store.key(&all, "key_a").await.unwrap().unwrap().disabled);
+        assert!(store.update_key(&a, &revoked).await.unwrap());
+        assert!(store.key(&all, "key_a").await.unwrap().unwrap().disabled);
+        let mut renamed = team("team_a", "ten_a");
+        renamed.name = "renamed".into();
+        assert!(!store.update_team(&b, &renamed).await.unwrap());
+        assert!(store.update_team(&a, &renamed).await.unwrap());
+        let mut disabled = tenant("ten_a");
+        disabled.disabled = true;
+        assert!(!store.update_tenant(&b, &disabled).await.unwrap());
+        assert!(store.update_tenant(&all, &disabled).await.unwrap());
+        assert!(store.tenant(&all, "ten_a").await.unwrap().unwrap().disabled);
+
+        // A key must belong to an existing tenant.
+        assert!(
+            store
+                .insert_key(&key("key_x", "ten_missing", None))
+                .await
+                .is_err()
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_is_idempotent_reports_group_and_spend_adds_up() {
+    for (store, _dir) in stores().await {
+        let day = 86_400_000;
+        let rows = vec![
+            usage("1", "ten_a", "key_a", "gpt", 10 * day + 5, 0.25),
+            usage("2", "ten_a", "key_a", "claude", 10 * day + 6, 0.5),
+            usage("3", "ten_a", "key_c", "gpt", 11 * day + 1, 1.0),
+            usage("4", "ten_b", "key_b", "gpt", 11 * day + 2, 2.0),
+        ];
+        let audits = vec![
+            audit("1", "ten_a", 10 * day + 5),
+            audit("4", "ten_b", 11 * day + 2),
+        ];
+        store.append(&rows, &audits).await.unwrap();
+        // A retried batch adds nothing.
+        store.append(&rows, &audits).await.unwrap();
+        assert_eq!(store.usage_count(&TenantScope::All).await.unwrap(), 4);
+
+        let a = TenantScope::Tenant("ten_a".into());
+        let by_model = store
+            .usage_report(&a, &TimeRange::default(), UsageGroup::Model)
+            .await
+            .unwrap();
+        assert_eq!(by_model.len(), 2);
+        let gpt = by_model
+            .iter()
+            .find(|l| l.group.as_deref() == Some("gpt"))
+            .unwrap();
+        assert_eq!(
+            (
+                gpt.requests,
+                gpt.input_tokens,
+                gpt.output_tokens,
+                gpt.cached_tokens
+            ),
+            (2, 20, 10, 4)
+        );
+        assert!((gpt.cost - 1.25).abs() < 1e-9);
+
+        let by_day = store
+            .usage_report(&TenantScope::All, &TimeRange::default(), UsageGroup::Day)
+            .await
+            .unwrap();
+        let days: Vec<_> = by_day
+            .iter()
+            .map(|l| (l.group.clone().unwrap(), l.requests))
+            .collect();
+        assert_eq!(
+            days,
+            [("1970-01-11".to_owned(), 2), ("1970-01-12".to_owned(), 2)]
+        );
+
+        let range = TimeRange {
+            from: Some(11 * day),
+            to: None,
+        };
+        let by_key = store
+            .usage_report(&TenantScope::All, &range, UsageGroup::Key)
+            .await
+            .unwrap();
+        assert_eq!(by_key.len(), 2);
+
+        assert!(
+            (store
+                .spend_since(SpendScope::Key, "key_a", 0)
+                .await
+                .unwrap()
+                - 0.75)
+                .abs()
+                < 1e-9
+        );
+        assert!(
+            (store
+                .spend_since(SpendScope::Tenant, "ten_a", 11 * day)
+                .await
+                .unwrap()
+                - 1.0)
+                .abs()
+                < 1e-9
+        );
+        assert_eq!(
+            store
+                .spend_since(SpendScope::Team, "none", 0)
+                .await
+                .unwrap(),
+            0.0
+        );
+
+        // Audit records by request id and by time, inside the tenant only.
+        assert_eq!(store.audit_of_request(&a, "req-1").await.unwrap().len(), 1);
+        assert!(
+            store
+                .audit_of_request(&a, "req-4")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let record = &store
+            .audit_of_request(&TenantScope::All, "req-4")
+            .await
+            .unwrap()[0];
+        assert_eq!(
+            record.decisions,
+            vec![serde_json::json!({"step": "authenticate"})]
+        );
+        assert_eq!(record.prompt.as_deref(), Some("hello [EMAIL]"));
+        let listed = store
+            .audit_records(&TenantScope::All, &TimeRange::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].request_id, "req-4", "newest first");
+        assert_eq!(
+            store.usage_of_request(&a, "req-2").await.unwrap()[0],
+            rows[1]
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn an_alert_is_recorded_once_per_threshold_and_period() {
+    for (store, _dir) in stores().await {
+        let alert = BudgetAlert {
+            id: "al1".into(),
+            at: 5,
+            tenant_id: "ten_a".into(),
+            scope: "key".into(),
+            scope_id: "key_a".into(),
+            period_start: 0,
+            threshold: 0.8,
+            spent: 8.1,
+            budget_limit: 10.0,
+        };
+        assert!(store.insert_alert(&alert).await.unwrap());
+        let again = BudgetAlert {
+            id: "al2".into(),
+            ..alert.clone()
+        };
+        assert!(!store.insert_alert(&again).await.unwrap());
+        let next_period = BudgetAlert {
+            id: "al3".into(),
+            period_start: 100,
+            ..alert.clone()
+        };
+        assert!(store.insert_alert(&next_period).await.unwrap());
+        assert_eq!(
+            store
+                .alerts(&TenantScope::Tenant("ten_a".into()))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(
+            store
+                .alerts(&TenantScope::Tenant("ten_b".into()))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_and_migrations_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = switchyard_state::sqlite_url(&dir.path().join("nested"));
+    let store = SqlStore::connect(&url).await.unwrap();
+    store.insert_tenant(&tenant("ten_a")).await.unwrap();
+    store.close().await;
+    let reopened = SqlStore::connect(&url).await.unwrap();
+    assert_eq!(reopened.tenants(&TenantScope::All).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_url_is_a_clear_error() {
+    let error = SqlStore::connect("mysql://x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("sqlite:// or postgres://"), "{error}");
+    let error = SqlStore::connect("postgres://u:secret@127.0.0.1:1/x")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(!error.contains("secret"), "{error}");
+}

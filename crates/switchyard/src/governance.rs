@@ -1,0 +1,95 @@
+//! The governance layer as the configuration asks for it: the store
+//! (SQLite in the data folder unless `database_url` says otherwise), the
+//! shared counters (Redis when `redis_url` is set), and the price table.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use switchyard_config::Config;
+use switchyard_governance::switchyard_state::{SqlStore, redact_url, sqlite_url};
+use switchyard_governance::{Counters, Governance, GovernanceSettings, Price, PriceTable};
+use tracing::{info, warn};
+
+/// `$SWITCHYARD_DATA_DIR`, else `$XDG_DATA_HOME/switchyard`, else
+/// `~/.local/share/switchyard`.
+pub fn data_dir() -> anyhow::Result<PathBuf> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = non_empty("SWITCHYARD_DATA_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = non_empty("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(dir).join("switchyard"));
+    }
+    match non_empty("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/switchyard")),
+        None => bail!("cannot find a data folder: set SWITCHYARD_DATA_DIR, XDG_DATA_HOME or HOME"),
+    }
+}
+
+/// Prices of the configured models that have one.
+pub fn prices(config: &Config) -> PriceTable {
+    PriceTable::new(
+        config
+            .models
+            .iter()
+            .filter_map(|(name, model)| {
+                model.pricing().map(|p| {
+                    (
+                        name.clone(),
+                        Price {
+                            input: p.input,
+                            output: p.output,
+                            cached_input: p.cached_input,
+                        },
+                    )
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Opens the store and counters and starts the ledger writer.
+pub async fn build(config: &Config) -> anyhow::Result<Arc<Governance>> {
+    let url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => sqlite_url(&data_dir()?),
+    };
+    let store = SqlStore::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
+    let counters = match &config.redis_url {
+        Some(redis) => Counters::redis(redis)
+            .await
+            .with_context(|| format!("cannot reach Redis at {}", redact_url(redis)))?,
+        None => Counters::in_memory(),
+    };
+    let settings = &config.governance;
+    if settings.auth {
+        if settings.master_key.is_none() {
+            warn!(
+                "authentication is on but no master key is set: existing keys work, and the admin API accepts admin keys only"
+            );
+        }
+    } else {
+        info!(
+            "authentication is off: model calls need no key (set governance.auth = true to require one)"
+        );
+    }
+    let governance = Governance::new(
+        GovernanceSettings {
+            auth_enabled: settings.auth,
+            master_key: settings.master_key.clone(),
+            key_cache_ttl: Duration::from_millis(settings.key_cache_ms),
+            ledger_flush: Duration::from_millis(settings.ledger_flush_ms),
+            store_prompts: settings.store_prompts,
+            store_answers: settings.store_answers,
+        },
+        store,
+        counters,
+    );
+    governance.set_prices(prices(config));
+    info!(database = %redact_url(&url), shared_counters = config.redis_url.is_some(), "governance ready");
+    Ok(governance)
+}
