@@ -36,7 +36,7 @@ base_url = "http://$STANDIN/v1"
 backend = "openai"
 base_url = "http://$SLOW_STANDIN/v1"
 TOML
-RUST_LOG=warn target/release/switchyard serve --config "$work/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.log" &
+SWITCHYARD_DATA_DIR="$work" RUST_LOG=warn target/release/switchyard serve --config "$work/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.log" &
 gateway_pid=$!
 for _ in $(seq 100); do
   curl -sf "http://$GATEWAY/readyz" >/dev/null && curl -sf "http://$STANDIN/v1/models" >/dev/null && break

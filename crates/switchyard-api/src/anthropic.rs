@@ -16,7 +16,7 @@ use switchyard_protocol::anthropic::{
     AnthropicUsage, BlockDelta, ContentBlock, ErrorBody, MessageDeltaBody, MessagesRequest,
     MessagesResponse, StreamEvent as WireEvent, stop_reason,
 };
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::AppState;
 use crate::context::{request_context, route_headers};
@@ -148,7 +148,7 @@ pub(crate) async fn messages(
     };
     tracing::Span::current().record("route", routed.label().as_str());
     let answer = &routed.value;
-    info!(
+    debug!(
         finish_reason = answer.finish_reason.as_str(),
         prompt_tokens = answer.usage.prompt_tokens,
         completion_tokens = answer.usage.completion_tokens,
@@ -271,7 +271,7 @@ fn sse_events(
             },
             usage: usage.into(),
         }));
-        info!(completion_tokens = usage.completion_tokens, "message stream served");
+        debug!(completion_tokens = usage.completion_tokens, "message stream served");
         yield Ok(event(&WireEvent::MessageStop));
     }
 }

@@ -12,7 +12,7 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use switchyard_core::{ChatStream, StreamEvent};
 use switchyard_protocol::openai::{ChatCompletion, ChatCompletionRequest, ChunkFactory};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::AppState;
 use crate::context::{request_context, route_headers};
@@ -84,7 +84,7 @@ pub(crate) async fn chat_completions(
     };
     tracing::Span::current().record("route", routed.label().as_str());
     let answer = &routed.value;
-    info!(
+    debug!(
         finish_reason = answer.finish_reason.as_str(),
         prompt_tokens = answer.usage.prompt_tokens,
         completion_tokens = answer.usage.completion_tokens,
@@ -137,7 +137,7 @@ fn sse_events(
                 }
             }
         }
-        info!(completion_tokens, "stream served");
+        debug!(completion_tokens, "stream served");
         yield Ok(Event::default().data("[DONE]"));
     }
 }

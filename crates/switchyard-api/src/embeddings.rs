@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use switchyard_protocol::openai_embeddings::{EmbeddingsRequest, EmbeddingsResponse};
-use tracing::info;
+use tracing::debug;
 
 use crate::AppState;
 use crate::context::{request_context, route_headers};
@@ -35,7 +35,7 @@ pub(crate) async fn embeddings(
     let usage = switchyard_core::Usage::new(routed.value.prompt_tokens, 0);
     admission.finish(governed::served(&routed, Some(&usage)));
     let answer = routed.value;
-    info!(
+    debug!(
         inputs,
         prompt_tokens = answer.prompt_tokens,
         "embeddings served"

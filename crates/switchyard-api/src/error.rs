@@ -23,8 +23,9 @@ pub struct ApiError {
     pub code: Option<String>,
     /// Sent as `Retry-After` (whole seconds, rounded up).
     pub retry_after: Option<Duration>,
-    /// Further headers (`x-ratelimit-*` on a rate-limit refusal).
-    pub headers: Vec<(&'static str, String)>,
+    /// Further headers (`x-ratelimit-*` on a rate-limit refusal); boxed,
+    /// as most errors have none and the error travels in every `Result`.
+    pub headers: Option<Box<Vec<(&'static str, String)>>>,
 }
 
 impl ApiError {
@@ -37,7 +38,7 @@ impl ApiError {
             param,
             code: None,
             retry_after: None,
-            headers: Vec::new(),
+            headers: None,
         }
     }
 
@@ -121,7 +122,7 @@ impl From<BackendError> for ApiError {
             param: error.param,
             code: error.code.or(default_code.map(str::to_owned)),
             retry_after,
-            headers: Vec::new(),
+            headers: None,
         }
     }
 }
@@ -140,7 +141,7 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter().flat_map(|headers| headers.iter()) {
             if let Ok(value) = HeaderValue::from_str(value) {
                 response
                     .headers_mut()

@@ -210,11 +210,7 @@ impl From<GovernanceError> for ApiError {
                     "rate_limit_exceeded",
                 );
                 error.retry_after = Some(retry_after.unwrap_or(Duration::from_secs(60)));
-                error.headers = headers
-                    .pairs()
-                    .into_iter()
-                    .map(|(name, value)| (name, value))
-                    .collect();
+                error.headers = Some(Box::new(headers.pairs()));
                 error
             }
             GovernanceError::BudgetExceeded { retry_after, .. } => {

@@ -2,13 +2,16 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use switchyard_core::BackendError;
+use switchyard_governance::Caller;
 use switchyard_orchestration::Listed;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::governed;
 
 #[derive(Serialize)]
 struct ModelObject {
@@ -35,8 +38,25 @@ struct ModelList {
     data: Vec<ModelObject>,
 }
 
+/// Whether the caller may see `model`: with authentication on, a key
+/// sees the models it may call.
+fn visible(caller: &Caller, model: &str) -> bool {
+    match caller {
+        Caller::Key(context) => context
+            .key
+            .allowed_models
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|m| m == model)),
+        Caller::Anonymous | Caller::Master => true,
+    }
+}
+
 /// `GET /v1/models`: OpenAI's list shape.
-pub(crate) async fn list(State(state): State<AppState>) -> Response {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = governed::caller(&state, &headers).await?;
     let list = ModelList {
         object: "list",
         data: state
@@ -44,18 +64,29 @@ pub(crate) async fn list(State(state): State<AppState>) -> Response {
             .load()
             .listing()
             .into_iter()
+            .filter(|listed| visible(&caller, &listed.name))
             .map(ModelObject::from)
             .collect(),
     };
-    Json(list).into_response()
+    Ok(Json(list).into_response())
 }
 
 /// `GET /v1/models/{model}`.
 pub(crate) async fn retrieve(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
+    let caller = governed::caller(&state, &headers).await?;
     let listed = state.gateway.load().lookup(&model)?;
+    if !visible(&caller, &listed.name) {
+        return Err(BackendError::new(
+            switchyard_core::ErrorKind::NotFound,
+            format!("the model `{model}` does not exist"),
+        )
+        .with_code("model_not_found")
+        .into());
+    }
     Ok(Json(ModelObject::from(listed)).into_response())
 }
 

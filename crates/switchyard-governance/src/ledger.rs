@@ -114,7 +114,18 @@ async fn write_loop(
             },
             _ = tick.tick() => false,
         };
+        let started = std::time::Instant::now();
+        let rows = usage.len();
         write_all(&store, &mut usage, &mut audit).await;
+        if started.elapsed() > flush_interval {
+            // The crash guarantee is stated in flush intervals; a database
+            // slower than that stretches it.
+            warn!(
+                rows,
+                write_ms = started.elapsed().as_millis() as u64,
+                "ledger write took longer than the flush interval"
+            );
+        }
         for done in waiting.drain(..) {
             let _ = done.send(());
         }

@@ -687,12 +687,15 @@ impl Admission {
             tenant = usage.tenant_id.as_deref().unwrap_or("-"),
             key = usage.key_id.as_deref().unwrap_or("-"),
             model = %usage.model,
+            route = usage.route.as_deref().unwrap_or("-"),
+            cache_hit = usage.cache_hit,
             status = usage.status,
             input_tokens = usage.input_tokens,
             output_tokens = usage.output_tokens,
             cost_usd = usage.cost,
             latency_ms = usage.latency_ms,
-            "usage"
+            ttft_ms = usage.ttft_ms,
+            "request done"
         );
         let slot_keys = std::mem::take(&mut self.slot_keys);
         let token_charges = std::mem::take(&mut self.token_charges);

@@ -37,7 +37,7 @@ fn luhn(text: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 // The patterns are literals tested below; a failure to compile is a bug

@@ -195,7 +195,11 @@ impl MemoryWindows {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Idle counters are dropped now and then so that keys seen once
         // do not stay in memory forever.
-        if self.calls.fetch_add(1, Ordering::Relaxed) % 4096 == 0 {
+        if self
+            .calls
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(4096)
+        {
             windows.retain(|_, window| {
                 window.expire(now);
                 !window.entries.is_empty()

@@ -403,52 +403,64 @@ impl SqlStore {
 
     /// Writes a batch of ledger rows and audit records in one transaction.
     /// Rows already present (a retried batch) are skipped, so writing a
-    /// batch twice never duplicates a request.
+    /// batch twice never duplicates a request. Rows go in multi-row
+    /// `INSERT`s: one statement per row would make the writer the
+    /// bottleneck of a busy gateway.
     pub async fn append(&self, usage: &[UsageRow], audit: &[AuditRow]) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await?;
-        for row in usage {
-            sqlx::query(
-                "INSERT INTO usage_ledger (id, request_id, at, tenant_id, team_id, key_id, model, deployment, route, cache_hit, status, input_tokens, output_tokens, cached_tokens, cost, latency_ms, ttft_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&row.id)
-            .bind(&row.request_id)
-            .bind(row.at)
-            .bind(row.tenant_id.as_deref())
-            .bind(row.team_id.as_deref())
-            .bind(row.key_id.as_deref())
-            .bind(&row.model)
-            .bind(row.deployment.as_deref())
-            .bind(row.route.as_deref())
-            .bind(i64::from(row.cache_hit))
-            .bind(i64::from(row.status))
-            .bind(to_i64(row.input_tokens))
-            .bind(to_i64(row.output_tokens))
-            .bind(to_i64(row.cached_tokens))
-            .bind(row.cost)
-            .bind(to_i64(row.latency_ms))
-            .bind(row.ttft_ms.map(to_i64))
-            .execute(&mut *tx)
-            .await?;
+        for chunk in usage.chunks(ROWS_PER_INSERT) {
+            let sql = multi_row_insert(
+                "INSERT INTO usage_ledger (id, request_id, at, tenant_id, team_id, key_id, model, deployment, route, cache_hit, status, input_tokens, output_tokens, cached_tokens, cost, latency_ms, ttft_ms) VALUES",
+                17,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = query
+                    .bind(&row.id)
+                    .bind(&row.request_id)
+                    .bind(row.at)
+                    .bind(row.tenant_id.as_deref())
+                    .bind(row.team_id.as_deref())
+                    .bind(row.key_id.as_deref())
+                    .bind(&row.model)
+                    .bind(row.deployment.as_deref())
+                    .bind(row.route.as_deref())
+                    .bind(i64::from(row.cache_hit))
+                    .bind(i64::from(row.status))
+                    .bind(to_i64(row.input_tokens))
+                    .bind(to_i64(row.output_tokens))
+                    .bind(to_i64(row.cached_tokens))
+                    .bind(row.cost)
+                    .bind(to_i64(row.latency_ms))
+                    .bind(row.ttft_ms.map(to_i64));
+            }
+            query.execute(&mut *tx).await?;
         }
-        for row in audit {
-            sqlx::query(
-                "INSERT INTO audit_records (id, request_id, at, tenant_id, key_id, status, decisions, prompt, answer)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&row.id)
-            .bind(&row.request_id)
-            .bind(row.at)
-            .bind(row.tenant_id.as_deref())
-            .bind(row.key_id.as_deref())
-            .bind(i64::from(row.status))
-            .bind(to_json(&row.decisions)?)
-            .bind(row.prompt.as_deref())
-            .bind(row.answer.as_deref())
-            .execute(&mut *tx)
-            .await?;
+        for chunk in audit.chunks(ROWS_PER_INSERT) {
+            let sql = multi_row_insert(
+                "INSERT INTO audit_records (id, request_id, at, tenant_id, key_id, status, decisions, prompt, answer) VALUES",
+                9,
+                chunk.len(),
+            );
+            let decisions = chunk
+                .iter()
+                .map(|row| to_json(&row.decisions))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut query = sqlx::query(&sql);
+            for (row, decisions) in chunk.iter().zip(decisions) {
+                query = query
+                    .bind(&row.id)
+                    .bind(&row.request_id)
+                    .bind(row.at)
+                    .bind(row.tenant_id.as_deref())
+                    .bind(row.key_id.as_deref())
+                    .bind(i64::from(row.status))
+                    .bind(decisions)
+                    .bind(row.prompt.as_deref())
+                    .bind(row.answer.as_deref());
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -679,6 +691,32 @@ impl SpendScope {
     }
 }
 
+/// Rows per multi-row `INSERT`: 17 columns × 100 stays far below both
+/// databases' limits on bound parameters.
+const ROWS_PER_INSERT: usize = 100;
+
+/// `prefix ($1, …, $n), (…), … ON CONFLICT (id) DO NOTHING` for `rows`
+/// rows of `columns` values.
+fn multi_row_insert(prefix: &str, columns: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(prefix.len() + rows * columns * 5 + 32);
+    sql.push_str(prefix);
+    let mut n = 0;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { " (" } else { ", (" });
+        for column in 0..columns {
+            n += 1;
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&n.to_string());
+        }
+        sql.push(')');
+    }
+    sql.push_str(" ON CONFLICT (id) DO NOTHING");
+    sql
+}
+
 /// Hides a password in a database URL before it reaches a message.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -805,6 +843,14 @@ fn audit_from(row: &AnyRow) -> Result<AuditRow, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_row_inserts_number_every_parameter() {
+        assert_eq!(
+            multi_row_insert("INSERT INTO t (a, b) VALUES", 2, 2),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) ON CONFLICT (id) DO NOTHING"
+        );
+    }
 
     #[test]
     fn passwords_never_reach_messages() {

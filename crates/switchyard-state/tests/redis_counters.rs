@@ -2,6 +2,13 @@
 //! `SWITCHYARD_TEST_REDIS_URL` (set by `make test`; when it is set and
 //! unreachable the tests fail). Each test uses its own key prefix.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -2,6 +2,13 @@
 //! and the PostgreSQL named by `SWITCHYARD_TEST_DATABASE_URL` (set by
 //! `make test`; when it is set and unreachable the tests fail).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
 use std::collections::BTreeMap;
 
 use switchyard_state::records::{

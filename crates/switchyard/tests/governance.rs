@@ -1,0 +1,805 @@
+//! Governance end to end: the real gateway process with authentication on,
+//! a stand-in upstream speaking OpenAI's wire format, the admin API, and
+//! the store on SQLite or on the PostgreSQL named by
+//! `SWITCHYARD_TEST_DATABASE_URL` (Redis: `SWITCHYARD_TEST_REDIS_URL`).
+//! Both are set by `make test`; when set and unreachable, tests fail.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, client, signal};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use switchyard_governance::switchyard_state::testing::{
+    POSTGRES_ENV, REDIS_ENV, fresh_postgres_schema,
+};
+use switchyard_standin::{RunningStandin, StandinConfig};
+
+const MASTER: &str = "master-key-for-tests-0123456789";
+
+async fn standin() -> RunningStandin {
+    switchyard_standin::spawn("127.0.0.1:0".parse().unwrap(), StandinConfig::default())
+        .await
+        .unwrap()
+}
+
+/// `priced` costs $0.10 per token in and out: "hello" (1 token) answered
+/// "echo: hello" (2 tokens) costs $0.30.
+fn config(upstream: &RunningStandin, extra_top: &str, governance: &str) -> String {
+    format!(
+        "{extra_top}\n[governance]\nauth = true\nmaster_key = \"{MASTER}\"\nledger_flush_ms = 200\n{governance}\n\
+         [models.priced]\nbackend = \"openai\"\nbase_url = \"{url}\"\npricing = {{ input = 100000.0, output = 100000.0 }}\n\
+         [models.slow]\nbackend = \"openai\"\nbase_url = \"{url}\"\nheaders = {{ \"x-standin-latency-ms\" = \"300\" }}\npricing = {{ input = 100000.0, output = 100000.0 }}\n\
+         [models.other]\nbackend = \"openai\"\nbase_url = \"{url}\"\n",
+        url = upstream.base_url()
+    )
+}
+
+/// A database URL for a test: a fresh PostgreSQL schema when PostgreSQL
+/// is configured for the tests, else `None` (SQLite in the server's
+/// data folder).
+async fn postgres_url() -> Option<String> {
+    match std::env::var(POSTGRES_ENV) {
+        Ok(url) => Some(
+            fresh_postgres_schema(&url)
+                .await
+                .unwrap_or_else(|e| panic!("{POSTGRES_ENV} is set but unusable: {e}")),
+        ),
+        Err(_) => {
+            eprintln!("{POSTGRES_ENV} not set: PostgreSQL variant skipped");
+            None
+        }
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn ask(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+struct Admin<'a> {
+    server: &'a Server,
+    key: String,
+}
+
+impl Admin<'_> {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = client()
+            .request(method, format!("{}{path}", self.server.url))
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let (status, body) = self.send(reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(status, 201, "{path}: {body}");
+        body
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.send(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+}
+
+fn master(server: &Server) -> Admin<'_> {
+    Admin {
+        server,
+        key: MASTER.into(),
+    }
+}
+
+/// A tenant with one key made with `key` as the key's settings.
+async fn tenant_with_key(server: &Server, key: Value) -> (String, String) {
+    let admin = master(server);
+    let tenant = admin.post("/admin/tenants", json!({"name": "acme"})).await;
+    let tenant_id = tenant["id"].as_str().unwrap().to_owned();
+    let mut body = key;
+    body["tenant_id"] = json!(tenant_id);
+    if body.get("name").is_none() {
+        body["name"] = json!("app");
+    }
+    let created = admin.post("/admin/keys", body).await;
+    (tenant_id, created["key"].as_str().unwrap().to_owned())
+}
+
+async fn chat(server: &Server, key: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut request = client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .json(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn keys_gate_model_calls_with_the_right_status_and_shape() {
+    let upstream = standin().await;
+    let server = Server::start(&config(&upstream, "", ""));
+    let (_, key) = tenant_with_key(&server, json!({"allowed_models": ["priced"]})).await;
+    assert!(key.starts_with("sy-key_"));
+
+    // No key, a foreign key, a mangled key: 401, OpenAI-shaped.
+    for presented in [
+        None,
+        Some("sk-not-ours"),
+        Some("sy-key_0123456789abcdef.wrong"),
+    ] {
+        let response = chat(&server, presented, &ask("priced")).await;
+        assert_eq!(response.status(), 401, "{presented:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+        assert!(body["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    // The Anthropic door answers in Anthropic's shape.
+    let response = client()
+        .post(format!("{}/messages", server.v1()))
+        .header("x-api-key", "sy-key_0123456789abcdef.wrong")
+        .json(&json!({"model": "priced", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "authentication_error");
+
+    // A good key, by either header.
+    let response = chat(&server, Some(&key), &ask("priced")).await;
+    assert_eq!(response.status(), 200);
+    let response = client()
+        .post(format!("{}/messages", server.v1()))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "priced", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // A model outside the allow-list: 403.
+    let response = chat(&server, Some(&key), &ask("other")).await;
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("other"));
+
+    // A key lists the models it may call, and only with a key.
+    let models: Value = client()
+        .get(format!("{}/models", server.v1()))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["priced"]);
+    let hidden = client()
+        .get(format!("{}/models/other", server.v1()))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.status(), 404);
+    let anonymous = client()
+        .get(format!("{}/models", server.v1()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // A member key cannot use the admin API; no key at all is a 401.
+    let member = Admin {
+        server: &server,
+        key: key.clone(),
+    };
+    assert_eq!(
+        member
+            .send(reqwest::Method::GET, "/admin/keys", None)
+            .await
+            .0,
+        403
+    );
+    let nobody = Admin {
+        server: &server,
+        key: String::new(),
+    };
+    assert_eq!(
+        nobody
+            .send(reqwest::Method::GET, "/admin/keys", None)
+            .await
+            .0,
+        401
+    );
+}
+
+#[tokio::test]
+async fn read_only_revoked_and_expired_keys_are_refused() {
+    let upstream = standin().await;
+    let server = Server::start(&config(&upstream, "", "key_cache_ms = 60000"));
+    let admin = master(&server);
+    let (tenant, reader) = tenant_with_key(&server, json!({"role": "read_only"})).await;
+    let response = chat(&server, Some(&reader), &ask("priced")).await;
+    assert_eq!(response.status(), 403);
+
+    let created = admin
+        .post(
+            "/admin/keys",
+            json!({"tenant_id": tenant, "name": "soon gone"}),
+        )
+        .await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Listing never shows a secret or its hash.
+    let listed = admin.get("/admin/keys").await;
+    let text = listed.to_string();
+    assert!(!text.contains(key.split('.').nth(1).unwrap()));
+    assert!(!text.contains("secret_hash"));
+    assert_eq!(
+        chat(&server, Some(&key), &ask("priced")).await.status(),
+        200
+    );
+    // Revocation applies at once, even with a long key cache.
+    let (status, body) = admin
+        .send(reqwest::Method::DELETE, &format!("/admin/keys/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["disabled"], true);
+    let response = chat(&server, Some(&key), &ask("priced")).await;
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+
+    let created = admin
+        .post(
+            "/admin/keys",
+            json!({"tenant_id": tenant, "name": "brief", "expires_in_secs": 1}),
+        )
+        .await;
+    let brief = created["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        chat(&server, Some(&brief), &ask("priced")).await.status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = chat(&server, Some(&brief), &ask("priced")).await;
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+
+    // Bad admin input: a clear 400.
+    let (status, body) = admin
+        .send(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({"tenant_id": tenant, "name": "x", "role": "king"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = admin
+        .send(
+            reqwest::Method::POST,
+            "/admin/keys",
+            Some(json!({"name": "no tenant"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+async fn isolation_between_tenants(database_url: Option<String>) {
+    let upstream = standin().await;
+    let top = database_url
+        .map(|url| format!("database_url = \"{url}\""))
+        .unwrap_or_default();
+    let server = Server::start(&config(&upstream, &top, ""));
+    let admin = master(&server);
+    // Tenant A with a team, a key and a request on record.
+    let a = admin.post("/admin/tenants", json!({"name": "A"})).await;
+    let a_id = a["id"].as_str().unwrap();
+    let team_a = admin
+        .post("/admin/teams", json!({"tenant_id": a_id, "name": "a-team"}))
+        .await;
+    let team_a_id = team_a["id"].as_str().unwrap();
+    let key_a = admin
+        .post(
+            "/admin/keys",
+            json!({"tenant_id": a_id, "team_id": team_a_id, "name": "a-key"}),
+        )
+        .await;
+    let key_a_id = key_a["id"].as_str().unwrap();
+    let response = client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .bearer_auth(key_a["key"].as_str().unwrap())
+        .header("x-request-id", "req-of-tenant-a")
+        .json(&ask("priced"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // Tenant B's admin.
+    let b = admin.post("/admin/tenants", json!({"name": "B"})).await;
+    let b_id = b["id"].as_str().unwrap();
+    let b_admin_key = admin
+        .post(
+            "/admin/keys",
+            json!({"tenant_id": b_id, "name": "b-admin", "role": "admin"}),
+        )
+        .await;
+    let b_admin = Admin {
+        server: &server,
+        key: b_admin_key["key"].as_str().unwrap().into(),
+    };
+
+    use reqwest::Method;
+    let attempts: Vec<(Method, String, Option<Value>)> = vec![
+        (Method::GET, format!("/admin/tenants/{a_id}"), None),
+        (
+            Method::PATCH,
+            format!("/admin/tenants/{a_id}"),
+            Some(json!({"disabled": true})),
+        ),
+        (Method::GET, format!("/admin/teams/{team_a_id}"), None),
+        (
+            Method::PATCH,
+            format!("/admin/teams/{team_a_id}"),
+            Some(json!({"name": "mine"})),
+        ),
+        (Method::GET, format!("/admin/keys/{key_a_id}"), None),
+        (
+            Method::PATCH,
+            format!("/admin/keys/{key_a_id}"),
+            Some(json!({"allowed_models": ["other"]})),
+        ),
+        (Method::DELETE, format!("/admin/keys/{key_a_id}"), None),
+        (
+            Method::POST,
+            "/admin/teams".into(),
+            Some(json!({"tenant_id": a_id, "name": "intruder"})),
+        ),
+        (
+            Method::POST,
+            "/admin/keys".into(),
+            Some(json!({"tenant_id": a_id, "name": "intruder"})),
+        ),
+        (
+            Method::POST,
+            "/admin/keys".into(),
+            Some(json!({"team_id": team_a_id, "name": "intruder"})),
+        ),
+        (Method::GET, format!("/admin/usage?tenant_id={a_id}"), None),
+        (Method::GET, format!("/admin/audit?tenant_id={a_id}"), None),
+    ];
+    for (method, path, body) in attempts {
+        let (status, answer) = b_admin.send(method.clone(), &path, body).await;
+        assert!(
+            status == 404 || status == 403,
+            "{method} {path} gave {status}: {answer}"
+        );
+        assert!(!answer.to_string().contains(key_a_id) || path.contains(key_a_id));
+    }
+    // Lists and reports show B's own objects only.
+    for path in [
+        "/admin/tenants",
+        "/admin/teams",
+        "/admin/keys",
+        "/admin/usage?group_by=tenant",
+        "/admin/audit",
+        "/admin/alerts",
+    ] {
+        let listed = b_admin.get(path).await.to_string();
+        assert!(!listed.contains(a_id), "{path} leaked tenant A: {listed}");
+        assert!(
+            !listed.contains(key_a_id),
+            "{path} leaked A's key: {listed}"
+        );
+    }
+    let audit = b_admin.get("/admin/audit?request_id=req-of-tenant-a").await;
+    assert_eq!(audit["data"], json!([]));
+    // Nothing of A was changed by the attempts.
+    let key = admin.get(&format!("/admin/keys/{key_a_id}")).await;
+    assert_eq!(key["disabled"], false);
+    assert_eq!(key["allowed_models"], Value::Null);
+    assert_eq!(
+        admin.get(&format!("/admin/tenants/{a_id}")).await["disabled"],
+        false
+    );
+    assert_eq!(
+        admin.get(&format!("/admin/teams/{team_a_id}")).await["name"],
+        "a-team"
+    );
+    // The master still sees A's request.
+    let audit = admin.get("/admin/audit?request_id=req-of-tenant-a").await;
+    assert_eq!(audit["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn one_tenant_never_reaches_anothers_objects_on_sqlite() {
+    isolation_between_tenants(None).await;
+}
+
+#[tokio::test]
+async fn one_tenant_never_reaches_anothers_objects_on_postgres() {
+    if let Some(url) = postgres_url().await {
+        isolation_between_tenants(Some(url)).await;
+    }
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_and_openai_headers() {
+    let upstream = standin().await;
+    let server = Server::start(&config(&upstream, "", ""));
+    let (_, key) = tenant_with_key(
+        &server,
+        json!({"limits": {"rpm": 3, "tpm": 100000, "models": {"other": {"rpm": 1}}}}),
+    )
+    .await;
+    let response = chat(&server, Some(&key), &ask("priced")).await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers();
+    assert_eq!(headers["x-ratelimit-limit-requests"], "3");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "2");
+    assert_eq!(headers["x-ratelimit-limit-tokens"], "100000");
+    assert!(headers.contains_key("x-ratelimit-reset-requests"));
+    assert!(headers.contains_key("x-ratelimit-remaining-tokens"));
+    // The per-model limit of `other` is 1 a minute.
+    assert_eq!(chat(&server, Some(&key), &ask("other")).await.status(), 200);
+    let refused = chat(&server, Some(&key), &ask("other")).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("other"),
+        "{body}"
+    );
+    // The key's own 3 a minute is now spent (the refusal took nothing).
+    assert_eq!(
+        chat(&server, Some(&key), &ask("priced")).await.status(),
+        200
+    );
+    let refused = chat(&server, Some(&key), &ask("priced")).await;
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((55..=60).contains(&retry), "retry-after {retry}");
+    assert_eq!(refused.headers()["x-ratelimit-remaining-requests"], "0");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_redis_admit_at_most_60_of_200_concurrent_requests() {
+    let (Ok(redis), Some(database)) = (std::env::var(REDIS_ENV), postgres_url().await) else {
+        eprintln!("{REDIS_ENV} or {POSTGRES_ENV} not set: skipped");
+        return;
+    };
+    let upstream = standin().await;
+    let top = format!("database_url = \"{database}\"\nredis_url = \"{redis}\"");
+    let first = Server::start(&config(&upstream, &top, ""));
+    let second = Server::start(&config(&upstream, &top, ""));
+    let (_, key) = tenant_with_key(&first, json!({"limits": {"rpm": 60}})).await;
+    let servers = [&first, &second];
+    let statuses: Vec<u16> = futures::stream::iter(0..200)
+        .map(|i| {
+            let server = servers[i % 2];
+            let key = key.clone();
+            async move {
+                let response = chat(server, Some(&key), &ask("priced")).await;
+                let status = response.status().as_u16();
+                let _ = response.bytes().await;
+                status
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    let admitted = statuses.iter().filter(|&&s| s == 200).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(admitted + limited, 200, "{statuses:?}");
+    assert_eq!(
+        admitted, 60,
+        "the two instances together admit the limit, no more"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_overshoot_a_budget_by_at_most_those_in_flight() {
+    let upstream = standin().await;
+    let server = Server::start(&config(&upstream, "", ""));
+    let (tenant, key) = tenant_with_key(
+        &server,
+        json!({"budget": {"limit_usd": 3.0, "period": "monthly", "alert_at": [0.5]}}),
+    )
+    .await;
+    let concurrency = 10;
+    let statuses: Vec<u16> = futures::stream::iter(0..60)
+        .map(|_| {
+            let key = key.clone();
+            let server = &server;
+            async move {
+                let response = chat(server, Some(&key), &ask("slow")).await;
+                let status = response.status().as_u16();
+                let _ = response.bytes().await;
+                status
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let served = statuses.iter().filter(|&&s| s == 200).count();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(served + refused, 60, "{statuses:?}");
+    let per_request = 0.3;
+    let admin = master(&server);
+    let report = admin
+        .get(&format!("/admin/usage?group_by=tenant&tenant_id={tenant}"))
+        .await;
+    let spent = report["data"][0]["cost"].as_f64().unwrap();
+    assert!(
+        (spent - served as f64 * per_request).abs() < 1e-6,
+        "spend matches what was served"
+    );
+    assert!(spent >= 3.0, "the budget was used up: {spent}");
+    assert!(
+        spent <= 3.0 + concurrency as f64 * per_request + 1e-6,
+        "overshoot {spent} beyond what {concurrency} in flight could spend"
+    );
+    // From now on every request is refused, with OpenAI's quota error.
+    let response = chat(&server, Some(&key), &ask("slow")).await;
+    assert_eq!(response.status(), 429);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "insufficient_quota");
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    // The soft alert at 50% was raised once.
+    let alerts = admin.get("/admin/alerts").await;
+    let alerts = alerts["data"].as_array().unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["threshold"], 0.5);
+}
+
+#[tokio::test]
+async fn the_ledger_and_audit_trail_record_each_request_with_secrets_masked() {
+    let upstream = standin().await;
+    let server = Server::start(&config(
+        &upstream,
+        "",
+        "store_prompts = true\nstore_answers = true",
+    ));
+    let (tenant, key) = tenant_with_key(&server, json!({"limits": {"rpm": 100}})).await;
+    let body = json!({"model": "priced", "messages": [{"role": "user",
+        "content": "mail jane@example.com, card 4111 1111 1111 1111, key sk-proj-abcdefghijklmnop1234"}]});
+    let response = client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .bearer_auth(&key)
+        .header("x-request-id", "audited-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let streamed = client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .bearer_auth(&key)
+        .header("x-request-id", "audited-2")
+        .json(&json!({"model": "priced", "stream": true, "messages": [{"role": "user", "content": "hello there"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    let _ = streamed.text().await.unwrap();
+
+    let admin = master(&server);
+    let audit = admin.get("/admin/audit?request_id=audited-1").await;
+    let record = &audit["data"][0];
+    assert_eq!(record["tenant_id"], tenant.as_str());
+    assert_eq!(record["status"], 200);
+    let prompt = record["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains("[EMAIL]") && prompt.contains("[CARD]") && prompt.contains("[API_KEY]"),
+        "{prompt}"
+    );
+    assert!(!prompt.contains("jane@") && !prompt.contains("4111") && !prompt.contains("sk-proj"));
+    assert!(record["answer"].as_str().unwrap().contains("[EMAIL]"));
+    let steps: Vec<&str> = record["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["step"].as_str().unwrap())
+        .collect();
+    for step in ["authenticate", "models", "rate_limits", "route", "usage"] {
+        assert!(steps.contains(&step), "{step} missing from {steps:?}");
+    }
+
+    // The ledger: two rows, tokens and cost from real usage.
+    let report = admin
+        .get(&format!("/admin/usage?group_by=key&tenant_id={tenant}"))
+        .await;
+    let line = &report["data"][0];
+    assert_eq!(line["requests"], 2);
+    let input = line["input_tokens"].as_u64().unwrap();
+    let output = line["output_tokens"].as_u64().unwrap();
+    assert!(
+        input > answer["usage"]["prompt_tokens"].as_u64().unwrap(),
+        "{line}"
+    );
+    assert!(
+        output > answer["usage"]["completion_tokens"].as_u64().unwrap(),
+        "{line}"
+    );
+    // $0.10 per token either way.
+    let cost = line["cost"].as_f64().unwrap();
+    assert!(
+        (cost - (input + output) as f64 * 0.1).abs() < 1e-6,
+        "{line}"
+    );
+    let streamed_audit = admin.get("/admin/audit?request_id=audited-2").await;
+    let record = &streamed_audit["data"][0];
+    assert_eq!(
+        record["answer"], "echo: hello there",
+        "the streamed answer is kept whole"
+    );
+
+    // Neither the key nor the prompt's secrets reach the logs.
+    let logs = server.logs();
+    assert!(!logs.contains(key.split('.').nth(1).unwrap()));
+    assert!(!logs.contains(MASTER));
+    assert!(!logs.contains("jane@example.com"));
+}
+
+#[tokio::test]
+async fn a_killed_gateway_keeps_every_request_completed_a_flush_interval_before() {
+    let upstream = standin().await;
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap().to_owned();
+    let config = config(&upstream, "", "");
+    let server = Server::start_with_env(&config, &[("SWITCHYARD_DATA_DIR", &data_dir)]);
+    let (tenant, key) = tenant_with_key(&server, json!({})).await;
+    let started_ms = unix_ms();
+    let completions = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Instant)>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let url = format!("{}/chat/completions", server.v1());
+        let key = key.clone();
+        let completions = completions.clone();
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let http = client();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("kill-{worker}-{n}");
+                n += 1;
+                let sent = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("x-request-id", &id)
+                    .json(&ask("priced"))
+                    .send()
+                    .await;
+                let Ok(response) = sent else { break };
+                if response.status() == 200 && response.bytes().await.is_ok() {
+                    completions.lock().unwrap().push((id, Instant::now()));
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = Instant::now();
+    signal(server.pid(), "KILL");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    drop(server);
+
+    let restarted = Server::start_with_env(&config, &[("SWITCHYARD_DATA_DIR", &data_dir)]);
+    let admin = master(&restarted);
+    // Read the trail back in 100 ms slices (a page holds at most 1000).
+    let mut recorded = std::collections::HashSet::new();
+    let mut from = started_ms;
+    while from < unix_ms() {
+        let audit = admin
+            .get(&format!(
+                "/admin/audit?tenant_id={tenant}&from={from}&to={}&limit=1000",
+                from + 100
+            ))
+            .await;
+        let page = audit["data"].as_array().unwrap();
+        assert!(page.len() < 1000, "a slice overflowed its page");
+        recorded.extend(
+            page.iter()
+                .map(|r| r["request_id"].as_str().unwrap().to_owned()),
+        );
+        from += 100;
+    }
+    // The guarantee: one flush interval (200 ms) plus the write of a batch.
+    let guarantee = Duration::from_millis(200 + 100);
+    let completions = completions.lock().unwrap();
+    let due: Vec<&String> = completions
+        .iter()
+        .filter(|(_, at)| killed_at.duration_since(*at) > guarantee)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(due.len() > 50, "too little load to judge: {}", due.len());
+    let missing: Vec<_> = due.iter().filter(|id| !recorded.contains(**id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} lost: {missing:?}",
+        missing.len(),
+        due.len()
+    );
+}
+
+#[tokio::test]
+async fn the_official_sdks_raise_their_own_auth_permission_and_rate_limit_errors() {
+    let upstream = standin().await;
+    let server = Server::start(&config(&upstream, "", ""));
+    let (_, key) = tenant_with_key(
+        &server,
+        json!({"allowed_models": ["priced"], "limits": {"rpm": 2}}),
+    )
+    .await;
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python/governance_sdk_check.py");
+    let python = std::env::var_os("SWITCHYARD_TEST_PYTHON").map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
+        std::path::PathBuf::from,
+    );
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(&server.url)
+        .arg(&key)
+        .output()
+        .await
+        .expect("no Python with the SDKs: run `make test` (it creates .venv)");
+    assert!(
+        output.status.success(),
+        "SDK check failed:\nstdout: {}\nstderr: {}\nserver logs:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        server.logs()
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("governance SDK checks passed"));
+}
