@@ -125,11 +125,11 @@ pub(crate) async fn messages(
     if stream {
         let routed = match gateway.chat_stream(request, &context).await {
             Ok(routed) => routed,
-            Err(error) => return Err(governed::backend_failure(admission, error).into()),
+            Err(error) => return Err(governed::backend_failure(admission, error, &context).into()),
         };
         tracing::Span::current().record("route", routed.label().as_str());
         let route = route_headers(&routed);
-        let mut outcome = governed::served(&routed, None);
+        let mut outcome = governed::served(&routed, None, &context);
         outcome.prompt = prompt;
         let events = governed::metered(routed.value, admission, outcome, keep_answer);
         let mut response = Sse::new(sse_events(events, id, model))
@@ -144,7 +144,7 @@ pub(crate) async fn messages(
     }
     let routed = match gateway.chat(request, &context).await {
         Ok(routed) => routed,
-        Err(error) => return Err(governed::backend_failure(admission, error).into()),
+        Err(error) => return Err(governed::backend_failure(admission, error, &context).into()),
     };
     tracing::Span::current().record("route", routed.label().as_str());
     let answer = &routed.value;
@@ -154,7 +154,7 @@ pub(crate) async fn messages(
         completion_tokens = answer.usage.completion_tokens,
         "message served"
     );
-    let mut outcome = governed::served(&routed, Some(&answer.usage));
+    let mut outcome = governed::served(&routed, Some(&answer.usage), &context);
     outcome.prompt = prompt;
     outcome.answer = keep_answer.then(|| answer.content.clone());
     admission.finish(outcome);

@@ -58,12 +58,12 @@ pub(crate) async fn chat_completions(
     if stream {
         let routed = match gateway.chat_stream(request, &context).await {
             Ok(routed) => routed,
-            Err(error) => return Err(governed::backend_failure(admission, error)),
+            Err(error) => return Err(governed::backend_failure(admission, error, &context)),
         };
         tracing::Span::current().record("route", routed.label().as_str());
         let chunks = ChunkFactory::new(id, created, model);
         let headers = route_headers(&routed);
-        let mut outcome = governed::served(&routed, None);
+        let mut outcome = governed::served(&routed, None, &context);
         outcome.prompt = prompt;
         let events = governed::metered(routed.value, admission, outcome, keep_answer);
         let mut response = Sse::new(sse_events(events, chunks, include_usage))
@@ -80,7 +80,7 @@ pub(crate) async fn chat_completions(
 
     let routed = match gateway.chat(request, &context).await {
         Ok(routed) => routed,
-        Err(error) => return Err(governed::backend_failure(admission, error)),
+        Err(error) => return Err(governed::backend_failure(admission, error, &context)),
     };
     tracing::Span::current().record("route", routed.label().as_str());
     let answer = &routed.value;
@@ -90,7 +90,7 @@ pub(crate) async fn chat_completions(
         completion_tokens = answer.usage.completion_tokens,
         "completion served"
     );
-    let mut outcome = governed::served(&routed, Some(&answer.usage));
+    let mut outcome = governed::served(&routed, Some(&answer.usage), &context);
     outcome.prompt = prompt;
     outcome.answer = keep_answer.then(|| answer.content.clone());
     admission.finish(outcome);

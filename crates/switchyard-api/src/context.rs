@@ -53,6 +53,7 @@ pub(crate) fn request_context(
             })
             .unwrap_or_default(),
         cache,
+        trail: Default::default(),
     }
 }
 

@@ -29,11 +29,11 @@ pub(crate) async fn embeddings(
     let limits = governed::rate_headers(&admission);
     let routed = match state.gateway.load_full().embed(request, &context).await {
         Ok(routed) => routed,
-        Err(error) => return Err(governed::backend_failure(admission, error)),
+        Err(error) => return Err(governed::backend_failure(admission, error, &context)),
     };
     let route = route_headers(&routed);
     let usage = switchyard_core::Usage::new(routed.value.prompt_tokens, 0);
-    admission.finish(governed::served(&routed, Some(&usage)));
+    admission.finish(governed::served(&routed, Some(&usage), &context));
     let answer = routed.value;
     debug!(
         inputs,

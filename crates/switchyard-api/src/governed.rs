@@ -105,14 +105,20 @@ fn tokens(usage: &Usage) -> Tokens {
     }
 }
 
-/// What the ledger keeps of a served request.
-pub(crate) fn served<T>(routed: &Routed<T>, usage: Option<&Usage>) -> Outcome {
+/// What the ledger keeps of a served request: its route, deployment,
+/// usage, and the steps routing took on the way.
+pub(crate) fn served<T>(
+    routed: &Routed<T>,
+    usage: Option<&Usage>,
+    context: &RequestContext,
+) -> Outcome {
     Outcome {
         status: 200,
         deployment: Some(routed.deployment.clone()),
         route: Some(routed.route.clone()),
         cache_hit: routed.cache == CacheStatus::Hit,
         tokens: usage.map(tokens),
+        decisions: context.trail.steps(),
         ..Outcome::default()
     }
 }
@@ -246,15 +252,18 @@ impl From<GovernanceError> for ApiError {
     }
 }
 
-/// Fails a request early: records the refusal and passes the error on.
-pub(crate) fn refuse(admission: Admission, error: ApiError) -> ApiError {
-    admission.finish(failed(&error));
+/// Maps a backend error and records it, with the steps routing took, on
+/// the admission.
+pub(crate) fn backend_failure(
+    admission: Admission,
+    error: BackendError,
+    context: &RequestContext,
+) -> ApiError {
+    let error = ApiError::from(error);
+    let mut outcome = failed(&error);
+    outcome.decisions = context.trail.steps();
+    admission.finish(outcome);
     error
-}
-
-/// Maps a backend error and records it on the admission.
-pub(crate) fn backend_failure(admission: Admission, error: BackendError) -> ApiError {
-    refuse(admission, ApiError::from(error))
 }
 
 #[cfg(test)]

@@ -92,6 +92,38 @@ pub struct GovernanceConfig {
     /// Keep answers in the audit trail, masked.
     #[serde(default)]
     pub store_answers: bool,
+    /// Accept bearer JWTs from an OpenID Connect issuer.
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+}
+
+/// The `[governance.jwt]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// The issuer's key set (JWKS) URL.
+    pub jwks_url: String,
+    /// The `aud` tokens must carry, if any.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The claim naming the tenant id.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    /// The claim naming the team id, if teams are used.
+    #[serde(default)]
+    pub team_claim: Option<String>,
+    /// The claim naming the role (`admin`, `member`, `read_only`).
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+}
+
+fn default_tenant_claim() -> String {
+    "tenant".to_owned()
+}
+fn default_role_claim() -> String {
+    "role".to_owned()
 }
 
 impl Default for GovernanceConfig {
@@ -103,6 +135,7 @@ impl Default for GovernanceConfig {
             ledger_flush_ms: default_ledger_flush_ms(),
             store_prompts: false,
             store_answers: false,
+            jwt: None,
         }
     }
 }
@@ -119,6 +152,7 @@ impl std::fmt::Debug for GovernanceConfig {
             .field("ledger_flush_ms", &self.ledger_flush_ms)
             .field("store_prompts", &self.store_prompts)
             .field("store_answers", &self.store_answers)
+            .field("jwt", &self.jwt)
             .finish()
     }
 }
@@ -871,6 +905,14 @@ impl Config {
             return Err((
                 "governance.master_key".into(),
                 "must be at least 16 characters".into(),
+            ));
+        }
+        if let Some(jwt) = &self.governance.jwt
+            && !(jwt.jwks_url.starts_with("https://") || jwt.jwks_url.starts_with("http://"))
+        {
+            return Err((
+                "governance.jwt.jwks_url".into(),
+                "must be an http(s) URL".into(),
             ));
         }
         if self.governance.ledger_flush_ms == 0 {

@@ -12,6 +12,7 @@ pub mod admin;
 mod auth;
 mod budget;
 mod error;
+pub mod jwt;
 pub mod keys;
 mod ledger;
 pub mod limits;
@@ -54,6 +55,8 @@ pub struct GovernanceSettings {
     pub store_prompts: bool,
     /// Keep answers in the audit trail (masked).
     pub store_answers: bool,
+    /// Accept bearer JWTs from this issuer.
+    pub jwt: Option<jwt::JwtSettings>,
 }
 
 impl Default for GovernanceSettings {
@@ -65,6 +68,7 @@ impl Default for GovernanceSettings {
             ledger_flush: Duration::from_millis(200),
             store_prompts: false,
             store_answers: false,
+            jwt: None,
         }
     }
 }
@@ -109,6 +113,7 @@ pub struct Governance {
     key_cache: moka::future::Cache<String, Arc<KeyContext>>,
     ledger: Ledger,
     prices: RwLock<Arc<PriceTable>>,
+    jwt: Option<Arc<jwt::JwtVerifier>>,
 }
 
 /// Unix milliseconds now.
@@ -134,9 +139,18 @@ pub struct RequestFacts {
 impl Governance {
     /// A governance layer over `store` and `counters`; starts the ledger
     /// writer on the current runtime.
-    pub fn new(settings: GovernanceSettings, store: SqlStore, counters: Counters) -> Arc<Self> {
+    pub fn new(
+        settings: GovernanceSettings,
+        store: SqlStore,
+        counters: Counters,
+    ) -> Result<Arc<Self>, GovernanceError> {
+        let jwt = settings
+            .jwt
+            .clone()
+            .map(jwt::JwtVerifier::new)
+            .transpose()?;
         let ledger = Ledger::start(store.clone(), settings.ledger_flush);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             key_cache: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(settings.key_cache_ttl)
@@ -146,7 +160,8 @@ impl Governance {
             counters,
             ledger,
             prices: RwLock::new(Arc::new(PriceTable::default())),
-        })
+            jwt,
+        }))
     }
 
     /// The settings in force.
@@ -205,6 +220,11 @@ impl Governance {
         {
             return Ok(Caller::Master);
         }
+        if let Some(verifier) = &self.jwt
+            && jwt::looks_like_jwt(token)
+        {
+            return self.authenticate_jwt(verifier, token).await;
+        }
         let Some(presented) = keys::parse(token) else {
             // With authentication off, a foreign key (e.g. a provider key a
             // client sends out of habit) does not stand in the way.
@@ -235,6 +255,75 @@ impl Governance {
                 context
             }
         };
+        Ok(Caller::Key(context))
+    }
+
+    /// A caller from a verified JWT: its tenant (and team) must exist and
+    /// be enabled; limits and budgets are the tenant's and team's.
+    async fn authenticate_jwt(
+        &self,
+        verifier: &jwt::JwtVerifier,
+        token: &str,
+    ) -> Result<Caller, GovernanceError> {
+        use sha2::Digest;
+        let cache_key = format!(
+            "jwt:{}",
+            hex::encode(sha2::Sha256::digest(token.as_bytes()))
+        );
+        let now = now_ms();
+        if let Some(context) = self.key_cache.get(&cache_key).await {
+            auth::usable(&context, now)?;
+            return Ok(Caller::Key(context));
+        }
+        let identity = verifier.verify(token).await?;
+        let refuse = |why: String| GovernanceError::Unauthenticated(why);
+        let tenant = self
+            .store
+            .tenant(&TenantScope::All, &identity.tenant)
+            .await?
+            .ok_or_else(|| {
+                refuse(format!(
+                    "the token's tenant {:?} does not exist",
+                    identity.tenant
+                ))
+            })?;
+        let scope = TenantScope::Tenant(tenant.id.clone());
+        let team = match &identity.team {
+            Some(team) => Some(self.store.team(&scope, team).await?.ok_or_else(|| {
+                refuse(format!("the token's team {team:?} is not in its tenant"))
+            })?),
+            None => None,
+        };
+        let role = match identity.role.as_deref() {
+            None => Role::Member,
+            Some(name) => Role::parse(name).ok_or_else(|| {
+                refuse(format!(
+                    "the token's role {name:?} is not admin, member or read_only"
+                ))
+            })?,
+        };
+        let expires_at = i64::try_from(identity.expires_at)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        let key = switchyard_state::records::ApiKey {
+            id: format!("jwt:{}", identity.subject),
+            tenant_id: tenant.id.clone(),
+            team_id: team.as_ref().map(|t| t.id.clone()),
+            name: format!("token of {}", identity.subject),
+            secret_hash: String::new(),
+            role,
+            allowed_models: None,
+            limits: switchyard_state::records::Limits::default(),
+            budget: None,
+            metadata: Default::default(),
+            expires_at: Some(expires_at),
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        let context = Arc::new(KeyContext { key, tenant, team });
+        auth::usable(&context, now)?;
+        self.key_cache.insert(cache_key, context.clone()).await;
         Ok(Caller::Key(context))
     }
 
@@ -628,7 +717,16 @@ impl Admission {
         let latency = self.started.elapsed();
         let settings = &governance.settings;
         let mut decisions = std::mem::take(&mut self.decisions);
-        decisions.extend(outcome.decisions.iter().cloned());
+        // Routing's steps carry upstream error messages, which may quote
+        // what the client sent.
+        decisions.extend(outcome.decisions.iter().cloned().map(|mut step| {
+            if let Some(message) = step.get_mut("message")
+                && let Some(text) = message.as_str()
+            {
+                *message = serde_json::Value::String(mask::mask(text).into_owned());
+            }
+            step
+        }));
         if outcome.cache_hit {
             decisions.push(json!({"step": "cache", "status": "hit"}));
         }

@@ -18,7 +18,7 @@ use crate::breaker::{BreakerSettings, Permit};
 use crate::budget::RetryBudget;
 use crate::cache::{CachedAnswer, ResponseCache, cache_key, fill_from_stream};
 use crate::deployment::Deployment;
-use crate::rules::{CacheMode, RequestContext, Rule};
+use crate::rules::{CacheMode, RequestContext, Rule, Trail};
 
 /// Rules may lead to routes with rules of their own; config validation
 /// refuses cycles, and this bounds the walk regardless.
@@ -402,6 +402,9 @@ impl Gateway {
             let Some(rule) = route.rules.iter().find(|r| r.matches(request, context)) else {
                 break;
             };
+            context.trail.note(serde_json::json!({
+                "step": "rule", "from": route.name, "to": rule.target,
+            }));
             route = self.route(&rule.target)?;
         }
         Ok(route)
@@ -444,6 +447,7 @@ impl Gateway {
         route: &Route,
         plan: Vec<Arc<Deployment>>,
         call: &(dyn Fn(Arc<Deployment>) -> BoxFuture<'static, Result<T, BackendError>> + Sync),
+        trail: &Trail,
     ) -> Attempt<T> {
         self.budget.record_request();
         let mut last_error: Option<BackendError> = None;
@@ -461,12 +465,23 @@ impl Gateway {
                         (a, b) => a.or(b),
                     };
                     debug!(deployment = %deployment.name, "circuit open; skipped");
+                    trail.note(serde_json::json!({
+                        "step": "skipped", "deployment": deployment.name, "why": "circuit open",
+                    }));
                     break;
                 };
                 let outcome = match route.hedge_after {
                     Some(delay) if tries == 0 && index < plan.len() => {
-                        self.hedged(deployment.clone(), permit, &plan, &mut index, delay, call)
-                            .await
+                        Self::hedged(
+                            deployment.clone(),
+                            permit,
+                            &plan,
+                            &mut index,
+                            delay,
+                            call,
+                            trail,
+                        )
+                        .await
                     }
                     _ => attempt(deployment.clone(), permit, call).await,
                 };
@@ -475,6 +490,10 @@ impl Gateway {
                     Err(error) => error,
                 };
                 let kind = failure_kind(&error);
+                trail.note(serde_json::json!({
+                    "step": "attempt_failed", "deployment": deployment.name,
+                    "kind": format!("{:?}", error.kind), "message": error.message,
+                }));
                 if !kind.is_some_and(|k| route.fallback_on.contains(&k)) {
                     return Err(error);
                 }
@@ -498,12 +517,20 @@ impl Gateway {
                         && self.budget.try_retry()
                     {
                         debug!(deployment = %deployment.name, wait_ms = wait.as_millis() as u64, "retrying");
+                        trail.note(serde_json::json!({
+                            "step": "retry", "deployment": deployment.name,
+                            "wait_ms": wait.as_millis() as u64,
+                        }));
                         tokio::time::sleep(wait).await;
                         tries += 1;
                         last_error = Some(error);
                         continue;
                     }
                     debug!("retry budget spent or Retry-After too long; moving on");
+                    trail.note(serde_json::json!({
+                        "step": "no_retry", "deployment": deployment.name,
+                        "why": "retry budget spent or Retry-After too long",
+                    }));
                 }
                 last_error = Some(error);
                 break;
@@ -525,13 +552,13 @@ impl Gateway {
     /// first has not answered within `delay`; the first success wins and
     /// the other attempt is dropped (cancelled).
     async fn hedged<T: Send + 'static>(
-        &self,
         first: Arc<Deployment>,
         permit: Permit,
         plan: &[Arc<Deployment>],
         index: &mut usize,
         delay: Duration,
         call: &(dyn Fn(Arc<Deployment>) -> BoxFuture<'static, Result<T, BackendError>> + Sync),
+        trail: &Trail,
     ) -> Attempt<T> {
         let a = attempt(first, permit, call);
         tokio::pin!(a);
@@ -552,6 +579,9 @@ impl Gateway {
             return a.await;
         };
         debug!(deployment = %deployment.name, "hedging with a second attempt");
+        trail.note(serde_json::json!({
+            "step": "hedge", "deployment": deployment.name, "after_ms": delay.as_millis() as u64,
+        }));
         let b = attempt(deployment, permit, call);
         tokio::pin!(b);
         tokio::select! {
@@ -623,7 +653,7 @@ impl Gateway {
                 }
             })
         };
-        let (response, deployment) = self.run(route, plan, &call).await?;
+        let (response, deployment) = self.run(route, plan, &call, &context.trail).await?;
         let status = match cached {
             Some((cache, key)) => {
                 let answer = CachedAnswer::from_response(&deployment.name, &response);
@@ -677,7 +707,7 @@ impl Gateway {
                 }
             })
         };
-        let (stream, deployment) = self.run(route, plan, &call).await?;
+        let (stream, deployment) = self.run(route, plan, &call, &context.trail).await?;
         let (stream, status) = match cached {
             Some((cache, key)) => {
                 let model = deployment
@@ -704,7 +734,7 @@ impl Gateway {
     pub async fn embed(
         &self,
         request: EmbeddingRequest,
-        _context: &RequestContext,
+        context: &RequestContext,
     ) -> Result<Routed<EmbeddingResponse>, BackendError> {
         let route = self.route(&request.model)?;
         let plan: Vec<_> = self
@@ -730,7 +760,7 @@ impl Gateway {
                 }
             })
         };
-        let (response, deployment) = self.run(route, plan, &call).await?;
+        let (response, deployment) = self.run(route, plan, &call, &context.trail).await?;
         Ok(Routed {
             value: response,
             route: route.name.clone(),

@@ -15,4 +15,4 @@ pub use breaker::{BreakerSettings, BreakerState};
 pub use cache::{CachedAnswer, MemoryCache, RedisCache, ResponseCache};
 pub use deployment::Deployment;
 pub use gateway::{CacheStatus, Gateway, GatewayBuilder, Listed, Routed};
-pub use rules::{CacheMode, RequestContext};
+pub use rules::{CacheMode, RequestContext, Trail};

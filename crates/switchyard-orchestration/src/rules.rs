@@ -1,6 +1,7 @@
 //! Rule-based routing: pick a route from the request itself.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use switchyard_config::RuleConfig;
 use switchyard_core::{ChatRequest, Role};
@@ -19,6 +20,33 @@ pub struct RequestContext {
     pub metadata: BTreeMap<String, String>,
     /// What the caller asked of the cache.
     pub cache: CacheMode,
+    /// Where routing notes the steps it took.
+    pub trail: Trail,
+}
+
+/// The steps routing took for one request (rules matched, attempts that
+/// failed, retries, hedges, deployments skipped), for the audit trail.
+/// Shared, so the caller reads it after the call whether it succeeded or
+/// failed.
+#[derive(Debug, Clone, Default)]
+pub struct Trail(Arc<Mutex<Vec<serde_json::Value>>>);
+
+impl Trail {
+    /// Adds a step.
+    pub fn note(&self, step: serde_json::Value) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(step);
+    }
+
+    /// The steps so far.
+    pub fn steps(&self) -> Vec<serde_json::Value> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// A caller's wish about the response cache (`x-switchyard-cache`).

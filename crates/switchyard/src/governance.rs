@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use switchyard_config::Config;
+use switchyard_governance::jwt::JwtSettings;
 use switchyard_governance::switchyard_state::{SqlStore, redact_url, sqlite_url};
 use switchyard_governance::{Counters, Governance, GovernanceSettings, Price, PriceTable};
 use tracing::{info, warn};
@@ -77,6 +78,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Governance>> {
             "authentication is off: model calls need no key (set governance.auth = true to require one)"
         );
     }
+    let jwt = settings.jwt.as_ref().map(|jwt| JwtSettings {
+        issuer: jwt.issuer.clone(),
+        jwks_url: jwt.jwks_url.clone(),
+        audience: jwt.audience.clone(),
+        tenant_claim: jwt.tenant_claim.clone(),
+        team_claim: jwt.team_claim.clone(),
+        role_claim: jwt.role_claim.clone(),
+    });
     let governance = Governance::new(
         GovernanceSettings {
             auth_enabled: settings.auth,
@@ -85,10 +94,12 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Governance>> {
             ledger_flush: Duration::from_millis(settings.ledger_flush_ms),
             store_prompts: settings.store_prompts,
             store_answers: settings.store_answers,
+            jwt,
         },
         store,
         counters,
-    );
+    )
+    .context("cannot start governance")?;
     governance.set_prices(prices(config));
     info!(database = %redact_url(&url), shared_counters = config.redis_url.is_some(), "governance ready");
     Ok(governance)

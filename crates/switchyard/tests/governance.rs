@@ -803,3 +803,228 @@ async fn the_official_sdks_raise_their_own_auth_permission_and_rate_limit_errors
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("governance SDK checks passed"));
 }
+
+#[tokio::test]
+async fn the_audit_trail_shows_the_route_the_fallback_and_why() {
+    let upstream = standin().await;
+    let routes = format!(
+        "[models.broken]\nbackend = \"openai\"\nbase_url = \"{}\"\nheaders = {{ \"x-standin-status\" = \"500\" }}\n\
+         [routes.chat]\nstrategy = \"priority\"\ndeployments = [{{ model = \"broken\" }}, {{ model = \"priced\" }}]\n",
+        upstream.base_url()
+    );
+    let server = Server::start(&format!("{}\n{routes}", config(&upstream, "", "")));
+    let (_, key) = tenant_with_key(&server, json!({})).await;
+    let response = client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .bearer_auth(&key)
+        .header("x-request-id", "fell-back")
+        .json(&ask("chat"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-route"], "chat/priced");
+    let audit = master(&server)
+        .get("/admin/audit?request_id=fell-back")
+        .await;
+    let steps = audit["data"][0]["decisions"].as_array().unwrap().clone();
+    let failed = steps
+        .iter()
+        .find(|s| s["step"] == "attempt_failed")
+        .unwrap_or_else(|| panic!("no failed attempt in {steps:?}"));
+    assert_eq!(failed["deployment"], "broken");
+    let route = steps.iter().find(|s| s["step"] == "route").unwrap();
+    assert_eq!(route["deployment"], "priced");
+    let failed_at = steps.iter().position(|s| s["step"] == "attempt_failed");
+    let routed_at = steps.iter().position(|s| s["step"] == "route");
+    assert!(
+        failed_at < routed_at,
+        "the fallback comes before the answer: {steps:?}"
+    );
+}
+
+/// Serves `body` as JSON on every request (the issuer's JWKS endpoint).
+async fn serve_json(body: Value) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = body.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/jwks.json")
+}
+
+/// An Ed25519 signing key as PKCS#8 v1 DER, and its public key.
+fn ed25519(seed: [u8; 32]) -> (Vec<u8>, Vec<u8>) {
+    use ring::signature::KeyPair;
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(&seed);
+    (der, pair.public_key().as_ref().to_vec())
+}
+
+fn sign(der: &[u8], kid: &str, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_ed_der(der),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tokens_from_an_oidc_issuer_map_to_tenant_team_and_role() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (issuer_key, public) = ed25519([7; 32]);
+    let (stranger_key, _) = ed25519([9; 32]);
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64.encode(&public),
+                                "kid": "k1", "alg": "EdDSA", "use": "sig"}]});
+    let jwks_url = serve_json(jwks).await;
+    let upstream = standin().await;
+    let governance = format!(
+        "[governance.jwt]\nissuer = \"https://idp.test\"\njwks_url = \"{jwks_url}\"\naudience = \"switchyard\"\nteam_claim = \"team\""
+    );
+    let server = Server::start(&config(&upstream, "", &governance));
+    let admin = master(&server);
+    let tenant = admin.post("/admin/tenants", json!({"name": "sso"})).await;
+    let tenant_id = tenant["id"].as_str().unwrap();
+    let other = admin
+        .post("/admin/tenants", json!({"name": "elsewhere"}))
+        .await;
+    admin
+        .post(
+            "/admin/keys",
+            json!({"tenant_id": other["id"], "name": "theirs"}),
+        )
+        .await;
+    let now = unix_ms() / 1000;
+    let claims = |changes: Value| {
+        let mut claims = json!({"sub": "alice", "iss": "https://idp.test", "aud": "switchyard",
+                                "exp": now + 300, "tenant": tenant_id});
+        for (name, value) in changes.as_object().unwrap() {
+            claims[name] = value.clone();
+        }
+        claims
+    };
+
+    let member = sign(&issuer_key, "k1", &claims(json!({})));
+    let response = client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .bearer_auth(&member)
+        .header("x-request-id", "by-token")
+        .json(&ask("priced"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let audit = admin.get("/admin/audit?request_id=by-token").await;
+    assert_eq!(audit["data"][0]["tenant_id"], tenant_id);
+    assert_eq!(audit["data"][0]["key_id"], "jwt:alice");
+    // A member token is no admin.
+    let as_member = Admin {
+        server: &server,
+        key: member.clone(),
+    };
+    assert_eq!(
+        as_member
+            .send(reqwest::Method::GET, "/admin/keys", None)
+            .await
+            .0,
+        403
+    );
+
+    let refused = [
+        (
+            "wrong issuer",
+            sign(
+                &issuer_key,
+                "k1",
+                &claims(json!({"iss": "https://evil.test"})),
+            ),
+        ),
+        (
+            "wrong audience",
+            sign(&issuer_key, "k1", &claims(json!({"aud": "other"}))),
+        ),
+        (
+            "expired",
+            sign(&issuer_key, "k1", &claims(json!({"exp": now - 120}))),
+        ),
+        (
+            "unknown tenant",
+            sign(&issuer_key, "k1", &claims(json!({"tenant": "ten_nope"}))),
+        ),
+        (
+            "unknown team",
+            sign(&issuer_key, "k1", &claims(json!({"team": "team_nope"}))),
+        ),
+        (
+            "unknown role",
+            sign(&issuer_key, "k1", &claims(json!({"role": "king"}))),
+        ),
+        ("another key", sign(&stranger_key, "k1", &claims(json!({})))),
+        (
+            "unknown key id",
+            sign(&stranger_key, "k2", &claims(json!({}))),
+        ),
+    ];
+    for (why, token) in refused {
+        let response = chat(&server, Some(&token), &ask("priced")).await;
+        assert_eq!(response.status(), 401, "{why}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{why}");
+    }
+    // HMAC signed with the public key as the secret: the key decides the
+    // algorithm, not the token.
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims(json!({"role": "admin"})),
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    assert_eq!(
+        chat(&server, Some(&forged), &ask("priced")).await.status(),
+        401
+    );
+
+    // An admin token manages its own tenant only.
+    let admin_token = sign(
+        &issuer_key,
+        "k1",
+        &claims(json!({"role": "admin", "sub": "root"})),
+    );
+    let as_admin = Admin {
+        server: &server,
+        key: admin_token,
+    };
+    let keys = as_admin.get("/admin/keys").await;
+    assert_eq!(
+        keys["data"],
+        json!([]),
+        "the other tenant's key stays hidden"
+    );
+    let created = as_admin
+        .post("/admin/keys", json!({"name": "made by sso"}))
+        .await;
+    assert_eq!(created["tenant_id"], tenant_id);
+}
