@@ -336,7 +336,8 @@ impl Governance {
     ) -> Result<Admission, GovernanceError> {
         let started = Instant::now();
         let at = now_ms();
-        let row_id = uuid::Uuid::new_v4().simple().to_string();
+        // Time-ordered, so rows append to the primary-key index.
+        let row_id = uuid::Uuid::now_v7().simple().to_string();
         let mut decisions = vec![json!({"step": "authenticate", "as": caller.describe()})];
         let mut admission = Admission {
             governance: self.clone(),
@@ -801,6 +802,14 @@ impl Admission {
         let row_id = self.row_id.clone();
         let counted = outcome.tokens.is_some() || outcome.status >= 400;
         let actual = tokens.total();
+        let needs_counters = !slot_keys.is_empty()
+            || (counted && !token_charges.is_empty())
+            || (cost > 0.0 && !budget_keys.is_empty());
+        if !needs_counters {
+            // Nothing shared to update (no limits, no budget): no task.
+            governance.ledger.record(usage, audit);
+            return;
+        }
         // Spend reaches the shared totals before the ledger row is queued,
         // so the next admission already sees it.
         let settle = async move {

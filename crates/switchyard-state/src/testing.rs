@@ -18,6 +18,7 @@ pub async fn fresh_postgres_schema(url: &str) -> Result<String, StateError> {
     sqlx::any::install_default_drivers();
     let schema = format!("sy_test_{}", uuid_like());
     let mut connection = sqlx::AnyConnection::connect(url).await?;
+    drop_stale_schemas(&mut connection).await?;
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&mut connection)
         .await?;
@@ -28,11 +29,46 @@ pub async fn fresh_postgres_schema(url: &str) -> Result<String, StateError> {
     ))
 }
 
-fn uuid_like() -> String {
+/// Drops test schemas left by runs more than an hour old (tests running
+/// now are younger), so the test database does not fill up.
+async fn drop_stale_schemas(connection: &mut sqlx::AnyConnection) -> Result<(), StateError> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT CAST(schema_name AS TEXT) AS schema_name FROM information_schema.schemata WHERE schema_name LIKE 'sy_test_%'",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    let now = now_nanos();
+    let hour = 3_600_000_000_000u128;
+    for row in rows {
+        let name: String = row.try_get("schema_name")?;
+        let created = name
+            .strip_prefix("sy_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|hex| u128::from_str_radix(hex, 16).ok());
+        let plain = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if plain && created.is_some_and(|at| now.saturating_sub(at) > hour) {
+            // The name matched the pattern above and holds only
+            // [a-z0-9_]: safe to splice.
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .execute(&mut *connection)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn now_nanos() -> u128 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let nanos = SystemTime::now()
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn uuid_like() -> String {
+    let nanos = now_nanos();
     let counter = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{:x}_{}_{counter}", nanos, std::process::id())
 }
