@@ -72,17 +72,25 @@ pub(crate) async fn admit(
     model: &str,
     estimated_tokens: u64,
 ) -> Result<Admission, ApiError> {
-    let caller = caller(state, headers).await?;
-    if let Some(tenant) = caller.tenant_id() {
-        // Tenants never share cache entries; keys of one tenant may.
-        context.caller = format!("tenant:{tenant}");
-        context.tenant = Some(tenant.to_owned());
-    }
     let facts = RequestFacts {
         request_id: request_id(headers),
         model: model.to_owned(),
         estimated_tokens,
     };
+    let caller = match state.governance.authenticate(presented_key(headers)).await {
+        Ok(caller) => caller,
+        Err(error) => {
+            state
+                .governance
+                .record_refused_authentication(facts, &error);
+            return Err(error.into());
+        }
+    };
+    if let Some(tenant) = caller.tenant_id() {
+        // Tenants never share cache entries; keys of one tenant may.
+        context.caller = format!("tenant:{tenant}");
+        context.tenant = Some(tenant.to_owned());
+    }
     Ok(state.governance.admit(&caller, facts).await?)
 }
 

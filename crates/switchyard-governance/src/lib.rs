@@ -258,6 +258,41 @@ impl Governance {
         Ok(Caller::Key(context))
     }
 
+    /// An admission holding nothing yet.
+    fn admission(self: &Arc<Self>, caller: Caller, facts: RequestFacts) -> Admission {
+        Admission {
+            governance: self.clone(),
+            // Time-ordered, so rows append to the primary-key index.
+            row_id: uuid::Uuid::now_v7().simple().to_string(),
+            facts,
+            caller,
+            at: now_ms(),
+            started: Instant::now(),
+            decisions: Vec::new(),
+            token_charges: Vec::new(),
+            slot_keys: Vec::new(),
+            budget_keys: Vec::new(),
+            rate_headers: RateHeaders::default(),
+            first_token: None,
+            finished: false,
+        }
+    }
+
+    /// Records a model call refused before anyone was authenticated (no
+    /// key, a wrong, revoked or expired one): the audit trail keeps failed
+    /// attempts too.
+    pub fn record_refused_authentication(
+        self: &Arc<Self>,
+        facts: RequestFacts,
+        error: &GovernanceError,
+    ) {
+        let mut admission = self.admission(Caller::Anonymous, facts);
+        admission.decisions = vec![json!({
+            "step": "authenticate", "allowed": false, "why": error.to_string(),
+        })];
+        admission.refuse(error);
+    }
+
     /// A caller from a verified JWT: its tenant (and team) must exist and
     /// be enabled; limits and budgets are the tenant's and team's.
     async fn authenticate_jwt(
@@ -334,26 +369,9 @@ impl Governance {
         caller: &Caller,
         facts: RequestFacts,
     ) -> Result<Admission, GovernanceError> {
-        let started = Instant::now();
-        let at = now_ms();
-        // Time-ordered, so rows append to the primary-key index.
-        let row_id = uuid::Uuid::now_v7().simple().to_string();
         let mut decisions = vec![json!({"step": "authenticate", "as": caller.describe()})];
-        let mut admission = Admission {
-            governance: self.clone(),
-            row_id,
-            facts,
-            caller: caller.clone(),
-            at,
-            started,
-            decisions: Vec::new(),
-            token_charges: Vec::new(),
-            slot_keys: Vec::new(),
-            budget_keys: Vec::new(),
-            rate_headers: RateHeaders::default(),
-            first_token: None,
-            finished: false,
-        };
+        let mut admission = self.admission(caller.clone(), facts);
+        let at = admission.at;
         let Caller::Key(context) = caller else {
             admission.decisions = decisions;
             return Ok(admission);

@@ -153,6 +153,23 @@ async fn keys_gate_model_calls_with_the_right_status_and_shape() {
         assert_eq!(body["error"]["code"], "invalid_api_key");
         assert!(body["error"]["message"].as_str().unwrap().len() > 5);
     }
+    // Failed attempts are in the audit trail too, without the key.
+    let attempt = client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .bearer_auth("sy-key_0123456789abcdef.guessing")
+        .header("x-request-id", "bad-key")
+        .json(&ask("priced"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attempt.status(), 401);
+    let audit = master(&server).get("/admin/audit?request_id=bad-key").await;
+    let record = &audit["data"][0];
+    assert_eq!(record["status"], 401);
+    assert_eq!(record["decisions"][0]["step"], "authenticate");
+    assert_eq!(record["decisions"][0]["allowed"], false);
+    assert!(!audit.to_string().contains("guessing"));
+
     // The Anthropic door answers in Anthropic's shape.
     let response = client()
         .post(format!("{}/messages", server.v1()))
