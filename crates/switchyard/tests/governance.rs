@@ -560,10 +560,32 @@ async fn two_gateways_sharing_redis_admit_at_most_60_of_200_concurrent_requests(
     );
 }
 
+/// `database_url = "…"` for the top of a configuration, or nothing (SQLite).
+fn database_line(database_url: Option<&str>) -> String {
+    database_url
+        .map(|url| format!("database_url = \"{url}\""))
+        .unwrap_or_default()
+}
+
 #[tokio::test]
-async fn concurrent_requests_overshoot_a_budget_by_at_most_those_in_flight() {
+async fn concurrent_requests_overshoot_a_budget_by_at_most_those_in_flight_on_sqlite() {
+    budget_overshoot(None).await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_overshoot_a_budget_by_at_most_those_in_flight_on_postgres() {
+    if let Some(url) = postgres_url().await {
+        budget_overshoot(Some(url)).await;
+    }
+}
+
+async fn budget_overshoot(database_url: Option<String>) {
     let upstream = standin().await;
-    let server = Server::start(&config(&upstream, "", ""));
+    let server = Server::start(&config(
+        &upstream,
+        &database_line(database_url.as_deref()),
+        "",
+    ));
     let (tenant, key) = tenant_with_key(
         &server,
         json!({"budget": {"limit_usd": 3.0, "period": "monthly", "alert_at": [0.5]}}),
@@ -616,11 +638,22 @@ async fn concurrent_requests_overshoot_a_budget_by_at_most_those_in_flight() {
 }
 
 #[tokio::test]
-async fn the_ledger_and_audit_trail_record_each_request_with_secrets_masked() {
+async fn the_ledger_and_audit_trail_record_each_request_with_secrets_masked_on_sqlite() {
+    ledger_and_audit(None).await;
+}
+
+#[tokio::test]
+async fn the_ledger_and_audit_trail_record_each_request_with_secrets_masked_on_postgres() {
+    if let Some(url) = postgres_url().await {
+        ledger_and_audit(Some(url)).await;
+    }
+}
+
+async fn ledger_and_audit(database_url: Option<String>) {
     let upstream = standin().await;
     let server = Server::start(&config(
         &upstream,
-        "",
+        &database_line(database_url.as_deref()),
         "store_prompts = true\nstore_answers = true",
     ));
     let (tenant, key) = tenant_with_key(&server, json!({"limits": {"rpm": 100}})).await;
@@ -705,12 +738,21 @@ async fn the_ledger_and_audit_trail_record_each_request_with_secrets_masked() {
     assert!(!logs.contains("jane@example.com"));
 }
 
+/// SQLite, then PostgreSQL: one after the other, as two loaded gateways at
+/// once on two cores would measure the machine, not the ledger.
 #[tokio::test]
 async fn a_killed_gateway_keeps_every_request_completed_a_flush_interval_before() {
+    killed_under_load(None).await;
+    if let Some(url) = postgres_url().await {
+        killed_under_load(Some(url)).await;
+    }
+}
+
+async fn killed_under_load(database_url: Option<String>) {
     let upstream = standin().await;
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().to_str().unwrap().to_owned();
-    let config = config(&upstream, "", "");
+    let config = config(&upstream, &database_line(database_url.as_deref()), "");
     let server = Server::start_with_env(&config, &[("SWITCHYARD_DATA_DIR", &data_dir)]);
     let (tenant, key) = tenant_with_key(&server, json!({})).await;
     let started_ms = unix_ms();
