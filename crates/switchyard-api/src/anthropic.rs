@@ -19,7 +19,7 @@ use switchyard_protocol::anthropic::{
 use tracing::{debug, warn};
 
 use crate::AppState;
-use crate::context::{request_context, route_headers};
+use crate::context::request_context;
 use crate::error::ApiError;
 use crate::extract::read_json;
 use crate::governed;
@@ -106,61 +106,29 @@ pub(crate) async fn messages(
     let request = body.into_canonical().map_err(ApiError::from)?;
     let model = request.model.clone();
     tracing::Span::current().record("model", model.as_str());
-    let admission = governed::admit(
-        &state,
-        &headers,
-        &mut context,
-        &model,
-        governed::estimate_chat(&request),
-    )
-    .await?;
-    let limits = governed::rate_headers(&admission);
-    let settings = state.governance.settings();
-    let prompt = settings
-        .store_prompts
-        .then(|| governed::prompt_text(&request));
-    let keep_answer = settings.store_answers;
+    let governed = governed::admit_chat(&state, &headers, &mut context, &request).await?;
     let gateway = state.gateway.load_full();
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     if stream {
-        let routed = match gateway.chat_stream(request, &context).await {
-            Ok(routed) => routed,
-            Err(error) => return Err(governed::backend_failure(admission, error, &context).into()),
-        };
-        tracing::Span::current().record("route", routed.label().as_str());
-        let route = route_headers(&routed);
-        let mut outcome = governed::served(&routed, None, &context);
-        outcome.prompt = prompt;
-        let events = governed::metered(routed.value, admission, outcome, keep_answer);
+        let (events, headers) = governed.chat_stream(&gateway, request, &context).await?;
         let mut response = Sse::new(sse_events(events, id, model))
             .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
             .into_response();
         response
             .headers_mut()
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        response.headers_mut().extend(route);
-        response.headers_mut().extend(limits);
+        response.headers_mut().extend(headers);
         return Ok(response);
     }
-    let routed = match gateway.chat(request, &context).await {
-        Ok(routed) => routed,
-        Err(error) => return Err(governed::backend_failure(admission, error, &context).into()),
-    };
-    tracing::Span::current().record("route", routed.label().as_str());
-    let answer = &routed.value;
+    let (answer, headers) = governed.chat(&gateway, request, &context).await?;
     debug!(
         finish_reason = answer.finish_reason.as_str(),
         prompt_tokens = answer.usage.prompt_tokens,
         completion_tokens = answer.usage.completion_tokens,
         "message served"
     );
-    let mut outcome = governed::served(&routed, Some(&answer.usage), &context);
-    outcome.prompt = prompt;
-    outcome.answer = keep_answer.then(|| answer.content.clone());
-    admission.finish(outcome);
-    let mut response = Json(MessagesResponse::from_canonical(id, model, answer)).into_response();
-    response.headers_mut().extend(route_headers(&routed));
-    response.headers_mut().extend(limits);
+    let mut response = Json(MessagesResponse::from_canonical(id, model, &answer)).into_response();
+    response.headers_mut().extend(headers);
     Ok(response)
 }
 

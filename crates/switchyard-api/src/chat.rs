@@ -15,7 +15,7 @@ use switchyard_protocol::openai::{ChatCompletion, ChatCompletionRequest, ChunkFa
 use tracing::{debug, warn};
 
 use crate::AppState;
-use crate::context::{request_context, route_headers};
+use crate::context::request_context;
 use crate::error::ApiError;
 use crate::extract::OpenAiJson;
 use crate::governed;
@@ -35,20 +35,7 @@ pub(crate) async fn chat_completions(
     let request = body.into_canonical()?;
     let model = request.model.clone();
     tracing::Span::current().record("model", model.as_str());
-    let admission = governed::admit(
-        &state,
-        &headers,
-        &mut context,
-        &model,
-        governed::estimate_chat(&request),
-    )
-    .await?;
-    let limits = governed::rate_headers(&admission);
-    let settings = state.governance.settings();
-    let prompt = settings
-        .store_prompts
-        .then(|| governed::prompt_text(&request));
-    let keep_answer = settings.store_answers;
+    let governed = governed::admit_chat(&state, &headers, &mut context, &request).await?;
     let gateway = state.gateway.load_full();
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = SystemTime::now()
@@ -56,16 +43,8 @@ pub(crate) async fn chat_completions(
         .map_or(0, |d| d.as_secs());
 
     if stream {
-        let routed = match gateway.chat_stream(request, &context).await {
-            Ok(routed) => routed,
-            Err(error) => return Err(governed::backend_failure(admission, error, &context)),
-        };
-        tracing::Span::current().record("route", routed.label().as_str());
+        let (events, headers) = governed.chat_stream(&gateway, request, &context).await?;
         let chunks = ChunkFactory::new(id, created, model);
-        let headers = route_headers(&routed);
-        let mut outcome = governed::served(&routed, None, &context);
-        outcome.prompt = prompt;
-        let events = governed::metered(routed.value, admission, outcome, keep_answer);
         let mut response = Sse::new(sse_events(events, chunks, include_usage))
             .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
             .into_response();
@@ -74,30 +53,19 @@ pub(crate) async fn chat_completions(
             .headers_mut()
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
         response.headers_mut().extend(headers);
-        response.headers_mut().extend(limits);
         return Ok(response);
     }
 
-    let routed = match gateway.chat(request, &context).await {
-        Ok(routed) => routed,
-        Err(error) => return Err(governed::backend_failure(admission, error, &context)),
-    };
-    tracing::Span::current().record("route", routed.label().as_str());
-    let answer = &routed.value;
+    let (answer, headers) = governed.chat(&gateway, request, &context).await?;
     debug!(
         finish_reason = answer.finish_reason.as_str(),
         prompt_tokens = answer.usage.prompt_tokens,
         completion_tokens = answer.usage.completion_tokens,
         "completion served"
     );
-    let mut outcome = governed::served(&routed, Some(&answer.usage), &context);
-    outcome.prompt = prompt;
-    outcome.answer = keep_answer.then(|| answer.content.clone());
-    admission.finish(outcome);
     let mut response =
-        Json(ChatCompletion::from_canonical(id, created, model, answer)).into_response();
-    response.headers_mut().extend(route_headers(&routed));
-    response.headers_mut().extend(limits);
+        Json(ChatCompletion::from_canonical(id, created, model, &answer)).into_response();
+    response.headers_mut().extend(headers);
     Ok(response)
 }
 

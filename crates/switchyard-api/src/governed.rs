@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use futures::StreamExt;
-use switchyard_core::{BackendError, ChatRequest, ChatStream, StreamEvent, Usage};
+use switchyard_core::{BackendError, ChatRequest, ChatResponse, ChatStream, StreamEvent, Usage};
 use switchyard_governance::{Admission, Caller, GovernanceError, Outcome, RequestFacts, Tokens};
-use switchyard_orchestration::{CacheStatus, RequestContext, Routed};
+use switchyard_orchestration::{CacheStatus, Gateway, RequestContext, Routed};
 
 use crate::AppState;
+use crate::context::route_headers;
 use crate::error::ApiError;
 
 /// Longest answer a request is assumed to ask for when it sets no
@@ -54,7 +55,7 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
 
 /// Prompt tokens guessed from characters (about four per token in English
 /// text), plus the answer the request allows.
-pub(crate) fn estimate_chat(request: &ChatRequest) -> u64 {
+fn estimate_chat(request: &ChatRequest) -> u64 {
     let characters: usize = request.messages.iter().map(|m| m.text().len()).sum();
     let prompt = u64::try_from(characters.div_ceil(4)).unwrap_or(u64::MAX);
     let output = request
@@ -92,6 +93,82 @@ pub(crate) async fn admit(
         context.tenant = Some(tenant.to_owned());
     }
     Ok(state.governance.admit(&caller, facts).await?)
+}
+
+/// A chat request that governance admitted: everything the chat front
+/// doors (OpenAI's and Anthropic's) need around the gateway call, so that
+/// each only encodes its own wire format.
+pub(crate) struct GovernedChat {
+    admission: Admission,
+    prompt: Option<String>,
+    keep_answer: bool,
+}
+
+/// Authenticates and admits a chat request (see [`admit`]).
+pub(crate) async fn admit_chat(
+    state: &AppState,
+    headers: &HeaderMap,
+    context: &mut RequestContext,
+    request: &ChatRequest,
+) -> Result<GovernedChat, ApiError> {
+    let admission = admit(
+        state,
+        headers,
+        context,
+        &request.model,
+        estimate_chat(request),
+    )
+    .await?;
+    let settings = state.governance.settings();
+    Ok(GovernedChat {
+        admission,
+        prompt: settings.store_prompts.then(|| prompt_text(request)),
+        keep_answer: settings.store_answers,
+    })
+}
+
+impl GovernedChat {
+    /// A whole answer, recorded; with the route and rate-limit headers.
+    pub(crate) async fn chat(
+        self,
+        gateway: &Gateway,
+        request: ChatRequest,
+        context: &RequestContext,
+    ) -> Result<(ChatResponse, HeaderMap), ApiError> {
+        let mut headers = rate_headers(&self.admission);
+        let routed = match gateway.chat(request, context).await {
+            Ok(routed) => routed,
+            Err(error) => return Err(backend_failure(self.admission, error, context)),
+        };
+        tracing::Span::current().record("route", routed.label().as_str());
+        let mut outcome = served(&routed, Some(&routed.value.usage), context);
+        outcome.prompt = self.prompt;
+        outcome.answer = self.keep_answer.then(|| routed.value.content.clone());
+        self.admission.finish(outcome);
+        headers.extend(route_headers(&routed));
+        Ok((routed.value, headers))
+    }
+
+    /// A stream that records the request when it ends; with the route and
+    /// rate-limit headers.
+    pub(crate) async fn chat_stream(
+        self,
+        gateway: &Gateway,
+        request: ChatRequest,
+        context: &RequestContext,
+    ) -> Result<(ChatStream, HeaderMap), ApiError> {
+        let mut headers = rate_headers(&self.admission);
+        let routed = match gateway.chat_stream(request, context).await {
+            Ok(routed) => routed,
+            Err(error) => return Err(backend_failure(self.admission, error, context)),
+        };
+        tracing::Span::current().record("route", routed.label().as_str());
+        headers.extend(route_headers(&routed));
+        let mut outcome = served(&routed, None, context);
+        outcome.prompt = self.prompt;
+        let events = metered(routed.value, self.admission, outcome, self.keep_answer);
+        Ok((events, headers))
+    }
 }
 
 /// `x-ratelimit-*` headers of an admitted request.
@@ -141,7 +218,7 @@ pub(crate) fn failed(error: &ApiError) -> Outcome {
 }
 
 /// The prompt as the audit trail may keep it.
-pub(crate) fn prompt_text(request: &ChatRequest) -> String {
+fn prompt_text(request: &ChatRequest) -> String {
     request
         .messages
         .iter()
@@ -153,7 +230,7 @@ pub(crate) fn prompt_text(request: &ChatRequest) -> String {
 /// Passes a stream through unchanged while noting its first token, its
 /// usage and how it ended; the admission is finished when the stream
 /// ends, and recorded as abandoned (499) if the client drops it first.
-pub(crate) fn metered(
+fn metered(
     mut events: ChatStream,
     mut admission: Admission,
     mut outcome: Outcome,
@@ -193,70 +270,42 @@ pub(crate) fn metered(
 
 impl From<GovernanceError> for ApiError {
     fn from(error: GovernanceError) -> Self {
-        let message = error.to_string();
-        let api = |status: StatusCode, kind: &'static str, code: &str| {
-            ApiError {
-                status,
-                kind,
-                ..ApiError::invalid_request(message.clone(), None)
-            }
-            .with_code(code)
+        let status =
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let (kind, code) = match &error {
+            GovernanceError::Unauthenticated(_) => ("invalid_request_error", "invalid_api_key"),
+            GovernanceError::Forbidden(_) => ("permission_error", "permission_denied"),
+            GovernanceError::RateLimited { .. } => ("rate_limit_error", "rate_limit_exceeded"),
+            GovernanceError::BudgetExceeded { .. } => ("insufficient_quota", "budget_exceeded"),
+            GovernanceError::NotFound(_) => ("invalid_request_error", "not_found"),
+            GovernanceError::Invalid(_) => ("invalid_request_error", "invalid_value"),
+            GovernanceError::Unavailable(_) => ("server_error", "governance_unavailable"),
         };
+        let mut api = ApiError {
+            status,
+            kind,
+            ..ApiError::invalid_request(error.to_string(), None)
+        }
+        .with_code(code);
         match error {
-            GovernanceError::Unauthenticated(_) => api(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "invalid_api_key",
-            ),
-            GovernanceError::Forbidden(_) => api(
-                StatusCode::FORBIDDEN,
-                "permission_error",
-                "permission_denied",
-            ),
             GovernanceError::RateLimited {
                 retry_after,
                 headers,
                 ..
             } => {
-                let mut error = api(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limit_error",
-                    "rate_limit_exceeded",
-                );
-                error.retry_after = Some(retry_after.unwrap_or(Duration::from_secs(60)));
-                error.headers = Some(Box::new(headers.pairs()));
-                error
+                api.retry_after = Some(retry_after.unwrap_or(Duration::from_secs(60)));
+                api.headers = Some(Box::new(headers.pairs()));
             }
-            GovernanceError::BudgetExceeded { retry_after, .. } => {
-                let mut error = api(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "insufficient_quota",
-                    "budget_exceeded",
-                );
-                error.retry_after = retry_after;
-                error
-            }
-            GovernanceError::NotFound(_) => {
-                api(StatusCode::NOT_FOUND, "invalid_request_error", "not_found")
-            }
-            GovernanceError::Invalid(_) => api(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_value",
-            ),
+            GovernanceError::BudgetExceeded { retry_after, .. } => api.retry_after = retry_after,
             GovernanceError::Unavailable(_) => {
-                let mut error = api(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    "governance_unavailable",
-                );
-                error.message =
+                api.message =
                     "the gateway cannot check keys or limits right now; try again shortly"
                         .to_owned();
-                error.retry_after = Some(Duration::from_secs(1));
-                error
+                api.retry_after = Some(Duration::from_secs(1));
             }
+            _ => {}
         }
+        api
     }
 }
 

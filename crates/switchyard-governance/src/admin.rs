@@ -56,6 +56,37 @@ pub struct GroupPatch {
     pub metadata: Option<Metadata>,
 }
 
+impl GroupPatch {
+    /// Checks the patch and writes its fields over a tenant's or team's.
+    fn apply(
+        self,
+        name: &mut String,
+        disabled: &mut bool,
+        limits: &mut Limits,
+        budget: &mut Option<Budget>,
+        metadata: &mut Metadata,
+    ) -> Result<(), GovernanceError> {
+        if let Some(new) = self.name {
+            check_name(&new)?;
+            *name = new;
+        }
+        if let Some(new) = self.budget {
+            check_budget(new.as_ref())?;
+            *budget = new;
+        }
+        if let Some(new) = self.disabled {
+            *disabled = new;
+        }
+        if let Some(new) = self.limits {
+            *limits = new;
+        }
+        if let Some(new) = self.metadata {
+            *metadata = new;
+        }
+        Ok(())
+    }
+}
+
 /// `POST /admin/teams`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -263,17 +294,13 @@ impl Governance {
         // An admin key learns nothing about other tenants: 404 first.
         let mut tenant = self.get_tenant(caller, id).await?;
         require_master(caller)?;
-        if let Some(name) = patch.name {
-            check_name(&name)?;
-            tenant.name = name;
-        }
-        if let Some(budget) = patch.budget {
-            check_budget(budget.as_ref())?;
-            tenant.budget = budget;
-        }
-        tenant.disabled = patch.disabled.unwrap_or(tenant.disabled);
-        tenant.limits = patch.limits.unwrap_or(tenant.limits);
-        tenant.metadata = patch.metadata.unwrap_or(tenant.metadata);
+        patch.apply(
+            &mut tenant.name,
+            &mut tenant.disabled,
+            &mut tenant.limits,
+            &mut tenant.budget,
+            &mut tenant.metadata,
+        )?;
         tenant.updated_at = now_ms();
         self.store.update_tenant(&caller.scope(), &tenant).await?;
         self.forget_all_keys();
@@ -330,17 +357,13 @@ impl Governance {
         patch: GroupPatch,
     ) -> Result<Team, GovernanceError> {
         let mut team = self.get_team(caller, id).await?;
-        if let Some(name) = patch.name {
-            check_name(&name)?;
-            team.name = name;
-        }
-        if let Some(budget) = patch.budget {
-            check_budget(budget.as_ref())?;
-            team.budget = budget;
-        }
-        team.disabled = patch.disabled.unwrap_or(team.disabled);
-        team.limits = patch.limits.unwrap_or(team.limits);
-        team.metadata = patch.metadata.unwrap_or(team.metadata);
+        patch.apply(
+            &mut team.name,
+            &mut team.disabled,
+            &mut team.limits,
+            &mut team.budget,
+            &mut team.metadata,
+        )?;
         team.updated_at = now_ms();
         self.store.update_team(&caller.scope(), &team).await?;
         self.forget_all_keys();

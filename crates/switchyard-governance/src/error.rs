@@ -44,6 +44,20 @@ pub enum GovernanceError {
     Unavailable(String),
 }
 
+impl GovernanceError {
+    /// The HTTP status this refusal answers with (and the ledger records).
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Unauthenticated(_) => 401,
+            Self::Forbidden(_) => 403,
+            Self::RateLimited { .. } | Self::BudgetExceeded { .. } => 429,
+            Self::NotFound(_) => 404,
+            Self::Invalid(_) => 400,
+            Self::Unavailable(_) => 503,
+        }
+    }
+}
+
 impl From<StateError> for GovernanceError {
     fn from(error: StateError) -> Self {
         tracing::error!(%error, "governance state failed");

@@ -28,7 +28,6 @@ enum Entry {
 pub struct Ledger {
     sender: mpsc::UnboundedSender<Entry>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    flush_interval: Duration,
 }
 
 impl Ledger {
@@ -41,13 +40,7 @@ impl Ledger {
         Self {
             sender,
             writer: Mutex::new(Some(writer)),
-            flush_interval,
         }
-    }
-
-    /// The flush interval the guarantee is stated in.
-    pub fn flush_interval(&self) -> Duration {
-        self.flush_interval
     }
 
     /// Queues one request's rows.

@@ -545,11 +545,6 @@ impl Governance {
         let current = self.counters.spend.get(&keys).await?;
         Ok(current.first().copied().flatten().unwrap_or(total))
     }
-
-    /// Spend, keys, usage and audit of one tenant, or of all for the master.
-    pub fn scope_of(caller: &Caller) -> TenantScope {
-        caller.scope()
-    }
 }
 
 /// The budgets that apply to a key: its own, its team's, its tenant's.
@@ -695,16 +690,8 @@ impl Admission {
 
     /// Records a request refused at admission (its status from the error).
     fn refuse(&mut self, error: &GovernanceError) {
-        let status = match error {
-            GovernanceError::Unauthenticated(_) => 401,
-            GovernanceError::Forbidden(_) => 403,
-            GovernanceError::RateLimited { .. } | GovernanceError::BudgetExceeded { .. } => 429,
-            GovernanceError::NotFound(_) => 404,
-            GovernanceError::Invalid(_) => 400,
-            GovernanceError::Unavailable(_) => 503,
-        };
         self.record(Outcome {
-            status,
+            status: error.status(),
             error: Some(error.to_string()),
             ..Outcome::default()
         });

@@ -501,20 +501,6 @@ impl SqlStore {
         Ok(from_i64(row.try_get::<i64, _>("n")?))
     }
 
-    /// Every ledger request id in scope (tests and audits of the crash
-    /// guarantee read them).
-    pub async fn usage_request_ids(&self, scope: &TenantScope) -> Result<Vec<String>, StateError> {
-        let rows = sqlx::query(
-            "SELECT request_id FROM usage_ledger WHERE ($1 IS NULL OR tenant_id = $1) ORDER BY at, id",
-        )
-        .bind(scope.filter())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| Ok(row.try_get::<String, _>("request_id")?))
-            .collect()
-    }
-
     /// Requests, tokens and spend in scope and time range, grouped.
     pub async fn usage_report(
         &self,

@@ -9,21 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, client, sse_data};
+use common::{Server, client, recording_standin, sse_data, stream_chunks, streamed_text};
 use serde_json::{Value, json};
-use switchyard_standin::{RunningStandin, StandinConfig};
-
-async fn standin() -> RunningStandin {
-    switchyard_standin::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        StandinConfig {
-            record: true,
-            ..StandinConfig::default()
-        },
-    )
-    .await
-    .unwrap()
-}
+use switchyard_standin::RunningStandin;
 
 fn claude(name: &str, upstream: &RunningStandin, extra: &str) -> String {
     format!(
@@ -46,7 +34,7 @@ fn chat(model: &str, stream: bool) -> Value {
 
 #[tokio::test]
 async fn anthropic_adapter_whole_answer_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&claude("claude", &upstream, "default_max_tokens = 777"));
     let mut request = chat("claude", false);
     request.as_object_mut().unwrap().remove("stream_options");
@@ -72,7 +60,7 @@ async fn anthropic_adapter_whole_answer_against_standin() {
 
 #[tokio::test]
 async fn anthropic_adapter_streams_text_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&claude(
         "claude",
         &upstream,
@@ -84,16 +72,8 @@ async fn anthropic_adapter_streams_text_against_standin() {
         .text()
         .await
         .unwrap();
-    let events = sse_data(&body);
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let chunks = stream_chunks(&body);
+    let text = streamed_text(&chunks);
     assert_eq!(text, "echo: hello there stand in");
     assert_eq!(
         chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
@@ -105,7 +85,7 @@ async fn anthropic_adapter_streams_text_against_standin() {
 
 #[tokio::test]
 async fn anthropic_adapter_tool_use_whole_and_streamed_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&claude("claude", &upstream, ""));
     let tools = json!([{"type": "function", "function": {"name": "get_weather",
         "description": "Weather", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]);
@@ -177,7 +157,7 @@ async fn anthropic_adapter_tool_use_whole_and_streamed_against_standin() {
 
 #[tokio::test]
 async fn anthropic_adapter_forwards_images_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&claude("claude", &upstream, ""));
     let request = json!({"model": "claude", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "look"},
@@ -201,7 +181,7 @@ async fn anthropic_adapter_forwards_images_against_standin() {
 
 #[tokio::test]
 async fn anthropic_adapter_errors_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         claude(
             "limited",
@@ -270,7 +250,7 @@ async fn post_messages(server: &Server, body: &Value) -> reqwest::Response {
 
 #[tokio::test]
 async fn front_door_answers_in_anthropic_shape_from_an_openai_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&front_door_config(&upstream));
     let request = json!({
         "model": "gpt", "max_tokens": 64, "system": "be terse",
@@ -295,7 +275,7 @@ async fn front_door_answers_in_anthropic_shape_from_an_openai_standin() {
 
 #[tokio::test]
 async fn front_door_streams_anthropic_events_in_order() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&front_door_config(&upstream));
     let request = json!({
         "model": "gpt", "max_tokens": 64, "stream": true,
@@ -344,7 +324,7 @@ async fn front_door_streams_anthropic_events_in_order() {
 
 #[tokio::test]
 async fn front_door_tool_use_round_trip_with_an_openai_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&front_door_config(&upstream));
     let tools = json!([{"name": "get_weather", "description": "Weather",
                         "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]);
@@ -403,7 +383,7 @@ async fn front_door_tool_use_round_trip_with_an_openai_standin() {
 
 #[tokio::test]
 async fn front_door_errors_are_anthropic_shaped() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&front_door_config(&upstream));
     let cases = [
         (

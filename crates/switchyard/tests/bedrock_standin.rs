@@ -7,21 +7,9 @@
 
 mod common;
 
-use common::{Server, sse_data};
+use common::{Server, recording_standin, sse_data, stream_chunks, streamed_text};
 use serde_json::{Value, json};
-use switchyard_standin::{AWS_SECRET, RunningStandin, StandinConfig};
-
-async fn standin() -> RunningStandin {
-    switchyard_standin::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        StandinConfig {
-            record: true,
-            ..StandinConfig::default()
-        },
-    )
-    .await
-    .unwrap()
-}
+use switchyard_standin::{AWS_SECRET, RunningStandin};
 
 fn bedrock(name: &str, upstream: &RunningStandin, secret: &str, extra: &str) -> String {
     format!(
@@ -50,7 +38,7 @@ fn chat(model: &str, stream: bool) -> Value {
 
 #[tokio::test]
 async fn bedrock_converse_signed_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&bedrock("br", &upstream, AWS_SECRET, ""));
     let response = server.post_chat(&chat("br", false)).await;
     assert_eq!(response.status(), 200);
@@ -78,7 +66,7 @@ async fn bedrock_converse_signed_against_standin() {
 
 #[tokio::test]
 async fn bedrock_rejects_a_bad_signature_as_an_auth_failure() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&bedrock("br", &upstream, "the-wrong-secret", ""));
     let response = server.post_chat(&chat("br", false)).await;
     assert_eq!(response.status(), 502);
@@ -94,7 +82,7 @@ async fn bedrock_rejects_a_bad_signature_as_an_auth_failure() {
 
 #[tokio::test]
 async fn bedrock_converse_stream_event_frames_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&bedrock("br", &upstream, AWS_SECRET, ""));
     let body = server
         .post_chat(&chat("br", true))
@@ -102,16 +90,8 @@ async fn bedrock_converse_stream_event_frames_against_standin() {
         .text()
         .await
         .unwrap();
-    let events = sse_data(&body);
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let chunks = stream_chunks(&body);
+    let text = streamed_text(&chunks);
     assert_eq!(text, "echo: hello there stand in");
     assert_eq!(
         chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
@@ -123,7 +103,7 @@ async fn bedrock_converse_stream_event_frames_against_standin() {
 
 #[tokio::test]
 async fn bedrock_tool_use_whole_and_streamed_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&bedrock("br", &upstream, AWS_SECRET, ""));
     let tools = json!([{"type": "function", "function": {"name": "get_weather",
         "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]);
@@ -173,7 +153,7 @@ async fn bedrock_tool_use_whole_and_streamed_against_standin() {
 
 #[tokio::test]
 async fn bedrock_images_as_bytes_and_urls_refused() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&bedrock("br", &upstream, AWS_SECRET, ""));
     let inline = json!({"model": "br", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "look"},
@@ -202,7 +182,7 @@ async fn bedrock_images_as_bytes_and_urls_refused() {
 
 #[tokio::test]
 async fn bedrock_errors_and_stream_exceptions_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         bedrock(
             "throttled",

@@ -6,21 +6,9 @@
 
 mod common;
 
-use common::{Server, client, sse_data};
+use common::{Server, client, recording_standin, sse_data, stream_chunks, streamed_text};
 use serde_json::{Value, json};
-use switchyard_standin::{RunningStandin, StandinConfig};
-
-async fn standin() -> RunningStandin {
-    switchyard_standin::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        StandinConfig {
-            record: true,
-            ..StandinConfig::default()
-        },
-    )
-    .await
-    .unwrap()
-}
+use switchyard_standin::RunningStandin;
 
 fn gemini(name: &str, upstream: &RunningStandin, extra: &str) -> String {
     format!(
@@ -50,7 +38,7 @@ fn whole(mut request: Value) -> Value {
 
 #[tokio::test]
 async fn gemini_whole_answer_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&gemini("gem", &upstream, ""));
     let answer: Value = server
         .post_chat(&whole(chat("gem", false)))
@@ -79,7 +67,7 @@ async fn gemini_whole_answer_against_standin() {
 
 #[tokio::test]
 async fn gemini_stream_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&gemini("gem", &upstream, ""));
     let body = server
         .post_chat(&chat("gem", true))
@@ -87,16 +75,8 @@ async fn gemini_stream_against_standin() {
         .text()
         .await
         .unwrap();
-    let events = sse_data(&body);
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let chunks = stream_chunks(&body);
+    let text = streamed_text(&chunks);
     assert_eq!(text, "echo: hello there stand in");
     assert_eq!(
         chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
@@ -111,7 +91,7 @@ async fn gemini_stream_against_standin() {
 
 #[tokio::test]
 async fn gemini_function_calls_and_results_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&gemini("gem", &upstream, ""));
     let tools = json!([{"type": "function", "function": {"name": "get_weather",
         "parameters": {"type": "object", "additionalProperties": false,
@@ -172,7 +152,7 @@ async fn gemini_function_calls_and_results_against_standin() {
 
 #[tokio::test]
 async fn gemini_images_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&gemini("gem", &upstream, ""));
     let request = json!({"model": "gem", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "look"},
@@ -190,7 +170,7 @@ async fn gemini_images_against_standin() {
 
 #[tokio::test]
 async fn gemini_safety_blocks_are_content_filter_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         gemini(
             "unsafe",
@@ -232,7 +212,7 @@ async fn gemini_safety_blocks_are_content_filter_against_standin() {
 
 #[tokio::test]
 async fn gemini_errors_and_retry_info_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         gemini(
             "limited",
@@ -257,7 +237,7 @@ async fn gemini_errors_and_retry_info_against_standin() {
 
 #[tokio::test]
 async fn gemini_embeddings_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&gemini("gem-embed", &upstream, ""));
     let answer: Value = client()
         .post(format!("{}/embeddings", server.v1()))

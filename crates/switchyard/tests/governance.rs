@@ -134,6 +134,27 @@ async fn chat(server: &Server, key: Option<&str>, body: &Value) -> reqwest::Resp
     request.send().await.unwrap()
 }
 
+/// Sends `total` chat requests for `model` with `key`, `concurrency` at a
+/// time, spread over `servers` in turn; the statuses, bodies read.
+async fn statuses_of(
+    servers: &[&Server],
+    key: &str,
+    model: &str,
+    total: usize,
+    concurrency: usize,
+) -> Vec<u16> {
+    futures::stream::iter(0..total)
+        .map(|i| async move {
+            let response = chat(servers[i % servers.len()], Some(key), &ask(model)).await;
+            let status = response.status().as_u16();
+            let _ = response.bytes().await;
+            status
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
 #[tokio::test]
 async fn keys_gate_model_calls_with_the_right_status_and_shape() {
     let upstream = standin().await;
@@ -537,20 +558,7 @@ async fn two_gateways_sharing_redis_admit_at_most_60_of_200_concurrent_requests(
     let second = Server::start(&config(&upstream, &top, ""));
     let (_, key) = tenant_with_key(&first, json!({"limits": {"rpm": 60}})).await;
     let servers = [&first, &second];
-    let statuses: Vec<u16> = futures::stream::iter(0..200)
-        .map(|i| {
-            let server = servers[i % 2];
-            let key = key.clone();
-            async move {
-                let response = chat(server, Some(&key), &ask("priced")).await;
-                let status = response.status().as_u16();
-                let _ = response.bytes().await;
-                status
-            }
-        })
-        .buffer_unordered(200)
-        .collect()
-        .await;
+    let statuses = statuses_of(&servers, &key, "priced", 200, 200).await;
     let admitted = statuses.iter().filter(|&&s| s == 200).count();
     let limited = statuses.iter().filter(|&&s| s == 429).count();
     assert_eq!(admitted + limited, 200, "{statuses:?}");
@@ -592,20 +600,7 @@ async fn budget_overshoot(database_url: Option<String>) {
     )
     .await;
     let concurrency = 10;
-    let statuses: Vec<u16> = futures::stream::iter(0..60)
-        .map(|_| {
-            let key = key.clone();
-            let server = &server;
-            async move {
-                let response = chat(server, Some(&key), &ask("slow")).await;
-                let status = response.status().as_u16();
-                let _ = response.bytes().await;
-                status
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
+    let statuses = statuses_of(&[&server], &key, "slow", 60, concurrency).await;
     let served = statuses.iter().filter(|&&s| s == 200).count();
     let refused = statuses.iter().filter(|&&s| s == 429).count();
     assert_eq!(served + refused, 60, "{statuses:?}");

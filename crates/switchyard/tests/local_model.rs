@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{
     Server, capital_request, client, local_embedding_config, local_model_config, sse_data,
+    stream_chunks,
 };
 use serde_json::{Value, json};
 
@@ -51,12 +52,7 @@ async fn greedy_capital_answer_and_stream_match_and_usage_adds_up() {
             .starts_with("text/event-stream")
     );
     let body = response.text().await.unwrap();
-    let events = sse_data(&body);
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = stream_chunks(&body);
     let id = chunks[0]["id"].as_str().unwrap();
     assert!(chunks.iter().all(|c| c["id"] == id));
     assert!(

@@ -9,21 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, client, sse_data};
+use common::{Server, client, recording_standin, sse_data, stream_chunks, streamed_text};
 use serde_json::{Value, json};
-use switchyard_standin::{RunningStandin, StandinConfig};
-
-async fn standin() -> RunningStandin {
-    switchyard_standin::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        StandinConfig {
-            record: true,
-            ..StandinConfig::default()
-        },
-    )
-    .await
-    .unwrap()
-}
 
 /// A model entry for the stand-in with extra lines (headers, timeouts).
 fn remote_model(name: &str, base_url: &str, extra: &str) -> String {
@@ -47,7 +34,7 @@ fn chat(model: &str, stream: bool) -> Value {
 
 #[tokio::test]
 async fn whole_answer_through_standin_with_credentials_and_headers() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = remote_model(
         "remote",
         &upstream.base_url(),
@@ -105,7 +92,7 @@ async fn whole_answer_through_standin_with_credentials_and_headers() {
 
 #[tokio::test]
 async fn stream_through_standin_is_forwarded_chunk_by_chunk() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = remote_model(
         "remote",
         &upstream.base_url(),
@@ -125,17 +112,9 @@ async fn stream_through_standin_is_forwarded_chunk_by_chunk() {
         }
         body.push_str(&text);
     }
-    let events = sse_data(&body);
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = stream_chunks(&body);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text = streamed_text(&chunks);
     assert_eq!(text, "echo: hello there stand in");
     assert_eq!(
         chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
@@ -158,7 +137,7 @@ async fn stream_through_standin_is_forwarded_chunk_by_chunk() {
 
 #[tokio::test]
 async fn standin_errors_map_to_openai_errors() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let base = upstream.base_url();
     let config = [
         remote_model(
@@ -240,7 +219,7 @@ async fn standin_errors_map_to_openai_errors() {
 /// `[DONE]`: never a hang, never a truncated frame.
 #[tokio::test]
 async fn broken_standin_streams_end_with_error_event_and_done() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let base = upstream.base_url();
     let config = [
         remote_model(
@@ -296,7 +275,7 @@ async fn broken_standin_streams_end_with_error_event_and_done() {
 
 #[tokio::test]
 async fn client_disconnect_drops_the_standin_call() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = remote_model(
         "remote",
         &upstream.base_url(),
@@ -330,7 +309,7 @@ fn weather_tools() -> Value {
 
 #[tokio::test]
 async fn tool_calls_through_standin_whole_and_streamed() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&remote_model("remote", &upstream.base_url(), ""));
     let mut request = chat("remote", false);
     request["tools"] = weather_tools();
@@ -400,7 +379,7 @@ async fn tool_calls_through_standin_whole_and_streamed() {
 
 #[tokio::test]
 async fn images_are_forwarded_to_the_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&remote_model("remote", &upstream.base_url(), ""));
     let request = json!({
         "model": "remote",
@@ -425,7 +404,7 @@ async fn images_are_forwarded_to_the_standin() {
 
 #[tokio::test]
 async fn embeddings_through_standin_float_and_base64() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let server = Server::start(&remote_model("embedder", &upstream.base_url(), ""));
     let http = client();
     let url = format!("{}/embeddings", server.v1());
@@ -494,7 +473,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn azure_deployment_urls_key_header_and_api_version_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = format!(
         "[models.azure-gpt]\nbackend = \"azure\"\nbase_url = \"{}\"\ndeployment = \"gpt4o-prod\"\napi_key = \"azure-secret\"\napi_version = \"2024-10-21\"\n",
         upstream.root_url()
@@ -521,7 +500,7 @@ async fn azure_deployment_urls_key_header_and_api_version_against_standin() {
 
 #[tokio::test]
 async fn mistral_preset_renames_fields_against_standin() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = format!(
         "[models.mistral-small]\nbackend = \"openai\"\npreset = \"mistral\"\nbase_url = \"{}\"\napi_key = \"m-key\"\n",
         upstream.base_url()

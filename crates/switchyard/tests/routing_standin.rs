@@ -9,22 +9,10 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{Server, client, sse_data};
+use common::{Server, client, recording_standin, sse_data};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use switchyard_standin::{Failure, RunningStandin, StandinConfig};
-
-async fn standin() -> RunningStandin {
-    switchyard_standin::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        StandinConfig {
-            record: true,
-            ..StandinConfig::default()
-        },
-    )
-    .await
-    .unwrap()
-}
+use switchyard_standin::{Failure, RunningStandin};
 
 fn model(name: &str, upstream: &RunningStandin, extra: &str) -> String {
     format!(
@@ -69,7 +57,7 @@ async fn load(server: &Server, body: Value, total: usize, concurrency: usize) ->
 
 #[tokio::test]
 async fn a_deployment_failing_30_percent_with_a_healthy_fallback_serves_all_1000() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         model(
             "flaky",
@@ -102,8 +90,8 @@ async fn a_deployment_failing_30_percent_with_a_healthy_fallback_serves_all_1000
 
 #[tokio::test]
 async fn a_breaker_opens_stops_sending_then_recovers() {
-    let primary = standin().await;
-    let backup = standin().await;
+    let primary = recording_standin().await;
+    let backup = recording_standin().await;
     let config = [
         model("primary", &primary, ""),
         model("backup", &backup, ""),
@@ -135,7 +123,7 @@ async fn a_breaker_opens_stops_sending_then_recovers() {
 
 #[tokio::test]
 async fn retries_stop_when_the_retry_budget_is_spent() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         model("down", &upstream, ""),
         "[routes.chat]\ndeployments = [{ model = \"down\" }]\nretries = 3\nretry_backoff_ms = 1\n".into(),
@@ -155,7 +143,7 @@ async fn retries_stop_when_the_retry_budget_is_spent() {
 
 #[tokio::test]
 async fn retry_after_from_the_upstream_is_honoured() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         model("limited", &upstream, ""),
         "[routes.chat]\ndeployments = [{ model = \"limited\" }]\nretries = 1\n".into(),
@@ -179,7 +167,7 @@ async fn retry_after_from_the_upstream_is_honoured() {
 
 #[tokio::test]
 async fn a_95_5_weighted_split_lands_within_a_few_percent() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         model("stable", &upstream, ""),
         model("canary", &upstream, ""),
@@ -195,7 +183,7 @@ async fn a_95_5_weighted_split_lands_within_a_few_percent() {
 
 #[tokio::test]
 async fn a_stream_cut_after_tokens_ends_with_an_error_and_is_not_replayed() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         model("cut", &upstream, "headers = { \"x-standin-fault\" = \"midstream-disconnect\" }"),
         model("steady", &upstream, ""),
@@ -219,8 +207,8 @@ async fn a_stream_cut_after_tokens_ends_with_an_error_and_is_not_replayed() {
 
 #[tokio::test]
 async fn hedging_answers_from_the_faster_deployment_and_cancels_the_slower() {
-    let slow = standin().await;
-    let fast = standin().await;
+    let slow = recording_standin().await;
+    let fast = recording_standin().await;
     let config = [
         model("slow", &slow, "headers = { \"x-standin-latency-ms\" = \"3000\" }"),
         model("fast", &fast, ""),
@@ -244,7 +232,7 @@ async fn hedging_answers_from_the_faster_deployment_and_cancels_the_slower() {
 
 #[tokio::test]
 async fn cache_hits_are_exact_replays_and_never_cross_callers() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         model("m", &upstream, ""),
         "[cache]\nenabled = true\nttl_secs = 60\n".into(),
@@ -324,7 +312,7 @@ async fn cache_hits_are_exact_replays_and_never_cross_callers() {
 
 #[tokio::test]
 async fn rules_route_by_header_code_and_length() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let config = [
         model("general", &upstream, ""),
         model("coder", &upstream, ""),
@@ -375,7 +363,7 @@ async fn rules_route_by_header_code_and_length() {
 
 #[tokio::test]
 async fn a_config_reload_under_load_fails_no_request() {
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     let before = [
         model("blue", &upstream, ""),
         model("green", &upstream, ""),
@@ -426,7 +414,7 @@ async fn two_instances_share_the_redis_cache() {
         eprintln!("SWITCHYARD_TEST_REDIS_URL is not set; skipping the Redis cache test");
         return;
     };
-    let upstream = standin().await;
+    let upstream = recording_standin().await;
     // A fresh namespace per run: the reply text carries a random marker.
     let marker = format!("run-{}", fastrand::u64(..));
     let config = [

@@ -279,6 +279,39 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The JSON chunks of an OpenAI-style stream, after checking that it ends
+/// with `[DONE]`.
+pub fn stream_chunks(body: &str) -> Vec<serde_json::Value> {
+    let events = sse_data(body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
+/// The text of a stream's content deltas, joined.
+pub fn streamed_text(chunks: &[serde_json::Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+/// A stand-in upstream on an ephemeral port that records the requests it
+/// receives.
+pub async fn recording_standin() -> switchyard_standin::RunningStandin {
+    switchyard_standin::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        switchyard_standin::StandinConfig {
+            record: true,
+            ..switchyard_standin::StandinConfig::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// The `What is the capital of France?` request, greedy.
 pub fn capital_request(stream: bool) -> serde_json::Value {
     serde_json::json!({
