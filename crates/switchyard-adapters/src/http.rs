@@ -17,7 +17,7 @@ const MAX_ERROR_TEXT: usize = 512;
 
 /// rustls needs a process-wide crypto provider; ring builds fastest and is
 /// enough for a client. Installing twice is harmless.
-fn ensure_crypto_provider() {
+pub fn ensure_crypto_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -123,6 +123,7 @@ impl HttpUpstream {
         let headers_deadline = deadline.min(Instant::now() + self.timeouts.first_byte);
         let mut headers = self.headers.clone();
         headers.extend(signed);
+        switchyard_telemetry::trace::inject(&mut headers);
         // A parsed URL: reqwest would otherwise parse (and IDNA-check) the
         // string on every request.
         let pending = self

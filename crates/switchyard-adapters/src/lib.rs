@@ -14,7 +14,7 @@ mod stream;
 pub use anthropic::{AnthropicAdapter, AnthropicConfig};
 pub use bedrock::{AwsCredentials, BedrockAdapter, BedrockConfig};
 pub use gemini::{GeminiAdapter, GeminiConfig};
-pub use http::Timeouts;
+pub use http::{Timeouts, ensure_crypto_provider};
 pub use openai::{Auth, OpenAiAdapter, OpenAiConfig};
 pub use presets::{PRESETS, Preset, Quirks, preset};
 

@@ -106,7 +106,7 @@ pub(crate) async fn messages(
     let request = body.into_canonical().map_err(ApiError::from)?;
     let model = request.model.clone();
     tracing::Span::current().record("model", model.as_str());
-    let governed = governed::admit_chat(&state, &headers, &mut context, &request).await?;
+    let governed = governed::admit_chat(&state, &headers, &mut context, &request, stream).await?;
     let gateway = state.gateway.load_full();
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     if stream {

@@ -35,7 +35,7 @@ pub(crate) async fn chat_completions(
     let request = body.into_canonical()?;
     let model = request.model.clone();
     tracing::Span::current().record("model", model.as_str());
-    let governed = governed::admit_chat(&state, &headers, &mut context, &request).await?;
+    let governed = governed::admit_chat(&state, &headers, &mut context, &request, stream).await?;
     let gateway = state.gateway.load_full();
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = SystemTime::now()

@@ -54,6 +54,7 @@ pub(crate) fn request_context(
             .unwrap_or_default(),
         cache,
         trail: Default::default(),
+        upstream: Default::default(),
     }
 }
 

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use switchyard_governance::Operation;
 use switchyard_protocol::openai_embeddings::{EmbeddingsRequest, EmbeddingsResponse};
 use tracing::debug;
 
@@ -24,8 +25,13 @@ pub(crate) async fn embeddings(
     tracing::Span::current().record("model", model.as_str());
     let inputs = request.inputs.len();
     let characters: usize = request.inputs.iter().map(String::len).sum();
-    let estimate = u64::try_from(characters.div_ceil(4)).unwrap_or(u64::MAX);
-    let admission = governed::admit(&state, &headers, &mut context, &model, estimate).await?;
+    let call = governed::Call {
+        model: &model,
+        operation: Operation::Embeddings,
+        stream: false,
+        estimated_tokens: u64::try_from(characters.div_ceil(4)).unwrap_or(u64::MAX),
+    };
+    let admission = governed::admit(&state, &headers, &mut context, call).await?;
     let limits = governed::rate_headers(&admission);
     let routed = match state.gateway.load_full().embed(request, &context).await {
         Ok(routed) => routed,

@@ -6,8 +6,12 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use futures::StreamExt;
 use switchyard_core::{BackendError, ChatRequest, ChatResponse, ChatStream, StreamEvent, Usage};
-use switchyard_governance::{Admission, Caller, GovernanceError, Outcome, RequestFacts, Tokens};
+use switchyard_governance::{
+    Admission, Caller, GovernanceError, Operation, Outcome, RequestFacts, Tokens,
+};
 use switchyard_orchestration::{CacheStatus, Gateway, RequestContext, Routed};
+use switchyard_telemetry::{UpstreamClock, trace};
+use tracing::Instrument;
 
 use crate::AppState;
 use crate::context::route_headers;
@@ -41,6 +45,7 @@ pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Call
     Ok(state
         .governance
         .authenticate(presented_key(headers))
+        .instrument(tracing::debug_span!("authenticate"))
         .await?)
 }
 
@@ -64,21 +69,38 @@ fn estimate_chat(request: &ChatRequest) -> u64 {
     prompt.saturating_add(output)
 }
 
+/// What a model call is, for admission, its metrics and its log line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call<'a> {
+    pub model: &'a str,
+    pub operation: Operation,
+    pub stream: bool,
+    pub estimated_tokens: u64,
+}
+
 /// Authenticates and admits a model call; ties the cache namespace and
 /// routing context to the caller's tenant.
 pub(crate) async fn admit(
     state: &AppState,
     headers: &HeaderMap,
     context: &mut RequestContext,
-    model: &str,
-    estimated_tokens: u64,
+    call: Call<'_>,
 ) -> Result<Admission, ApiError> {
     let facts = RequestFacts {
         request_id: request_id(headers),
-        model: model.to_owned(),
-        estimated_tokens,
+        model: call.model.to_owned(),
+        estimated_tokens: call.estimated_tokens,
+        trace_id: trace::current_trace_id(),
+        known_model: state.gateway.load().knows(call.model),
+        operation: call.operation,
+        stream: call.stream,
     };
-    let caller = match state.governance.authenticate(presented_key(headers)).await {
+    let authenticated = state
+        .governance
+        .authenticate(presented_key(headers))
+        .instrument(tracing::debug_span!("authenticate"))
+        .await;
+    let caller = match authenticated {
         Ok(caller) => caller,
         Err(error) => {
             state
@@ -92,7 +114,22 @@ pub(crate) async fn admit(
         context.caller = format!("tenant:{tenant}");
         context.tenant = Some(tenant.to_owned());
     }
-    Ok(state.governance.admit(&caller, facts).await?)
+    let request_span = tracing::Span::current();
+    trace::annotate(&request_span, || {
+        [
+            ("gen_ai.operation.name", call.operation.as_str().into()),
+            ("gen_ai.request.model", call.model.to_owned().into()),
+            (
+                "switchyard.tenant",
+                caller.tenant_id().unwrap_or("-").to_owned().into(),
+            ),
+        ]
+    });
+    Ok(state
+        .governance
+        .admit(&caller, facts)
+        .instrument(tracing::debug_span!("limits"))
+        .await?)
 }
 
 /// A chat request that governance admitted: everything the chat front
@@ -110,15 +147,15 @@ pub(crate) async fn admit_chat(
     headers: &HeaderMap,
     context: &mut RequestContext,
     request: &ChatRequest,
+    stream: bool,
 ) -> Result<GovernedChat, ApiError> {
-    let admission = admit(
-        state,
-        headers,
-        context,
-        &request.model,
-        estimate_chat(request),
-    )
-    .await?;
+    let call = Call {
+        model: &request.model,
+        operation: Operation::Chat,
+        stream,
+        estimated_tokens: estimate_chat(request),
+    };
+    let admission = admit(state, headers, context, call).await?;
     let settings = state.governance.settings();
     Ok(GovernedChat {
         admission,
@@ -140,7 +177,6 @@ impl GovernedChat {
             Ok(routed) => routed,
             Err(error) => return Err(backend_failure(self.admission, error, context)),
         };
-        tracing::Span::current().record("route", routed.label().as_str());
         let mut outcome = served(&routed, Some(&routed.value.usage), context);
         outcome.prompt = self.prompt;
         outcome.answer = self.keep_answer.then(|| routed.value.content.clone());
@@ -162,11 +198,16 @@ impl GovernedChat {
             Ok(routed) => routed,
             Err(error) => return Err(backend_failure(self.admission, error, context)),
         };
-        tracing::Span::current().record("route", routed.label().as_str());
         headers.extend(route_headers(&routed));
         let mut outcome = served(&routed, None, context);
         outcome.prompt = self.prompt;
-        let events = metered(routed.value, self.admission, outcome, self.keep_answer);
+        let events = metered(
+            routed.value,
+            self.admission,
+            outcome,
+            self.keep_answer,
+            context.upstream.clone(),
+        );
         Ok((events, headers))
     }
 }
@@ -197,6 +238,17 @@ pub(crate) fn served<T>(
     usage: Option<&Usage>,
     context: &RequestContext,
 ) -> Outcome {
+    let span = tracing::Span::current();
+    trace::annotate(&span, || {
+        [
+            ("switchyard.route", routed.route.clone().into()),
+            ("switchyard.deployment", routed.deployment.clone().into()),
+            ("switchyard.cache", routed.cache.as_str().into()),
+        ]
+    });
+    if let Some(usage) = usage {
+        annotate_usage(&span, usage);
+    }
     Outcome {
         status: 200,
         deployment: Some(routed.deployment.clone()),
@@ -204,8 +256,25 @@ pub(crate) fn served<T>(
         cache_hit: routed.cache == CacheStatus::Hit,
         tokens: usage.map(tokens),
         decisions: context.trail.steps(),
+        upstream: context.upstream.waited(),
         ..Outcome::default()
     }
+}
+
+/// Token counts on the request's server span.
+fn annotate_usage(span: &tracing::Span, usage: &Usage) {
+    trace::annotate(span, || {
+        [
+            (
+                "gen_ai.usage.input_tokens",
+                i64::from(usage.prompt_tokens).into(),
+            ),
+            (
+                "gen_ai.usage.output_tokens",
+                i64::from(usage.completion_tokens).into(),
+            ),
+        ]
+    });
 }
 
 /// What the ledger keeps of a failed request.
@@ -230,29 +299,53 @@ fn prompt_text(request: &ChatRequest) -> String {
 /// Passes a stream through unchanged while noting its first token, its
 /// usage and how it ended; the admission is finished when the stream
 /// ends, and recorded as abandoned (499) if the client drops it first.
+/// The stream has a span of its own, a child of the request's.
 fn metered(
     mut events: ChatStream,
     mut admission: Admission,
     mut outcome: Outcome,
     keep_answer: bool,
+    upstream: UpstreamClock,
 ) -> ChatStream {
+    let request_span = tracing::Span::current();
+    let stream_span = tracing::debug_span!(
+        "stream",
+        otel.name = "stream",
+        otel.status_code = tracing::field::Empty,
+    );
     Box::pin(async_stream::stream! {
         let mut answer = String::new();
+        let mut chunks: i64 = 0;
         while let Some(event) = events.next().await {
             match &event {
                 Ok(StreamEvent::Delta(text)) => {
+                    if chunks == 0 {
+                        stream_span.in_scope(|| tracing::debug!("first token"));
+                    }
+                    chunks += 1;
                     admission.first_token();
                     if keep_answer {
                         answer.push_str(text);
                     }
                 }
                 Ok(StreamEvent::ToolCall(_)) => admission.first_token(),
-                Ok(StreamEvent::Usage(usage)) => outcome.tokens = Some(tokens(usage)),
-                Ok(StreamEvent::Finish(_)) => {}
+                Ok(StreamEvent::Usage(usage)) => {
+                    outcome.tokens = Some(tokens(usage));
+                    annotate_usage(&request_span, usage);
+                    annotate_usage(&stream_span, usage);
+                }
+                Ok(StreamEvent::Finish(reason)) => {
+                    trace::annotate_strings(
+                        &request_span,
+                        "gen_ai.response.finish_reasons",
+                        vec![reason.as_str().to_owned()],
+                    );
+                }
                 Err(error) => {
                     let api = ApiError::from(error.clone());
                     outcome.status = api.status.as_u16();
                     outcome.error = Some(error.message.clone());
+                    stream_span.record("otel.status_code", "ERROR");
                 }
             }
             let failed = event.is_err();
@@ -261,10 +354,13 @@ fn metered(
                 break;
             }
         }
+        trace::annotate(&stream_span, || [("switchyard.stream.chunks", chunks.into())]);
         if keep_answer {
             outcome.answer = Some(answer);
         }
+        outcome.upstream = upstream.waited();
         admission.finish(outcome);
+        drop(stream_span);
     })
 }
 
@@ -319,6 +415,7 @@ pub(crate) fn backend_failure(
     let error = ApiError::from(error);
     let mut outcome = failed(&error);
     outcome.decisions = context.trail.steps();
+    outcome.upstream = context.upstream.waited();
     admission.finish(outcome);
     error
 }

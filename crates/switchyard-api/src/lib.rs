@@ -3,7 +3,8 @@
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/messages` (Anthropic's
 //! shape), `POST /v1/embeddings`, `GET /v1/models`,
-//! `GET /v1/models/{model}`, `GET /healthz`, `GET /readyz`, and the admin
+//! `GET /v1/models/{model}`, `GET /healthz`, `GET /readyz`, `GET /metrics`
+//! (Prometheus), and the admin
 //! API under `/admin/` (tenants, teams, keys, usage, audit, alerts). Every
 //! response
 //! carries `x-request-id` (the client's own when it sent one); every error
@@ -17,6 +18,7 @@ mod embeddings;
 pub mod error;
 pub mod extract;
 mod governed;
+mod metrics;
 mod models;
 
 use std::future::Future;
@@ -27,11 +29,13 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Request, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use switchyard_governance::Governance;
 use switchyard_orchestration::Gateway;
+use switchyard_telemetry::trace;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -48,12 +52,16 @@ use crate::error::ApiError;
 pub struct ApiConfig {
     /// Largest accepted request body; larger ones get 413.
     pub max_body_bytes: usize,
+    /// `GET /metrics` answers anyone even when keys are required (for a
+    /// Prometheus that scrapes without credentials on a private network).
+    pub public_metrics: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 4 * 1024 * 1024,
+            public_metrics: false,
         }
     }
 }
@@ -67,6 +75,7 @@ pub type SharedGateway = Arc<ArcSwap<Gateway>>;
 pub(crate) struct AppState {
     pub gateway: SharedGateway,
     pub governance: Arc<Governance>,
+    pub public_metrics: bool,
 }
 
 /// The complete HTTP application.
@@ -74,6 +83,7 @@ pub fn router(gateway: SharedGateway, governance: Arc<Governance>, config: &ApiC
     let state = AppState {
         gateway,
         governance,
+        public_metrics: config.public_metrics,
     };
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
@@ -107,6 +117,7 @@ pub fn router(gateway: SharedGateway, governance: Arc<Governance>, config: &ApiC
         .route("/admin/usage", get(admin::usage))
         .route("/admin/audit", get(admin::audit))
         .route("/admin/alerts", get(admin::alerts))
+        .route("/metrics", get(metrics::scrape))
         .route("/healthz", get(models::healthz))
         .route("/readyz", get(models::readyz))
         .fallback(unknown_route)
@@ -117,27 +128,71 @@ pub fn router(gateway: SharedGateway, governance: Arc<Governance>, config: &ApiC
     // they deserve (a 503 from /readyz is not an ERROR).
     let trace = TraceLayer::new_for_http()
         .on_failure(())
-        .make_span_with(|request: &Request<_>| {
-            let request_id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            tracing::info_span!(
-                "request",
-                method = %request.method(),
-                path = %request.uri().path(),
-                request_id,
-                model = tracing::field::Empty,
-            )
-        });
+        .make_span_with(server_span)
+        .on_response(
+            |response: &Response, _latency: Duration, span: &tracing::Span| {
+                let status = response.status();
+                trace::annotate(span, || {
+                    [(
+                        "http.response.status_code",
+                        i64::from(status.as_u16()).into(),
+                    )]
+                });
+                if status.is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
+            },
+        );
     api.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(TimeOrderedIds))
             .layer(trace)
+            .layer(axum::middleware::from_fn(with_trace_context))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(CatchPanicLayer::custom(panic_response)),
     )
+}
+
+/// The request's server span. With span export on it continues the
+/// client's trace and carries OpenTelemetry's span name and kind; without,
+/// it holds only what the log lines show.
+fn server_span<B>(request: &Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let method = request.method();
+    let path = request.uri().path();
+    if !trace::exporting() {
+        return tracing::info_span!(
+            "request",
+            method = %method,
+            path = %path,
+            request_id,
+            model = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+    }
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {path}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        method = %method,
+        path = %path,
+        request_id,
+        model = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    trace::continue_trace(&span, request.headers());
+    span
+}
+
+/// Keeps the request's trace context at hand for upstream calls.
+async fn with_trace_context(request: axum::extract::Request, next: Next) -> Response {
+    let context = trace::request_trace(request.headers());
+    trace::in_request_trace(context, next.run(request)).await
 }
 
 /// Request ids are UUIDv7: time-ordered, so the ledger's index on them

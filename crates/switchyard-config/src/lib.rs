@@ -65,6 +65,111 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Keys, limits, budgets, ledger and audit.
     pub governance: GovernanceConfig,
+    /// Logs, metrics and trace export.
+    pub telemetry: TelemetryConfig,
+}
+
+/// The `[telemetry]` table.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `text` (readable, the default) or `json` (one object per line); the
+    /// `--log-format` flag and `SWITCHYARD_LOG_FORMAT` take precedence.
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+    /// Where spans are exported over OTLP, e.g. `http://127.0.0.1:4317`
+    /// (gRPC) or `http://127.0.0.1:4318` (HTTP). `None`: the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else no export at all.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `grpc`, `http/protobuf` or `http/json`.
+    #[serde(default)]
+    pub otlp_protocol: OtlpProtocol,
+    /// Headers sent with every export (a collector's API key).
+    #[serde(default)]
+    pub otlp_headers: BTreeMap<String, String>,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of new traces sampled, 0 to 1; a client's sampling decision in
+    /// its `traceparent` is followed.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Milliseconds between span batch exports.
+    #[serde(default = "default_export_interval_ms")]
+    pub export_interval_ms: u64,
+    /// `GET /metrics` answers without a key even when keys are required.
+    #[serde(default)]
+    pub public_metrics: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// OTLP/HTTP with JSON bodies.
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: None,
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
+            otlp_headers: BTreeMap::new(),
+            service_name: default_service_name(),
+            sample_ratio: default_sample_ratio(),
+            export_interval_ms: default_export_interval_ms(),
+            public_metrics: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for TelemetryConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryConfig")
+            .field("log_format", &self.log_format)
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("otlp_protocol", &self.otlp_protocol)
+            // Collector headers usually carry credentials.
+            .field(
+                "otlp_headers",
+                &self.otlp_headers.keys().collect::<Vec<_>>(),
+            )
+            .field("service_name", &self.service_name)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("export_interval_ms", &self.export_interval_ms)
+            .field("public_metrics", &self.public_metrics)
+            .finish()
+    }
+}
+
+fn default_service_name() -> String {
+    "switchyard".to_owned()
+}
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_export_interval_ms() -> u64 {
+    1_000
 }
 
 /// The `[governance]` table.
@@ -193,6 +298,8 @@ struct RawConfig {
     redis_url: Option<String>,
     #[serde(default)]
     governance: GovernanceConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -209,6 +316,7 @@ impl Default for Config {
             database_url: None,
             redis_url: None,
             governance: GovernanceConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -862,6 +970,7 @@ impl Config {
             database_url: raw.database_url,
             redis_url: raw.redis_url,
             governance: raw.governance,
+            telemetry: raw.telemetry,
         };
         config
             .validate()
@@ -885,6 +994,27 @@ impl Config {
         }
         if self.worker_threads == Some(0) {
             return Err(("worker_threads".into(), "must be at least 1".into()));
+        }
+        let telemetry = &self.telemetry;
+        if !(0.0..=1.0).contains(&telemetry.sample_ratio) {
+            return Err((
+                "telemetry.sample_ratio".into(),
+                "must be between 0 and 1".into(),
+            ));
+        }
+        if telemetry.export_interval_ms == 0 {
+            return Err((
+                "telemetry.export_interval_ms".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(endpoint) = &telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err((
+                "telemetry.otlp_endpoint".into(),
+                "must be an http:// or https:// URL".into(),
+            ));
         }
         if let Some(url) = &self.database_url
             && !["sqlite:", "postgres:", "postgresql:"]

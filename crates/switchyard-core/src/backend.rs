@@ -26,6 +26,20 @@ pub struct BackendInfo {
     pub owned_by: String,
 }
 
+/// The work a backend that runs its own compute (the embedded engine) has
+/// queued and running, and the tokens it has processed since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendLoad {
+    /// Requests waiting for a slot.
+    pub queued: u64,
+    /// Sequences being generated.
+    pub running: u64,
+    /// Prompt tokens evaluated.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub generated_tokens: u64,
+}
+
 /// A model backend: generate a chat completion, whole or as a stream.
 ///
 /// Errors that happen before the first token (bad request, full queue,
@@ -39,6 +53,12 @@ pub trait ChatBackend: Send + Sync + 'static {
     /// Whether the backend can take requests now (model loaded, and so on).
     fn is_ready(&self) -> bool {
         true
+    }
+
+    /// Its queue and counters, for backends that schedule their own
+    /// compute; remote APIs have none to report.
+    fn load(&self) -> Option<BackendLoad> {
+        None
     }
 
     /// Starts a streamed completion.

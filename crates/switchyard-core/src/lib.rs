@@ -10,7 +10,7 @@ pub mod chat;
 pub mod embed;
 pub mod error;
 
-pub use backend::{BackendInfo, ChatBackend, ChatStream, collect_stream};
+pub use backend::{BackendInfo, BackendLoad, ChatBackend, ChatStream, collect_stream};
 pub use chat::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, Role,
     SamplingParams, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, ToolDefinition, Usage,

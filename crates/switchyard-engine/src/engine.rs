@@ -2,6 +2,7 @@
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -14,13 +15,13 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use switchyard_core::{
-    BackendError, BackendInfo, ChatBackend, ChatMessage, ChatRequest, ChatStream, ErrorKind,
-    SamplingParams, StreamEvent, ToolChoice, ToolDefinition,
+    BackendError, BackendInfo, BackendLoad, ChatBackend, ChatMessage, ChatRequest, ChatStream,
+    ErrorKind, SamplingParams, StreamEvent, ToolChoice, ToolDefinition,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
-use crate::scheduler::{Job, Scheduler, SchedulerLimits};
+use crate::scheduler::{EngineLoad, Job, Scheduler, SchedulerLimits};
 use crate::template::{ChatTemplate, TemplateError};
 use crate::tools::ToolCallParser;
 
@@ -159,6 +160,7 @@ pub struct LocalEngine {
     config: EngineConfig,
     state: watch::Receiver<LoadState>,
     jobs: SyncSender<Job>,
+    load: Arc<EngineLoad>,
 }
 
 impl LocalEngine {
@@ -178,14 +180,17 @@ impl LocalEngine {
         let (state_tx, state_rx) = watch::channel(LoadState::Loading);
         let (jobs_tx, jobs_rx) = sync_channel(config.queue_capacity);
         let thread_config = config.clone();
+        let load = Arc::new(EngineLoad::default());
+        let thread_load = load.clone();
         std::thread::Builder::new()
             .name("switchyard-engine".into())
-            .spawn(move || run_engine_thread(thread_config, state_tx, jobs_rx))
+            .spawn(move || run_engine_thread(thread_config, state_tx, jobs_rx, thread_load))
             .map_err(|e| EngineError::Backend(format!("cannot spawn the engine thread: {e}")))?;
         Ok(Self {
             config,
             state: state_rx,
             jobs: jobs_tx,
+            load,
         })
     }
 
@@ -254,7 +259,13 @@ impl LocalEngine {
             enqueued_at,
             span: tracing::Span::current(),
         };
-        match self.jobs.try_send(job) {
+        // Counted before it is sent: the engine thread may take it at once.
+        self.load.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = self.jobs.try_send(job);
+        if sent.is_err() {
+            self.load.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(BackendError::new(
@@ -304,6 +315,15 @@ impl ChatBackend for LocalEngine {
         matches!(&*self.state.borrow(), LoadState::Ready(_))
     }
 
+    fn load(&self) -> Option<BackendLoad> {
+        Some(BackendLoad {
+            queued: self.load.queued.load(Ordering::Relaxed),
+            running: self.load.running.load(Ordering::Relaxed),
+            prompt_tokens: self.load.prompt_tokens.load(Ordering::Relaxed),
+            generated_tokens: self.load.generated_tokens.load(Ordering::Relaxed),
+        })
+    }
+
     fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, BackendError>> {
         Box::pin(self.start_stream(request))
     }
@@ -331,6 +351,7 @@ fn run_engine_thread(
     config: EngineConfig,
     state: watch::Sender<LoadState>,
     jobs: std::sync::mpsc::Receiver<Job>,
+    load: Arc<EngineLoad>,
 ) {
     let started = Instant::now();
     let fail = |error: EngineError| {
@@ -396,7 +417,7 @@ fn run_engine_thread(
         context_length: config.context_length,
         batch_size: config.batch_size,
     };
-    Scheduler::new(&model, ctx, config.parallel, limits).run(jobs);
+    Scheduler::new(&model, ctx, config.parallel, limits, load).run(jobs);
     info!(path = %config.model_path.display(), "engine thread stopped");
 }
 

@@ -8,6 +8,8 @@
 //! slots free up; prompts are fed in chunks so that a long prompt does not
 //! stall the sequences already generating.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Instant;
 
@@ -82,6 +84,17 @@ impl Sequence {
     }
 }
 
+/// What the engine is doing, for metrics: shared with the async side,
+/// written by the engine thread with relaxed atomics (a scrape needs no
+/// consistent snapshot, only current figures).
+#[derive(Debug, Default)]
+pub(crate) struct EngineLoad {
+    pub queued: AtomicU64,
+    pub running: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+}
+
 /// Sizes fixed when the context is created.
 pub(crate) struct SchedulerLimits {
     pub context_length: u32,
@@ -96,6 +109,7 @@ pub(crate) struct Scheduler<'model> {
     slots: Vec<Option<Sequence>>,
     limits: SchedulerLimits,
     admitted_total: u64,
+    load: Arc<EngineLoad>,
 }
 
 enum Outcome {
@@ -109,6 +123,7 @@ impl<'model> Scheduler<'model> {
         ctx: LlamaContext<'model>,
         parallel: u32,
         limits: SchedulerLimits,
+        load: Arc<EngineLoad>,
     ) -> Self {
         let batch_tokens = usize::try_from(limits.batch_size).unwrap_or(512);
         Self {
@@ -119,6 +134,7 @@ impl<'model> Scheduler<'model> {
             slots: (0..parallel).map(|_| None).collect(),
             limits,
             admitted_total: 0,
+            load,
         }
     }
 
@@ -143,6 +159,9 @@ impl<'model> Scheduler<'model> {
                 }
             }
             self.reap_cancelled();
+            self.load
+                .running
+                .store(self.active() as u64, Ordering::Relaxed);
             if self.active() > 0 {
                 self.step();
             }
@@ -158,6 +177,7 @@ impl<'model> Scheduler<'model> {
     }
 
     fn admit(&mut self, job: Job) {
+        self.load.queued.fetch_sub(1, Ordering::Relaxed);
         if job.events.is_closed() {
             let _entered = job.span.enter();
             debug!("request left before generation started");
@@ -285,6 +305,8 @@ impl<'model> Scheduler<'model> {
         }
 
         // Book-keeping of what the batch fed, then sampling.
+        let mut prompt_tokens = 0;
+        let mut sampled = 0;
         for slot in 0..self.slots.len() {
             let outcome = match self.slots[slot].as_mut() {
                 None => continue,
@@ -296,12 +318,14 @@ impl<'model> Scheduler<'model> {
                             seq.n_past += 1;
                         }
                         Fed::Prompt(count) => {
+                            prompt_tokens += count as u64;
                             seq.prefilled += count;
                             seq.n_past += i32::try_from(count).unwrap_or(0);
                         }
                     }
                     match seq.logits_index {
                         Some(index) => {
+                            sampled += 1;
                             let token = seq.sampler.sample(&self.ctx, index);
                             accept_token(&self.vocab, seq, token, self.limits.context_length)
                         }
@@ -315,6 +339,12 @@ impl<'model> Scheduler<'model> {
                 self.finish(seq, reason);
             }
         }
+        self.load
+            .prompt_tokens
+            .fetch_add(prompt_tokens, Ordering::Relaxed);
+        self.load
+            .generated_tokens
+            .fetch_add(sampled, Ordering::Relaxed);
     }
 
     fn finish(&mut self, mut seq: Sequence, reason: FinishReason) {

@@ -28,6 +28,8 @@ use switchyard_state::counters::{
 };
 use switchyard_state::records::{AuditRow, Budget, Role, UsageRow};
 use switchyard_state::{SpendScope, SqlStore, TenantScope};
+pub use switchyard_telemetry::Operation;
+use switchyard_telemetry::{RequestRecord, metrics};
 use tracing::{info, warn};
 
 pub use auth::{Caller, KeyContext};
@@ -134,6 +136,15 @@ pub struct RequestFacts {
     /// output it allows), charged to token windows until the real usage
     /// is known.
     pub estimated_tokens: u64,
+    /// The trace the request belongs to, for its log line.
+    pub trace_id: Option<String>,
+    /// Whether the gateway serves `model`: only a known name becomes a
+    /// metric label (anything else is a client's string).
+    pub known_model: bool,
+    /// What was asked for.
+    pub operation: Operation,
+    /// Streamed.
+    pub stream: bool,
 }
 
 impl Governance {
@@ -260,6 +271,7 @@ impl Governance {
 
     /// An admission holding nothing yet.
     fn admission(self: &Arc<Self>, caller: Caller, facts: RequestFacts) -> Admission {
+        metrics().request_started();
         Admission {
             governance: self.clone(),
             // Time-ordered, so rows append to the primary-key index.
@@ -642,6 +654,9 @@ pub struct Outcome {
     pub answer: Option<String>,
     /// Further steps of the decision path (route choice, fallbacks).
     pub decisions: Vec<serde_json::Value>,
+    /// Time spent waiting on upstreams (overlaps merged), when the request
+    /// reached one: the rest of its time is the gateway's own overhead.
+    pub upstream: Option<Duration>,
 }
 
 /// An admitted request: what it holds, until it finishes.
@@ -786,8 +801,23 @@ impl Admission {
                 .filter(|_| settings.store_answers)
                 .map(|a| mask::mask(a).into_owned()),
         };
+        metrics().request_ended();
+        metrics().request_done(&RequestRecord {
+            operation: Some(self.facts.operation),
+            model: self.facts.known_model.then_some(usage.model.as_str()),
+            route: usage.route.as_deref(),
+            tenant: usage.tenant_id.as_deref(),
+            status: usage.status,
+            stream: self.facts.stream,
+            duration: latency,
+            time_to_first_token: self.first_token,
+            output_tokens: outcome.tokens.map(|t| t.output),
+            cost,
+            upstream: outcome.upstream,
+        });
         info!(
             request_id = %usage.request_id,
+            trace_id = self.facts.trace_id.as_deref().unwrap_or("-"),
             tenant = usage.tenant_id.as_deref().unwrap_or("-"),
             key = usage.key_id.as_deref().unwrap_or("-"),
             model = %usage.model,

@@ -9,7 +9,10 @@ use std::time::Duration;
 use switchyard_config::Pricing;
 use switchyard_core::{ChatBackend, EmbeddingBackend};
 
+use switchyard_telemetry::Operation;
+
 use crate::breaker::{Breaker, BreakerSettings};
+use crate::observe::Target;
 
 /// Weight of a new latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.2;
@@ -88,6 +91,22 @@ impl Deployment {
     pub fn is_ready(&self) -> bool {
         self.chat.as_ref().is_none_or(|b| b.is_ready())
             && self.embeddings.as_ref().is_none_or(|b| b.is_ready())
+    }
+
+    /// Who an attempt of `operation` on it goes to, for spans and metrics.
+    pub(crate) fn target(&self, operation: Operation) -> Target {
+        let info = match operation {
+            Operation::Chat => self.chat.as_ref().map(|c| c.info()),
+            Operation::Embeddings => self.embeddings.as_ref().map(|e| e.info()),
+        };
+        let (backend_kind, upstream_model) =
+            info.map_or(("other", String::new()), |i| (i.kind, i.upstream_model));
+        Target {
+            operation,
+            backend_kind,
+            deployment: self.name.clone(),
+            upstream_model,
+        }
     }
 
     pub(crate) fn start(self: &Arc<Self>) -> InflightGuard {

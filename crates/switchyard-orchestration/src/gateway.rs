@@ -6,19 +6,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use switchyard_config::{FailureKind, ResilienceConfig, RouteConfig, Strategy};
 use switchyard_core::{
     BackendError, ChatRequest, ChatResponse, ChatStream, EmbeddingRequest, EmbeddingResponse,
     ErrorKind,
 };
-use tracing::{debug, info};
+use switchyard_telemetry::{Operation, metrics};
+use tracing::{Instrument, debug, info};
 
 use crate::breaker::{BreakerSettings, Permit};
 use crate::budget::RetryBudget;
 use crate::cache::{CachedAnswer, ResponseCache, cache_key, fill_from_stream};
 use crate::deployment::Deployment;
-use crate::rules::{CacheMode, RequestContext, Rule, Trail};
+use crate::observe::{Answer, ObservedStream, annotate_answer, annotate_request, span_failed};
+use crate::rules::{CacheMode, RequestContext, Rule};
 
 /// Rules may lead to routes with rules of their own; config validation
 /// refuses cycles, and this bounds the walk regardless.
@@ -51,6 +54,17 @@ pub enum CacheStatus {
     Miss,
     /// Not cacheable (sampled request, cache off, or skipped by the caller).
     Bypass,
+}
+
+impl CacheStatus {
+    /// `hit`, `miss` or `bypass`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Miss => "miss",
+            Self::Bypass => "bypass",
+        }
+    }
 }
 
 /// An answer and how it was reached.
@@ -297,15 +311,33 @@ fn order(strategy: Strategy, deployments: &[(Arc<Deployment>, u32)]) -> Vec<Arc<
 
 type Attempt<T> = Result<(T, Arc<Deployment>), BackendError>;
 
-/// One attempt on one deployment, with the breaker and load accounted.
-async fn attempt<T>(
+/// What every attempt of one request shares.
+struct Run<'a, T> {
+    route: &'a Route,
+    operation: Operation,
+    call: &'a (dyn Fn(Arc<Deployment>) -> BoxFuture<'static, Result<T, BackendError>> + Sync),
+    context: &'a RequestContext,
+}
+
+/// One attempt on one deployment, with the breaker and load accounted, in
+/// a client span of its own (a sibling of the request's other attempts),
+/// timed on the request's upstream clock.
+async fn attempt<T: Answer>(
+    run: &Run<'_, T>,
     deployment: Arc<Deployment>,
     permit: Permit,
-    call: &(dyn Fn(Arc<Deployment>) -> BoxFuture<'static, Result<T, BackendError>> + Sync),
+    number: u32,
 ) -> Attempt<T> {
     let _inflight = deployment.start();
+    let target = deployment.target(run.operation);
+    let span = target.span(number);
     let started = Instant::now();
-    let result = call(deployment.clone()).await;
+    let result = {
+        let _waiting = run.context.upstream.waiting();
+        (run.call)(deployment.clone())
+            .instrument(span.clone())
+            .await
+    };
     match &result {
         Ok(_) => {
             deployment.observe_latency(started.elapsed());
@@ -313,6 +345,14 @@ async fn attempt<T>(
         }
         Err(error) if counts_against_deployment(error) => permit.failure(),
         Err(_) => permit.success(),
+    }
+    match &result {
+        Err(error) => {
+            span_failed(&span, error);
+            target.record(started, Some(error.kind.as_str()), None);
+        }
+        Ok(answer) if !T::ENDS_LATER => target.record(started, None, answer.tokens()),
+        Ok(_) => {}
     }
     result.map(|value| (value, deployment))
 }
@@ -332,6 +372,16 @@ impl Gateway {
     /// A deployment by model name (to reuse it across reloads).
     pub fn deployment(&self, name: &str) -> Option<&Arc<Deployment>> {
         self.deployments.get(name)
+    }
+
+    /// Every deployment, for metrics read at scrape time.
+    pub fn deployments(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.deployments.values()
+    }
+
+    /// Whether `name` is a public name this gateway serves.
+    pub fn knows(&self, name: &str) -> bool {
+        self.routes.contains_key(name)
     }
 
     /// Whether every deployment can serve.
@@ -441,14 +491,31 @@ impl Gateway {
         }
     }
 
-    /// Runs `call` through the plan.
-    async fn run<T: Send + 'static>(
+    /// Runs the plan in a span of its own, whose children are the attempts.
+    async fn run<T: Answer + Send + 'static>(
         &self,
-        route: &Route,
+        run: Run<'_, T>,
         plan: Vec<Arc<Deployment>>,
-        call: &(dyn Fn(Arc<Deployment>) -> BoxFuture<'static, Result<T, BackendError>> + Sync),
-        trail: &Trail,
     ) -> Attempt<T> {
+        let span = tracing::debug_span!(
+            "route",
+            otel.name = %format_args!("route {}", run.route.name),
+        );
+        switchyard_telemetry::trace::annotate(&span, || {
+            [("switchyard.route", run.route.name.clone().into())]
+        });
+        self.run_plan(&run, plan).instrument(span).await
+    }
+
+    /// Runs `call` through the plan.
+    async fn run_plan<T: Answer + Send + 'static>(
+        &self,
+        run: &Run<'_, T>,
+        plan: Vec<Arc<Deployment>>,
+    ) -> Attempt<T> {
+        let route = run.route;
+        let trail = &run.context.trail;
+        let mut number = 0;
         self.budget.record_request();
         let mut last_error: Option<BackendError> = None;
         let mut soonest_probe: Option<Duration> = None;
@@ -470,20 +537,21 @@ impl Gateway {
                     }));
                     break;
                 };
+                number += 1;
                 let outcome = match route.hedge_after {
                     Some(delay) if tries == 0 && index < plan.len() => {
                         Self::hedged(
+                            run,
                             deployment.clone(),
                             permit,
                             &plan,
                             &mut index,
                             delay,
-                            call,
-                            trail,
+                            &mut number,
                         )
                         .await
                     }
-                    _ => attempt(deployment.clone(), permit, call).await,
+                    _ => attempt(run, deployment.clone(), permit, number).await,
                 };
                 let error = match outcome {
                     Ok(done) => return Ok(done),
@@ -517,6 +585,7 @@ impl Gateway {
                         && self.budget.try_retry()
                     {
                         debug!(deployment = %deployment.name, wait_ms = wait.as_millis() as u64, "retrying");
+                        metrics().retry(&deployment.name);
                         trail.note(serde_json::json!({
                             "step": "retry", "deployment": deployment.name,
                             "wait_ms": wait.as_millis() as u64,
@@ -531,6 +600,9 @@ impl Gateway {
                         "step": "no_retry", "deployment": deployment.name,
                         "why": "retry budget spent or Retry-After too long",
                     }));
+                }
+                if index < plan.len() {
+                    metrics().fallback(&route.name, &deployment.name);
                 }
                 last_error = Some(error);
                 break;
@@ -551,16 +623,16 @@ impl Gateway {
     /// The first attempt, and a second one on the next deployment if the
     /// first has not answered within `delay`; the first success wins and
     /// the other attempt is dropped (cancelled).
-    async fn hedged<T: Send + 'static>(
+    async fn hedged<T: Answer + Send + 'static>(
+        run: &Run<'_, T>,
         first: Arc<Deployment>,
         permit: Permit,
         plan: &[Arc<Deployment>],
         index: &mut usize,
         delay: Duration,
-        call: &(dyn Fn(Arc<Deployment>) -> BoxFuture<'static, Result<T, BackendError>> + Sync),
-        trail: &Trail,
+        number: &mut u32,
     ) -> Attempt<T> {
-        let a = attempt(first, permit, call);
+        let a = attempt(run, first, permit, *number);
         tokio::pin!(a);
         tokio::select! {
             result = &mut a => return result,
@@ -579,10 +651,12 @@ impl Gateway {
             return a.await;
         };
         debug!(deployment = %deployment.name, "hedging with a second attempt");
-        trail.note(serde_json::json!({
+        metrics().hedge(&run.route.name);
+        *number += 1;
+        run.context.trail.note(serde_json::json!({
             "step": "hedge", "deployment": deployment.name, "after_ms": delay.as_millis() as u64,
         }));
-        let b = attempt(deployment, permit, call);
+        let b = attempt(run, deployment, permit, *number);
         tokio::pin!(b);
         tokio::select! {
             result = &mut a => match result {
@@ -626,7 +700,7 @@ impl Gateway {
         let route = self.resolve(&request, context)?;
         let cached = self.cache_for(route, &request, context);
         if let Some((cache, key)) = &cached
-            && let Some(hit) = cache.get(key).await
+            && let Some(hit) = lookup(route, cache.as_ref(), key).await
         {
             return Ok(Routed {
                 value: hit.to_response(),
@@ -647,13 +721,23 @@ impl Gateway {
         let call = move |deployment: Arc<Deployment>| -> BoxFuture<'static, Result<ChatResponse, BackendError>> {
             let request = request.clone();
             Box::pin(async move {
-                match &deployment.chat {
-                    Some(chat) => chat.chat((*request).clone()).await,
-                    None => Err(not_a_chat_model(&deployment.name)),
-                }
+                let Some(chat) = &deployment.chat else {
+                    return Err(not_a_chat_model(&deployment.name));
+                };
+                let span = tracing::Span::current();
+                annotate_request(&span, &request);
+                let response = chat.chat((*request).clone()).await?;
+                annotate_answer(&span, Some(&response.model), Some(&response.usage), Some(response.finish_reason));
+                Ok(response)
             })
         };
-        let (response, deployment) = self.run(route, plan, &call, &context.trail).await?;
+        let run = Run {
+            route,
+            operation: Operation::Chat,
+            call: &call,
+            context,
+        };
+        let (response, deployment) = self.run(run, plan).await?;
         let status = match cached {
             Some((cache, key)) => {
                 let answer = CachedAnswer::from_response(&deployment.name, &response);
@@ -680,7 +764,7 @@ impl Gateway {
         let route = self.resolve(&request, context)?;
         let cached = self.cache_for(route, &request, context);
         if let Some((cache, key)) = &cached
-            && let Some(hit) = cache.get(key).await
+            && let Some(hit) = lookup(route, cache.as_ref(), key).await
         {
             return Ok(Routed {
                 value: hit.to_stream(),
@@ -698,16 +782,30 @@ impl Gateway {
             return Err(not_a_chat_model(&route.name));
         }
         let request = Arc::new(request);
+        let clock = context.upstream.clone();
         let call = move |deployment: Arc<Deployment>| -> BoxFuture<'static, Result<ChatStream, BackendError>> {
             let request = request.clone();
+            let clock = clock.clone();
             Box::pin(async move {
-                match &deployment.chat {
-                    Some(chat) => chat.chat_stream((*request).clone()).await,
-                    None => Err(not_a_chat_model(&deployment.name)),
-                }
+                let Some(chat) = &deployment.chat else {
+                    return Err(not_a_chat_model(&deployment.name));
+                };
+                let started = Instant::now();
+                let span = tracing::Span::current();
+                annotate_request(&span, &request);
+                let stream = chat.chat_stream((*request).clone()).await?;
+                // The attempt's span stays open until the stream ends.
+                let observed = ObservedStream::new(stream, clock, deployment.target(Operation::Chat), span, started);
+                Ok(observed.boxed())
             })
         };
-        let (stream, deployment) = self.run(route, plan, &call, &context.trail).await?;
+        let run = Run {
+            route,
+            operation: Operation::Chat,
+            call: &call,
+            context,
+        };
+        let (stream, deployment) = self.run(run, plan).await?;
         let (stream, status) = match cached {
             Some((cache, key)) => {
                 let model = deployment
@@ -760,7 +858,13 @@ impl Gateway {
                 }
             })
         };
-        let (response, deployment) = self.run(route, plan, &call, &context.trail).await?;
+        let run = Run {
+            route,
+            operation: Operation::Embeddings,
+            call: &call,
+            context,
+        };
+        let (response, deployment) = self.run(run, plan).await?;
         Ok(Routed {
             value: response,
             route: route.name.clone(),
@@ -768,6 +872,20 @@ impl Gateway {
             cache: CacheStatus::Bypass,
         })
     }
+}
+
+/// A cache lookup, in a span of its own and counted.
+async fn lookup(route: &Route, cache: &dyn ResponseCache, key: &str) -> Option<CachedAnswer> {
+    let span = tracing::debug_span!("cache lookup", otel.name = "cache lookup");
+    let hit = cache.get(key).instrument(span.clone()).await;
+    switchyard_telemetry::trace::annotate(&span, || {
+        [(
+            "switchyard.cache",
+            if hit.is_some() { "hit" } else { "miss" }.into(),
+        )]
+    });
+    metrics().cache_lookup(&route.name, hit.is_some());
+    hit
 }
 
 fn not_a_chat_model(name: &str) -> BackendError {

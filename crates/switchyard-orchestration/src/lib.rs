@@ -9,6 +9,7 @@ mod budget;
 pub mod cache;
 mod deployment;
 mod gateway;
+mod observe;
 mod rules;
 
 pub use breaker::{BreakerSettings, BreakerState};

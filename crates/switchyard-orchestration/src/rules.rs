@@ -1,7 +1,9 @@
 //! Rule-based routing: pick a route from the request itself.
 
 use std::collections::BTreeMap;
+
 use std::sync::{Arc, Mutex};
+use switchyard_telemetry::UpstreamClock;
 
 use switchyard_config::RuleConfig;
 use switchyard_core::{ChatRequest, Role};
@@ -22,6 +24,9 @@ pub struct RequestContext {
     pub cache: CacheMode,
     /// Where routing notes the steps it took.
     pub trail: Trail,
+    /// Time spent waiting on upstreams, so the rest of the request's time
+    /// can be reported as the gateway's own.
+    pub upstream: UpstreamClock,
 }
 
 /// The steps routing took for one request (rules matched, attempts that

@@ -1,6 +1,23 @@
-//! Log set-up: readable text by default, JSON lines for log collectors.
+//! Logs and trace export: readable text by default, JSON lines for log
+//! collectors, and, when an OTLP endpoint is configured, every request's
+//! span tree exported to it.
 
-use tracing_subscriber::EnvFilter;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
+use opentelemetry_otlp::{
+    Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
+use switchyard_config::{OtlpProtocol, TelemetryConfig};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -11,16 +28,164 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default: info, with llama.cpp's
-/// chatty loader at warn).
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,llama-cpp-2=warn,llama_cpp_2=error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+impl From<switchyard_config::LogFormat> for LogFormat {
+    fn from(format: switchyard_config::LogFormat) -> Self {
+        match format {
+            switchyard_config::LogFormat::Text => Self::Text,
+            switchyard_config::LogFormat::Json => Self::Json,
+        }
     }
+}
+
+/// What the log lines show, unless `RUST_LOG` says otherwise (llama.cpp's
+/// loader is chatty).
+const LOG_FILTER: &str = "info,llama-cpp-2=warn,llama_cpp_2=error";
+
+/// What becomes spans: Switchyard's own spans down to debug (one per step
+/// of a request), everything else from info.
+const SPAN_FILTER: &str = "info,switchyard=debug,llama_cpp_2=off";
+
+/// The installed trace export, to be flushed before the process exits.
+#[must_use = "spans still queued are lost unless `shutdown` is called"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued and stops the exporter. Blocks; call
+    /// it while the async runtime is still alive (gRPC export runs on it).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "spans could not all be exported at shutdown");
+        }
+    }
+}
+
+/// Logs only, for the commands that serve nothing.
+pub fn init(format: LogFormat) {
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer(format))
+        .try_init();
+}
+
+/// Logs, and the OTLP span export when `telemetry` names an endpoint (or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` does). Call within the async runtime: the
+/// gRPC exporter binds to it.
+pub fn init_serving(format: LogFormat, telemetry: &TelemetryConfig) -> anyhow::Result<Telemetry> {
+    let endpoint = telemetry.otlp_endpoint.clone().or_else(|| {
+        std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.trim().is_empty())
+    });
+    let Some(endpoint) = endpoint else {
+        init(format);
+        return Ok(Telemetry { provider: None });
+    };
+    let provider = tracer_provider(&endpoint, telemetry)?;
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("switchyard"))
+        // Source locations and thread ids say nothing an operator needs
+        // and double the size of every span.
+        .with_location(false)
+        .with_threads(false)
+        .with_filter(EnvFilter::new(SPAN_FILTER));
+    tracing_subscriber::registry()
+        .with(fmt_layer(format))
+        .with(spans)
+        .try_init()
+        .context("cannot install the log and span layers")?;
+    switchyard_telemetry::trace::set_export_enabled();
+    tracing::info!(%endpoint, protocol = ?telemetry.otlp_protocol, "exporting spans over OTLP");
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
+}
+
+fn fmt_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(LOG_FILTER));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => layer.with_filter(filter).boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).with_filter(filter).boxed(),
+    }
+}
+
+fn tracer_provider(
+    endpoint: &str,
+    telemetry: &TelemetryConfig,
+) -> anyhow::Result<SdkTracerProvider> {
+    let timeout = Duration::from_secs(10);
+    // The HTTP exporter's client is built on the same TLS stack as the
+    // adapters', which needs its crypto provider chosen first.
+    switchyard_adapters::ensure_crypto_provider();
+    let exporter = match telemetry.otlp_protocol {
+        OtlpProtocol::Grpc => {
+            if endpoint.starts_with("https://") {
+                bail!(
+                    "OTLP over gRPC is plain-text here; for a TLS collector set otlp_protocol = \"http/protobuf\" (or export through a local collector)"
+                );
+            }
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in &telemetry.otlp_headers {
+                let name = http::HeaderName::from_bytes(name.as_bytes())
+                    .with_context(|| format!("telemetry.otlp_headers: bad header name {name:?}"))?;
+                let value = http::HeaderValue::from_str(value)
+                    .with_context(|| format!("telemetry.otlp_headers: bad value for {name}"))?;
+                headers.insert(name, value);
+            }
+            let metadata = MetadataMap::from_headers(headers);
+            SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(timeout)
+                .with_metadata(metadata)
+                .build()
+        }
+        OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
+            let protocol = if telemetry.otlp_protocol == OtlpProtocol::HttpJson {
+                Protocol::HttpJson
+            } else {
+                Protocol::HttpBinary
+            };
+            // The standard variable names the collector; the traces path is
+            // added to it, as OpenTelemetry's SDKs do.
+            let base = endpoint.trim_end_matches('/');
+            let url = if base.ends_with("/v1/traces") {
+                base.to_owned()
+            } else {
+                format!("{base}/v1/traces")
+            };
+            SpanExporter::builder()
+                .with_http()
+                .with_protocol(protocol)
+                .with_endpoint(url)
+                .with_timeout(timeout)
+                .with_headers(telemetry.otlp_headers.clone().into_iter().collect())
+                .build()
+        }
+    }
+    .context("cannot set up the OTLP span exporter")?;
+    let batches = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_scheduled_delay(Duration::from_millis(telemetry.export_interval_ms))
+                .build(),
+        )
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(batches)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            telemetry.sample_ratio,
+        ))))
+        .with_resource(
+            Resource::builder()
+                .with_service_name(telemetry.service_name.clone())
+                .build(),
+        )
+        .build())
 }

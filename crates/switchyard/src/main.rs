@@ -22,9 +22,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "switchyard", version, propagate_version = true)]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text, env = "SWITCHYARD_LOG_FORMAT")]
-    log_format: logging::LogFormat,
+    /// Log format on stderr [default: text, or `[telemetry] log_format`].
+    #[arg(long, global = true, value_enum, env = "SWITCHYARD_LOG_FORMAT")]
+    log_format: Option<logging::LogFormat>,
 
     #[command(subcommand)]
     command: Command,
@@ -83,9 +83,11 @@ enum ModelsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    if !matches!(cli.command, Command::Serve { .. }) {
+        logging::init(cli.log_format.unwrap_or(logging::LogFormat::Text));
+    }
     let result = match cli.command {
-        Command::Serve { config, listen } => serve::run(config.as_deref(), listen),
+        Command::Serve { config, listen } => serve::run(config.as_deref(), listen, cli.log_format),
         Command::Models(ModelsCommand::Pull { name }) => models::pull(name.as_deref()),
         Command::Models(ModelsCommand::List) => models::list(),
         Command::Chat {

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::assembly::{Reusable, assemble};
+use crate::logging::{self, LogFormat};
 
 /// How often the configuration file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -28,21 +29,50 @@ fn origin(path: Option<&Path>) -> String {
     )
 }
 
-pub fn run(config_path: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let mut config = match config_path {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+pub fn run(
+    config_path: Option<&Path>,
+    listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+) -> anyhow::Result<()> {
+    let loaded = match config_path {
+        Some(path) => Config::load(path),
+        None => Ok(Config::default()),
+    };
+    let mut config = match loaded {
+        Ok(config) => config,
+        Err(error) => {
+            // Logs are set up from the configuration; one that cannot be
+            // read is reported in the default format.
+            logging::init(log_format.unwrap_or(LogFormat::Text));
+            return Err(error.into());
+        }
     };
     if let Some(listen) = listen {
         config.listen = listen;
     }
+    let format = log_format
+        .or(config.telemetry.log_format.map(LogFormat::from))
+        .unwrap_or(LogFormat::Text);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(worker_threads(config.worker_threads))
         .thread_name("switchyard-io")
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, config_path.map(Path::to_path_buf), listen))
+    let telemetry = {
+        let _entered = runtime.enter();
+        match logging::init_serving(format, &config.telemetry) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                logging::init(format);
+                return Err(error);
+            }
+        }
+    };
+    let served = runtime.block_on(serve(config, config_path.map(Path::to_path_buf), listen));
+    // Queued spans go out while the runtime (and so the gRPC channel) lives.
+    telemetry.shutdown();
+    served
 }
 
 /// Runtime threads: the configured count, else `TOKIO_WORKER_THREADS`, else
@@ -96,6 +126,7 @@ async fn serve(
         governance.clone(),
         &ApiConfig {
             max_body_bytes: config.max_body_bytes,
+            public_metrics: config.telemetry.public_metrics,
         },
     );
     {

@@ -1,0 +1,68 @@
+//! `GET /metrics`: Prometheus's scrape, in the OpenMetrics text format.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use switchyard_orchestration::BreakerState;
+use switchyard_telemetry::{DeploymentSnapshot, EngineSnapshot, metrics};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::governed;
+
+/// Metrics name tenants and models: when keys are required, only the
+/// master key or an admin key may read them, unless the configuration
+/// makes them public.
+pub(crate) async fn scrape(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if state.governance.settings().auth_enabled && !state.public_metrics {
+        let caller = governed::caller(&state, &headers).await?;
+        if !caller.is_admin() {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                kind: "permission_error",
+                ..ApiError::invalid_request(
+                    "metrics need the master key or a key with the admin role (or `public_metrics = true` in [telemetry])",
+                    None,
+                )
+            }
+            .with_code("permission_denied"));
+        }
+    }
+    let gateway = state.gateway.load();
+    let deployments: Vec<DeploymentSnapshot> = gateway
+        .deployments()
+        .map(|deployment| DeploymentSnapshot {
+            deployment: deployment.name.clone(),
+            breaker_state: match deployment.breaker().state() {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            },
+            in_flight: i64::from(deployment.inflight()),
+            engine: deployment
+                .chat
+                .as_ref()
+                .and_then(|chat| chat.load())
+                .map(|load| EngineSnapshot {
+                    queued: load.queued,
+                    running: load.running,
+                    prompt_tokens: load.prompt_tokens,
+                    generated_tokens: load.generated_tokens,
+                }),
+        })
+        .collect();
+    let body = metrics().render(&deployments).map_err(|_| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "server_error",
+        ..ApiError::invalid_request("cannot encode the metrics", None)
+    })?;
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(switchyard_telemetry::metrics::CONTENT_TYPE),
+    );
+    Ok(response)
+}
