@@ -7,6 +7,8 @@
 #
 #   bench/load.sh                      # 10 s per figure, 1 ms upstream latency
 #   SECONDS_PER=30 LATENCY_MS=0 bench/load.sh
+#   OTLP=1 LATENCY_MS=0 bench/load.sh  # with every span exported (OTLP/HTTP
+#                                      # to a stand-in collector)
 #
 # Load generator, stand-in and gateway share this machine's cores.
 set -euo pipefail
@@ -16,6 +18,8 @@ SECONDS_PER=${SECONDS_PER:-10}
 LATENCY_MS=${LATENCY_MS:-1}
 STANDIN=127.0.0.1:19090
 SLOW_STANDIN=127.0.0.1:19091
+COLLECTOR=127.0.0.1:19092
+OTLP=${OTLP:-}
 GATEWAY=127.0.0.1:18080
 # 1,000 streams need 2,000 sockets in the gateway alone.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -27,6 +31,11 @@ trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 target/release/switchyard-standin --listen "$STANDIN" --latency-ms "$LATENCY_MS" 2>"$work/standin.log" &
 # Streams that stay open: one word every 2 s.
 target/release/switchyard-standin --listen "$SLOW_STANDIN" --token-delay-ms 2000 2>"$work/slow.log" &
+telemetry=""
+if [ -n "$OTLP" ]; then
+  target/release/switchyard-standin --listen "$COLLECTOR" 2>"$work/collector.log" &
+  telemetry=$(printf '[telemetry]\notlp_endpoint = "http://%s"\notlp_protocol = "http/protobuf"' "$COLLECTOR")
+fi
 cat >"$work/gateway.toml" <<TOML
 listen = "$GATEWAY"
 [models.bench]
@@ -35,6 +44,7 @@ base_url = "http://$STANDIN/v1"
 [models.slow]
 backend = "openai"
 base_url = "http://$SLOW_STANDIN/v1"
+$telemetry
 TOML
 SWITCHYARD_DATA_DIR="$work" RUST_LOG=warn target/release/switchyard serve --config "$work/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.log" &
 gateway_pid=$!
@@ -49,7 +59,7 @@ added() { # two result lines → added latency per percentile
     awk '{gsub("us","",$2); gsub("us","",$4); printf "%s +%dus  ", $1, $4-$2} END {print ""}'
 }
 
-echo "upstream latency ${LATENCY_MS} ms, ${SECONDS_PER} s per figure"
+echo "upstream latency ${LATENCY_MS} ms, ${SECONDS_PER} s per figure, span export $([ -n "$OTLP" ] && echo on || echo off)"
 for c in 1 32; do
   direct=$(load --url "http://$STANDIN/v1" -c "$c" --label "direct")
   through=$(load --url "http://$GATEWAY/v1" -c "$c" --label "through switchyard")
@@ -58,6 +68,13 @@ done
 direct=$(load --url "http://$STANDIN/v1" -c 1 --stream --label "direct stream")
 through=$(load --url "http://$GATEWAY/v1" -c 1 --stream --label "switchyard stream")
 echo "$direct"; echo "$through"; echo "  added to first token: $(added "$direct" "$through")"
+
+# Switchyard's own account of its overhead (request time minus upstream
+# waits), from its Prometheus histogram over everything above.
+curl -s "http://$GATEWAY/metrics" | awk '
+  /^switchyard_gateway_overhead_seconds_sum\{.*stream="false"/ {sum=$2}
+  /^switchyard_gateway_overhead_seconds_count\{.*stream="false"/ {n=$2}
+  END {if (n) printf "switchyard_gateway_overhead_seconds (whole answers): %d requests, mean %.1f us\n", n, sum/n*1e6}'
 
 rss() { echo $(( $(ps -o rss= -p "$gateway_pid") / 1024 )); }
 echo "switchyard RSS after the load: $(rss) MiB"

@@ -164,6 +164,9 @@ impl<'model> Scheduler<'model> {
                 .store(self.active() as u64, Ordering::Relaxed);
             if self.active() > 0 {
                 self.step();
+                self.load
+                    .running
+                    .store(self.active() as u64, Ordering::Relaxed);
             }
         }
     }

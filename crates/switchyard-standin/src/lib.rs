@@ -27,6 +27,9 @@
 //! | `x-standin-failure-rate: 0.3` | fail this share of requests at random, with... |
 //! | `x-standin-failure-mix: 500,reset,timeout` | ...one of these (a hang lasts `x-standin-timeout-ms`, default 2000) |
 //!
+//! It also takes OTLP/HTTP trace exports (`POST /v1/traces`) and drops
+//! them, as the collector of a benchmark with span export on.
+//!
 //! Tests can also script failures directly: [`RunningStandin::queue_failures`]
 //! for the next requests, [`RunningStandin::set_outage`] for all of them.
 //!
@@ -235,9 +238,30 @@ fn router(config: StandinConfig) -> (Router, Standin) {
         .route("/v1beta/models/{action}", post(gemini::model_action))
         .route("/model/{model}/{action}", post(bedrock::converse))
         .route("/_standin/requests", get(recorded_requests))
+        .route("/v1/traces", post(otlp_traces))
         .layer(axum::middleware::from_fn_with_state(state.clone(), record))
         .with_state(state.clone());
     (app, state)
+}
+
+/// An OTLP/HTTP trace sink (`POST /v1/traces`), so that benchmarks can
+/// measure Switchyard with span export on: it accepts the export and
+/// answers OTLP's empty success response, in the encoding it was sent.
+async fn otlp_traces(headers: HeaderMap, body: Bytes) -> Response {
+    tracing::debug!(bytes = body.len(), "spans received");
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        ([(header::CONTENT_TYPE, "application/json")], "{}").into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            Vec::<u8>::new(),
+        )
+            .into_response()
+    }
 }
 
 /// Starts a stand-in on `addr` (use port 0 for an ephemeral port).

@@ -720,4 +720,61 @@ mod tests {
         );
         assert_eq!(text.matches("# EOF").count(), 1);
     }
+
+    /// Every metric (and `gen_ai_*` label) the repository's Grafana
+    /// dashboard queries is one this registry serves (each family recorded once so that it is encoded).
+    #[test]
+    fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+        let dashboard = include_str!("../../../deploy/grafana/switchyard.json");
+        let metrics = Metrics::new();
+        metrics.request_started();
+        metrics.request_done(&RequestRecord {
+            model: Some("m"),
+            status: 200,
+            stream: true,
+            time_to_first_token: Some(Duration::from_millis(1)),
+            output_tokens: Some(3),
+            cost: 1.0,
+            upstream: Some(Duration::ZERO),
+            ..RequestRecord::default()
+        });
+        metrics.attempt_done(&AttemptRecord {
+            operation: Operation::Chat,
+            backend_kind: "openai",
+            deployment: "d",
+            upstream_model: "u",
+            error: None,
+            duration: Duration::from_millis(1),
+            tokens: Some((1, 1)),
+        });
+        metrics.retry("d");
+        metrics.fallback("r", "d");
+        metrics.hedge("r");
+        metrics.cache_lookup("r", true);
+        let text = metrics
+            .render(&[DeploymentSnapshot {
+                deployment: "d".into(),
+                breaker_state: 0,
+                in_flight: 0,
+                engine: Some(EngineSnapshot::default()),
+            }])
+            .unwrap_or_default();
+        let mut checked = 0;
+        for name in dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|t| t.starts_with("gen_ai_") || t.starts_with("switchyard_"))
+        {
+            let family = ["_bucket", "_sum", "_count", "_total"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            let is_label = text.contains(&format!("{name}=\""));
+            assert!(
+                is_label || text.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {name}, which is neither a metric nor a label"
+            );
+            checked += 1;
+        }
+        assert!(checked > 20, "only {checked} metric names found");
+    }
 }

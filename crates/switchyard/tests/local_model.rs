@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Server, capital_request, client, local_embedding_config, local_model_config, sse_data,
-    stream_chunks,
+    Server, capital_request, client, local_embedding_config, local_model_config, metric_sample,
+    scrape, sse_data, stream_chunks,
 };
 use serde_json::{Value, json};
 
@@ -81,6 +81,26 @@ async fn greedy_capital_answer_and_stream_match_and_usage_adds_up() {
     let usage_chunk = &chunks[chunks.len() - 1];
     assert_eq!(usage_chunk["choices"], json!([]));
     assert_eq!(usage_chunk["usage"], *usage);
+
+    // The engine's counters saw both requests; nothing is left queued.
+    let metrics = scrape(&server, None).await.text().await.unwrap();
+    let engine = |name: &str| {
+        metric_sample(&metrics, name, &["deployment=\"smollm2-135m-instruct\""])
+            .unwrap_or_else(|| panic!("no {name} in {metrics}")) as u64
+    };
+    let generated = engine("switchyard_engine_generated_tokens_total");
+    // Each sequence also samples the token that ends it.
+    assert!(
+        (2 * completion..=2 * (completion + 1)).contains(&generated),
+        "{generated} tokens generated for two answers of {completion}"
+    );
+    let evaluated = engine("switchyard_engine_prompt_tokens_total");
+    assert!(
+        (prompt..=2 * prompt).contains(&evaluated),
+        "{evaluated} prompt tokens evaluated for two prompts of {prompt}"
+    );
+    assert_eq!(engine("switchyard_engine_queue_depth"), 0);
+    assert_eq!(engine("switchyard_engine_in_flight"), 0);
 }
 
 #[tokio::test]

@@ -11,7 +11,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, client, recording_standin, stream_chunks, streamed_text};
+use common::{
+    Server, client, metric_sample as sample, recording_standin, scrape, stream_chunks,
+    streamed_text,
+};
 use serde_json::{Value, json};
 use switchyard_standin::{Failure, RunningStandin};
 
@@ -44,28 +47,6 @@ fn ask(stream: bool) -> Value {
         "stream": stream,
         "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null },
     })
-}
-
-async fn scrape(server: &Server, key: Option<&str>) -> reqwest::Response {
-    let mut request = client().get(format!("{}/metrics", server.url));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    request.send().await.unwrap()
-}
-
-/// The value of the first sample of `name` whose labels include all of
-/// `labels`.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.split(['{', ' '])
-                .next()
-                .is_some_and(|metric| metric == name)
-        })
-        .filter(|line| labels.iter().all(|label| line.contains(label)))
-        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
 #[tokio::test]

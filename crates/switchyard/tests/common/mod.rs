@@ -321,3 +321,26 @@ pub fn capital_request(stream: bool) -> serde_json::Value {
         "stream": stream,
     })
 }
+
+/// `GET /metrics`, with a bearer key when given.
+pub async fn scrape(server: &Server, key: Option<&str>) -> reqwest::Response {
+    let mut request = client().get(format!("{}/metrics", server.url));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    request.send().await.unwrap()
+}
+
+/// The value of the first sample of `name` whose labels include all of
+/// `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.split(['{', ' '])
+                .next()
+                .is_some_and(|metric| metric == name)
+        })
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+}
