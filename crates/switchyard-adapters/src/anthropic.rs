@@ -294,6 +294,10 @@ impl Translate<SseEvent> for EventTranslator {
 }
 
 impl ChatBackend for AnthropicAdapter {
+    fn times_network_waits(&self) -> bool {
+        true
+    }
+
     fn info(&self) -> BackendInfo {
         BackendInfo {
             kind: "anthropic",

@@ -655,6 +655,10 @@ impl Inner {
 }
 
 impl ChatBackend for BedrockAdapter {
+    fn times_network_waits(&self) -> bool {
+        true
+    }
+
     fn info(&self) -> BackendInfo {
         BackendInfo {
             kind: "bedrock",

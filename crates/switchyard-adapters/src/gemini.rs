@@ -777,6 +777,10 @@ impl Translate<SseEvent> for ChunkTranslator {
 }
 
 impl ChatBackend for GeminiAdapter {
+    fn times_network_waits(&self) -> bool {
+        true
+    }
+
     fn info(&self) -> BackendInfo {
         BackendInfo {
             kind: "gemini",
@@ -795,6 +799,10 @@ impl ChatBackend for GeminiAdapter {
 }
 
 impl EmbeddingBackend for GeminiAdapter {
+    fn times_network_waits(&self) -> bool {
+        true
+    }
+
     fn info(&self) -> BackendInfo {
         ChatBackend::info(self)
     }

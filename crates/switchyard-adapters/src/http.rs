@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use switchyard_core::{BackendError, ErrorKind};
+use switchyard_telemetry::clock::network_wait;
 use tokio::time::{Instant, timeout_at};
 
 use crate::AdapterBuildError;
@@ -132,16 +133,19 @@ impl HttpUpstream {
             .headers(headers)
             .body(body)
             .send();
+        let waiting = network_wait();
         let response = timeout_at(headers_deadline, pending)
             .await
             .map_err(|_| self.first_byte_timeout())?
             .map_err(|e| transport_error(&e))?;
+        drop(waiting);
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
         let headers = response.headers().clone();
         // The error body is small; cap the wait for it by the same deadline.
+        let _waiting = network_wait();
         let text = timeout_at(deadline, response.text())
             .await
             .ok()
@@ -156,6 +160,7 @@ impl HttpUpstream {
         response: reqwest::Response,
         deadline: Instant,
     ) -> Result<Bytes, BackendError> {
+        let _waiting = network_wait();
         timeout_at(deadline, response.bytes())
             .await
             .map_err(|_| self.total_timeout())?

@@ -352,6 +352,10 @@ impl Translate<SseEvent> for ChunkTranslator {
 }
 
 impl ChatBackend for OpenAiAdapter {
+    fn times_network_waits(&self) -> bool {
+        true
+    }
+
     fn info(&self) -> BackendInfo {
         BackendInfo {
             kind: "openai",
@@ -370,6 +374,10 @@ impl ChatBackend for OpenAiAdapter {
 }
 
 impl EmbeddingBackend for OpenAiAdapter {
+    fn times_network_waits(&self) -> bool {
+        true
+    }
+
     fn info(&self) -> BackendInfo {
         ChatBackend::info(self)
     }

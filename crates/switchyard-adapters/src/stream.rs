@@ -70,9 +70,11 @@ where
     T: Translate<E>,
 {
     let first = loop {
+        let waiting = switchyard_telemetry::clock::network_wait();
         let next = timeout_at(first_deadline.min(deadline), events.next())
             .await
             .map_err(|_| first_byte_timeout.clone())?;
+        drop(waiting);
         let step = match next {
             None => translator.end()?,
             Some(event) => translator.event(event?)?,

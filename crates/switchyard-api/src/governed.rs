@@ -94,6 +94,7 @@ pub(crate) async fn admit(
         known_model: state.gateway.load().knows(call.model),
         operation: call.operation,
         stream: call.stream,
+        arrived: crate::arrived(),
     };
     let authenticated = state
         .governance

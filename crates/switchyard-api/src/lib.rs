@@ -189,10 +189,24 @@ fn server_span<B>(request: &Request<B>) -> tracing::Span {
     span
 }
 
-/// Keeps the request's trace context at hand for upstream calls.
+tokio::task_local! {
+    /// When the request being handled arrived.
+    static ARRIVED: std::time::Instant;
+}
+
+/// When the current request arrived, if a request is being handled.
+pub(crate) fn arrived() -> Option<std::time::Instant> {
+    ARRIVED.try_with(|at| *at).ok()
+}
+
+/// Notes when the request arrived and keeps its trace context at hand for
+/// upstream calls.
 async fn with_trace_context(request: axum::extract::Request, next: Next) -> Response {
+    let arrived = std::time::Instant::now();
     let context = trace::request_trace(request.headers());
-    trace::in_request_trace(context, next.run(request)).await
+    ARRIVED
+        .scope(arrived, trace::in_request_trace(context, next.run(request)))
+        .await
 }
 
 /// Request ids are UUIDv7: time-ordered, so the ledger's index on them

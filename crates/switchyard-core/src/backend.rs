@@ -55,6 +55,13 @@ pub trait ChatBackend: Send + Sync + 'static {
         true
     }
 
+    /// Whether the backend times its own waits on the network (with
+    /// `switchyard_telemetry::clock::network_wait`), so that the caller
+    /// does not count the whole call as time spent upstream.
+    fn times_network_waits(&self) -> bool {
+        false
+    }
+
     /// Its queue and counters, for backends that schedule their own
     /// compute; remote APIs have none to report.
     fn load(&self) -> Option<BackendLoad> {

@@ -40,6 +40,12 @@ pub trait EmbeddingBackend: Send + Sync + 'static {
         true
     }
 
+    /// Whether the backend times its own waits on the network (see
+    /// `ChatBackend::times_network_waits`).
+    fn times_network_waits(&self) -> bool {
+        false
+    }
+
     /// Embeds every input.
     fn embed(
         &self,

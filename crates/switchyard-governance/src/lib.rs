@@ -145,6 +145,9 @@ pub struct RequestFacts {
     pub operation: Operation,
     /// Streamed.
     pub stream: bool,
+    /// When the request arrived (before its body was read and its key
+    /// checked), so that its latency is the client's; `None`: now.
+    pub arrived: Option<Instant>,
 }
 
 impl Governance {
@@ -272,6 +275,7 @@ impl Governance {
     /// An admission holding nothing yet.
     fn admission(self: &Arc<Self>, caller: Caller, facts: RequestFacts) -> Admission {
         metrics().request_started();
+        let started = facts.arrived.unwrap_or_else(Instant::now);
         Admission {
             governance: self.clone(),
             // Time-ordered, so rows append to the primary-key index.
@@ -279,7 +283,7 @@ impl Governance {
             facts,
             caller,
             at: now_ms(),
-            started: Instant::now(),
+            started,
             decisions: Vec::new(),
             token_charges: Vec::new(),
             slot_keys: Vec::new(),

@@ -93,6 +93,17 @@ impl Deployment {
             && self.embeddings.as_ref().is_none_or(|b| b.is_ready())
     }
 
+    /// Whether its backend for `operation` times its own network waits.
+    pub(crate) fn times_network_waits(&self, operation: Operation) -> bool {
+        match operation {
+            Operation::Chat => self.chat.as_ref().is_some_and(|c| c.times_network_waits()),
+            Operation::Embeddings => self
+                .embeddings
+                .as_ref()
+                .is_some_and(|e| e.times_network_waits()),
+        }
+    }
+
     /// Who an attempt of `operation` on it goes to, for spans and metrics.
     pub(crate) fn target(&self, operation: Operation) -> Target {
         let info = match operation {

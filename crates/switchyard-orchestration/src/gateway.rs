@@ -332,11 +332,14 @@ async fn attempt<T: Answer>(
     let target = deployment.target(run.operation);
     let span = target.span(number);
     let started = Instant::now();
+    // Remote adapters time their own network waits, so that their
+    // encoding and decoding count as the gateway's time; for the others
+    // (the embedded models) the whole call is time upstream.
+    let clock = &run.context.upstream;
     let result = {
-        let _waiting = run.context.upstream.waiting();
-        (run.call)(deployment.clone())
-            .instrument(span.clone())
-            .await
+        let _waiting = (!deployment.times_network_waits(run.operation)).then(|| clock.waiting());
+        let call = (run.call)(deployment.clone()).instrument(span.clone());
+        switchyard_telemetry::clock::timing(clock.clone(), call).await
     };
     match &result {
         Ok(_) => {

@@ -6,8 +6,29 @@
 //! It does so by counting open waits: the clock runs while at least one is
 //! open, which is exactly the length of the merged intervals.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+tokio::task_local! {
+    /// The clock of the attempt being made, for the waits a backend times
+    /// itself (see [`network_wait`]).
+    static CURRENT: UpstreamClock;
+}
+
+/// Runs an attempt's `work` with `clock` as the one [`network_wait`]
+/// counts on.
+pub async fn timing<F: Future>(clock: UpstreamClock, work: F) -> F::Output {
+    CURRENT.scope(clock, work).await
+}
+
+/// A wait on the network inside an attempt (sending a request and reading
+/// its answer), timed on the attempt's clock; `None` outside one. Remote
+/// adapters time exactly these waits, so their own encoding and decoding
+/// count as the gateway's time.
+pub fn network_wait() -> Option<Waiting> {
+    CURRENT.try_with(UpstreamClock::waiting).ok()
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -98,6 +119,19 @@ mod tests {
         clock.open(t0 + ms(30));
         clock.close(t0 + ms(35));
         assert_eq!(clock.total(), ms(25));
+    }
+
+    #[tokio::test]
+    async fn network_waits_count_only_inside_an_attempt() {
+        assert!(network_wait().is_none());
+        let clock = UpstreamClock::new();
+        timing(clock.clone(), async {
+            let _wait = network_wait();
+            std::thread::sleep(Duration::from_millis(2));
+        })
+        .await;
+        assert!(clock.reached_upstream());
+        assert!(clock.total() >= Duration::from_millis(2));
     }
 
     #[test]

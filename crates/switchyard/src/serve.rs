@@ -246,6 +246,9 @@ async fn watch_config(
         if next.listen != current.listen || next.max_body_bytes != current.max_body_bytes {
             warn!("`listen` and `max_body_bytes` take effect on restart only");
         }
+        if next.telemetry != current.telemetry {
+            warn!("`[telemetry]` takes effect on restart only");
+        }
         let origin = format!("config file {}", path.display());
         let assembled = match assemble(&next, &origin, &reusable).await {
             Ok(assembled) => assembled,
