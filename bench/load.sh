@@ -9,6 +9,7 @@
 #   SECONDS_PER=30 LATENCY_MS=0 bench/load.sh
 #   OTLP=1 LATENCY_MS=0 bench/load.sh  # with every span exported (OTLP/HTTP
 #                                      # to a stand-in collector)
+#   OTLP=1 SAMPLE=0.1 bench/load.sh    # ...of one trace in ten
 #
 # Load generator, stand-in and gateway share this machine's cores.
 set -euo pipefail
@@ -20,6 +21,7 @@ STANDIN=127.0.0.1:19090
 SLOW_STANDIN=127.0.0.1:19091
 COLLECTOR=127.0.0.1:19092
 OTLP=${OTLP:-}
+SAMPLE=${SAMPLE:-1.0}
 GATEWAY=127.0.0.1:18080
 # 1,000 streams need 2,000 sockets in the gateway alone.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -34,7 +36,7 @@ target/release/switchyard-standin --listen "$SLOW_STANDIN" --token-delay-ms 2000
 telemetry=""
 if [ -n "$OTLP" ]; then
   target/release/switchyard-standin --listen "$COLLECTOR" 2>"$work/collector.log" &
-  telemetry=$(printf '[telemetry]\notlp_endpoint = "http://%s"\notlp_protocol = "http/protobuf"' "$COLLECTOR")
+  telemetry=$(printf '[telemetry]\notlp_endpoint = "http://%s"\notlp_protocol = "http/protobuf"\nsample_ratio = %s' "$COLLECTOR" "$SAMPLE")
 fi
 cat >"$work/gateway.toml" <<TOML
 listen = "$GATEWAY"
@@ -59,7 +61,7 @@ added() { # two result lines → added latency per percentile
     awk '{gsub("us","",$2); gsub("us","",$4); printf "%s +%dus  ", $1, $4-$2} END {print ""}'
 }
 
-echo "upstream latency ${LATENCY_MS} ms, ${SECONDS_PER} s per figure, span export $([ -n "$OTLP" ] && echo on || echo off)"
+echo "upstream latency ${LATENCY_MS} ms, ${SECONDS_PER} s per figure, span export $([ -n "$OTLP" ] && echo "on (sampled $SAMPLE)" || echo off)"
 for c in 1 32; do
   direct=$(load --url "http://$STANDIN/v1" -c "$c" --label "direct")
   through=$(load --url "http://$GATEWAY/v1" -c "$c" --label "through switchyard")

@@ -93,6 +93,11 @@ pub fn init_serving(format: LogFormat, telemetry: &TelemetryConfig) -> anyhow::R
         // Busy and idle times cost two clock reads per poll of every span;
         // the span's own start and end say what an operator needs.
         .with_tracked_inactivity(false)
+        // Nothing here reads OpenTelemetry's current context (upstream
+        // calls take it from the span), so entering a span need not
+        // activate it; the crate name of each span is noise.
+        .with_context_activation(false)
+        .with_target(false)
         .with_filter(EnvFilter::new(SPAN_FILTER));
     tracing_subscriber::registry()
         .with(fmt_layer(format))
