@@ -14,6 +14,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Each request allocates and frees many small buffers (headers, JSON,
+/// labels) across threads; glibc's allocator spent about a fifth of the
+/// gateway's CPU on them under load (perf, `bench/load.sh`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Switchyard: an LLM-serving gateway.
 ///
 /// One fast binary in front of remote model providers and local GGUF models,
