@@ -405,6 +405,28 @@ async fn a_streamed_request_with_one_fallback_exports_its_span_tree_to_an_otlp_s
         "[telemetry]\notlp_endpoint = \"{endpoint}\"\notlp_protocol = \"http/json\"\nexport_interval_ms = 100\nservice_name = \"switchyard-under-test\"\n"
     );
     let server = Server::start(&fallback_config(&primary, &backup, &telemetry));
+    // A client that does not sample its trace: nothing of it is exported,
+    // and the upstream still joins it, unsampled.
+    let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    let response = client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .header(
+            "traceparent",
+            format!("00-{unsampled_trace}-b7ad6b7169203331-00"),
+        )
+        .json(&ask(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let sent = backup.requests()[0]
+        .header("traceparent")
+        .expect("the upstream got a traceparent")
+        .to_owned();
+    assert!(
+        sent.starts_with(&format!("00-{unsampled_trace}-")) && sent.ends_with("-00"),
+        "{sent}"
+    );
     let response = client()
         .post(format!("{}/chat/completions", server.v1()))
         .header("traceparent", traceparent())
@@ -549,8 +571,17 @@ async fn a_streamed_request_with_one_fallback_exports_its_span_tree_to_an_otlp_s
     };
     assert!(end(served) >= end(by_name("stream")) - 5_000_000);
 
+    assert!(
+        !collector
+            .spans()
+            .iter()
+            .any(|s| s["traceId"].as_str().map(str::to_lowercase).as_deref()
+                == Some(unsampled_trace)),
+        "spans of an unsampled trace were exported"
+    );
+
     // The upstream got the attempt's own span as its parent.
-    let sent = backup.requests()[0]
+    let sent = backup.requests()[1]
         .header("traceparent")
         .unwrap()
         .to_owned();
