@@ -45,6 +45,15 @@ pub struct RequestTrace {
 
 tokio::task_local! {
     static REQUEST_TRACE: Arc<RequestTrace>;
+    /// Whether the request being handled is sampled (spans exported).
+    static SAMPLED: bool;
+}
+
+/// Whether the request being handled is sampled for export; `true` outside
+/// a request. The span layer consults it so that a request whose trace is
+/// not sampled builds no spans beyond its server span.
+pub fn request_sampled() -> bool {
+    SAMPLED.try_with(|sampled| *sampled).unwrap_or(true)
 }
 
 /// W3C's two headers as a map, for the propagator.
@@ -116,7 +125,31 @@ pub fn request_trace(headers: &HeaderMap) -> Option<RequestTrace> {
 /// for upstream calls, and its trace id recorded on the current span.
 pub async fn in_request_trace<F: Future>(trace: Option<RequestTrace>, handling: F) -> F::Output {
     let Some(trace) = trace else {
-        return handling.await;
+        // Exporting: the server span holds the sampling decision. An
+        // unsampled request builds no child spans, so its upstream calls
+        // find no span context and carry the server span's instead.
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let span_context = span.span_context();
+        if !span_context.is_valid() || span_context.is_sampled() {
+            return handling.await;
+        }
+        let traceparent = format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        );
+        let trace = RequestTrace {
+            trace_id: span_context.trace_id().to_string(),
+            traceparent: HeaderValue::from_str(&traceparent)
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            tracestate: HeaderValue::from_str(&span_context.trace_state().header())
+                .ok()
+                .filter(|v| !v.is_empty()),
+        };
+        let handling = REQUEST_TRACE.scope(Arc::new(trace), handling);
+        return SAMPLED.scope(false, handling).await;
     };
     tracing::Span::current().record("trace_id", trace.trace_id());
     REQUEST_TRACE.scope(Arc::new(trace), handling).await
@@ -128,9 +161,9 @@ pub fn current_trace_id() -> Option<String> {
         let context = tracing::Span::current().context();
         let span = context.span();
         let span_context = span.span_context();
-        return span_context
-            .is_valid()
-            .then(|| span_context.trace_id().to_string());
+        if span_context.is_valid() {
+            return Some(span_context.trace_id().to_string());
+        }
     }
     REQUEST_TRACE.try_with(|trace| trace.trace_id.clone()).ok()
 }
@@ -139,11 +172,8 @@ pub fn current_trace_id() -> Option<String> {
 /// the current span as the parent when spans are exported, else the
 /// request's trace context as it came.
 pub fn inject(headers: &mut HeaderMap) {
-    if exporting() {
-        let context = tracing::Span::current().context();
-        if !context.span().span_context().is_valid() {
-            return;
-        }
+    let context = exporting().then(|| tracing::Span::current().context());
+    if let Some(context) = context.filter(|cx| cx.span().span_context().is_valid()) {
         let mut carrier = HashMap::new();
         TraceContextPropagator::new().inject_context(&context, &mut carrier);
         for (name, value) in carrier {

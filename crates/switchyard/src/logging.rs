@@ -15,6 +15,7 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
 };
 use switchyard_config::{OtlpProtocol, TelemetryConfig};
+use tracing_subscriber::filter::{self, FilterExt};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -98,7 +99,15 @@ pub fn init_serving(format: LogFormat, telemetry: &TelemetryConfig) -> anyhow::R
         // activate it; the crate name of each span is noise.
         .with_context_activation(false)
         .with_target(false)
-        .with_filter(EnvFilter::new(SPAN_FILTER));
+        // A request whose trace is not sampled keeps its server span (it
+        // carries the decision) and builds no others. The filter is a
+        // dynamic one: its answer depends on the request, so it must not
+        // be cached per callsite.
+        .with_filter(
+            EnvFilter::new(SPAN_FILTER).and(filter::dynamic_filter_fn(|metadata, _| {
+                metadata.name() == "request" || switchyard_telemetry::trace::request_sampled()
+            })),
+        );
     tracing_subscriber::registry()
         .with(fmt_layer(format))
         .with(spans)
