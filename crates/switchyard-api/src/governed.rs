@@ -179,6 +179,11 @@ impl GovernedChat {
             Err(error) => return Err(backend_failure(self.admission, error, context)),
         };
         let mut outcome = served(&routed, Some(&routed.value.usage), context);
+        trace::annotate_strings(
+            &tracing::Span::current(),
+            "gen_ai.response.finish_reasons",
+            vec![routed.value.finish_reason.as_str().to_owned()],
+        );
         outcome.prompt = self.prompt;
         outcome.answer = self.keep_answer.then(|| routed.value.content.clone());
         self.admission.finish(outcome);
