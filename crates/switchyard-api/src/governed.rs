@@ -10,7 +10,7 @@ use switchyard_governance::{
     Admission, Caller, GovernanceError, Operation, Outcome, RequestFacts, Tokens,
 };
 use switchyard_orchestration::{CacheStatus, Gateway, RequestContext, Routed};
-use switchyard_telemetry::{UpstreamClock, trace};
+use switchyard_telemetry::trace;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -95,6 +95,7 @@ pub(crate) async fn admit(
         operation: call.operation,
         stream: call.stream,
         arrived: crate::arrived(),
+        upstream: context.upstream.clone(),
     };
     let authenticated = state
         .governance
@@ -207,13 +208,7 @@ impl GovernedChat {
         headers.extend(route_headers(&routed));
         let mut outcome = served(&routed, None, context);
         outcome.prompt = self.prompt;
-        let events = metered(
-            routed.value,
-            self.admission,
-            outcome,
-            self.keep_answer,
-            context.upstream.clone(),
-        );
+        let events = metered(routed.value, self.admission, outcome, self.keep_answer);
         Ok((events, headers))
     }
 }
@@ -262,7 +257,6 @@ pub(crate) fn served<T>(
         cache_hit: routed.cache == CacheStatus::Hit,
         tokens: usage.map(tokens),
         decisions: context.trail.steps(),
-        upstream: context.upstream.waited(),
         ..Outcome::default()
     }
 }
@@ -311,7 +305,6 @@ fn metered(
     mut admission: Admission,
     mut outcome: Outcome,
     keep_answer: bool,
-    upstream: UpstreamClock,
 ) -> ChatStream {
     let request_span = tracing::Span::current();
     let stream_span = tracing::debug_span!(
@@ -364,7 +357,6 @@ fn metered(
         if keep_answer {
             outcome.answer = Some(answer);
         }
-        outcome.upstream = upstream.waited();
         admission.finish(outcome);
         drop(stream_span);
     })
@@ -421,7 +413,6 @@ pub(crate) fn backend_failure(
     let error = ApiError::from(error);
     let mut outcome = failed(&error);
     outcome.decisions = context.trail.steps();
-    outcome.upstream = context.upstream.waited();
     admission.finish(outcome);
     error
 }

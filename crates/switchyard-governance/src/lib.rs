@@ -29,7 +29,7 @@ use switchyard_state::counters::{
 use switchyard_state::records::{AuditRow, Budget, Role, UsageRow};
 use switchyard_state::{SpendScope, SqlStore, TenantScope};
 pub use switchyard_telemetry::Operation;
-use switchyard_telemetry::{RequestRecord, metrics};
+use switchyard_telemetry::{RequestRecord, UpstreamClock, metrics};
 use tracing::{info, warn};
 
 pub use auth::{Caller, KeyContext};
@@ -148,6 +148,9 @@ pub struct RequestFacts {
     /// When the request arrived (before its body was read and its key
     /// checked), so that its latency is the client's; `None`: now.
     pub arrived: Option<Instant>,
+    /// The request's time waiting on upstreams: the rest of its time is
+    /// the gateway's own overhead.
+    pub upstream: UpstreamClock,
 }
 
 impl Governance {
@@ -658,9 +661,6 @@ pub struct Outcome {
     pub answer: Option<String>,
     /// Further steps of the decision path (route choice, fallbacks).
     pub decisions: Vec<serde_json::Value>,
-    /// Time spent waiting on upstreams (overlaps merged), when the request
-    /// reached one: the rest of its time is the gateway's own overhead.
-    pub upstream: Option<Duration>,
 }
 
 /// An admitted request: what it holds, until it finishes.
@@ -807,7 +807,7 @@ impl Admission {
         };
         metrics().request_ended();
         metrics().request_done(&RequestRecord {
-            operation: Some(self.facts.operation),
+            operation: self.facts.operation,
             model: self.facts.known_model.then_some(usage.model.as_str()),
             route: usage.route.as_deref(),
             tenant: usage.tenant_id.as_deref(),
@@ -817,7 +817,7 @@ impl Admission {
             time_to_first_token: self.first_token,
             output_tokens: outcome.tokens.map(|t| t.output),
             cost,
-            upstream: outcome.upstream,
+            upstream: self.facts.upstream.waited(),
         });
         info!(
             request_id = %usage.request_id,

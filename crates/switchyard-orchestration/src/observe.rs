@@ -207,8 +207,14 @@ impl ObservedStream {
         let Some((target, span, started)) = self.attempt.take() else {
             return;
         };
-        let model = target.upstream_model.clone();
-        annotate_answer(&span, Some(&model), self.usage.as_ref(), self.finish);
+        // Canonical stream events carry no model name: the model that
+        // answered a stream is the one the attempt asked for.
+        annotate_answer(
+            &span,
+            Some(&target.upstream_model),
+            self.usage.as_ref(),
+            self.finish,
+        );
         if let Some(error) = self.error {
             span.record("otel.status_code", "ERROR");
             annotate(&span, || [("error.type", error.into())]);

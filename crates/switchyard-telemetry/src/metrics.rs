@@ -64,9 +64,10 @@ fn histograms<L: Clone + std::hash::Hash + Eq>(
 }
 
 /// The kind of model call (`gen_ai.operation.name`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Operation {
     /// A chat completion.
+    #[default]
     Chat,
     /// Embeddings.
     Embeddings,
@@ -171,7 +172,7 @@ struct OverheadLabels {
 #[derive(Debug, Clone, Default)]
 pub struct RequestRecord<'a> {
     /// What was asked for.
-    pub operation: Option<Operation>,
+    pub operation: Operation,
     /// The public model name, only when the gateway knows it (a name it
     /// does not know is a client's string and is reported as `unknown`).
     pub model: Option<&'a str>,
@@ -401,7 +402,7 @@ impl Metrics {
 
     /// Records a model request as it ended.
     pub fn request_done(&self, record: &RequestRecord<'_>) {
-        let operation = record.operation.unwrap_or(Operation::Chat).as_str();
+        let operation = record.operation.as_str();
         let model = record.model.unwrap_or("unknown").to_owned();
         let tenant = record
             .tenant
@@ -639,7 +640,7 @@ mod tests {
     fn a_request_is_counted_and_its_overhead_is_its_time_off_upstream() {
         let metrics = Metrics::new();
         metrics.request_done(&RequestRecord {
-            operation: Some(Operation::Chat),
+            operation: Operation::Chat,
             model: Some("m"),
             route: Some("r"),
             tenant: Some("t1"),

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TraceId};
-use opentelemetry::{Key, KeyValue, Value};
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceFlags, TraceId};
+use opentelemetry::{Key, Value};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -67,30 +67,37 @@ fn carrier(headers: &HeaderMap) -> HashMap<String, String> {
         .collect()
 }
 
+/// A `traceparent` value (version 00).
+fn traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> HeaderValue {
+    let value = format!("00-{trace_id}-{span_id}-{:02x}", flags.to_u8());
+    // Hex digits and dashes only: always a valid header value.
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 impl RequestTrace {
     /// The client's trace when it sent a valid `traceparent`, else a new
     /// one (not sampled: nothing here records it).
     pub fn from_headers(headers: &HeaderMap) -> Self {
-        let carrier = carrier(headers);
-        let parent = TraceContextPropagator::new().extract(&carrier);
-        let span = parent.span();
-        let context = span.span_context();
-        if context.is_valid()
-            && let Some(traceparent) = headers.get("traceparent")
-        {
-            return Self {
-                trace_id: context.trace_id().to_string(),
-                traceparent: traceparent.clone(),
-                tracestate: headers.get("tracestate").cloned(),
-            };
+        if let Some(sent) = headers.get("traceparent") {
+            let parent = TraceContextPropagator::new().extract(&carrier(headers));
+            let span = parent.span();
+            let context = span.span_context();
+            if context.is_valid() {
+                return Self {
+                    trace_id: context.trace_id().to_string(),
+                    traceparent: sent.clone(),
+                    tracestate: headers.get("tracestate").cloned(),
+                };
+            }
         }
         let trace_id = TraceId::from(fastrand::u128(1..));
-        let span_id = fastrand::u64(1..);
-        let traceparent = format!("00-{trace_id}-{span_id:016x}-00");
         Self {
             trace_id: trace_id.to_string(),
-            traceparent: HeaderValue::from_str(&traceparent)
-                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            traceparent: traceparent(
+                trace_id,
+                SpanId::from(fastrand::u64(1..)),
+                TraceFlags::default(),
+            ),
             tracestate: None,
         }
     }
@@ -134,16 +141,13 @@ pub async fn in_request_trace<F: Future>(trace: Option<RequestTrace>, handling: 
         if !span_context.is_valid() || span_context.is_sampled() {
             return handling.await;
         }
-        let traceparent = format!(
-            "00-{}-{}-{:02x}",
-            span_context.trace_id(),
-            span_context.span_id(),
-            span_context.trace_flags().to_u8()
-        );
         let trace = RequestTrace {
             trace_id: span_context.trace_id().to_string(),
-            traceparent: HeaderValue::from_str(&traceparent)
-                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            traceparent: traceparent(
+                span_context.trace_id(),
+                span_context.span_id(),
+                span_context.trace_flags(),
+            ),
             tracestate: HeaderValue::from_str(&span_context.trace_state().header())
                 .ok()
                 .filter(|v| !v.is_empty()),
@@ -214,11 +218,11 @@ pub fn annotate_strings(span: &tracing::Span, key: &'static str, values: Vec<Str
     if !exporting() {
         return;
     }
-    let value = Value::Array(opentelemetry::Array::String(
-        values.into_iter().map(Into::into).collect(),
-    ));
-    let attribute = KeyValue::new(key, value);
-    span.set_attribute(attribute.key, attribute.value);
+    let values = values.into_iter().map(Into::into).collect();
+    span.set_attribute(
+        Key::from_static_str(key),
+        Value::Array(opentelemetry::Array::String(values)),
+    );
 }
 
 #[cfg(test)]

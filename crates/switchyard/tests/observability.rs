@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, client, metric_sample as sample, recording_standin, scrape, stream_chunks,
-    streamed_text,
+    Server, client, metric_sample as sample, recording_standin, scrape, standin_model,
+    stream_chunks, streamed_text,
 };
 use serde_json::{Value, json};
 use switchyard_standin::{Failure, RunningStandin};
@@ -29,15 +29,19 @@ fn traceparent() -> String {
 /// A route `chat` over `primary` then `backup`, each on its own stand-in;
 /// the backup is priced so that cost shows in the metrics.
 fn fallback_config(primary: &RunningStandin, backup: &RunningStandin, extra: &str) -> String {
-    format!(
-        "[models.primary]\nbackend = \"openai\"\nbase_url = \"{}\"\nupstream_model = \"primary\"\n\
-         [models.backup]\nbackend = \"openai\"\nbase_url = \"{}\"\nupstream_model = \"backup\"\n\
-         pricing = {{ input = 1000.0, output = 2000.0 }}\n\
-         [routes.chat]\nstrategy = \"priority\"\ndeployments = [{{ model = \"primary\" }}, {{ model = \"backup\" }}]\n\
-         [resilience]\nbreaker_failures = 1000\nbreaker_window = 100000\n{extra}",
-        primary.base_url(),
-        backup.base_url()
-    )
+    [
+        standin_model("primary", primary, ""),
+        standin_model(
+            "backup",
+            backup,
+            "pricing = { input = 1000.0, output = 2000.0 }",
+        ),
+        "[routes.chat]\nstrategy = \"priority\"\ndeployments = [{ model = \"primary\" }, { model = \"backup\" }]\n\
+         [resilience]\nbreaker_failures = 1000\nbreaker_window = 100000\n"
+            .to_owned(),
+        extra.to_owned(),
+    ]
+    .concat()
 }
 
 fn ask(stream: bool) -> Value {
@@ -235,9 +239,10 @@ async fn metrics_after_known_traffic_with_fallbacks_on_standin_upstreams() {
 #[tokio::test]
 async fn metrics_need_an_admin_key_when_keys_are_required() {
     let upstream = recording_standin().await;
-    let config = format!(
-        "[models.m]\nbackend = \"openai\"\nbase_url = \"{}\"\n[governance]\nauth = true\nmaster_key = \"sy-master-metrics-test\"\n",
-        upstream.base_url()
+    let config = standin_model(
+        "m",
+        &upstream,
+        "[governance]\nauth = true\nmaster_key = \"sy-master-metrics-test\"",
     );
     let server = Server::start(&config);
     assert_eq!(scrape(&server, None).await.status(), 401);
@@ -255,10 +260,7 @@ async fn metrics_need_an_admin_key_when_keys_are_required() {
 #[tokio::test]
 async fn the_clients_traceparent_reaches_the_standin_upstream() {
     let upstream = recording_standin().await;
-    let config = format!(
-        "[models.m]\nbackend = \"openai\"\nbase_url = \"{}\"\n",
-        upstream.base_url()
-    );
+    let config = standin_model("m", &upstream, "");
     let server = Server::start_with_env(&config, &[("SWITCHYARD_LOG_FORMAT", "json")]);
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let response = client()

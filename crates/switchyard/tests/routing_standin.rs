@@ -9,17 +9,10 @@ mod common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{Server, client, recording_standin, sse_data};
+use common::{Server, client, recording_standin, sse_data, standin_model};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use switchyard_standin::{Failure, RunningStandin};
-
-fn model(name: &str, upstream: &RunningStandin, extra: &str) -> String {
-    format!(
-        "[models.{name}]\nbackend = \"openai\"\nbase_url = \"{}\"\nupstream_model = \"{name}\"\n{extra}\n",
-        upstream.base_url()
-    )
-}
 
 fn ask(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
@@ -59,12 +52,12 @@ async fn load(server: &Server, body: Value, total: usize, concurrency: usize) ->
 async fn a_deployment_failing_30_percent_with_a_healthy_fallback_serves_all_1000() {
     let upstream = recording_standin().await;
     let config = [
-        model(
+        standin_model(
             "flaky",
             &upstream,
             "headers = { \"x-standin-failure-rate\" = \"0.3\", \"x-standin-failure-mix\" = \"500,reset,timeout\", \"x-standin-timeout-ms\" = \"1500\" }\nfirst_byte_timeout_ms = 250",
         ),
-        model("steady", &upstream, ""),
+        standin_model("steady", &upstream, ""),
         "[routes.chat]\nstrategy = \"priority\"\ndeployments = [{ model = \"flaky\" }, { model = \"steady\" }]\n".into(),
         // Keep the breaker from hiding the flaky deployment: every request
         // should meet the faults.
@@ -93,8 +86,8 @@ async fn a_breaker_opens_stops_sending_then_recovers() {
     let primary = recording_standin().await;
     let backup = recording_standin().await;
     let config = [
-        model("primary", &primary, ""),
-        model("backup", &backup, ""),
+        standin_model("primary", &primary, ""),
+        standin_model("backup", &backup, ""),
         "[routes.chat]\nstrategy = \"priority\"\ndeployments = [{ model = \"primary\" }, { model = \"backup\" }]\n".into(),
         "[resilience]\nbreaker_failures = 3\nbreaker_open_ms = 700\n".into(),
     ]
@@ -125,7 +118,7 @@ async fn a_breaker_opens_stops_sending_then_recovers() {
 async fn retries_stop_when_the_retry_budget_is_spent() {
     let upstream = recording_standin().await;
     let config = [
-        model("down", &upstream, ""),
+        standin_model("down", &upstream, ""),
         "[routes.chat]\ndeployments = [{ model = \"down\" }]\nretries = 3\nretry_backoff_ms = 1\n".into(),
         // A window that never fills and a count never reached: only the
         // budget limits the retries.
@@ -145,7 +138,7 @@ async fn retries_stop_when_the_retry_budget_is_spent() {
 async fn retry_after_from_the_upstream_is_honoured() {
     let upstream = recording_standin().await;
     let config = [
-        model("limited", &upstream, ""),
+        standin_model("limited", &upstream, ""),
         "[routes.chat]\ndeployments = [{ model = \"limited\" }]\nretries = 1\n".into(),
     ]
     .concat();
@@ -169,8 +162,8 @@ async fn retry_after_from_the_upstream_is_honoured() {
 async fn a_95_5_weighted_split_lands_within_a_few_percent() {
     let upstream = recording_standin().await;
     let config = [
-        model("stable", &upstream, ""),
-        model("canary", &upstream, ""),
+        standin_model("stable", &upstream, ""),
+        standin_model("canary", &upstream, ""),
         "[routes.chat]\nstrategy = \"weighted\"\ndeployments = [{ model = \"stable\", weight = 95 }, { model = \"canary\", weight = 5 }]\n".into(),
     ]
     .concat();
@@ -185,8 +178,8 @@ async fn a_95_5_weighted_split_lands_within_a_few_percent() {
 async fn a_stream_cut_after_tokens_ends_with_an_error_and_is_not_replayed() {
     let upstream = recording_standin().await;
     let config = [
-        model("cut", &upstream, "headers = { \"x-standin-fault\" = \"midstream-disconnect\" }"),
-        model("steady", &upstream, ""),
+        standin_model("cut", &upstream, "headers = { \"x-standin-fault\" = \"midstream-disconnect\" }"),
+        standin_model("steady", &upstream, ""),
         "[routes.chat]\nstrategy = \"priority\"\ndeployments = [{ model = \"cut\" }, { model = \"steady\" }]\n".into(),
     ]
     .concat();
@@ -210,8 +203,8 @@ async fn hedging_answers_from_the_faster_deployment_and_cancels_the_slower() {
     let slow = recording_standin().await;
     let fast = recording_standin().await;
     let config = [
-        model("slow", &slow, "headers = { \"x-standin-latency-ms\" = \"3000\" }"),
-        model("fast", &fast, ""),
+        standin_model("slow", &slow, "headers = { \"x-standin-latency-ms\" = \"3000\" }"),
+        standin_model("fast", &fast, ""),
         "[routes.chat]\nstrategy = \"priority\"\nhedge_after_ms = 100\ndeployments = [{ model = \"slow\" }, { model = \"fast\" }]\n".into(),
     ]
     .concat();
@@ -234,7 +227,7 @@ async fn hedging_answers_from_the_faster_deployment_and_cancels_the_slower() {
 async fn cache_hits_are_exact_replays_and_never_cross_callers() {
     let upstream = recording_standin().await;
     let config = [
-        model("m", &upstream, ""),
+        standin_model("m", &upstream, ""),
         "[cache]\nenabled = true\nttl_secs = 60\n".into(),
     ]
     .concat();
@@ -314,10 +307,10 @@ async fn cache_hits_are_exact_replays_and_never_cross_callers() {
 async fn rules_route_by_header_code_and_length() {
     let upstream = recording_standin().await;
     let config = [
-        model("general", &upstream, ""),
-        model("coder", &upstream, ""),
-        model("cheap", &upstream, ""),
-        model("premium", &upstream, ""),
+        standin_model("general", &upstream, ""),
+        standin_model("coder", &upstream, ""),
+        standin_model("cheap", &upstream, ""),
+        standin_model("premium", &upstream, ""),
         "[routes.auto]\ndeployments = [{ model = \"general\" }]\nrules = [\n  { route = \"premium\", header = \"x-tier\", header_value = \"premium\" },\n  { route = \"coder\", has_code = true },\n  { route = \"cheap\", prompt_chars_below = 20 },\n]\n".into(),
     ]
     .concat();
@@ -365,8 +358,8 @@ async fn rules_route_by_header_code_and_length() {
 async fn a_config_reload_under_load_fails_no_request() {
     let upstream = recording_standin().await;
     let before = [
-        model("blue", &upstream, ""),
-        model("green", &upstream, ""),
+        standin_model("blue", &upstream, ""),
+        standin_model("green", &upstream, ""),
         "[routes.chat]\ndeployments = [{ model = \"blue\", weight = 100 }, { model = \"green\", weight = 0 }]\n".into(),
     ]
     .concat();
@@ -418,7 +411,7 @@ async fn two_instances_share_the_redis_cache() {
     // A fresh namespace per run: the reply text carries a random marker.
     let marker = format!("run-{}", fastrand::u64(..));
     let config = [
-        model(
+        standin_model(
             "m",
             &upstream,
             &format!("headers = {{ \"x-standin-reply\" = \"{marker}\" }}"),

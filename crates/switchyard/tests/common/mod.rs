@@ -344,3 +344,17 @@ pub fn metric_sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .filter(|line| labels.iter().all(|label| line.contains(label)))
         .find_map(|line| line.rsplit(' ').next()?.parse().ok())
 }
+
+/// A `[models.NAME]` table for an OpenAI-format stand-in upstream, whose
+/// upstream model is NAME too (so recorded requests say which deployment
+/// they reached), with `extra` lines appended.
+pub fn standin_model(
+    name: &str,
+    upstream: &switchyard_standin::RunningStandin,
+    extra: &str,
+) -> String {
+    format!(
+        "[models.{name}]\nbackend = \"openai\"\nbase_url = \"{}\"\nupstream_model = \"{name}\"\n{extra}\n",
+        upstream.base_url()
+    )
+}
