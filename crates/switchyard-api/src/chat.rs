@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions`, whole and streamed.
+//! `POST /v1/chat/completions`, whole and streamed, grounded in a
+//! collection when the request asks (see [`grounding`]).
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,11 +11,19 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
-use switchyard_core::{ChatStream, StreamEvent};
-use switchyard_protocol::openai::{ChatCompletion, ChatCompletionRequest, ChunkFactory};
+use std::sync::Arc;
+
+use switchyard_core::{ChatRequest, ChatStream, StreamEvent};
+use switchyard_governance::Caller;
+use switchyard_orchestration::RequestContext;
+use switchyard_orchestration::grounding::{Grounded, GroundingSpec, Retrieval};
+use switchyard_protocol::openai::{
+    ChatCompletion, ChatCompletionRequest, ChunkFactory, Citation, RetrievalOptions,
+};
 use tracing::{debug, warn};
 
 use crate::AppState;
+use crate::collections::DEFAULT_TENANT;
 use crate::context::request_context;
 use crate::error::ApiError;
 use crate::extract::OpenAiJson;
@@ -32,10 +41,45 @@ pub(crate) async fn chat_completions(
     let stream = body.is_stream();
     let include_usage = body.wants_stream_usage();
     let mut context = request_context(&headers, body.metadata.take().as_ref());
-    let request = body.into_canonical()?;
+    let extension = body.retrieval.take();
+    let mut request = body.into_canonical()?;
     let model = request.model.clone();
     tracing::Span::current().record("model", model.as_str());
-    let governed = governed::admit_chat(&state, &headers, &mut context, &request, stream).await?;
+    let grounding = grounding(&state, extension, &mut request)?;
+    let (mut governed, grounded) = match &grounding {
+        None => (
+            governed::admit_chat(&state, &headers, &mut context, &request, stream).await?,
+            None,
+        ),
+        Some((retrieval, spec)) => {
+            let gateway = state.gateway.load_full();
+            let mut grounded_request = request.clone();
+            let ground = |caller: &Caller, context: &RequestContext| {
+                let tenant = caller.tenant_id().unwrap_or(DEFAULT_TENANT).to_owned();
+                let context = context.clone();
+                async move {
+                    let grounded = retrieval
+                        .ground(&gateway, &tenant, &mut grounded_request, spec, &context)
+                        .await
+                        .map_err(ApiError::from)?;
+                    Ok((grounded_request, grounded))
+                }
+            };
+            let (governed, (grounded_request, grounded)) = governed::admit_chat_alongside(
+                &state,
+                &headers,
+                &mut context,
+                &request,
+                stream,
+                ground,
+            )
+            .await?;
+            request = grounded_request;
+            (governed, Some(grounded))
+        }
+    };
+    governed.retrieval = grounded.as_ref().map(|g| g.elapsed);
+    let citations = grounded.as_ref().map(citations);
     let gateway = state.gateway.load_full();
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = SystemTime::now()
@@ -45,7 +89,7 @@ pub(crate) async fn chat_completions(
     if stream {
         let (events, headers) = governed.chat_stream(&gateway, request, &context).await?;
         let chunks = ChunkFactory::new(id, created, model);
-        let mut response = Sse::new(sse_events(events, chunks, include_usage))
+        let mut response = Sse::new(sse_events(events, chunks, include_usage, citations))
             .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
             .into_response();
         // Tell buffering reverse proxies (nginx) to pass events straight on.
@@ -63,10 +107,71 @@ pub(crate) async fn chat_completions(
         completion_tokens = answer.usage.completion_tokens,
         "completion served"
     );
-    let mut response =
-        Json(ChatCompletion::from_canonical(id, created, model, &answer)).into_response();
+    let mut completion = ChatCompletion::from_canonical(id, created, model, &answer);
+    completion.citations = citations;
+    let mut response = Json(completion).into_response();
     response.headers_mut().extend(headers);
     Ok(response)
+}
+
+/// How the request asks to be grounded, if it does: the `retrieval`
+/// extension, or a model name that is an assistant (whose model then
+/// answers).
+fn grounding(
+    state: &AppState,
+    extension: Option<RetrievalOptions>,
+    request: &mut ChatRequest,
+) -> Result<Option<(Arc<Retrieval>, GroundingSpec)>, ApiError> {
+    let Some(retrieval) = state.retrieval.clone() else {
+        if extension.is_some() {
+            return Err(ApiError::invalid_request(
+                "retrieval is not available on this server: no embeddings model is configured",
+                Some("retrieval".into()),
+            ));
+        }
+        return Ok(None);
+    };
+    if let Some(options) = extension {
+        let spec = retrieval
+            .request_spec(
+                options.collection,
+                options.top_k,
+                options.mode.as_deref(),
+                options.filter,
+            )
+            .map_err(|e| ApiError {
+                param: Some("retrieval".into()),
+                ..ApiError::from(e)
+            })?;
+        return Ok(Some((retrieval, spec)));
+    }
+    match retrieval.assistant_spec(&request.model) {
+        Some((model, spec)) => {
+            request.model = model;
+            Ok(Some((retrieval, spec)))
+        }
+        None => Ok(None),
+    }
+}
+
+fn citations(grounded: &Grounded) -> Vec<Citation> {
+    grounded
+        .sources
+        .iter()
+        .map(|source| Citation {
+            index: source.index,
+            collection: grounded.collection.clone(),
+            document_id: source.hit.document_id.clone(),
+            chunk_id: source.hit.chunk_id.clone(),
+            title: source.hit.title.clone(),
+            heading_path: source.hit.heading_path.clone(),
+            source: source.hit.source.clone(),
+            start: source.hit.start,
+            end: source.hit.end,
+            score: source.hit.score,
+            text: source.hit.text.clone(),
+        })
+        .collect()
 }
 
 fn data<T: Serialize>(payload: &T) -> Event {
@@ -83,9 +188,12 @@ fn sse_events(
     mut events: ChatStream,
     chunks: ChunkFactory,
     include_usage: bool,
+    citations: Option<Vec<Citation>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     async_stream::stream! {
-        yield Ok(data(&chunks.role()));
+        let mut first = chunks.role();
+        first.citations = citations;
+        yield Ok(data(&first));
         let mut completion_tokens = None;
         while let Some(event) = events.next().await {
             match event {

@@ -29,7 +29,13 @@ where
     S: Send + Sync,
     T: DeserializeOwned,
 {
-    let bytes = Bytes::from_request(request, state)
+    let bytes = read_body(request, state).await?;
+    parse_json(&bytes)
+}
+
+/// Reads the body, within the configured size limit.
+pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(request, state)
         .await
         .map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -47,8 +53,7 @@ where
                     None,
                 )
             }
-        })?;
-    parse_json(&bytes)
+        })
 }
 
 /// Parses `bytes` into `T`, naming the field at fault when it does not fit.

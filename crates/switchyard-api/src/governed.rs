@@ -1,6 +1,7 @@
 //! The governance steps every model call takes: who is calling, may it go
 //! ahead, and, once answered, what it used.
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -86,6 +87,17 @@ pub(crate) async fn admit(
     context: &mut RequestContext,
     call: Call<'_>,
 ) -> Result<Admission, ApiError> {
+    let (caller, facts) = authenticate(state, headers, context, call).await?;
+    limit(state, &caller, facts).await
+}
+
+/// The first half of [`admit`]: who is calling.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    context: &mut RequestContext,
+    call: Call<'_>,
+) -> Result<(Caller, RequestFacts), ApiError> {
     let facts = RequestFacts {
         request_id: request_id(headers),
         model: call.model.to_owned(),
@@ -127,9 +139,18 @@ pub(crate) async fn admit(
             ),
         ]
     });
+    Ok((caller, facts))
+}
+
+/// The second half of [`admit`]: may it go ahead (limits, budgets).
+async fn limit(
+    state: &AppState,
+    caller: &Caller,
+    facts: RequestFacts,
+) -> Result<Admission, ApiError> {
     Ok(state
         .governance
-        .admit(&caller, facts)
+        .admit(caller, facts)
         .instrument(tracing::debug_span!("limits"))
         .await?)
 }
@@ -141,6 +162,8 @@ pub(crate) struct GovernedChat {
     admission: Admission,
     prompt: Option<String>,
     keep_answer: bool,
+    /// Time spent retrieving sources, for a grounded answer.
+    pub retrieval: Option<Duration>,
 }
 
 /// Authenticates and admits a chat request (see [`admit`]).
@@ -151,19 +174,57 @@ pub(crate) async fn admit_chat(
     request: &ChatRequest,
     stream: bool,
 ) -> Result<GovernedChat, ApiError> {
+    let nothing = |_: &Caller, _: &RequestContext| async { Ok::<_, ApiError>(()) };
+    let (governed, ()) =
+        admit_chat_alongside(state, headers, context, request, stream, nothing).await?;
+    Ok(governed)
+}
+
+/// Authenticates a chat request, then checks its limits while `alongside`
+/// runs (retrieval, say) for the caller; a failure of either fails the
+/// request, and is recorded once it was admitted.
+pub(crate) async fn admit_chat_alongside<T, F, Fut>(
+    state: &AppState,
+    headers: &HeaderMap,
+    context: &mut RequestContext,
+    request: &ChatRequest,
+    stream: bool,
+    alongside: F,
+) -> Result<(GovernedChat, T), ApiError>
+where
+    F: FnOnce(&Caller, &RequestContext) -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
     let call = Call {
         model: &request.model,
         operation: Operation::Chat,
         stream,
         estimated_tokens: estimate_chat(request),
     };
-    let admission = admit(state, headers, context, call).await?;
+    let (caller, facts) = authenticate(state, headers, context, call).await?;
+    let context: &RequestContext = context;
+    let (admission, extra) = tokio::join!(
+        limit(state, &caller, facts),
+        alongside(&caller, context)
+    );
+    let admission = admission?;
+    let extra = match extra {
+        Ok(extra) => extra,
+        Err(error) => {
+            let mut outcome = failed(&error);
+            outcome.decisions = context.trail.steps();
+            admission.finish(outcome);
+            return Err(error);
+        }
+    };
     let settings = state.governance.settings();
-    Ok(GovernedChat {
+    let governed = GovernedChat {
         admission,
         prompt: settings.store_prompts.then(|| prompt_text(request)),
         keep_answer: settings.store_answers,
-    })
+        retrieval: None,
+    };
+    Ok((governed, extra))
 }
 
 impl GovernedChat {
@@ -180,6 +241,7 @@ impl GovernedChat {
             Err(error) => return Err(backend_failure(self.admission, error, context)),
         };
         let mut outcome = served(&routed, Some(&routed.value.usage), context);
+        outcome.retrieval = self.retrieval;
         trace::annotate_strings(
             &tracing::Span::current(),
             "gen_ai.response.finish_reasons",
@@ -208,6 +270,7 @@ impl GovernedChat {
         headers.extend(route_headers(&routed));
         let mut outcome = served(&routed, None, context);
         outcome.prompt = self.prompt;
+        outcome.retrieval = self.retrieval;
         let events = metered(routed.value, self.admission, outcome, self.keep_answer);
         Ok((events, headers))
     }

@@ -3,8 +3,9 @@
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/messages` (Anthropic's
 //! shape), `POST /v1/embeddings`, `GET /v1/models`,
-//! `GET /v1/models/{model}`, `GET /healthz`, `GET /readyz`, `GET /metrics`
-//! (Prometheus), and the admin
+//! `GET /v1/models/{model}`, collections, documents and search under
+//! `/v1/collections` (see [`collections`]), `GET /v1/ingestion_jobs/{id}`,
+//! `GET /healthz`, `GET /readyz`, `GET /metrics` (Prometheus), and the admin
 //! API under `/admin/` (tenants, teams, keys, usage, audit, alerts). Every
 //! response
 //! carries `x-request-id` (the client's own when it sent one); every error
@@ -13,6 +14,7 @@
 mod admin;
 mod anthropic;
 mod chat;
+mod collections;
 mod context;
 mod embeddings;
 pub mod error;
@@ -35,6 +37,7 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use switchyard_governance::Governance;
 use switchyard_orchestration::Gateway;
+use switchyard_orchestration::grounding::Retrieval;
 use switchyard_telemetry::trace;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -76,19 +79,47 @@ pub(crate) struct AppState {
     pub gateway: SharedGateway,
     pub governance: Arc<Governance>,
     pub public_metrics: bool,
+    pub retrieval: Option<Arc<Retrieval>>,
 }
 
 /// The complete HTTP application.
-pub fn router(gateway: SharedGateway, governance: Arc<Governance>, config: &ApiConfig) -> Router {
+///
+/// `retrieval` serves collections and grounded answers; without it (no
+/// embeddings model configured) those endpoints answer 503.
+pub fn router(
+    gateway: SharedGateway,
+    governance: Arc<Governance>,
+    config: &ApiConfig,
+    retrieval: Option<Arc<Retrieval>>,
+) -> Router {
     let state = AppState {
         gateway,
         governance,
         public_metrics: config.public_metrics,
+        retrieval,
     };
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(anthropic::messages))
+        .route(
+            "/v1/collections",
+            post(collections::create).get(collections::list),
+        )
+        .route(
+            "/v1/collections/{name}",
+            get(collections::retrieve).delete(collections::delete),
+        )
+        .route(
+            "/v1/collections/{name}/documents",
+            post(collections::add_documents).get(collections::list_documents),
+        )
+        .route(
+            "/v1/collections/{name}/documents/{id}",
+            axum::routing::put(collections::upload_document).delete(collections::delete_document),
+        )
+        .route("/v1/collections/{name}/search", post(collections::search))
+        .route("/v1/ingestion_jobs/{id}", get(collections::job))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::retrieve))
         .route(

@@ -17,6 +17,7 @@
 
 mod interpolate;
 mod routing;
+mod retrieval;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use interpolate::{InterpolationError, interpolate};
+pub use retrieval::{AssistantConfig, RetrievalConfig};
 pub use routing::{
     CacheConfig, DeploymentRef, FailureKind, ResilienceConfig, RouteConfig, RuleConfig, Strategy,
 };
@@ -67,6 +69,8 @@ pub struct Config {
     pub governance: GovernanceConfig,
     /// Logs, metrics and trace export.
     pub telemetry: TelemetryConfig,
+    /// Collections, chunking and grounded assistants.
+    pub retrieval: RetrievalConfig,
 }
 
 /// The `[telemetry]` table.
@@ -300,6 +304,8 @@ struct RawConfig {
     governance: GovernanceConfig,
     #[serde(default)]
     telemetry: TelemetryConfig,
+    #[serde(default)]
+    retrieval: RetrievalConfig,
 }
 
 impl Default for Config {
@@ -317,6 +323,7 @@ impl Default for Config {
             redis_url: None,
             governance: GovernanceConfig::default(),
             telemetry: TelemetryConfig::default(),
+            retrieval: RetrievalConfig::default(),
         }
     }
 }
@@ -718,6 +725,63 @@ pub enum ConfigError {
 }
 
 impl Config {
+    fn validate_retrieval(&self) -> Result<(), FieldProblem> {
+        let retrieval = &self.retrieval;
+        let exists = |name: &str| self.models.contains_key(name) || self.routes.contains_key(name);
+        if retrieval.chunk_tokens < 16 {
+            return Err(("retrieval.chunk_tokens".into(), "must be at least 16".into()));
+        }
+        if retrieval.chunk_overlap * 2 > retrieval.chunk_tokens {
+            return Err((
+                "retrieval.chunk_overlap".into(),
+                "must be at most half of chunk_tokens".into(),
+            ));
+        }
+        if retrieval.top_k == 0 {
+            return Err(("retrieval.top_k".into(), "must be at least 1".into()));
+        }
+        if let Some(model) = &retrieval.rewrite_model
+            && !exists(model)
+        {
+            return Err((
+                "retrieval.rewrite_model".into(),
+                format!("`{model}` is not a configured model or route"),
+            ));
+        }
+        for (name, assistant) in &retrieval.assistants {
+            let field = |f: &str| format!("retrieval.assistants.{name}.{f}");
+            if exists(name) {
+                return Err((
+                    format!("retrieval.assistants.{name}"),
+                    "an assistant cannot share its name with a model or route".into(),
+                ));
+            }
+            if !exists(&assistant.model) {
+                return Err((
+                    field("model"),
+                    format!("`{}` is not a configured model or route", assistant.model),
+                ));
+            }
+            if let Some(model) = &assistant.rewrite_model
+                && !exists(model)
+            {
+                return Err((
+                    field("rewrite_model"),
+                    format!("`{model}` is not a configured model or route"),
+                ));
+            }
+            if let Some(mode) = &assistant.mode
+                && !matches!(mode.as_str(), "hybrid" | "keyword" | "vector")
+            {
+                return Err((field("mode"), "must be hybrid, keyword or vector".into()));
+            }
+            if assistant.top_k == Some(0) {
+                return Err((field("top_k"), "must be at least 1".into()));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_routes(&self) -> Result<(), FieldProblem> {
         let exists = |name: &str| self.models.contains_key(name) || self.routes.contains_key(name);
         for (name, route) in &self.routes {
@@ -971,6 +1035,7 @@ impl Config {
             redis_url: raw.redis_url,
             governance: raw.governance,
             telemetry: raw.telemetry,
+            retrieval: raw.retrieval,
         };
         config
             .validate()
@@ -995,6 +1060,7 @@ impl Config {
         if self.worker_threads == Some(0) {
             return Err(("worker_threads".into(), "must be at least 1".into()));
         }
+        self.validate_retrieval()?;
         let telemetry = &self.telemetry;
         if !(0.0..=1.0).contains(&telemetry.sample_ratio) {
             return Err((

@@ -661,6 +661,8 @@ pub struct Outcome {
     pub answer: Option<String>,
     /// Further steps of the decision path (route choice, fallbacks).
     pub decisions: Vec<serde_json::Value>,
+    /// Time spent retrieving sources for a grounded answer.
+    pub retrieval: Option<Duration>,
 }
 
 /// An admitted request: what it holds, until it finishes.
@@ -833,6 +835,7 @@ impl Admission {
             cost_usd = usage.cost,
             latency_ms = usage.latency_ms,
             ttft_ms = usage.ttft_ms,
+            retrieval_ms = outcome.retrieval.map(|d| d.as_secs_f64() * 1e3),
             "request done"
         );
         let slot_keys = std::mem::take(&mut self.slot_keys);

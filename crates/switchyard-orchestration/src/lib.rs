@@ -2,13 +2,15 @@
 //! several) becomes a plan of deployments, run with retries (exponential
 //! backoff with jitter, Retry-After honoured, a shared retry budget),
 //! fallbacks on the failures a route names, optional hedging, a circuit
-//! breaker per deployment, and an exact-match response cache.
+//! breaker per deployment, an exact-match response cache, and answers
+//! grounded in a tenant's documents (retrieval-augmented generation).
 
 pub mod breaker;
 mod budget;
 pub mod cache;
 mod deployment;
 mod gateway;
+pub mod grounding;
 mod observe;
 mod rules;
 

@@ -78,6 +78,57 @@ pub struct ChatCompletionRequest {
     /// Tags for routing rules and logs; never sent upstream.
     #[serde(default, skip_serializing)]
     pub metadata: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// Switchyard's extension: ground the answer in a collection (from
+    /// OpenAI's SDKs, pass it in `extra_body`); never sent upstream.
+    #[serde(default, skip_serializing)]
+    pub retrieval: Option<RetrievalOptions>,
+}
+
+/// The `retrieval` extension of a chat request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalOptions {
+    /// The collection to search (one of the caller's tenant's).
+    pub collection: String,
+    /// Chunks given to the model, at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// `hybrid` (default), `keyword` or `vector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Restricts the sources: `{"document_ids": [...], "metadata": {...}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<serde_json::Value>,
+}
+
+/// A source a grounded answer was given: the `citations` field of the
+/// response, and of the first chunk of a stream. `index` is the number the
+/// model was told to cite it by (`[1]`, `[2]`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citation {
+    /// The number the answer cites it by, from 1.
+    pub index: u32,
+    /// The collection it came from.
+    pub collection: String,
+    /// The document's id.
+    pub document_id: String,
+    /// `document id#position`.
+    pub chunk_id: String,
+    /// The document's title.
+    pub title: String,
+    /// Headings the chunk sits under.
+    pub heading_path: Vec<String>,
+    /// Where the document came from (a path, a URL), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Character offsets of the chunk in the document's extracted text.
+    pub start: usize,
+    /// Character offset just past the chunk's end.
+    pub end: usize,
+    /// Its retrieval score (reciprocal rank fusion).
+    pub score: f64,
+    /// The chunk's text, as the model saw it.
+    pub text: String,
 }
 
 /// A tool definition: `{"type": "function", "function": {...}}`.
@@ -566,6 +617,7 @@ impl ChatCompletionRequest {
             tool_choice: request.tool_choice.as_ref().map(wire_tool_choice),
             parallel_tool_calls: request.parallel_tool_calls,
             metadata: None,
+            retrieval: None,
         }
     }
 }
@@ -680,6 +732,9 @@ pub struct ChatCompletion {
     /// Backend configuration fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_fingerprint: Option<String>,
+    /// The sources of a grounded answer (Switchyard's extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<Citation>>,
 }
 
 fn chat_completion_object() -> String {
@@ -747,6 +802,7 @@ impl ChatCompletion {
             }],
             usage: Some(response.usage.into()),
             system_fingerprint: None,
+            citations: None,
         }
     }
 }
@@ -775,6 +831,10 @@ pub struct ChatCompletionChunk {
     /// Backend configuration fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_fingerprint: Option<String>,
+    /// The sources of a grounded answer, on the stream's first chunk
+    /// (Switchyard's extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub citations: Option<Vec<Citation>>,
 }
 
 fn chunk_object() -> String {
@@ -874,6 +934,7 @@ impl ChunkFactory {
             choices,
             usage,
             system_fingerprint: None,
+            citations: None,
         }
     }
 

@@ -53,11 +53,17 @@ impl TokenCount for CharEstimate {
 pub struct TokenizerCount(tokenizers::Tokenizer);
 
 impl TokenizerCount {
-    /// Loads `tokenizer.json`.
+    /// Loads `tokenizer.json`, without the truncation and padding it may
+    /// configure: a counter that stops at 128 would let every text fit in
+    /// one chunk, and one that pads would count 128 for a short line.
     pub fn load(path: &Path) -> Result<Self, RetrievalError> {
-        tokenizers::Tokenizer::from_file(path)
-            .map(Self)
-            .map_err(|e| RetrievalError::Index(format!("{}: {e}", path.display())))
+        let mut tokenizer = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| RetrievalError::Index(format!("{}: {e}", path.display())))?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| RetrievalError::Index(format!("{}: {e}", path.display())))?;
+        tokenizer.with_padding(None);
+        Ok(Self(tokenizer))
     }
 }
 

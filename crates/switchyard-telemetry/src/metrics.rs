@@ -259,6 +259,7 @@ pub struct Metrics {
     cache: Family<CacheLabels, Counter>,
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     overhead: HistogramFamily<OverheadLabels>,
+    retrieval: Histogram,
     tenants: BoundedValues,
 }
 
@@ -370,6 +371,13 @@ impl Metrics {
             Unit::Seconds,
             overhead.clone(),
         );
+        let retrieval = Histogram::new(DURATION_BUCKETS);
+        registry.register_with_unit(
+            "switchyard_retrieval_duration",
+            "Time each grounded request spent retrieving its sources: query rewrite, query embedding and search",
+            Unit::Seconds,
+            retrieval.clone(),
+        );
         Self {
             registry,
             token_usage,
@@ -386,6 +394,7 @@ impl Metrics {
             cache,
             cost,
             overhead,
+            retrieval,
             tenants: BoundedValues::new(TENANT_LABELS),
         }
     }
@@ -522,6 +531,11 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .inc();
+    }
+
+    /// A grounded request's retrieval finished (or failed) after `elapsed`.
+    pub fn retrieval_done(&self, elapsed: Duration) {
+        self.retrieval.observe(elapsed.as_secs_f64());
     }
 
     /// A response cache lookup.

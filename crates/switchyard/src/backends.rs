@@ -230,7 +230,7 @@ fn openai_config(
 }
 
 /// Resolves a local model's files: an explicit path, or the catalogue.
-fn local_path(
+pub fn local_path(
     name: &str,
     path: &Option<PathBuf>,
     catalog: &Option<String>,

@@ -4,8 +4,10 @@ mod assembly;
 mod backends;
 mod chat;
 mod governance;
+mod ingest;
 mod logging;
 mod models;
+mod retrieval;
 mod serve;
 
 use std::net::SocketAddr;
@@ -72,6 +74,26 @@ enum Command {
         #[arg(long, env = "SWITCHYARD_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
     },
+    /// Load documents into a collection of a running server.
+    ///
+    /// Walks the files and folders given and sends every .txt, .md, .html
+    /// and .pdf file, with a progress bar. Document ids are paths relative
+    /// to the argument they were found under: running the command again
+    /// replaces changed documents and leaves unchanged ones. The collection
+    /// is created when it does not exist.
+    Ingest {
+        /// The collection to load into.
+        collection: String,
+        /// Files and folders to read.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Base URL of the Switchyard server.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// API key, sent as a bearer token.
+        #[arg(long, env = "SWITCHYARD_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +127,17 @@ fn main() -> ExitCode {
             model,
             url,
             system,
+            api_key,
+        }),
+        Command::Ingest {
+            collection,
+            paths,
+            url,
+            api_key,
+        } => ingest::run(ingest::IngestOptions {
+            collection,
+            paths,
+            url,
             api_key,
         }),
     };

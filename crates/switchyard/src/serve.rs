@@ -116,6 +116,10 @@ async fn serve(
     let assembled = assemble(&config, &origin, &Reusable::default()).await?;
     let gateway: SharedGateway = Arc::new(ArcSwap::from_pointee(assembled.gateway));
     let governance = crate::governance::build(&config).await?;
+    let retrieval = crate::retrieval::build(&config, &gateway)?;
+    if let Some(retrieval) = &retrieval {
+        crate::retrieval::warm(retrieval.clone());
+    }
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -128,6 +132,7 @@ async fn serve(
             max_body_bytes: config.max_body_bytes,
             public_metrics: config.telemetry.public_metrics,
         },
+        retrieval,
     );
     {
         // The one line a script (or a test) waits for: where to connect.

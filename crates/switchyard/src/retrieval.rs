@@ -1,0 +1,106 @@
+//! Retrieval's assembly: collections in the data folder, ingestion that
+//! embeds through the gateway, and each model's context size for fitting
+//! sources.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use switchyard_api::SharedGateway;
+use switchyard_config::{Config, ModelConfig};
+use switchyard_models::ModelKind;
+use switchyard_orchestration::grounding::{GatewayEmbedder, Retrieval};
+use switchyard_retrieval::{CharEstimate, ChunkSettings, Collections, Ingestor, TokenCount, TokenizerCount};
+use tracing::{info, warn};
+
+/// Context assumed for remote models, whose window the configuration does
+/// not state.
+const REMOTE_CONTEXT_TOKENS: usize = 8_192;
+
+/// Retrieval for `config`, or `None` when its embeddings model is not
+/// configured (the collection endpoints then answer 503).
+pub fn build(config: &Config, gateway: &SharedGateway) -> anyhow::Result<Option<Arc<Retrieval>>> {
+    let settings = &config.retrieval;
+    let model = &settings.embedding_model;
+    if !config.models.contains_key(model) && !config.routes.contains_key(model) {
+        info!(model = %model, "retrieval is off: its embeddings model is not configured");
+        return Ok(None);
+    }
+    let collections = Arc::new(Collections::new(
+        crate::governance::data_dir()?.join("collections"),
+        model.clone(),
+    ));
+    let current = gateway.clone();
+    let embedder = GatewayEmbedder::new(Arc::new(move || current.load_full()), model.clone());
+    let ingestor = Arc::new(Ingestor::new(
+        Arc::new(embedder),
+        token_counter(config, model),
+        ChunkSettings {
+            max_tokens: settings.chunk_tokens,
+            overlap_tokens: settings.chunk_overlap,
+        },
+    ));
+    let retrieval = Retrieval::new(
+        collections,
+        ingestor,
+        settings.clone(),
+        context_windows(config),
+    )
+    .map_err(|e| anyhow!(e))?;
+    Ok(Some(Arc::new(retrieval)))
+}
+
+/// Opens every collection in the background, so that the first search of
+/// each does not wait for its vector graph to be built.
+pub fn warm(retrieval: Arc<Retrieval>) {
+    tokio::spawn(async move {
+        let collections = retrieval.collections();
+        for (tenant, name) in collections.all().await {
+            if let Err(error) = collections.get(&tenant, &name).await {
+                warn!(collection = %name, %error, "a collection could not be opened");
+            }
+        }
+    });
+}
+
+/// Chunks are measured in the embedder's own tokens when its tokenizer is
+/// at hand (a local model), else estimated from characters.
+fn token_counter(config: &Config, model: &str) -> Arc<dyn TokenCount> {
+    if let Some(ModelConfig::LocalEmbedding(local)) = config.models.get(model) {
+        let counter = crate::backends::local_path(model, &local.path, &local.catalog, ModelKind::Embedding)
+            .map_err(|e| e.to_string())
+            .and_then(|(dir, _)| {
+                TokenizerCount::load(&dir.join("tokenizer.json")).map_err(|e| e.to_string())
+            });
+        match counter {
+            Ok(counter) => return Arc::new(counter),
+            Err(error) => warn!(%error, "chunk sizes will be estimated from characters"),
+        }
+    }
+    Arc::new(CharEstimate)
+}
+
+/// Each model's context in tokens; a route's is its smallest deployment's.
+fn context_windows(config: &Config) -> HashMap<String, usize> {
+    let mut windows: HashMap<String, usize> = config
+        .models
+        .iter()
+        .map(|(name, model)| {
+            let window = match model {
+                ModelConfig::Local(local) => local.context_length as usize,
+                _ => REMOTE_CONTEXT_TOKENS,
+            };
+            (name.clone(), window)
+        })
+        .collect();
+    for (name, route) in &config.routes {
+        let smallest = route
+            .deployments
+            .iter()
+            .filter_map(|d| windows.get(&d.model).copied())
+            .min()
+            .unwrap_or(REMOTE_CONTEXT_TOKENS);
+        windows.insert(name.clone(), smallest);
+    }
+    windows
+}
