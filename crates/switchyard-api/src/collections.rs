@@ -43,7 +43,8 @@ const MAX_TOP_K: usize = 100;
 
 impl From<RetrievalError> for ApiError {
     fn from(error: RetrievalError) -> Self {
-        let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let code = match &error {
             RetrievalError::Invalid(_) => "invalid_value",
             RetrievalError::NotFound(_) => "not_found",
@@ -131,7 +132,11 @@ pub(crate) async fn create(
         .create(&tenant, &body.name, body.description)
         .await?;
     let stats = IndexStats::default();
-    Ok((StatusCode::CREATED, Json(collection_json(&info, Some(stats)))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(collection_json(&info, Some(stats))),
+    )
+        .into_response())
 }
 
 pub(crate) async fn list(

@@ -203,10 +203,8 @@ where
     };
     let (caller, facts) = authenticate(state, headers, context, call).await?;
     let context: &RequestContext = context;
-    let (admission, extra) = tokio::join!(
-        limit(state, &caller, facts),
-        alongside(&caller, context)
-    );
+    let (admission, extra) =
+        tokio::join!(limit(state, &caller, facts), alongside(&caller, context));
     let admission = admission?;
     let extra = match extra {
         Ok(extra) => extra,

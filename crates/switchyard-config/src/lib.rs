@@ -16,8 +16,8 @@
 //! ```
 
 mod interpolate;
-mod routing;
 mod retrieval;
+mod routing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -729,7 +729,10 @@ impl Config {
         let retrieval = &self.retrieval;
         let exists = |name: &str| self.models.contains_key(name) || self.routes.contains_key(name);
         if retrieval.chunk_tokens < 16 {
-            return Err(("retrieval.chunk_tokens".into(), "must be at least 16".into()));
+            return Err((
+                "retrieval.chunk_tokens".into(),
+                "must be at least 16".into(),
+            ));
         }
         if retrieval.chunk_overlap * 2 > retrieval.chunk_tokens {
             return Err((

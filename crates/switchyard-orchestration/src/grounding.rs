@@ -288,9 +288,17 @@ impl Retrieval {
         let grounded = async {
             let mut query = conversation_query(&request.messages);
             if let Some(model) = &spec.rewrite_model
-                && request.messages.iter().filter(|m| m.role == Role::User).count() > 1
+                && request
+                    .messages
+                    .iter()
+                    .filter(|m| m.role == Role::User)
+                    .count()
+                    > 1
             {
-                query = self.rewrite(gateway, model, &request.messages, context).await.unwrap_or(query);
+                query = self
+                    .rewrite(gateway, model, &request.messages, context)
+                    .await
+                    .unwrap_or(query);
             }
             let search = SearchQuery {
                 text: query.clone(),
@@ -299,7 +307,9 @@ impl Retrieval {
                 mode: spec.mode,
                 filter: spec.filter.clone(),
             };
-            let hits = self.search(gateway, tenant, &spec.collection, search, context).await?;
+            let hits = self
+                .search(gateway, tenant, &spec.collection, search, context)
+                .await?;
             let budget = self.source_budget(request, spec);
             let sources = select_sources(hits, spec.top_k, budget);
             Ok::<_, GroundingError>((query, sources))
@@ -378,7 +388,14 @@ impl Retrieval {
         };
         match gateway.chat(request, context).await {
             Ok(routed) => {
-                let query = routed.value.content.lines().next().unwrap_or("").trim().to_owned();
+                let query = routed
+                    .value
+                    .content
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
                 (!query.is_empty()).then_some(query)
             }
             Err(error) => {
@@ -397,7 +414,10 @@ impl Retrieval {
         let name = assistant
             .filter(|a| self.templates.get_template(a).is_ok())
             .unwrap_or("");
-        let template = self.templates.get_template(name).map_err(|e| e.to_string())?;
+        let template = self
+            .templates
+            .get_template(name)
+            .map_err(|e| e.to_string())?;
         let sources: Vec<TemplateSource<'_>> = sources
             .iter()
             .map(|s| TemplateSource {

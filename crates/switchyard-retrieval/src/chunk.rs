@@ -249,12 +249,18 @@ mod tests {
         assert_eq!(usage.heading_path, ["Guide", "Usage"]);
         let fence = chunks.iter().find(|c| c.text.contains("curl")).unwrap();
         assert_eq!(fence.heading_path, ["Guide", "Install"]);
-        assert!(fence.text.contains("```sh"), "a code block stays whole: {fence:?}");
+        assert!(
+            fence.text.contains("```sh"),
+            "a code block stays whole: {fence:?}"
+        );
     }
 
     #[test]
     fn overlap_repeats_the_end_of_the_previous_chunk() {
-        let text = (0..120).map(|i| format!("w{i}")).collect::<Vec<_>>().join(" ");
+        let text = (0..120)
+            .map(|i| format!("w{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         let settings = ChunkSettings {
             max_tokens: 20,
             overlap_tokens: 5,

@@ -13,9 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use crate::RetrievalError;
 use crate::index::{ChunkIndex, DocumentSummary, Hit, IndexStats, SearchQuery, WriteBatch};
 use crate::local::LocalIndex;
-use crate::RetrievalError;
 
 const INFO_FILE: &str = "collection.json";
 const INDEX_DIR: &str = "index";
@@ -93,7 +93,9 @@ impl Collection {
     /// Documents and chunks held.
     pub async fn stats(&self) -> IndexStats {
         let index = self.index.clone();
-        blocking(move || Ok(index.stats())).await.unwrap_or_default()
+        blocking(move || Ok(index.stats()))
+            .await
+            .unwrap_or_default()
     }
 
     /// Removes a document and its chunks.
@@ -149,7 +151,8 @@ impl Collections {
 
     fn tenant_dir(&self, tenant: &str) -> PathBuf {
         // Hex keeps any tenant id a safe, distinct folder name.
-        self.root.join(format!("t-{}", hex::encode(tenant.as_bytes())))
+        self.root
+            .join(format!("t-{}", hex::encode(tenant.as_bytes())))
     }
 
     fn dir(&self, tenant: &str, name: &str) -> Result<PathBuf, RetrievalError> {
@@ -182,7 +185,10 @@ impl Collections {
                 )));
             }
             std::fs::create_dir_all(dir.join(INDEX_DIR))?;
-            write_atomically(&dir.join(INFO_FILE), &serde_json::to_vec_pretty(&stored).unwrap_or_default())
+            write_atomically(
+                &dir.join(INFO_FILE),
+                &serde_json::to_vec_pretty(&stored).unwrap_or_default(),
+            )
         })
         .await?;
         Ok(info)
@@ -246,7 +252,10 @@ impl Collections {
             // Let a running ingestion finish before its folder goes.
             let _writing = collection.writing.lock().await;
         }
-        let trash = self.root.join(TRASH_DIR).join(uuid::Uuid::new_v4().simple().to_string());
+        let trash = self
+            .root
+            .join(TRASH_DIR)
+            .join(uuid::Uuid::new_v4().simple().to_string());
         blocking(move || {
             if let Some(parent) = trash.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -275,7 +284,11 @@ impl Collections {
                 else {
                     continue;
                 };
-                for entry in std::fs::read_dir(tenant.path()).into_iter().flatten().flatten() {
+                for entry in std::fs::read_dir(tenant.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
                     if let Some(info) = read_info(&entry.path()) {
                         found.push((tenant_id.clone(), info.name));
                     }

@@ -149,7 +149,11 @@ mod tests {
                      <h2>Exceptions</h2><p>Gift cards are final.</p></body></html>";
         let extracted = extract(Format::Html, html).unwrap();
         assert_eq!(extracted.title.as_deref(), Some("Refunds"));
-        assert!(extracted.text.contains("## Exceptions"), "{}", extracted.text);
+        assert!(
+            extracted.text.contains("## Exceptions"),
+            "{}",
+            extracted.text
+        );
         assert!(extracted.text.contains("Gift cards are final."));
     }
 
@@ -169,7 +173,10 @@ mod tests {
             Format::from_media_type("text/markdown; charset=utf-8"),
             Some(Format::Markdown)
         );
-        assert_eq!(Format::from_media_type("application/pdf"), Some(Format::Pdf));
+        assert_eq!(
+            Format::from_media_type("application/pdf"),
+            Some(Format::Pdf)
+        );
         assert_eq!(Format::from_media_type("image/png"), None);
         assert_eq!(Format::from_path(Path::new("a/b.HTM")), Some(Format::Html));
         assert_eq!(Format::from_path(Path::new("a/b")), None);

@@ -17,11 +17,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, info, warn};
 
+use crate::RetrievalError;
 use crate::chunk::{ChunkSettings, TokenCount, chunk_text};
 use crate::collections::{Collection, blocking};
 use crate::extract::{Format, extract};
 use crate::index::{ChunkRecord, DocumentRecord, WriteBatch};
-use crate::RetrievalError;
 
 /// Texts embedded per call.
 const EMBED_BATCH: usize = 32;
@@ -170,8 +170,11 @@ impl Ingestor {
         let job = self.register(&collection, &documents)?;
         let snapshot = job.snapshot();
         let ingestor = self.clone();
-        let span = tracing::info_span!("ingest", job = %snapshot.id, collection = %collection.info().name);
-        tokio::spawn(async move { ingestor.run(&job, &collection, documents).await }.instrument(span));
+        let span =
+            tracing::info_span!("ingest", job = %snapshot.id, collection = %collection.info().name);
+        tokio::spawn(
+            async move { ingestor.run(&job, &collection, documents).await }.instrument(span),
+        );
         Ok(snapshot)
     }
 
@@ -324,7 +327,8 @@ impl Ingestor {
                 Err(error) => {
                     // Documents embedded before this one are complete:
                     // keep them.
-                    self.commit(job, &index, std::mem::take(&mut pending)).await?;
+                    self.commit(job, &index, std::mem::take(&mut pending))
+                        .await?;
                     return Err(error);
                 }
             };
@@ -332,7 +336,8 @@ impl Ingestor {
             pending_chunks += chunk_count;
             job.update(|p| p.documents_done += 1);
             if pending_chunks >= COMMIT_CHUNKS {
-                self.commit(job, &index, std::mem::take(&mut pending)).await?;
+                self.commit(job, &index, std::mem::take(&mut pending))
+                    .await?;
                 pending_chunks = 0;
             }
         }

@@ -16,7 +16,7 @@ mod ingest;
 mod local;
 mod vectors;
 
-pub use chunk::{Chunk, ChunkSettings, CharEstimate, TokenCount, TokenizerCount, chunk_text};
+pub use chunk::{CharEstimate, Chunk, ChunkSettings, TokenCount, TokenizerCount, chunk_text};
 pub use collections::{Collection, CollectionInfo, Collections, validate_name};
 pub use error::RetrievalError;
 pub use extract::{Extracted, Format, extract};

@@ -23,13 +23,13 @@ use tantivy::{
 };
 use tracing::{debug, info};
 
+use crate::RetrievalError;
 use crate::fusion::fuse;
 use crate::index::{
     ChunkIndex, DocumentRecord, DocumentSummary, Filter, Hit, IndexStats, SearchMode, SearchQuery,
     WriteBatch,
 };
 use crate::vectors::{VectorIndex, normalise};
-use crate::RetrievalError;
 
 /// Memory tantivy's writer may buffer before it flushes a segment.
 const WRITER_MEMORY: usize = 64 << 20;
@@ -141,7 +141,11 @@ impl LocalIndex {
     }
 
     /// Vector ids of a document's chunks in the committed index.
-    fn vector_ids_of(&self, searcher: &Searcher, document_id: &str) -> Result<Vec<u64>, RetrievalError> {
+    fn vector_ids_of(
+        &self,
+        searcher: &Searcher,
+        document_id: &str,
+    ) -> Result<Vec<u64>, RetrievalError> {
         let term = Term::from_field_text(self.fields.document_id, document_id);
         let query = TermQuery::new(term, IndexRecordOption::Basic);
         let found = searcher.search(&query, &DocSetCollector)?;
@@ -202,8 +206,10 @@ impl LocalIndex {
         limit: usize,
     ) -> Result<Vec<u64>, RetrievalError> {
         let fields = self.fields;
-        let mut parser =
-            QueryParser::for_index(&self.index, vec![fields.text, fields.title, fields.headings]);
+        let mut parser = QueryParser::for_index(
+            &self.index,
+            vec![fields.text, fields.title, fields.headings],
+        );
         parser.set_field_boost(fields.title, 2.0);
         parser.set_field_boost(fields.headings, 1.5);
         // Users type questions, not query syntax: every word is a term and
@@ -287,7 +293,10 @@ impl LocalIndex {
             doc.add_text(f.source, document.source.as_deref().unwrap_or(""));
             doc.add_text(f.format, &document.format);
             doc.add_text(f.content_hash, &document.content_hash);
-            doc.add_field_value(f.metadata, &tantivy::schema::OwnedValue::from(metadata_json.clone()));
+            doc.add_field_value(
+                f.metadata,
+                &tantivy::schema::OwnedValue::from(metadata_json.clone()),
+            );
             doc.add_text(f.metadata_json, metadata_json.to_string());
             doc.add_bytes(f.vector, &vector_bytes(&vector));
             writer.add_document(doc)?;
@@ -357,11 +366,14 @@ fn vector_ids(
     Ok(ids)
 }
 
+/// A chunk's vector id and embedding.
+type Point = (u64, Vec<f32>);
+
 /// Every committed chunk's vector id and embedding, and the largest id.
 fn committed_vectors(
     searcher: &Searcher,
     fields: Fields,
-) -> Result<(Vec<(u64, Vec<f32>)>, Option<u64>), RetrievalError> {
+) -> Result<(Vec<Point>, Option<u64>), RetrievalError> {
     let mut points = Vec::new();
     let mut max_id = None;
     for segment in searcher.segment_readers() {
@@ -413,11 +425,18 @@ impl ChunkIndex for LocalIndex {
         }
         let searcher = self.reader.searcher();
         let mut removed = Vec::new();
-        for id in batch.deletes.iter().chain(batch.upserts.iter().map(|d| &d.id)) {
+        for id in batch
+            .deletes
+            .iter()
+            .chain(batch.upserts.iter().map(|d| &d.id))
+        {
             removed.extend(self.vector_ids_of(&searcher, id)?);
             writer.delete_term(Term::from_field_text(self.fields.document_id, id));
         }
-        let mut next_id = *self.next_vector_id.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next_id = *self
+            .next_vector_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut points = Vec::new();
         for document in batch.upserts {
             self.add_document(writer, document, &mut next_id, &mut points)?;
@@ -429,7 +448,10 @@ impl ChunkIndex for LocalIndex {
             writer.rollback()?;
             return Err(error.into());
         }
-        *self.next_vector_id.lock().unwrap_or_else(PoisonError::into_inner) = next_id;
+        *self
+            .next_vector_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = next_id;
         self.reader.reload()?;
         let rebuild = {
             let mut vectors = self.vectors.write().unwrap_or_else(PoisonError::into_inner);
@@ -457,7 +479,11 @@ impl ChunkIndex for LocalIndex {
                 let allowed = match &filter {
                     Some(filter) => {
                         let found = searcher.search(filter.as_ref(), &DocSetCollector)?;
-                        Some(vector_ids(&searcher, found)?.into_iter().collect::<HashSet<u64>>())
+                        Some(
+                            vector_ids(&searcher, found)?
+                                .into_iter()
+                                .collect::<HashSet<u64>>(),
+                        )
                     }
                     None => None,
                 };

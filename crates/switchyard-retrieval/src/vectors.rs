@@ -142,7 +142,9 @@ mod tests {
     use super::*;
 
     fn unit(seed: u64, dims: usize) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut v: Vec<f32> = (0..dims)
             .map(|_| {
                 state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -171,6 +173,9 @@ mod tests {
         assert_eq!(hits.len(), 3);
         assert!(hits.iter().all(|(id, _)| allowed.contains(id)));
 
-        assert!(index.search(&[1.0, 0.0], 3, None).is_empty(), "wrong length");
+        assert!(
+            index.search(&[1.0, 0.0], 3, None).is_empty(),
+            "wrong length"
+        );
     }
 }

@@ -151,6 +151,7 @@ pub(crate) async fn chat_completions(
             }],
             usage: Some(WireUsage::from(answer.usage)),
             system_fingerprint: Some("fp_standin".into()),
+            citations: None,
         };
         return axum::Json(completion).into_response();
     }

@@ -46,11 +46,18 @@ fn walk(paths: &[PathBuf]) -> anyhow::Result<(Vec<File>, usize)> {
     let mut found = Vec::new();
     let mut skipped = 0;
     for root in paths {
-        let meta = std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+        let meta =
+            std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
         if meta.is_file() {
-            let id = root.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let id = root
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             match Format::from_path(root) {
-                Some(format) => found.push(File { id, path: root.clone(), format }),
+                Some(format) => found.push(File {
+                    id,
+                    path: root.clone(),
+                    format,
+                }),
                 None => skipped += 1,
             }
             continue;
@@ -58,12 +65,18 @@ fn walk(paths: &[PathBuf]) -> anyhow::Result<(Vec<File>, usize)> {
         // A folder tree, walked by hand: a small stack is all it takes.
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            for entry in
+                std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
+            {
                 let path = entry?.path();
                 if path.is_dir() {
                     stack.push(path);
                 } else if let Some(format) = Format::from_path(&path) {
-                    found.push(File { id: relative_id(root, &path), path, format });
+                    found.push(File {
+                        id: relative_id(root, &path),
+                        path,
+                        format,
+                    });
                 } else {
                     skipped += 1;
                 }
@@ -103,7 +116,8 @@ async fn ingest(options: IngestOptions) -> anyhow::Result<()> {
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     for (index, file) in files.iter().enumerate() {
-        let bytes = std::fs::read(&file.path).with_context(|| format!("cannot read {}", file.path.display()))?;
+        let bytes = std::fs::read(&file.path)
+            .with_context(|| format!("cannot read {}", file.path.display()))?;
         let content = if file.format == Format::Pdf {
             json!({ "content_base64": base64::engine::general_purpose::STANDARD.encode(&bytes) })
         } else {
@@ -128,7 +142,9 @@ async fn ingest(options: IngestOptions) -> anyhow::Result<()> {
         batch.push(document);
         let last = index + 1 == files.len();
         if last || batch.len() >= BATCH_DOCUMENTS || batch_bytes >= BATCH_BYTES {
-            let job = client.submit(&options.collection, std::mem::take(&mut batch)).await?;
+            let job = client
+                .submit(&options.collection, std::mem::take(&mut batch))
+                .await?;
             batch_bytes = 0;
             let done = client.follow(&job, &bar, chunks).await?;
             chunks += done["chunks_indexed"].as_u64().unwrap_or(0) as usize;
@@ -161,7 +177,11 @@ async fn ingest(options: IngestOptions) -> anyhow::Result<()> {
     for failure in &failures {
         writeln!(out, "  failed: {failure}")?;
     }
-    if failures.is_empty() { Ok(()) } else { bail!("{} documents failed", failures.len()) }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} documents failed", failures.len())
+    }
 }
 
 struct Client {
@@ -198,11 +218,15 @@ impl Client {
     }
 
     async fn ensure_collection(&self, name: &str) -> anyhow::Result<()> {
-        let (status, body) = self.send(self.request(reqwest::Method::GET, &format!("/v1/collections/{name}"))).await?;
+        let (status, body) = self
+            .send(self.request(reqwest::Method::GET, &format!("/v1/collections/{name}")))
+            .await?;
         match status {
             200 => Ok(()),
             404 => {
-                let create = self.request(reqwest::Method::POST, "/v1/collections").json(&json!({ "name": name }));
+                let create = self
+                    .request(reqwest::Method::POST, "/v1/collections")
+                    .json(&json!({ "name": name }));
                 let (status, body) = self.send(create).await?;
                 if status == 201 || status == 409 {
                     Ok(())
@@ -216,20 +240,36 @@ impl Client {
 
     async fn submit(&self, collection: &str, documents: Vec<Value>) -> anyhow::Result<String> {
         let request = self
-            .request(reqwest::Method::POST, &format!("/v1/collections/{collection}/documents"))
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/collections/{collection}/documents"),
+            )
             .json(&json!({ "documents": documents }));
         let (status, body) = self.send(request).await?;
         if status != 202 {
-            bail!("the server refused the documents ({status}): {}", error_message(&body));
+            bail!(
+                "the server refused the documents ({status}): {}",
+                error_message(&body)
+            );
         }
-        body["id"].as_str().map(str::to_owned).context("the server's answer has no job id")
+        body["id"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the server's answer has no job id")
     }
 
     /// Polls a job until it ends, moving the bar as documents finish.
-    async fn follow(&self, job: &str, bar: &ProgressBar, chunks_before: usize) -> anyhow::Result<Value> {
+    async fn follow(
+        &self,
+        job: &str,
+        bar: &ProgressBar,
+        chunks_before: usize,
+    ) -> anyhow::Result<Value> {
         let start = bar.position();
         loop {
-            let (status, body) = self.send(self.request(reqwest::Method::GET, &format!("/v1/ingestion_jobs/{job}"))).await?;
+            let (status, body) = self
+                .send(self.request(reqwest::Method::GET, &format!("/v1/ingestion_jobs/{job}")))
+                .await?;
             if status != 200 {
                 bail!("cannot follow job {job}: {}", error_message(&body));
             }
@@ -245,5 +285,8 @@ impl Client {
 }
 
 fn error_message(body: &Value) -> String {
-    body["error"]["message"].as_str().unwrap_or("no details").to_owned()
+    body["error"]["message"]
+        .as_str()
+        .unwrap_or("no details")
+        .to_owned()
 }

@@ -10,7 +10,9 @@ use switchyard_api::SharedGateway;
 use switchyard_config::{Config, ModelConfig};
 use switchyard_models::ModelKind;
 use switchyard_orchestration::grounding::{GatewayEmbedder, Retrieval};
-use switchyard_retrieval::{CharEstimate, ChunkSettings, Collections, Ingestor, TokenCount, TokenizerCount};
+use switchyard_retrieval::{
+    CharEstimate, ChunkSettings, Collections, Ingestor, TokenCount, TokenizerCount,
+};
 use tracing::{info, warn};
 
 /// Context assumed for remote models, whose window the configuration does
@@ -67,11 +69,12 @@ pub fn warm(retrieval: Arc<Retrieval>) {
 /// at hand (a local model), else estimated from characters.
 fn token_counter(config: &Config, model: &str) -> Arc<dyn TokenCount> {
     if let Some(ModelConfig::LocalEmbedding(local)) = config.models.get(model) {
-        let counter = crate::backends::local_path(model, &local.path, &local.catalog, ModelKind::Embedding)
-            .map_err(|e| e.to_string())
-            .and_then(|(dir, _)| {
-                TokenizerCount::load(&dir.join("tokenizer.json")).map_err(|e| e.to_string())
-            });
+        let counter =
+            crate::backends::local_path(model, &local.path, &local.catalog, ModelKind::Embedding)
+                .map_err(|e| e.to_string())
+                .and_then(|(dir, _)| {
+                    TokenizerCount::load(&dir.join("tokenizer.json")).map_err(|e| e.to_string())
+                });
         match counter {
             Ok(counter) => return Arc::new(counter),
             Err(error) => warn!(%error, "chunk sizes will be estimated from characters"),

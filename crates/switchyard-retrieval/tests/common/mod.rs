@@ -81,7 +81,10 @@ pub fn book_pages(names: &[&str]) -> Vec<DocumentInput> {
             title: None,
             format: Format::Html,
             content: std::fs::read(&path).unwrap(),
-            source: Some(format!("rust-book/{}", path.file_name().unwrap().to_str().unwrap())),
+            source: Some(format!(
+                "rust-book/{}",
+                path.file_name().unwrap().to_str().unwrap()
+            )),
             metadata: serde_json::Map::new(),
         })
         .collect()
