@@ -57,6 +57,18 @@ fn official_openai_sdk_streams_and_not() {
 }
 
 #[test]
+fn official_openai_sdk_gets_grounded_answers_with_citations_through_extra_body() {
+    let config = format!("{}\n{}", local_model_config(""), local_embedding_config());
+    let server = Server::start(&config);
+    run_check(
+        &server,
+        "openai_sdk_retrieval_check.py",
+        server.v1(),
+        "openai SDK retrieval checks passed",
+    );
+}
+
+#[test]
 fn official_anthropic_sdk_streams_and_not_with_the_local_model() {
     let server = Server::start(&local_model_config(""));
     run_check(
