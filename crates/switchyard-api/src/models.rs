@@ -57,14 +57,31 @@ pub(crate) async fn list(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = governed::caller(&state, &headers).await?;
+    let mut listing = state.gateway.load().listing();
+    // Assistants answer with their model: whoever may use it sees them.
+    if let Some(retrieval) = &state.retrieval {
+        for name in retrieval.assistants() {
+            if let Some(assistant) = retrieval.assistant(name) {
+                listing.push(Listed {
+                    name: name.to_owned(),
+                    owned_by: format!("switchyard (grounded {})", assistant.model),
+                    created: 0,
+                });
+            }
+        }
+    }
     let list = ModelList {
         object: "list",
-        data: state
-            .gateway
-            .load()
-            .listing()
+        data: listing
             .into_iter()
-            .filter(|listed| visible(&caller, &listed.name))
+            .filter(|listed| {
+                let model = state
+                    .retrieval
+                    .as_ref()
+                    .and_then(|r| r.assistant(&listed.name))
+                    .map_or(listed.name.as_str(), |a| a.model.as_str());
+                visible(&caller, model)
+            })
             .map(ModelObject::from)
             .collect(),
     };

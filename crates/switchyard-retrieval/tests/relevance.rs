@@ -46,7 +46,10 @@ async fn hybrid_retrieval_is_at_least_as_good_as_either_ranking_alone() {
     assert!(job.failures.is_empty(), "{:?}", job.failures);
     assert_eq!(job.documents_done, 47);
     assert_eq!(job.chunks_indexed, job.chunks_total);
-    assert!(job.chunks_indexed > 47 * 10, "pages are cut into many chunks");
+    assert!(
+        job.chunks_indexed > 47 * 10,
+        "pages are cut into many chunks"
+    );
     eprintln!(
         "ingested 47 pages: {} chunks in {:.1} s ({:.1} chunks/s)",
         job.chunks_indexed,

@@ -245,6 +245,17 @@ async fn grounded_answers_cite_the_page_that_holds_the_answer_and_stream() {
         .await;
     assert_eq!(response.status(), 400);
 
+    // The assistant is listed among the models.
+    let (_, models) = call(&server, reqwest::Method::GET, "/v1/models", None, None).await;
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "book-assistant"),
+        "{models}"
+    );
+
     // Retrieval time is logged apart and measured.
     assert!(server.logs().contains("retrieval_ms="), "{}", server.logs());
     let metrics = common::scrape(&server, None).await.text().await.unwrap();
