@@ -506,9 +506,9 @@ fn overlap(a: &Hit, b: &Hit) -> usize {
     a.end.min(b.end).saturating_sub(a.start.max(b.start))
 }
 
-/// Puts the instructions first in the system message, keeping the
-/// caller's own system message after them (chat templates of small models
-/// take one system message, at the start).
+/// Adds the instructions to the system message, after the caller's own
+/// (chat templates of small models take one system message, at the start),
+/// or as a new system message when the conversation has none.
 fn add_instructions(request: &mut ChatRequest, instructions: String) {
     match request.messages.first_mut() {
         Some(first) if first.role == Role::System => {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
 use tracing::warn;
 
 use crate::RetrievalError;
@@ -131,7 +132,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
 pub struct Collections {
     root: PathBuf,
     embedding_model: String,
-    open: tokio::sync::Mutex<HashMap<PathBuf, Arc<Collection>>>,
+    /// Collections opened or being opened, by folder.
+    open: tokio::sync::Mutex<HashMap<PathBuf, Arc<OnceCell<Arc<Collection>>>>>,
 }
 
 impl Collections {
@@ -215,53 +217,79 @@ impl Collections {
         .await
     }
 
-    /// Opens a tenant's collection (its vector graph is built on first use).
+    /// Opens a tenant's collection, or returns it if it is open. Opening
+    /// one collection never holds up lookups of the others.
     pub async fn get(&self, tenant: &str, name: &str) -> Result<Arc<Collection>, RetrievalError> {
         let dir = self.dir(tenant, name)?;
-        let mut open = self.open.lock().await;
-        if let Some(collection) = open.get(&dir) {
-            return Ok(collection.clone());
+        let cell = self
+            .open
+            .lock()
+            .await
+            .entry(dir.clone())
+            .or_default()
+            .clone();
+        let opened = cell
+            .get_or_try_init(|| async {
+                let opening = dir.clone();
+                let missing = not_found(name);
+                let (info, index) = blocking(move || {
+                    let Some(info) = read_info(&opening) else {
+                        return Err(missing);
+                    };
+                    Ok((info, LocalIndex::open(&opening.join(INDEX_DIR))?))
+                })
+                .await?;
+                Ok::<_, RetrievalError>(Arc::new(Collection {
+                    tenant: tenant.to_owned(),
+                    info,
+                    index: Arc::new(index),
+                    writing: tokio::sync::Mutex::new(()),
+                }))
+            })
+            .await
+            .cloned();
+        if opened.is_err() {
+            // Unknown names must not pile up in the map.
+            let mut open = self.open.lock().await;
+            if open.get(&dir).is_some_and(|c| !c.initialized()) {
+                open.remove(&dir);
+            }
         }
-        let Some(info) = read_info(&dir) else {
-            return Err(RetrievalError::NotFound(format!(
-                "no collection named `{name}`"
-            )));
-        };
-        let index_dir = dir.join(INDEX_DIR);
-        let index = blocking(move || LocalIndex::open(&index_dir)).await?;
-        let collection = Arc::new(Collection {
-            tenant: tenant.to_owned(),
-            info,
-            index: Arc::new(index),
-            writing: tokio::sync::Mutex::new(()),
-        });
-        open.insert(dir, collection.clone());
-        Ok(collection)
+        opened
     }
 
     /// Deletes a collection and everything in it.
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), RetrievalError> {
         let dir = self.dir(tenant, name)?;
-        let mut open = self.open.lock().await;
-        if read_info(&dir).is_none() {
-            return Err(RetrievalError::NotFound(format!(
-                "no collection named `{name}`"
-            )));
-        }
-        if let Some(collection) = open.remove(&dir) {
-            // Let a running ingestion finish before its folder goes.
-            let _writing = collection.writing.lock().await;
-        }
         let trash = self
             .root
             .join(TRASH_DIR)
             .join(uuid::Uuid::new_v4().simple().to_string());
+        let was_open = {
+            let mut open = self.open.lock().await;
+            let (from, to) = (dir.clone(), trash.clone());
+            let missing = not_found(name);
+            blocking(move || {
+                if read_info(&from).is_none() {
+                    return Err(missing);
+                }
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                // One rename makes the collection vanish at once, for
+                // lookups that come after; the files go below.
+                std::fs::rename(&from, &to)?;
+                Ok(())
+            })
+            .await?;
+            open.remove(&dir)
+        };
+        if let Some(collection) = was_open.and_then(|cell| cell.get().cloned()) {
+            // A running ingestion fails at its next commit; let it stop
+            // before its files go.
+            let _writing = collection.writing.lock().await;
+        }
         blocking(move || {
-            if let Some(parent) = trash.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            // One rename makes the collection vanish at once; the files go after.
-            std::fs::rename(&dir, &trash)?;
             if let Err(error) = std::fs::remove_dir_all(&trash) {
                 warn!(path = %trash.display(), %error, "could not remove a deleted collection's files");
             }
@@ -301,6 +329,10 @@ impl Collections {
     }
 }
 
+fn not_found(name: &str) -> RetrievalError {
+    RetrievalError::NotFound(format!("no collection named `{name}`"))
+}
+
 fn read_info(dir: &Path) -> Option<CollectionInfo> {
     let bytes = std::fs::read(dir.join(INFO_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
@@ -316,4 +348,79 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), RetrievalError> 
     file.sync_all()?;
     std::fs::rename(&partial, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{ChunkRecord, DocumentRecord};
+
+    fn one_chunk(id: &str) -> WriteBatch {
+        WriteBatch {
+            upserts: vec![DocumentRecord {
+                id: id.into(),
+                title: id.into(),
+                source: None,
+                format: "text".into(),
+                content_hash: String::new(),
+                metadata: serde_json::Map::new(),
+                chunks: vec![ChunkRecord {
+                    position: 0,
+                    text: "Refunds take fourteen days.".into(),
+                    start: 0,
+                    end: 27,
+                    heading_path: Vec::new(),
+                    tokens: 6,
+                    vector: vec![1.0, 0.0, 0.0],
+                }],
+            }],
+            deletes: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn collections_belong_to_their_tenant_and_deleting_one_frees_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let collections = Collections::new(dir.path(), "test-embedder");
+        collections.create("acme", "docs", None).await.unwrap();
+        assert!(matches!(
+            collections.create("acme", "docs", None).await,
+            Err(RetrievalError::Conflict(_))
+        ));
+        assert!(matches!(
+            collections.get("acme", "nope").await,
+            Err(RetrievalError::NotFound(_))
+        ));
+        assert!(
+            collections.open.lock().await.is_empty(),
+            "unknown names leave nothing behind"
+        );
+        assert!(matches!(
+            collections.get("globex", "docs").await,
+            Err(RetrievalError::NotFound(_))
+        ));
+
+        let docs = collections.get("acme", "docs").await.unwrap();
+        docs.index().write(one_chunk("refunds")).unwrap();
+        assert_eq!(docs.stats().await.chunks, 1);
+        let again = collections.get("acme", "docs").await.unwrap();
+        assert!(Arc::ptr_eq(&docs, &again), "opened once");
+
+        collections.delete("acme", "docs").await.unwrap();
+        assert!(matches!(
+            collections.get("acme", "docs").await,
+            Err(RetrievalError::NotFound(_))
+        ));
+        assert!(matches!(
+            collections.delete("acme", "docs").await,
+            Err(RetrievalError::NotFound(_))
+        ));
+        collections.create("acme", "docs", None).await.unwrap();
+        let fresh = collections.get("acme", "docs").await.unwrap();
+        assert_eq!(fresh.stats().await.chunks, 0);
+        let trash: Vec<_> = std::fs::read_dir(dir.path().join(TRASH_DIR))
+            .unwrap()
+            .collect();
+        assert!(trash.is_empty(), "a deleted collection's files are removed");
+    }
 }

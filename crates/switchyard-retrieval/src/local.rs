@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::directory::MmapDirectory;
@@ -21,7 +21,7 @@ use tantivy::schema::{
 use tantivy::{
     DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::RetrievalError;
 use crate::fusion::fuse;
@@ -29,12 +29,16 @@ use crate::index::{
     ChunkIndex, DocumentRecord, DocumentSummary, Filter, Hit, IndexStats, SearchMode, SearchQuery,
     WriteBatch,
 };
-use crate::vectors::{VectorIndex, normalise};
+use crate::vectors::{Graph, Point, VectorIndex, normalise};
 
 /// Memory tantivy's writer may buffer before it flushes a segment.
 const WRITER_MEMORY: usize = 64 << 20;
 /// Candidates each ranking contributes to the fusion, at least.
 const MIN_CANDIDATES: usize = 50;
+/// Chunks whose graph is built while the index opens (well under a
+/// second); larger indexes open at once, searched by exact scan until their
+/// graph, built in the background, is ready.
+const BUILD_AT_OPEN: usize = 2_000;
 
 #[derive(Clone, Copy)]
 struct Fields {
@@ -96,13 +100,14 @@ pub struct LocalIndex {
     reader: IndexReader,
     fields: Fields,
     writer: Mutex<Option<IndexWriter>>,
-    vectors: RwLock<VectorIndex>,
+    /// Shared with the thread that builds the graph after opening.
+    vectors: Arc<RwLock<VectorIndex>>,
     next_vector_id: Mutex<u64>,
 }
 
 impl LocalIndex {
     /// Opens (or creates) the index in `dir` and builds its vector graph
-    /// from the committed chunks.
+    /// from the committed chunks (in the background for large indexes).
     pub fn open(dir: &Path) -> Result<Self, RetrievalError> {
         std::fs::create_dir_all(dir)?;
         let (schema, fields) = schema();
@@ -115,11 +120,17 @@ impl LocalIndex {
             .try_into()?;
         let started = std::time::Instant::now();
         let (points, max_id) = committed_vectors(&reader.searcher(), fields)?;
-        let vectors = VectorIndex::build(&points);
+        let vectors = if points.len() <= BUILD_AT_OPEN {
+            Arc::new(RwLock::new(VectorIndex::build(&points)))
+        } else {
+            let vectors = Arc::new(RwLock::new(VectorIndex::awaiting_graph(&points)));
+            build_in_background(dir, points.clone(), Arc::downgrade(&vectors));
+            vectors
+        };
         info!(
             path = %dir.display(),
             chunks = points.len(),
-            build_ms = started.elapsed().as_millis() as u64,
+            open_ms = started.elapsed().as_millis() as u64,
             "index opened"
         );
         Ok(Self {
@@ -127,7 +138,7 @@ impl LocalIndex {
             reader,
             fields,
             writer: Mutex::new(None),
-            vectors: RwLock::new(vectors),
+            vectors,
             next_vector_id: Mutex::new(max_id.map_or(0, |m| m + 1)),
         })
     }
@@ -232,6 +243,41 @@ impl LocalIndex {
         Ok(ids)
     }
 
+    fn vector_ranking(
+        &self,
+        searcher: &Searcher,
+        vector: &[f32],
+        filter: Option<&dyn Query>,
+        limit: usize,
+    ) -> Result<Vec<u64>, RetrievalError> {
+        let allowed = match filter {
+            Some(filter) => {
+                let found = searcher.search(filter, &DocSetCollector)?;
+                Some(
+                    vector_ids(searcher, found)?
+                        .into_iter()
+                        .collect::<HashSet<u64>>(),
+                )
+            }
+            None => None,
+        };
+        let mut unit = vector.to_vec();
+        normalise(&mut unit);
+        let vectors = self.vectors.read().unwrap_or_else(PoisonError::into_inner);
+        if vectors.dimensions().is_some_and(|d| d != unit.len()) {
+            return Err(RetrievalError::Conflict(format!(
+                "the query's embedding has {} dimensions; the collection's have {}",
+                unit.len(),
+                vectors.dimensions().unwrap_or(0)
+            )));
+        }
+        Ok(vectors
+            .search(&unit, limit, allowed.as_ref())
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     fn hit(&self, searcher: &Searcher, vector_id: u64) -> Result<Option<Hit>, RetrievalError> {
         let term = Term::from_field_u64(self.fields.vector_id, vector_id);
         let query = TermQuery::new(term, IndexRecordOption::Basic);
@@ -306,6 +352,72 @@ impl LocalIndex {
     }
 }
 
+/// Runs the two rankings of a hybrid search side by side: each takes a
+/// few milliseconds on a large collection, and the caller waits for both.
+/// A scoped thread rather than rayon, whose pool an HNSW build can keep
+/// busy for seconds; if no thread can be started they run in turn.
+fn both(
+    keyword: impl Fn() -> Result<Vec<u64>, RetrievalError> + Sync,
+    vector: impl FnOnce() -> Result<Vec<u64>, RetrievalError>,
+) -> Result<(Vec<u64>, Vec<u64>), RetrievalError> {
+    let keyword = &keyword;
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("keyword-ranking".into())
+            .spawn_scoped(scope, keyword);
+        let vector = vector();
+        let keyword = match spawned {
+            Ok(handle) => handle.join().unwrap_or_else(|_| {
+                Err(RetrievalError::Index("the keyword ranking failed".into()))
+            }),
+            Err(error) => {
+                debug!(%error, "no thread for the keyword ranking; ranking in turn");
+                keyword()
+            }
+        };
+        Ok((keyword?, vector?))
+    })
+}
+
+/// Builds the graph of `points` on a thread of its own and installs it in
+/// `vectors`, unless the index has been dropped meanwhile.
+fn build_in_background(dir: &Path, points: Vec<Point>, vectors: Weak<RwLock<VectorIndex>>) {
+    let path = dir.display().to_string();
+    let points = Arc::new(points);
+    let job_points = points.clone();
+    let job_vectors = vectors.clone();
+    let build = move || {
+        let started = std::time::Instant::now();
+        let graph = Graph::build(&job_points);
+        if let Some(vectors) = job_vectors.upgrade() {
+            vectors
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .install(graph, &job_points);
+            info!(
+                path,
+                chunks = job_points.len(),
+                build_ms = started.elapsed().as_millis() as u64,
+                "vector graph ready"
+            );
+        }
+    };
+    if let Err(error) = std::thread::Builder::new()
+        .name("vector-graph".into())
+        .spawn(build)
+    {
+        // No thread: build here, as small indexes are.
+        warn!(%error, "no thread for the vector graph; building it now");
+        if let Some(vectors) = vectors.upgrade() {
+            let graph = Graph::build(&points);
+            vectors
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .install(graph, &points);
+        }
+    }
+}
+
 const HEADING_SEPARATOR: &str = "\u{1f}";
 
 fn split_headings(joined: &str) -> Vec<String> {
@@ -365,9 +477,6 @@ fn vector_ids(
     }
     Ok(ids)
 }
-
-/// A chunk's vector id and embedding.
-type Point = (u64, Vec<f32>);
 
 /// Every committed chunk's vector id and embedding, and the largest id.
 fn committed_vectors(
@@ -469,41 +578,19 @@ impl ChunkIndex for LocalIndex {
         let searcher = self.reader.searcher();
         let filter = self.filter_query(&query.filter)?;
         let candidates = (query.top_k * 4).max(MIN_CANDIDATES);
-        let keyword = if query.mode == SearchMode::Vector || query.text.trim().is_empty() {
-            Vec::new()
-        } else {
-            self.keyword_ranking(&searcher, &query.text, filter.as_deref(), candidates)?
-        };
-        let vector = match (&query.vector, query.mode) {
-            (Some(vector), SearchMode::Hybrid | SearchMode::Vector) => {
-                let allowed = match &filter {
-                    Some(filter) => {
-                        let found = searcher.search(filter.as_ref(), &DocSetCollector)?;
-                        Some(
-                            vector_ids(&searcher, found)?
-                                .into_iter()
-                                .collect::<HashSet<u64>>(),
-                        )
-                    }
-                    None => None,
-                };
-                let mut unit = vector.clone();
-                normalise(&mut unit);
-                let vectors = self.vectors.read().unwrap_or_else(PoisonError::into_inner);
-                if vectors.dimensions().is_some_and(|d| d != unit.len()) {
-                    return Err(RetrievalError::Conflict(format!(
-                        "the query's embedding has {} dimensions; the collection's have {}",
-                        unit.len(),
-                        vectors.dimensions().unwrap_or(0)
-                    )));
-                }
-                vectors
-                    .search(&unit, candidates, allowed.as_ref())
-                    .into_iter()
-                    .map(|(id, _)| id)
-                    .collect()
-            }
-            _ => Vec::new(),
+        let keyword_wanted = query.mode != SearchMode::Vector && !query.text.trim().is_empty();
+        let vector_query = query
+            .vector
+            .as_deref()
+            .filter(|_| query.mode != SearchMode::Keyword);
+        let keyword =
+            || self.keyword_ranking(&searcher, &query.text, filter.as_deref(), candidates);
+        let vector = |v| self.vector_ranking(&searcher, v, filter.as_deref(), candidates);
+        let (keyword, vector) = match (keyword_wanted, vector_query) {
+            (true, Some(v)) => both(keyword, || vector(v))?,
+            (true, None) => (keyword()?, Vec::new()),
+            (false, Some(v)) => (Vec::new(), vector(v)?),
+            (false, None) => (Vec::new(), Vec::new()),
         };
         let mut hits = Vec::with_capacity(query.top_k);
         for fused in fuse(&keyword, &vector) {
@@ -570,5 +657,255 @@ impl ChunkIndex for LocalIndex {
             documents,
             chunks: searcher.num_docs(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::ChunkRecord;
+
+    /// A unit vector along one axis: each topic its own direction.
+    fn axis(i: usize) -> Vec<f32> {
+        let mut v = vec![0.0; 8];
+        v[i] = 1.0;
+        v
+    }
+
+    fn document(id: &str, team: &str, chunks: &[(&str, usize)]) -> DocumentRecord {
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("team".into(), team.into());
+        DocumentRecord {
+            id: id.into(),
+            title: format!("{id} title"),
+            source: Some(format!("{id}.md")),
+            format: "markdown".into(),
+            content_hash: format!("hash of {id}"),
+            metadata,
+            chunks: chunks
+                .iter()
+                .enumerate()
+                .map(|(position, (text, direction))| ChunkRecord {
+                    position: position as u32,
+                    text: (*text).into(),
+                    start: position * 100,
+                    end: position * 100 + text.len(),
+                    heading_path: vec![format!("{id} title"), "Section".into()],
+                    tokens: 10,
+                    vector: axis(*direction),
+                })
+                .collect(),
+        }
+    }
+
+    fn query(text: &str, direction: Option<usize>, mode: SearchMode) -> SearchQuery {
+        SearchQuery {
+            text: text.into(),
+            vector: direction.map(axis),
+            top_k: 5,
+            mode,
+            filter: Filter::default(),
+        }
+    }
+
+    fn ids(hits: &[Hit]) -> Vec<&str> {
+        hits.iter().map(|h| h.chunk_id.as_str()).collect()
+    }
+
+    fn upsert(index: &LocalIndex, documents: Vec<DocumentRecord>) {
+        index
+            .write(WriteBatch {
+                upserts: documents,
+                deletes: Vec::new(),
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn written_chunks_are_found_by_words_and_vectors_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = LocalIndex::open(dir.path()).unwrap();
+        upsert(
+            &index,
+            vec![
+                document(
+                    "refunds",
+                    "billing",
+                    &[("Refunds reach the card in fourteen days.", 0)],
+                ),
+                document(
+                    "shipping",
+                    "logistics",
+                    &[
+                        ("Parcels leave the warehouse before noon.", 1),
+                        ("Couriers deliver on weekdays.", 2),
+                    ],
+                ),
+            ],
+        );
+        assert_eq!(
+            index.stats(),
+            IndexStats {
+                documents: 2,
+                chunks: 3
+            }
+        );
+
+        let hits = index
+            .search(&query("when do refunds arrive", None, SearchMode::Keyword))
+            .unwrap();
+        assert_eq!(ids(&hits), ["refunds#0"]);
+        let hit = &hits[0];
+        assert_eq!(hit.keyword_rank, Some(1));
+        assert_eq!(hit.vector_rank, None);
+        assert_eq!(hit.metadata["team"], "billing");
+        assert_eq!(hit.heading_path, ["refunds title", "Section"]);
+        assert_eq!(hit.source.as_deref(), Some("refunds.md"));
+
+        let hits = index
+            .search(&query("", Some(2), SearchMode::Vector))
+            .unwrap();
+        assert_eq!(hits[0].chunk_id, "shipping#1");
+        assert_eq!(hits[0].vector_rank, Some(1));
+
+        // Found by both rankings beats found by one.
+        let hits = index
+            .search(&query("warehouse parcels", Some(1), SearchMode::Hybrid))
+            .unwrap();
+        assert_eq!(hits[0].chunk_id, "shipping#0");
+        assert_eq!(
+            (hits[0].keyword_rank, hits[0].vector_rank),
+            (Some(1), Some(1))
+        );
+
+        drop(index);
+        let reopened = LocalIndex::open(dir.path()).unwrap();
+        assert_eq!(reopened.stats().chunks, 3);
+        let hits = reopened
+            .search(&query("", Some(0), SearchMode::Vector))
+            .unwrap();
+        assert_eq!(hits[0].chunk_id, "refunds#0");
+        assert_eq!(
+            reopened.content_hash("refunds").unwrap().as_deref(),
+            Some("hash of refunds")
+        );
+    }
+
+    #[test]
+    fn replacing_a_document_swaps_its_chunks_and_deleting_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = LocalIndex::open(dir.path()).unwrap();
+        upsert(
+            &index,
+            vec![
+                document(
+                    "policy",
+                    "billing",
+                    &[("Refunds take fourteen days.", 0), ("Invoices monthly.", 1)],
+                ),
+                document("other", "billing", &[("Unrelated text.", 3)]),
+            ],
+        );
+        upsert(
+            &index,
+            vec![document(
+                "policy",
+                "billing",
+                &[("Refunds now take three days.", 4)],
+            )],
+        );
+        assert_eq!(
+            index.stats(),
+            IndexStats {
+                documents: 2,
+                chunks: 2
+            }
+        );
+        let hits = index
+            .search(&query("invoices fourteen", None, SearchMode::Keyword))
+            .unwrap();
+        assert!(hits.is_empty(), "old chunks are gone: {:?}", ids(&hits));
+        // The old vectors are tombstones in the graph: never returned.
+        let hits = index
+            .search(&query("", Some(1), SearchMode::Vector))
+            .unwrap();
+        assert_eq!(hits.len(), 2);
+        assert!(
+            hits.iter().all(|h| h.chunk_id != "policy#1"),
+            "{:?}",
+            ids(&hits)
+        );
+        let documents = index.documents().unwrap();
+        assert_eq!(documents[1].id, "policy");
+        assert_eq!(documents[1].chunks, 1);
+
+        index
+            .write(WriteBatch {
+                upserts: Vec::new(),
+                deletes: vec!["policy".into()],
+            })
+            .unwrap();
+        assert_eq!(index.content_hash("policy").unwrap(), None);
+        let hits = index
+            .search(&query("refunds days", Some(4), SearchMode::Hybrid))
+            .unwrap();
+        assert_eq!(ids(&hits), ["other#0"]);
+    }
+
+    #[test]
+    fn filters_restrict_both_rankings() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = LocalIndex::open(dir.path()).unwrap();
+        upsert(
+            &index,
+            vec![
+                document("a", "billing", &[("Refunds in fourteen days.", 0)]),
+                document("b", "logistics", &[("Refunds of postage.", 1)]),
+                document("c", "logistics", &[("Returns by courier.", 2)]),
+            ],
+        );
+        let mut search = query("refunds", Some(0), SearchMode::Hybrid);
+        search
+            .filter
+            .metadata
+            .insert("team".into(), "logistics".into());
+        let found = index.search(&search).unwrap();
+        assert_eq!(ids(&found), ["b#0", "c#0"]);
+
+        search.filter.document_ids = vec!["c".into()];
+        assert_eq!(ids(&index.search(&search).unwrap()), ["c#0"]);
+
+        search.filter = Filter::default();
+        search.filter.metadata.insert("team".into(), 1.5.into());
+        assert!(matches!(
+            index.search(&search),
+            Err(RetrievalError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn vectors_of_another_length_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = LocalIndex::open(dir.path()).unwrap();
+        upsert(&index, vec![document("a", "x", &[("Some text.", 0)])]);
+        let mut other = document("b", "x", &[("Other text.", 0)]);
+        other.chunks[0].vector = vec![1.0; 3];
+        let refused = index.write(WriteBatch {
+            upserts: vec![other],
+            deletes: Vec::new(),
+        });
+        assert!(matches!(refused, Err(RetrievalError::Conflict(_))));
+        assert_eq!(
+            index.stats().chunks,
+            1,
+            "nothing of the refused batch stays"
+        );
+
+        let mut search = query("text", Some(0), SearchMode::Vector);
+        search.vector = Some(vec![1.0; 3]);
+        assert!(matches!(
+            index.search(&search),
+            Err(RetrievalError::Conflict(_))
+        ));
     }
 }
