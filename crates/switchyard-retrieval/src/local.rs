@@ -120,16 +120,17 @@ impl LocalIndex {
             .try_into()?;
         let started = std::time::Instant::now();
         let (points, max_id) = committed_vectors(&reader.searcher(), fields)?;
-        let vectors = if points.len() <= BUILD_AT_OPEN {
+        let chunks = points.len();
+        let vectors = if chunks <= BUILD_AT_OPEN {
             Arc::new(RwLock::new(VectorIndex::build(&points)))
         } else {
             let vectors = Arc::new(RwLock::new(VectorIndex::awaiting_graph(&points)));
-            build_in_background(dir, points.clone(), Arc::downgrade(&vectors));
+            build_in_background(dir, points, Arc::downgrade(&vectors));
             vectors
         };
         info!(
             path = %dir.display(),
-            chunks = points.len(),
+            chunks,
             open_ms = started.elapsed().as_millis() as u64,
             "index opened"
         );
@@ -881,6 +882,56 @@ mod tests {
             index.search(&search),
             Err(RetrievalError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_large_index_answers_while_its_graph_is_built_and_keeps_writes_made_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = LocalIndex::open(dir.path()).unwrap();
+        // A distinct direction for each chunk, one document per chunk.
+        let direction = |i: usize| {
+            let mut v = vec![0.0f32; 16];
+            let (a, c, k) = (i % 16, (i / 16) % 15, i / 240);
+            v[a] = 1.0;
+            v[(a + 1 + c) % 16] = 0.2 + 0.1 * k as f32;
+            v
+        };
+        let documents: Vec<DocumentRecord> = (0..BUILD_AT_OPEN + 100)
+            .map(|i| {
+                let mut d = document(&format!("d{i}"), "t", &[("Filler text.", 0)]);
+                d.chunks[0].vector = direction(i);
+                d
+            })
+            .collect();
+        let target = documents[1234].chunks[0].vector.clone();
+        upsert(&index, documents);
+        drop(index);
+
+        let reopened = LocalIndex::open(dir.path()).unwrap();
+        let mut search = query("", None, SearchMode::Vector);
+        search.vector = Some(target.clone());
+        let scanned = reopened.search(&search).unwrap();
+        assert_eq!(scanned[0].document_id, "d1234");
+        // The only direction with a negative component.
+        let mut late_vector = vec![0.0f32; 16];
+        late_vector[3] = 1.0;
+        late_vector[7] = -1.0;
+        let mut late = document("late", "t", &[("Written during the build.", 0)]);
+        late.chunks[0].vector = late_vector.clone();
+        upsert(&reopened, vec![late]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !reopened.vectors.read().unwrap().has_graph() {
+            assert!(std::time::Instant::now() < deadline, "the graph never came");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let graphed = reopened.search(&search).unwrap();
+        assert_eq!(graphed[0].document_id, "d1234");
+        search.vector = Some(late_vector);
+        let late = reopened.search(&search).unwrap();
+        assert_eq!(
+            late[0].document_id, "late",
+            "a write during the build is in the graph"
+        );
     }
 
     #[test]
