@@ -53,7 +53,8 @@ pub fn build(config: &Config, gateway: &SharedGateway) -> anyhow::Result<Option<
 }
 
 /// Opens every collection in the background, so that the first search of
-/// each does not wait for its vector graph to be built.
+/// each does not wait for its index to be read (large collections then
+/// build their vector graphs on threads of their own).
 pub fn warm(retrieval: Arc<Retrieval>) {
     tokio::spawn(async move {
         let collections = retrieval.collections();
