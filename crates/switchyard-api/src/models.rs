@@ -51,39 +51,40 @@ fn visible(caller: &Caller, model: &str) -> bool {
     }
 }
 
+/// An assistant as a model: it answers with its model, so whoever may use
+/// that model sees it.
+fn assistant_listing(name: &str, model: &str) -> Listed {
+    Listed {
+        name: name.to_owned(),
+        owned_by: format!("switchyard (grounded {model})"),
+        created: 0,
+    }
+}
+
 /// `GET /v1/models`: OpenAI's list shape.
 pub(crate) async fn list(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = governed::caller(&state, &headers).await?;
-    let mut listing = state.gateway.load().listing();
-    // Assistants answer with their model: whoever may use it sees them.
+    let mut listing: Vec<Listed> = state
+        .gateway
+        .load()
+        .listing()
+        .into_iter()
+        .filter(|listed| visible(&caller, &listed.name))
+        .collect();
     if let Some(retrieval) = &state.retrieval {
-        for name in retrieval.assistants() {
-            if let Some(assistant) = retrieval.assistant(name) {
-                listing.push(Listed {
-                    name: name.to_owned(),
-                    owned_by: format!("switchyard (grounded {})", assistant.model),
-                    created: 0,
-                });
-            }
-        }
+        listing.extend(
+            retrieval
+                .assistants()
+                .filter(|(_, assistant)| visible(&caller, &assistant.model))
+                .map(|(name, assistant)| assistant_listing(name, &assistant.model)),
+        );
     }
     let list = ModelList {
         object: "list",
-        data: listing
-            .into_iter()
-            .filter(|listed| {
-                let model = state
-                    .retrieval
-                    .as_ref()
-                    .and_then(|r| r.assistant(&listed.name))
-                    .map_or(listed.name.as_str(), |a| a.model.as_str());
-                visible(&caller, model)
-            })
-            .map(ModelObject::from)
-            .collect(),
+        data: listing.into_iter().map(ModelObject::from).collect(),
     };
     Ok(Json(list).into_response())
 }
@@ -95,8 +96,22 @@ pub(crate) async fn retrieve(
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = governed::caller(&state, &headers).await?;
-    let listed = state.gateway.load().lookup(&model)?;
-    if !visible(&caller, &listed.name) {
+    let assistant = state
+        .retrieval
+        .as_ref()
+        .and_then(|retrieval| retrieval.assistant(&model));
+    let (listed, answering_model) = match assistant {
+        Some(assistant) => (
+            assistant_listing(&model, &assistant.model),
+            assistant.model.clone(),
+        ),
+        None => {
+            let listed = state.gateway.load().lookup(&model)?;
+            let name = listed.name.clone();
+            (listed, name)
+        }
+    };
+    if !visible(&caller, &answering_model) {
         return Err(BackendError::new(
             switchyard_core::ErrorKind::NotFound,
             format!("the model `{model}` does not exist"),

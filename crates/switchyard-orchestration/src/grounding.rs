@@ -166,9 +166,12 @@ impl Retrieval {
         self.config.assistants.get(name)
     }
 
-    /// Assistant names, for the model listing.
-    pub fn assistants(&self) -> impl Iterator<Item = &str> {
-        self.config.assistants.keys().map(String::as_str)
+    /// Assistants by name, for the model listing.
+    pub fn assistants(&self) -> impl Iterator<Item = (&str, &AssistantConfig)> {
+        self.config
+            .assistants
+            .iter()
+            .map(|(name, assistant)| (name.as_str(), assistant))
     }
 
     /// How an assistant grounds its answers.

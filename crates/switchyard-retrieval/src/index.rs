@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::RetrievalError;
+use crate::chunk::Chunk;
 
 /// One chunk as the index stores it.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +24,21 @@ pub struct ChunkRecord {
     pub tokens: usize,
     /// Its embedding (any length; normalised by the index).
     pub vector: Vec<f32>,
+}
+
+impl ChunkRecord {
+    /// A chunk as cut from its document, with its embedding.
+    pub fn new(chunk: Chunk, vector: Vec<f32>) -> Self {
+        Self {
+            position: chunk.position,
+            text: chunk.text,
+            start: chunk.start,
+            end: chunk.end,
+            heading_path: chunk.heading_path,
+            tokens: chunk.tokens,
+            vector,
+        }
+    }
 }
 
 /// A document with all of its chunks: written as a whole, replacing any
@@ -168,6 +184,9 @@ pub struct IndexStats {
     pub documents: u64,
     /// Chunks.
     pub chunks: u64,
+    /// Chunks whose vectors are searched by exact scan while the vector
+    /// graph is being built (0 once it is ready).
+    pub vectors_awaiting_graph: u64,
 }
 
 /// A hybrid chunk index. Every method blocks (disk, CPU): call them from a

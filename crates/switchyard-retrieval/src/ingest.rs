@@ -374,15 +374,7 @@ impl Ingestor {
                 metadata: document.metadata,
                 chunks: chunks
                     .into_iter()
-                    .map(|c| ChunkRecord {
-                        position: c.position,
-                        text: c.text,
-                        start: c.start,
-                        end: c.end,
-                        heading_path: c.heading_path,
-                        tokens: c.tokens,
-                        vector: Vec::new(),
-                    })
+                    .map(|c| ChunkRecord::new(c, Vec::new()))
                     .collect(),
             })
         })

@@ -385,37 +385,30 @@ fn both(
 fn build_in_background(dir: &Path, points: Vec<Point>, vectors: Weak<RwLock<VectorIndex>>) {
     let path = dir.display().to_string();
     let points = Arc::new(points);
-    let job_points = points.clone();
-    let job_vectors = vectors.clone();
-    let build = move || {
-        let started = std::time::Instant::now();
-        let graph = Graph::build(&job_points);
-        if let Some(vectors) = job_vectors.upgrade() {
-            vectors
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .install(graph, &job_points);
-            info!(
-                path,
-                chunks = job_points.len(),
-                build_ms = started.elapsed().as_millis() as u64,
-                "vector graph ready"
-            );
-        }
-    };
-    if let Err(error) = std::thread::Builder::new()
+    let job = (points.clone(), vectors.clone());
+    let spawned = std::thread::Builder::new()
         .name("vector-graph".into())
-        .spawn(build)
-    {
-        // No thread: build here, as small indexes are.
+        .spawn(move || install_graph(&path, &job.0, &job.1));
+    if let Err(error) = spawned {
         warn!(%error, "no thread for the vector graph; building it now");
-        if let Some(vectors) = vectors.upgrade() {
-            let graph = Graph::build(&points);
-            vectors
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .install(graph, &points);
-        }
+        install_graph(&dir.display().to_string(), &points, &vectors);
+    }
+}
+
+fn install_graph(path: &str, points: &[Point], vectors: &Weak<RwLock<VectorIndex>>) {
+    let started = std::time::Instant::now();
+    let graph = Graph::build(points);
+    if let Some(vectors) = vectors.upgrade() {
+        vectors
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .install(graph, points);
+        info!(
+            path,
+            chunks = points.len(),
+            build_ms = started.elapsed().as_millis() as u64,
+            "vector graph ready"
+        );
     }
 }
 
@@ -654,9 +647,15 @@ impl ChunkIndex for LocalIndex {
             IndexRecordOption::Basic,
         );
         let documents = first_chunks.count(&searcher).unwrap_or(0) as u64;
+        let awaiting = self
+            .vectors
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .awaiting();
         IndexStats {
             documents,
             chunks: searcher.num_docs(),
+            vectors_awaiting_graph: awaiting as u64,
         }
     }
 }
@@ -709,6 +708,12 @@ mod tests {
         }
     }
 
+    /// Documents and chunks held.
+    fn counts(index: &LocalIndex) -> (u64, u64) {
+        let stats = index.stats();
+        (stats.documents, stats.chunks)
+    }
+
     fn ids(hits: &[Hit]) -> Vec<&str> {
         hits.iter().map(|h| h.chunk_id.as_str()).collect()
     }
@@ -744,13 +749,7 @@ mod tests {
                 ),
             ],
         );
-        assert_eq!(
-            index.stats(),
-            IndexStats {
-                documents: 2,
-                chunks: 3
-            }
-        );
+        assert_eq!(counts(&index), (2, 3));
 
         let hits = index
             .search(&query("when do refunds arrive", None, SearchMode::Keyword))
@@ -815,13 +814,7 @@ mod tests {
                 &[("Refunds now take three days.", 4)],
             )],
         );
-        assert_eq!(
-            index.stats(),
-            IndexStats {
-                documents: 2,
-                chunks: 2
-            }
-        );
+        assert_eq!(counts(&index), (2, 2));
         let hits = index
             .search(&query("invoices fourteen", None, SearchMode::Keyword))
             .unwrap();
@@ -920,7 +913,7 @@ mod tests {
         late.chunks[0].vector = late_vector.clone();
         upsert(&reopened, vec![late]);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while !reopened.vectors.read().unwrap().has_graph() {
+        while reopened.stats().vectors_awaiting_graph > 0 {
             assert!(std::time::Instant::now() < deadline, "the graph never came");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }

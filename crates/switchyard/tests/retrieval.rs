@@ -255,6 +255,16 @@ async fn grounded_answers_cite_the_page_that_holds_the_answer_and_stream() {
             .any(|m| m["id"] == "book-assistant"),
         "{models}"
     );
+    let (status, model) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/models/book-assistant",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{model}");
+    assert_eq!(model["id"], "book-assistant");
 
     // Retrieval time is logged apart and measured.
     assert!(server.logs().contains("retrieval_ms="), "{}", server.logs());
@@ -274,6 +284,7 @@ async fn collections_survive_restarts_and_kills_and_stay_within_their_tenant() {
     let mut server = Server::start_with_env(&governed, &[("SWITCHYARD_DATA_DIR", &data_dir)]);
     let admin = Some(MASTER);
     let mut keys = Vec::new();
+    let mut tenant_ids = Vec::new();
     for name in ["acme", "globex"] {
         let (_, tenant) = call(
             &server,
@@ -291,9 +302,41 @@ async fn collections_survive_restarts_and_kills_and_stay_within_their_tenant() {
             Some(json!({"tenant_id": tenant["id"], "name": "app"})),
         )
         .await;
+        tenant_ids.push(tenant["id"].clone());
         keys.push(key["key"].as_str().unwrap().to_owned());
     }
     let (acme, globex) = (Some(keys[0].as_str()), Some(keys[1].as_str()));
+
+    // An assistant is listed only to keys that may use its model.
+    let acme_tenant = &tenant_ids[0];
+    let (_, narrow) = call(
+        &server,
+        reqwest::Method::POST,
+        "/admin/keys",
+        admin,
+        Some(json!({"tenant_id": acme_tenant, "name": "narrow", "allowed_models": ["another-model"]})),
+    )
+    .await;
+    let narrow = narrow["key"].as_str().unwrap();
+    for (key, listed) in [(acme, true), (Some(narrow), false)] {
+        let (_, models) = call(&server, reqwest::Method::GET, "/v1/models", key, None).await;
+        let ids: Vec<&str> = models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.contains(&"book-assistant"), listed, "{models}");
+        let (status, _) = call(
+            &server,
+            reqwest::Method::GET,
+            "/v1/models/book-assistant",
+            key,
+            None,
+        )
+        .await;
+        assert_eq!(status, if listed { 200 } else { 404 });
+    }
 
     let (status, _) = call(
         &server,
