@@ -428,6 +428,17 @@ pub struct LocalModelConfig {
     pub temperature: Option<f32>,
     /// Nucleus mass for requests that set none.
     pub top_p: Option<f32>,
+    /// System message for requests that bring none (default: the
+    /// catalogue's recommendation; `""` sends such requests as they are).
+    pub default_system_prompt: Option<String>,
+    /// Answer budget of requests without `max_tokens` (default: the
+    /// catalogue's recommendation, else 1,024; 0 lets them run to the end
+    /// of the context window).
+    pub default_max_tokens: Option<u32>,
+    /// Stop a generation that falls into a loop, with finish reason
+    /// `length`.
+    #[serde(default = "default_true")]
+    pub repetition_guard: bool,
     /// Price (local models are free unless priced here).
     pub pricing: Option<Pricing>,
 }
@@ -445,6 +456,9 @@ impl Default for LocalModelConfig {
             gpu_layers: 0,
             temperature: None,
             top_p: None,
+            default_system_prompt: None,
+            default_max_tokens: None,
+            repetition_guard: true,
             pricing: None,
         }
     }
@@ -673,6 +687,9 @@ fn default_embedding_tokens() -> usize {
 }
 fn default_context_length() -> u32 {
     2048
+}
+fn default_true() -> bool {
+    true
 }
 fn default_parallel() -> u32 {
     4

@@ -16,7 +16,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
 use switchyard_core::{
     BackendError, BackendInfo, BackendLoad, ChatBackend, ChatMessage, ChatRequest, ChatStream,
-    ErrorKind, SamplingParams, StreamEvent, ToolChoice, ToolDefinition,
+    ErrorKind, Role, SamplingParams, StreamEvent, ToolChoice, ToolDefinition,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
@@ -49,6 +49,15 @@ pub struct EngineConfig {
     /// recommended temperature, say); what stays unset follows OpenAI's
     /// defaults.
     pub default_sampling: SamplingParams,
+    /// A system message for requests that bring none (a small model's own
+    /// template default can be worse than none); `None` leaves such
+    /// requests as they are.
+    pub default_system_prompt: Option<String>,
+    /// The answer budget of requests without `max_tokens`; `None` lets them
+    /// run to the end of the context window.
+    pub default_max_tokens: Option<u32>,
+    /// Stop a generation that falls into a loop (finish reason `length`).
+    pub repetition_guard: bool,
 }
 
 impl EngineConfig {
@@ -63,6 +72,9 @@ impl EngineConfig {
             batch_size: 512,
             gpu_layers: 0,
             default_sampling: SamplingParams::default(),
+            default_system_prompt: None,
+            default_max_tokens: None,
+            repetition_guard: true,
         }
     }
 }
@@ -231,7 +243,12 @@ impl LocalEngine {
             request.tools
         };
         let parse_tool_calls = !tools.is_empty();
-        let messages = request.messages;
+        let mut messages = request.messages;
+        if let Some(system) = &self.config.default_system_prompt
+            && !messages.iter().any(|m| m.role == Role::System)
+        {
+            messages.insert(0, ChatMessage::new(Role::System, system.clone()));
+        }
         let prompt = tokio::task::spawn_blocking(move || prompter.tokenize(&messages, &tools))
             .await
             .map_err(|e| BackendError::internal(format!("tokenizer task failed: {e}")))??;
@@ -247,7 +264,10 @@ impl LocalEngine {
             .with_code("context_length_exceeded"));
         }
         let room = u32::try_from(context_length - prompt.len()).unwrap_or(u32::MAX);
-        let max_tokens = request.max_tokens.map_or(room, |m| m.clamp(1, room));
+        let max_tokens = request
+            .max_tokens
+            .or(self.config.default_max_tokens)
+            .map_or(room, |m| m.clamp(1, room));
 
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let job = Job {
@@ -255,6 +275,7 @@ impl LocalEngine {
             max_tokens,
             sampling: request.sampling.or_defaults(&self.config.default_sampling),
             stop: request.stop,
+            repetition_guard: self.config.repetition_guard,
             events: events_tx,
             enqueued_at,
             span: tracing::Span::current(),

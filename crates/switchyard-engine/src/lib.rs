@@ -7,6 +7,7 @@
 //! never rebuild llama.cpp.
 
 mod engine;
+mod repetition;
 mod sampler;
 mod scheduler;
 mod stop;

@@ -23,6 +23,7 @@ use switchyard_core::{BackendError, FinishReason, StreamEvent, Usage};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
+use crate::repetition::RepetitionGuard;
 use crate::sampler::build_sampler;
 use crate::stop::StopMatcher;
 use crate::utf8::Utf8Assembler;
@@ -34,6 +35,8 @@ pub(crate) struct Job {
     pub max_tokens: u32,
     pub sampling: switchyard_core::SamplingParams,
     pub stop: Vec<String>,
+    /// Stop the generation when it falls into a loop.
+    pub repetition_guard: bool,
     pub events: UnboundedSender<Result<StreamEvent, BackendError>>,
     pub enqueued_at: Instant,
     /// The request's span, so the engine's log lines carry its id.
@@ -68,6 +71,7 @@ struct Sequence {
     generated: u32,
     utf8: Utf8Assembler,
     stop: StopMatcher,
+    repetition: Option<RepetitionGuard>,
     admitted_at: Instant,
     first_token_at: Option<Instant>,
 }
@@ -193,6 +197,7 @@ impl<'model> Scheduler<'model> {
         let penalty_window = i32::try_from(self.limits.context_length).unwrap_or(i32::MAX);
         let sampler = build_sampler(&job.sampling, self.model.n_vocab(), penalty_window);
         let stop = StopMatcher::new(&job.stop);
+        let repetition = job.repetition_guard.then(RepetitionGuard::default);
         self.admitted_total += 1;
         let admitted_at = Instant::now();
         {
@@ -217,6 +222,7 @@ impl<'model> Scheduler<'model> {
             generated: 0,
             utf8: Utf8Assembler::default(),
             stop,
+            repetition,
             admitted_at,
             first_token_at: None,
         });
@@ -435,6 +441,16 @@ fn accept_token(
         seq.stop = StopMatcher::new(&[]);
         seq.utf8 = Utf8Assembler::default();
         return Outcome::Finished(FinishReason::Stop);
+    }
+    if let Some(found) = seq.repetition.as_mut().and_then(|g| g.push(token.0)) {
+        let _entered = seq.job.span.enter();
+        info!(
+            period_tokens = found.period,
+            repeated_tokens = found.tokens,
+            completion_tokens = seq.generated,
+            "repetition guard: the generation fell into a loop and was stopped"
+        );
+        return Outcome::Finished(FinishReason::Length);
     }
     // The sampled token would be fed at position `n_past`.
     let context_full = u32::try_from(seq.n_past).unwrap_or(u32::MAX) >= context_length;

@@ -64,6 +64,11 @@ pub struct CatalogEntry {
     pub temperature: Option<f32>,
     /// The authors' recommended nucleus mass.
     pub top_p: Option<f32>,
+    /// The system message for requests that bring none, where the model's
+    /// own template default serves badly.
+    pub system_prompt: Option<&'static str>,
+    /// The answer budget of requests that set no `max_tokens`.
+    pub max_tokens: Option<u32>,
 }
 
 impl CatalogEntry {
@@ -89,10 +94,24 @@ pub const CATALOG: &[CatalogEntry] = &[
             sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size: 98_362_432,
         }],
-        // SmolLM2's model card samples at 0.2 / 0.9; at OpenAI's default of
-        // 1.0 a 135M model rambles.
-        temperature: Some(0.2),
-        top_p: Some(0.9),
+        // Greedy unless a request says otherwise. SmolLM2's model card
+        // samples at 0.2 / 0.9, but there the first sampled word often
+        // tips the 135M model into French (measured through the API with
+        // the system prompt below: "What is the capital of France?" got
+        // Paris 3 times in 6 at 0.2, 2 in 6 at 0.1, 6 in 6 at 0); at
+        // OpenAI's default of 1.0 it rambles.
+        temperature: Some(0.0),
+        top_p: None,
+        // Without a system message SmolLM2's template adds its own ("You
+        // are a helpful AI assistant named SmolLM, trained by Hugging
+        // Face"), under which the 135M model answers "What is the capital
+        // of France?" with French words until the context is full (in
+        // llama.cpp itself too). Under this one it answers "The capital of
+        // France is Paris."
+        system_prompt: Some("You are a helpful assistant."),
+        // Enough for a paragraph or a short function; a 135M model rarely
+        // says anything useful past it.
+        max_tokens: Some(512),
     },
     CatalogEntry {
         name: "all-minilm-l6-v2",
@@ -124,6 +143,8 @@ pub const CATALOG: &[CatalogEntry] = &[
         ],
         temperature: None,
         top_p: None,
+        system_prompt: None,
+        max_tokens: None,
     },
 ];
 
@@ -525,6 +546,8 @@ mod tests {
             files: &[],
             temperature: None,
             top_p: None,
+            system_prompt: None,
+            max_tokens: None,
         };
         let out = dir.path().join("model.gguf");
         let hash = extract(

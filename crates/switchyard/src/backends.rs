@@ -16,7 +16,7 @@ use switchyard_config::{
 use switchyard_core::{ChatBackend, EmbeddingBackend, SamplingParams};
 use switchyard_embedder::{EmbedderConfig, LocalEmbedder};
 use switchyard_engine::{EngineConfig, LocalEngine};
-use switchyard_models::{ModelKind, ModelStore};
+use switchyard_models::{CatalogEntry, ModelKind, ModelStore};
 
 /// A model's backends, and how to wait until they can serve.
 pub struct Built {
@@ -274,7 +274,34 @@ fn start_local(name: &str, local: &LocalModelConfig) -> anyhow::Result<LocalEngi
         batch_size: local.batch_size,
         gpu_layers: local.gpu_layers,
         default_sampling,
+        default_system_prompt: default_system_prompt(local, entry),
+        default_max_tokens: default_max_tokens(local, entry),
+        repetition_guard: local.repetition_guard,
     })?)
+}
+
+/// Answer budget of a local model's requests without `max_tokens` when
+/// neither its configuration nor the catalogue says: long enough for any
+/// ordinary answer, short enough that a runaway one ends.
+const FALLBACK_MAX_TOKENS: u32 = 1024;
+
+/// The configured default system prompt, else the catalogue's; `""` is none.
+fn default_system_prompt(local: &LocalModelConfig, entry: Option<&CatalogEntry>) -> Option<String> {
+    let prompt = match &local.default_system_prompt {
+        Some(configured) => configured.clone(),
+        None => entry.and_then(|e| e.system_prompt)?.to_owned(),
+    };
+    (!prompt.is_empty()).then_some(prompt)
+}
+
+/// The configured answer budget, else the catalogue's, else
+/// [`FALLBACK_MAX_TOKENS`]; 0 is none.
+fn default_max_tokens(local: &LocalModelConfig, entry: Option<&CatalogEntry>) -> Option<u32> {
+    let budget = local
+        .default_max_tokens
+        .or(entry.and_then(|e| e.max_tokens))
+        .unwrap_or(FALLBACK_MAX_TOKENS);
+    (budget > 0).then_some(budget)
 }
 
 fn start_embedder(name: &str, local: &LocalEmbeddingConfig) -> anyhow::Result<LocalEmbedder> {

@@ -10,19 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{Server, local_embedding_config, local_model_config};
-
-fn python() -> PathBuf {
-    if let Some(python) = std::env::var_os("SWITCHYARD_TEST_PYTHON") {
-        return PathBuf::from(python);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(
-        venv.is_file(),
-        "no Python with the openai package: run `make test` (it creates .venv) or set SWITCHYARD_TEST_PYTHON"
-    );
-    venv
-}
+use common::{Server, local_embedding_config, local_model_config, python};
 
 /// Runs one SDK check script against `url`, failing with everything useful.
 fn run_check(server: &Server, script: &str, url: String, passed: &str) {

@@ -20,6 +20,20 @@ pub struct Server {
     _data: tempfile::TempDir,
 }
 
+/// A Python with the official SDKs: `.venv` (made by `make test`) or
+/// `SWITCHYARD_TEST_PYTHON`.
+pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("SWITCHYARD_TEST_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    assert!(
+        venv.is_file(),
+        "no Python with the openai package: run `make test` (it creates .venv) or set SWITCHYARD_TEST_PYTHON"
+    );
+    venv
+}
+
 /// The binary under test.
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_switchyard"))
@@ -79,7 +93,13 @@ impl Server {
 
     /// Starts the server on a config file the test keeps (to rewrite it).
     pub fn start_file(path: &std::path::Path) -> Server {
-        Self::spawn(path, &[], None)
+        Self::spawn(Some(path), &[], None)
+    }
+
+    /// Starts the server with no configuration file: the embedded
+    /// defaults a newcomer gets from `make run`.
+    pub fn start_defaults() -> Server {
+        Self::spawn(None, &[], None)
     }
 
     /// Like [`Server::start`], with extra environment variables.
@@ -87,20 +107,24 @@ impl Server {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(config.as_bytes()).unwrap();
         let path = file.path().to_path_buf();
-        Self::spawn(&path, env, Some(file))
+        Self::spawn(Some(&path), env, Some(file))
     }
 
     fn spawn(
-        path: &std::path::Path,
+        path: Option<&std::path::Path>,
         env: &[(&str, &str)],
         file: Option<tempfile::NamedTempFile>,
     ) -> Server {
         // Each server keeps its database in its own folder unless the test
         // says where.
         let data = tempfile::tempdir().unwrap();
-        let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(path)
+        let mut command = Command::new(binary());
+        command.args(["serve", "--listen", "127.0.0.1:0"]);
+        match path {
+            Some(path) => command.arg("--config").arg(path),
+            None => command.env_remove("SWITCHYARD_CONFIG"),
+        };
+        let mut child = command
             .env("SWITCHYARD_DATA_DIR", data.path())
             .envs(env.iter().copied())
             .env(
