@@ -4,33 +4,17 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use switchyard_governance::Caller;
 use switchyard_governance::admin::{GroupPatch, KeyPatch, NewKey, NewTeam, NewTenant};
 use switchyard_governance::switchyard_state::TimeRange;
 use switchyard_governance::switchyard_state::records::UsageGroup;
 
 use crate::AppState;
+use crate::calls::{AdminCaller, Authenticated};
 use crate::error::ApiError;
 use crate::extract::OpenAiJson;
-use crate::governed;
-
-/// The admin API always needs a key, whether or not model calls do.
-async fn admin_caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    match governed::caller(state, headers).await? {
-        Caller::Anonymous => Err(ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            ..ApiError::invalid_request(
-                "the admin API needs the master key or a key with the admin role: send Authorization: Bearer <key>",
-                None,
-            )
-        }
-        .with_code("invalid_api_key")),
-        caller => Ok(caller),
-    }
-}
 
 fn list<T: serde::Serialize>(items: Vec<T>) -> Response {
     Json(serde_json::json!({"object": "list", "data": items})).into_response()
@@ -38,122 +22,115 @@ fn list<T: serde::Serialize>(items: Vec<T>) -> Response {
 
 pub(crate) async fn create_tenant(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     OpenAiJson(input): OpenAiJson<NewTenant>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    let tenant = state.governance.create_tenant(&caller, input).await?;
+    let tenant = state.governance().create_tenant(&caller, input).await?;
     Ok((StatusCode::CREATED, Json(tenant)).into_response())
 }
 
 pub(crate) async fn list_tenants(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(list(state.governance.list_tenants(&caller).await?))
+    Ok(list(state.governance().list_tenants(&caller).await?))
 }
 
 pub(crate) async fn get_tenant(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(Json(state.governance.get_tenant(&caller, &id).await?).into_response())
+    Ok(Json(state.governance().get_tenant(&caller, &id).await?).into_response())
 }
 
 pub(crate) async fn update_tenant(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     Path(id): Path<String>,
     OpenAiJson(patch): OpenAiJson<GroupPatch>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(Json(state.governance.update_tenant(&caller, &id, patch).await?).into_response())
+    Ok(Json(
+        state
+            .governance()
+            .update_tenant(&caller, &id, patch)
+            .await?,
+    )
+    .into_response())
 }
 
 pub(crate) async fn create_team(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     OpenAiJson(input): OpenAiJson<NewTeam>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    let team = state.governance.create_team(&caller, input).await?;
+    let team = state.governance().create_team(&caller, input).await?;
     Ok((StatusCode::CREATED, Json(team)).into_response())
 }
 
 pub(crate) async fn list_teams(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(list(state.governance.list_teams(&caller).await?))
+    Ok(list(state.governance().list_teams(&caller).await?))
 }
 
 pub(crate) async fn get_team(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(Json(state.governance.get_team(&caller, &id).await?).into_response())
+    Ok(Json(state.governance().get_team(&caller, &id).await?).into_response())
 }
 
 pub(crate) async fn update_team(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     Path(id): Path<String>,
     OpenAiJson(patch): OpenAiJson<GroupPatch>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(Json(state.governance.update_team(&caller, &id, patch).await?).into_response())
+    Ok(Json(state.governance().update_team(&caller, &id, patch).await?).into_response())
 }
 
 pub(crate) async fn create_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     OpenAiJson(input): OpenAiJson<NewKey>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    let created = state.governance.create_key(&caller, input).await?;
+    let created = state.governance().create_key(&caller, input).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 pub(crate) async fn list_keys(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(list(state.governance.list_keys(&caller).await?))
+    Ok(list(state.governance().list_keys(&caller).await?))
 }
 
 pub(crate) async fn get_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(Json(state.governance.get_key(&caller, &id).await?).into_response())
+    Ok(Json(state.governance().get_key(&caller, &id).await?).into_response())
 }
 
 pub(crate) async fn update_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     Path(id): Path<String>,
     OpenAiJson(patch): OpenAiJson<KeyPatch>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(Json(state.governance.update_key(&caller, &id, patch).await?).into_response())
+    Ok(Json(state.governance().update_key(&caller, &id, patch).await?).into_response())
 }
 
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(Json(state.governance.revoke_key(&caller, &id).await?).into_response())
+    Ok(Json(state.governance().revoke_key(&caller, &id).await?).into_response())
 }
 
 /// Query of the usage report.
@@ -172,10 +149,9 @@ pub(crate) struct UsageQuery {
 
 pub(crate) async fn usage(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text(), None))?;
     let group = query.group_by.unwrap_or(UsageGroup::Model);
     let range = TimeRange {
@@ -183,10 +159,49 @@ pub(crate) async fn usage(
         to: query.to,
     };
     let lines = state
-        .governance
+        .governance()
         .usage_report(&caller, query.tenant_id.as_deref(), &range, group)
         .await?;
     Ok(list(lines))
+}
+
+/// Query of a key's own usage report.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OwnUsageQuery {
+    /// `model` (default) or `day`.
+    group_by: Option<UsageGroup>,
+    /// Unix milliseconds, inclusive.
+    from: Option<i64>,
+    /// Unix milliseconds, exclusive.
+    to: Option<i64>,
+}
+
+/// `GET /v1/usage`: the calling key's own usage and spend, for every role
+/// (members and read-only keys read theirs here; the admin API is for
+/// admins).
+pub(crate) async fn own_usage(
+    State(state): State<AppState>,
+    who: Authenticated,
+    query: Result<Query<OwnUsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text(), None))?;
+    let group = query.group_by.unwrap_or(UsageGroup::Model);
+    if !matches!(group, UsageGroup::Model | UsageGroup::Day) {
+        return Err(ApiError::invalid_request(
+            "`group_by` of a key's own usage is `model` or `day`",
+            Some("group_by".into()),
+        ));
+    }
+    let range = TimeRange {
+        from: query.from,
+        to: query.to,
+    };
+    let report = state
+        .governance()
+        .own_usage(&who.caller, &range, group)
+        .await?;
+    Ok(Json(report).into_response())
 }
 
 /// Query of the audit listing.
@@ -207,15 +222,14 @@ pub(crate) struct AuditQuery {
 
 pub(crate) async fn audit(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
     let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text(), None))?;
     let records = match &query.request_id {
         Some(request_id) => {
             state
-                .governance
+                .governance()
                 .audit_of_request(&caller, request_id)
                 .await?
         }
@@ -226,7 +240,7 @@ pub(crate) async fn audit(
             };
             let limit = query.limit.unwrap_or(100).clamp(1, 1000);
             state
-                .governance
+                .governance()
                 .audit_records(&caller, query.tenant_id.as_deref(), &range, limit)
                 .await?
         }
@@ -236,8 +250,7 @@ pub(crate) async fn audit(
 
 pub(crate) async fn alerts(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    AdminCaller(caller): AdminCaller,
 ) -> Result<Response, ApiError> {
-    let caller = admin_caller(&state, &headers).await?;
-    Ok(list(state.governance.alerts(&caller).await?))
+    Ok(list(state.governance().alerts(&caller).await?))
 }

@@ -19,10 +19,10 @@ use switchyard_protocol::anthropic::{
 use tracing::{debug, warn};
 
 use crate::AppState;
-use crate::context::request_context;
+use crate::calls;
+use crate::context::answer_headers;
 use crate::error::ApiError;
 use crate::extract::read_json;
-use crate::governed;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -102,16 +102,19 @@ pub(crate) async fn messages(
     AnthropicJson(body): AnthropicJson<MessagesRequest>,
 ) -> Result<Response, AnthropicError> {
     let stream = body.is_stream();
-    let mut context = request_context(&headers, None);
+    let call = calls::call(&headers, None);
     let request = body.into_canonical().map_err(ApiError::from)?;
     let model = request.model.clone();
     tracing::Span::current().record("model", model.as_str());
-    let governed = governed::admit_chat(&state, &headers, &mut context, &request, stream).await?;
-    let gateway = state.gateway.load_full();
     let id = format!("msg_{}", uuid::Uuid::new_v4().simple());
     if stream {
-        let (events, headers) = governed.chat_stream(&gateway, request, &context).await?;
-        let mut response = Sse::new(sse_events(events, id, model))
+        let answer = state
+            .pipeline
+            .chat_stream(call, request, None)
+            .await
+            .map_err(ApiError::from)?;
+        let headers = answer_headers(&answer.routed, &answer.rate_limits);
+        let mut response = Sse::new(sse_events(answer.routed.value, id, model))
             .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
             .into_response();
         response
@@ -120,14 +123,20 @@ pub(crate) async fn messages(
         response.headers_mut().extend(headers);
         return Ok(response);
     }
-    let (answer, headers) = governed.chat(&gateway, request, &context).await?;
+    let answer = state
+        .pipeline
+        .chat(call, request, None)
+        .await
+        .map_err(ApiError::from)?;
+    let headers = answer_headers(&answer.routed, &answer.rate_limits);
+    let whole = &answer.routed.value;
     debug!(
-        finish_reason = answer.finish_reason.as_str(),
-        prompt_tokens = answer.usage.prompt_tokens,
-        completion_tokens = answer.usage.completion_tokens,
+        finish_reason = whole.finish_reason.as_str(),
+        prompt_tokens = whole.usage.prompt_tokens,
+        completion_tokens = whole.usage.completion_tokens,
         "message served"
     );
-    let mut response = Json(MessagesResponse::from_canonical(id, model, &answer)).into_response();
+    let mut response = Json(MessagesResponse::from_canonical(id, model, whole)).into_response();
     response.headers_mut().extend(headers);
     Ok(response)
 }

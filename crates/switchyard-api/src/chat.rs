@@ -1,5 +1,6 @@
 //! `POST /v1/chat/completions`, whole and streamed, grounded in a
-//! collection when the request asks (see [`grounding`]).
+//! collection when the request asks (the `retrieval` extension, or an
+//! assistant's name as the model).
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,23 +12,19 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
-use std::sync::Arc;
 
-use switchyard_core::{ChatRequest, ChatStream, StreamEvent};
-use switchyard_governance::Caller;
-use switchyard_orchestration::RequestContext;
-use switchyard_orchestration::grounding::{Grounded, GroundingSpec, Retrieval};
+use switchyard_core::{ChatStream, StreamEvent};
+use switchyard_pipeline::{Grounded, GroundingAsk};
 use switchyard_protocol::openai::{
     ChatCompletion, ChatCompletionRequest, ChunkFactory, Citation, RetrievalOptions,
 };
 use tracing::{debug, warn};
 
 use crate::AppState;
-use crate::collections::DEFAULT_TENANT;
-use crate::context::request_context;
+use crate::calls;
+use crate::context::answer_headers;
 use crate::error::ApiError;
 use crate::extract::OpenAiJson;
-use crate::governed;
 
 /// Comment lines that keep idle streams open through proxies while a request
 /// waits for a slot.
@@ -40,56 +37,23 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let stream = body.is_stream();
     let include_usage = body.wants_stream_usage();
-    let mut context = request_context(&headers, body.metadata.take().as_ref());
-    let extension = body.retrieval.take();
-    let mut request = body.into_canonical()?;
+    let call = calls::call(&headers, body.metadata.take().as_ref());
+    let grounding = body.retrieval.take().map(grounding_ask);
+    let request = body.into_canonical()?;
     let model = request.model.clone();
     tracing::Span::current().record("model", model.as_str());
-    let grounding = grounding(&state, extension, &mut request)?;
-    let (mut governed, grounded) = match &grounding {
-        None => (
-            governed::admit_chat(&state, &headers, &mut context, &request, stream).await?,
-            None,
-        ),
-        Some((retrieval, spec)) => {
-            let gateway = state.gateway.load_full();
-            let mut grounded_request = request.clone();
-            let ground = |caller: &Caller, context: &RequestContext| {
-                let tenant = caller.tenant_id().unwrap_or(DEFAULT_TENANT).to_owned();
-                let context = context.clone();
-                async move {
-                    let grounded = retrieval
-                        .ground(&gateway, &tenant, &mut grounded_request, spec, &context)
-                        .await
-                        .map_err(ApiError::from)?;
-                    Ok((grounded_request, grounded))
-                }
-            };
-            let (governed, (grounded_request, grounded)) = governed::admit_chat_alongside(
-                &state,
-                &headers,
-                &mut context,
-                &request,
-                stream,
-                ground,
-            )
-            .await?;
-            request = grounded_request;
-            (governed, Some(grounded))
-        }
-    };
-    governed.retrieval = grounded.as_ref().map(|g| g.elapsed);
-    let citations = grounded.as_ref().map(citations);
-    let gateway = state.gateway.load_full();
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
 
     if stream {
-        let (events, headers) = governed.chat_stream(&gateway, request, &context).await?;
+        let answer = state.pipeline.chat_stream(call, request, grounding).await?;
+        let headers = answer_headers(&answer.routed, &answer.rate_limits);
+        let citations = answer.grounded.as_ref().map(citations);
         let chunks = ChunkFactory::new(id, created, model);
-        let mut response = Sse::new(sse_events(events, chunks, include_usage, citations))
+        let events = sse_events(answer.routed.value, chunks, include_usage, citations);
+        let mut response = Sse::new(events)
             .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
             .into_response();
         // Tell buffering reverse proxies (nginx) to pass events straight on.
@@ -100,57 +64,29 @@ pub(crate) async fn chat_completions(
         return Ok(response);
     }
 
-    let (answer, headers) = governed.chat(&gateway, request, &context).await?;
+    let answer = state.pipeline.chat(call, request, grounding).await?;
+    let headers = answer_headers(&answer.routed, &answer.rate_limits);
+    let whole = &answer.routed.value;
     debug!(
-        finish_reason = answer.finish_reason.as_str(),
-        prompt_tokens = answer.usage.prompt_tokens,
-        completion_tokens = answer.usage.completion_tokens,
+        finish_reason = whole.finish_reason.as_str(),
+        prompt_tokens = whole.usage.prompt_tokens,
+        completion_tokens = whole.usage.completion_tokens,
         "completion served"
     );
-    let mut completion = ChatCompletion::from_canonical(id, created, model, &answer);
-    completion.citations = citations;
+    let mut completion = ChatCompletion::from_canonical(id, created, model, whole);
+    completion.citations = answer.grounded.as_ref().map(citations);
     let mut response = Json(completion).into_response();
     response.headers_mut().extend(headers);
     Ok(response)
 }
 
-/// How the request asks to be grounded, if it does: the `retrieval`
-/// extension, or a model name that is an assistant (whose model then
-/// answers).
-fn grounding(
-    state: &AppState,
-    extension: Option<RetrievalOptions>,
-    request: &mut ChatRequest,
-) -> Result<Option<(Arc<Retrieval>, GroundingSpec)>, ApiError> {
-    let Some(retrieval) = state.retrieval.clone() else {
-        if extension.is_some() {
-            return Err(ApiError::invalid_request(
-                "retrieval is not available on this server: no embeddings model is configured",
-                Some("retrieval".into()),
-            ));
-        }
-        return Ok(None);
-    };
-    if let Some(options) = extension {
-        let spec = retrieval
-            .request_spec(
-                options.collection,
-                options.top_k,
-                options.mode.as_deref(),
-                options.filter,
-            )
-            .map_err(|e| ApiError {
-                param: Some("retrieval".into()),
-                ..ApiError::from(e)
-            })?;
-        return Ok(Some((retrieval, spec)));
-    }
-    match retrieval.assistant_spec(&request.model) {
-        Some((model, spec)) => {
-            request.model = model;
-            Ok(Some((retrieval, spec)))
-        }
-        None => Ok(None),
+/// The `retrieval` extension as the pipeline takes it.
+fn grounding_ask(options: RetrievalOptions) -> GroundingAsk {
+    GroundingAsk {
+        collection: options.collection,
+        top_k: options.top_k,
+        mode: options.mode,
+        filter: options.filter,
     }
 }
 

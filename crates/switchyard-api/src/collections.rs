@@ -16,27 +16,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Path, Query, Request};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 use switchyard_orchestration::RequestContext;
 use switchyard_orchestration::grounding::{GroundingError, Retrieval};
+use switchyard_pipeline::Snapshot;
 use switchyard_retrieval::{
     CollectionInfo, DocumentInput, Filter, Format, IndexStats, RetrievalError, SearchMode,
     SearchQuery,
 };
 
-use crate::AppState;
+use crate::calls::Authenticated;
 use crate::error::ApiError;
 use crate::extract::{OpenAiJson, read_body};
-use crate::governed;
-
-/// The tenant whose collections keyless callers (auth off, the master
-/// key) work with.
-pub(crate) const DEFAULT_TENANT: &str = "default";
 
 /// Most chunks one search returns.
 const MAX_TOP_K: usize = 100;
@@ -76,8 +72,8 @@ impl From<GroundingError> for ApiError {
     }
 }
 
-fn retrieval(state: &AppState) -> Result<&Arc<Retrieval>, ApiError> {
-    state.retrieval.as_ref().ok_or_else(|| {
+fn retrieval(snapshot: &Snapshot) -> Result<&Arc<Retrieval>, ApiError> {
+    snapshot.retrieval.as_ref().ok_or_else(|| {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             kind: "server_error",
@@ -88,12 +84,6 @@ fn retrieval(state: &AppState) -> Result<&Arc<Retrieval>, ApiError> {
         }
         .with_code("retrieval_unavailable")
     })
-}
-
-/// The caller's tenant, after checking its key.
-async fn tenant(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
-    let caller = governed::caller(state, headers).await?;
-    Ok(caller.tenant_id().unwrap_or(DEFAULT_TENANT).to_owned())
 }
 
 fn collection_json(info: &CollectionInfo, stats: Option<IndexStats>) -> serde_json::Value {
@@ -121,12 +111,11 @@ pub(crate) struct NewCollection {
 }
 
 pub(crate) async fn create(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Authenticated,
     OpenAiJson(body): OpenAiJson<NewCollection>,
 ) -> Result<Response, ApiError> {
-    let retrieval = retrieval(&state)?;
-    let tenant = tenant(&state, &headers).await?;
+    let retrieval = retrieval(&who.snapshot)?;
+    let tenant = who.tenant();
     let info = retrieval
         .collections()
         .create(&tenant, &body.name, body.description)
@@ -139,36 +128,31 @@ pub(crate) async fn create(
         .into_response())
 }
 
-pub(crate) async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let retrieval = retrieval(&state)?;
-    let tenant = tenant(&state, &headers).await?;
+pub(crate) async fn list(who: Authenticated) -> Result<Json<serde_json::Value>, ApiError> {
+    let retrieval = retrieval(&who.snapshot)?;
+    let tenant = who.tenant();
     let infos = retrieval.collections().list(&tenant).await?;
     let data: Vec<_> = infos.iter().map(|i| collection_json(i, None)).collect();
     Ok(Json(json!({ "object": "list", "data": data })))
 }
 
 pub(crate) async fn retrieve(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Authenticated,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let retrieval = retrieval(&state)?;
-    let tenant = tenant(&state, &headers).await?;
+    let retrieval = retrieval(&who.snapshot)?;
+    let tenant = who.tenant();
     let collection = retrieval.collections().get(&tenant, &name).await?;
     let stats = collection.stats().await;
     Ok(Json(collection_json(collection.info(), Some(stats))))
 }
 
 pub(crate) async fn delete(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Authenticated,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let retrieval = retrieval(&state)?;
-    let tenant = tenant(&state, &headers).await?;
+    let retrieval = retrieval(&who.snapshot)?;
+    let tenant = who.tenant();
     retrieval.collections().delete(&tenant, &name).await?;
     Ok(Json(
         json!({ "id": name, "object": "collection.deleted", "deleted": true }),
@@ -231,21 +215,19 @@ fn json_document(index: usize, document: JsonDocument) -> Result<DocumentInput, 
 }
 
 async fn submit(
-    state: &AppState,
-    headers: &HeaderMap,
+    who: &Authenticated,
     name: &str,
     documents: Vec<DocumentInput>,
 ) -> Result<Response, ApiError> {
-    let retrieval = retrieval(state)?;
-    let tenant = tenant(state, headers).await?;
+    let retrieval = retrieval(&who.snapshot)?;
+    let tenant = who.tenant();
     let collection = retrieval.collections().get(&tenant, name).await?;
     let job = retrieval.ingestor().submit(collection, documents)?;
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }
 
 pub(crate) async fn add_documents(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Authenticated,
     Path(name): Path<String>,
     OpenAiJson(body): OpenAiJson<JsonDocuments>,
 ) -> Result<Response, ApiError> {
@@ -255,7 +237,7 @@ pub(crate) async fn add_documents(
         .enumerate()
         .map(|(i, d)| json_document(i, d))
         .collect::<Result<Vec<_>, _>>()?;
-    submit(&state, &headers, &name, documents).await
+    submit(&who, &name, documents).await
 }
 
 #[derive(Deserialize)]
@@ -268,13 +250,13 @@ pub(crate) struct UploadParams {
 }
 
 pub(crate) async fn upload_document(
-    State(state): State<AppState>,
+    who: Authenticated,
     Path((name, id)): Path<(String, String)>,
     Query(params): Query<UploadParams>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let headers = request.headers().clone();
-    let media_type = headers
+    let media_type = request
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
@@ -299,28 +281,26 @@ pub(crate) async fn upload_document(
         source: params.source,
         metadata: serde_json::Map::new(),
     };
-    submit(&state, &headers, &name, vec![document]).await
+    submit(&who, &name, vec![document]).await
 }
 
 pub(crate) async fn list_documents(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Authenticated,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let retrieval = retrieval(&state)?;
-    let tenant = tenant(&state, &headers).await?;
+    let retrieval = retrieval(&who.snapshot)?;
+    let tenant = who.tenant();
     let collection = retrieval.collections().get(&tenant, &name).await?;
     let documents = collection.documents().await?;
     Ok(Json(json!({ "object": "list", "data": documents })))
 }
 
 pub(crate) async fn delete_document(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Authenticated,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let retrieval = retrieval(&state)?;
-    let tenant = tenant(&state, &headers).await?;
+    let retrieval = retrieval(&who.snapshot)?;
+    let tenant = who.tenant();
     let collection = retrieval.collections().get(&tenant, &name).await?;
     collection.delete_document(&id).await?;
     Ok(Json(
@@ -328,13 +308,9 @@ pub(crate) async fn delete_document(
     ))
 }
 
-pub(crate) async fn job(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    let retrieval = retrieval(&state)?;
-    let tenant = tenant(&state, &headers).await?;
+pub(crate) async fn job(who: Authenticated, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let retrieval = retrieval(&who.snapshot)?;
+    let tenant = who.tenant();
     match retrieval.ingestor().job(&tenant, &id) {
         Some(job) => Ok(Json(job).into_response()),
         None => Err(RetrievalError::NotFound(format!("no ingestion job `{id}`")).into()),
@@ -354,13 +330,12 @@ pub(crate) struct SearchBody {
 }
 
 pub(crate) async fn search(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Authenticated,
     Path(name): Path<String>,
     OpenAiJson(body): OpenAiJson<SearchBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let retrieval = retrieval(&state)?;
-    let tenant = tenant(&state, &headers).await?;
+    let retrieval = retrieval(&who.snapshot)?;
+    let tenant = who.tenant();
     let top_k = body.top_k.unwrap_or(10);
     if !(1..=MAX_TOP_K).contains(&top_k) {
         return Err(ApiError::invalid_request(
@@ -375,7 +350,6 @@ pub(crate) async fn search(
         ));
     }
     let started = Instant::now();
-    let gateway = state.gateway.load_full();
     let query = SearchQuery {
         text: body.query,
         vector: None,
@@ -384,7 +358,13 @@ pub(crate) async fn search(
         filter: body.filter,
     };
     let hits = retrieval
-        .search(&gateway, &tenant, &name, query, &RequestContext::default())
+        .search(
+            &who.snapshot.gateway,
+            &tenant,
+            &name,
+            query,
+            &RequestContext::default(),
+        )
         .await?;
     Ok(Json(json!({
         "object": "list",

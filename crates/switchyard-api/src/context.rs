@@ -58,10 +58,13 @@ pub(crate) fn request_context(
     }
 }
 
-/// `x-switchyard-route` and, when the cache was consulted,
-/// `x-switchyard-cache`, for the response.
-pub(crate) fn route_headers<T>(routed: &Routed<T>) -> HeaderMap {
-    let mut headers = HeaderMap::new();
+/// `x-switchyard-route`, `x-switchyard-cache` when the cache was
+/// consulted, and the rate-limit headers, for an answer's response.
+pub(crate) fn answer_headers<T>(
+    routed: &Routed<T>,
+    rate_limits: &[(&'static str, String)],
+) -> HeaderMap {
+    let mut headers = crate::calls::rate_headers(rate_limits);
     if let Ok(value) = HeaderValue::from_str(&routed.label()) {
         headers.insert("x-switchyard-route", value);
     }

@@ -1,5 +1,5 @@
-//! Switchyard's API layer: HTTP in, calls on the orchestration layer, HTTP
-//! out. It holds no business logic.
+//! Switchyard's API layer: HTTP in, calls on the request pipeline, HTTP
+//! out. It holds no business logic: handlers parse, call, encode.
 //!
 //! Endpoints: `POST /v1/chat/completions`, `POST /v1/messages` (Anthropic's
 //! shape), `POST /v1/embeddings`, `GET /v1/models`,
@@ -13,13 +13,13 @@
 
 mod admin;
 mod anthropic;
+mod calls;
 mod chat;
 mod collections;
 mod context;
 mod embeddings;
 pub mod error;
 pub mod extract;
-mod governed;
 mod metrics;
 mod models;
 
@@ -27,7 +27,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Request, StatusCode, Uri};
@@ -36,8 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use switchyard_governance::Governance;
-use switchyard_orchestration::Gateway;
-use switchyard_orchestration::grounding::Retrieval;
+use switchyard_pipeline::Pipeline;
 use switchyard_telemetry::trace;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -69,34 +67,26 @@ impl Default for ApiConfig {
     }
 }
 
-/// The gateway the server uses, replaceable while it runs (config reload):
-/// each request takes the current one and keeps it to the end.
-pub type SharedGateway = Arc<ArcSwap<Gateway>>;
-
 /// What every handler can reach.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub gateway: SharedGateway,
-    pub governance: Arc<Governance>,
+    pub pipeline: Arc<Pipeline>,
     pub public_metrics: bool,
-    pub retrieval: Option<Arc<Retrieval>>,
 }
 
-/// The complete HTTP application.
-///
-/// `retrieval` serves collections and grounded answers; without it (no
-/// embeddings model configured) those endpoints answer 503.
-pub fn router(
-    gateway: SharedGateway,
-    governance: Arc<Governance>,
-    config: &ApiConfig,
-    retrieval: Option<Arc<Retrieval>>,
-) -> Router {
+impl AppState {
+    pub fn governance(&self) -> &Arc<Governance> {
+        self.pipeline.governance()
+    }
+}
+
+/// The complete HTTP application over `pipeline`. Without retrieval in
+/// its snapshot (no embeddings model configured) the collection endpoints
+/// answer 503.
+pub fn router(pipeline: Arc<Pipeline>, config: &ApiConfig) -> Router {
     let state = AppState {
-        gateway,
-        governance,
+        pipeline,
         public_metrics: config.public_metrics,
-        retrieval,
     };
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
@@ -120,6 +110,7 @@ pub fn router(
         )
         .route("/v1/collections/{name}/search", post(collections::search))
         .route("/v1/ingestion_jobs/{id}", get(collections::job))
+        .route("/v1/usage", get(admin::own_usage))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::retrieve))
         .route(

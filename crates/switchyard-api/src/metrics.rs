@@ -7,8 +7,8 @@ use switchyard_orchestration::BreakerState;
 use switchyard_telemetry::{DeploymentSnapshot, EngineSnapshot, metrics};
 
 use crate::AppState;
+use crate::calls;
 use crate::error::ApiError;
-use crate::governed;
 
 /// Metrics name tenants and models: when keys are required, only the
 /// master key or an admin key may read them, unless the configuration
@@ -17,8 +17,10 @@ pub(crate) async fn scrape(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if state.governance.settings().auth_enabled && !state.public_metrics {
-        let caller = governed::caller(&state, &headers).await?;
+    let snapshot = state.pipeline.snapshot();
+    if snapshot.policy.settings().auth_enabled && !state.public_metrics {
+        let call = calls::call(&headers, None);
+        let caller = state.pipeline.caller(&snapshot, &call).await?;
         if !caller.is_admin() {
             return Err(ApiError {
                 status: StatusCode::FORBIDDEN,
@@ -31,8 +33,8 @@ pub(crate) async fn scrape(
             .with_code("permission_denied"));
         }
     }
-    let gateway = state.gateway.load();
-    let deployments: Vec<DeploymentSnapshot> = gateway
+    let deployments: Vec<DeploymentSnapshot> = snapshot
+        .gateway
         .deployments()
         .map(|deployment| DeploymentSnapshot {
             deployment: deployment.name.clone(),

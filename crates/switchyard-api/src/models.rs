@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use switchyard_core::BackendError;
@@ -10,8 +10,8 @@ use switchyard_governance::Caller;
 use switchyard_orchestration::Listed;
 
 use crate::AppState;
+use crate::calls::Authenticated;
 use crate::error::ApiError;
-use crate::governed;
 
 #[derive(Serialize)]
 struct ModelObject {
@@ -62,19 +62,15 @@ fn assistant_listing(name: &str, model: &str) -> Listed {
 }
 
 /// `GET /v1/models`: OpenAI's list shape.
-pub(crate) async fn list(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let caller = governed::caller(&state, &headers).await?;
-    let mut listing: Vec<Listed> = state
+pub(crate) async fn list(who: Authenticated) -> Result<Response, ApiError> {
+    let Authenticated { caller, snapshot } = who;
+    let mut listing: Vec<Listed> = snapshot
         .gateway
-        .load()
         .listing()
         .into_iter()
         .filter(|listed| visible(&caller, &listed.name))
         .collect();
-    if let Some(retrieval) = &state.retrieval {
+    if let Some(retrieval) = &snapshot.retrieval {
         listing.extend(
             retrieval
                 .assistants()
@@ -91,12 +87,11 @@ pub(crate) async fn list(
 
 /// `GET /v1/models/{model}`.
 pub(crate) async fn retrieve(
-    State(state): State<AppState>,
-    headers: HeaderMap,
+    who: Authenticated,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = governed::caller(&state, &headers).await?;
-    let assistant = state
+    let Authenticated { caller, snapshot } = who;
+    let assistant = snapshot
         .retrieval
         .as_ref()
         .and_then(|retrieval| retrieval.assistant(&model));
@@ -106,7 +101,7 @@ pub(crate) async fn retrieve(
             assistant.model.clone(),
         ),
         None => {
-            let listed = state.gateway.load().lookup(&model)?;
+            let listed = snapshot.gateway.lookup(&model)?;
             let name = listed.name.clone();
             (listed, name)
         }
@@ -129,7 +124,7 @@ pub(crate) async fn healthz() -> Response {
 
 /// `GET /readyz`: 200 once every configured model can serve.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.gateway.load().is_ready() {
+    if state.pipeline.snapshot().gateway.is_ready() {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         (

@@ -43,6 +43,23 @@ impl ErrorKind {
             Self::Internal => "internal",
         }
     }
+
+    /// The HTTP status a client gets for this kind, and the ledger records.
+    /// Credentials the upstream refused are the gateway's, not the
+    /// client's: a bad gateway, not a 401. A cancelled call is nginx's 499
+    /// (client closed request).
+    pub fn status(self) -> u16 {
+        match self {
+            Self::InvalidRequest => 400,
+            Self::NotFound => 404,
+            Self::Authentication | Self::Upstream => 502,
+            Self::RateLimited => 429,
+            Self::Overloaded => 503,
+            Self::Timeout => 504,
+            Self::Cancelled => 499,
+            Self::Internal => 500,
+        }
+    }
 }
 
 /// A classified failure from a backend, with a message for humans.

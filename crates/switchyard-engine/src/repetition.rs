@@ -118,7 +118,7 @@ mod tests {
         let mut guard = RepetitionGuard::default();
         // A short run of one token (a rule of dashes), then varied text.
         assert_eq!(feed(&mut guard, std::iter::repeat_n(5, 20)), None);
-        let varied = (0..2_000).map(|i| (i * 7919 % 5003) as i32);
+        let varied = (0..2_000).map(|i: i32| i * 7919 % 5003);
         assert_eq!(feed(&mut guard, varied), None);
         // A list whose items share a prefix but differ.
         let list = (0..50).flat_map(|i| [1, 2, 3, 1000 + i]);

@@ -9,7 +9,7 @@ use switchyard_state::records::{
     ApiKey, AuditRow, Budget, BudgetAlert, Limits, Metadata, Role, Team, Tenant, UsageGroup,
     UsageLine,
 };
-use switchyard_state::{TenantScope, TimeRange};
+use switchyard_state::{SpendScope, TenantScope, TimeRange};
 
 use crate::{Caller, Governance, GovernanceError, keys, now_ms};
 
@@ -505,6 +505,51 @@ impl Governance {
         Ok(self.store.usage_report(&scope, range, group).await?)
     }
 
+    /// The calling key's own usage, grouped, and its budget with what the
+    /// key spent in the budget's current period. Any key may read its own
+    /// (members and read-only keys included); nothing of other keys.
+    pub async fn own_usage(
+        &self,
+        caller: &Caller,
+        range: &TimeRange,
+        group: UsageGroup,
+    ) -> Result<OwnUsage, GovernanceError> {
+        let Caller::Key(context) = caller else {
+            return Err(GovernanceError::Invalid(
+                "this report is an API key's own usage; send the key whose usage you want (the master key reads /admin/usage)"
+                    .to_owned(),
+            ));
+        };
+        let key = &context.key;
+        self.ledger.flush().await;
+        let data = self
+            .store
+            .key_usage_report(&caller.scope(), &key.id, range, group)
+            .await?;
+        let budget = match &key.budget {
+            Some(budget) => {
+                let period = crate::budget::period_bounds(budget.period, now_ms());
+                let spent = self
+                    .store
+                    .spend_since(SpendScope::Key, &key.id, period.start)
+                    .await?;
+                Some(OwnBudget {
+                    limit_usd: budget.limit_usd,
+                    period: budget.period,
+                    period_start: period.start,
+                    spent_usd: spent,
+                })
+            }
+            None => None,
+        };
+        Ok(OwnUsage {
+            object: "usage",
+            key_id: key.id.clone(),
+            data,
+            budget,
+        })
+    }
+
     /// Audit records of one request id.
     pub async fn audit_of_request(
         &self,
@@ -551,4 +596,30 @@ fn narrowed(caller: &Caller, tenant: Option<&str>) -> Result<TenantScope, Govern
             Err(GovernanceError::NotFound(format!("no tenant {id:?}")))
         }
     }
+}
+
+/// A key's report of its own usage.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OwnUsage {
+    /// Always `usage`.
+    pub object: &'static str,
+    /// The key reported on.
+    pub key_id: String,
+    /// Its usage, grouped as asked.
+    pub data: Vec<UsageLine>,
+    /// Its own budget, if it has one.
+    pub budget: Option<OwnBudget>,
+}
+
+/// A key's budget and what it spent in the current period.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OwnBudget {
+    /// The limit in US dollars.
+    pub limit_usd: f64,
+    /// The period it applies to.
+    pub period: switchyard_state::records::BudgetPeriod,
+    /// When the current period began (Unix ms).
+    pub period_start: i64,
+    /// Spent by the key since then.
+    pub spent_usd: f64,
 }

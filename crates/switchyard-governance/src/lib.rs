@@ -18,7 +18,7 @@ mod ledger;
 pub mod limits;
 pub mod mask;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -107,15 +107,45 @@ impl Counters {
     }
 }
 
+/// What a configuration reload may change in governance: who must
+/// authenticate and how, what the audit trail keeps, and what models
+/// cost. A request takes the policy in force when it arrives and keeps it
+/// to its end (its admission holds it), like the gateway it routes on.
+pub struct Policy {
+    settings: GovernanceSettings,
+    jwt: Option<Arc<jwt::JwtVerifier>>,
+    prices: Arc<PriceTable>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("auth_enabled", &self.settings.auth_enabled)
+            .field("jwt", &self.jwt.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// The settings it holds.
+    pub fn settings(&self) -> &GovernanceSettings {
+        &self.settings
+    }
+
+    /// The price table.
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
+}
+
 /// The governance layer.
 pub struct Governance {
-    settings: GovernanceSettings,
     store: SqlStore,
     counters: Counters,
     key_cache: moka::future::Cache<String, Arc<KeyContext>>,
     ledger: Ledger,
-    prices: RwLock<Arc<PriceTable>>,
-    jwt: Option<Arc<jwt::JwtVerifier>>,
+    /// The policy in force, for callers that hold none of their own.
+    policy: arc_swap::ArcSwap<Policy>,
 }
 
 /// Unix milliseconds now.
@@ -161,29 +191,65 @@ impl Governance {
         store: SqlStore,
         counters: Counters,
     ) -> Result<Arc<Self>, GovernanceError> {
-        let jwt = settings
-            .jwt
-            .clone()
-            .map(jwt::JwtVerifier::new)
-            .transpose()?;
         let ledger = Ledger::start(store.clone(), settings.ledger_flush);
+        let key_cache = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(settings.key_cache_ttl)
+            .build();
+        let policy = Self::build_policy(None, settings, PriceTable::default())?;
         Ok(Arc::new(Self {
-            key_cache: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(settings.key_cache_ttl)
-                .build(),
-            settings,
+            key_cache,
             store,
             counters,
             ledger,
-            prices: RwLock::new(Arc::new(PriceTable::default())),
-            jwt,
+            policy: arc_swap::ArcSwap::new(policy),
         }))
     }
 
+    fn build_policy(
+        previous: Option<&Policy>,
+        settings: GovernanceSettings,
+        prices: PriceTable,
+    ) -> Result<Arc<Policy>, GovernanceError> {
+        // An unchanged issuer keeps its verifier, and with it the keys it
+        // has already read.
+        let jwt = match (previous, &settings.jwt) {
+            (Some(old), Some(wanted)) if old.settings.jwt.as_ref() == Some(wanted) => {
+                old.jwt.clone()
+            }
+            (_, wanted) => wanted.clone().map(jwt::JwtVerifier::new).transpose()?,
+        };
+        Ok(Arc::new(Policy {
+            settings,
+            jwt,
+            prices: Arc::new(prices),
+        }))
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// A policy for new settings and prices, built beside the one in force
+    /// (nothing changes until it is installed). `key_cache_ttl` and
+    /// `ledger_flush` are fixed when governance starts.
+    pub fn make_policy(
+        &self,
+        settings: GovernanceSettings,
+        prices: PriceTable,
+    ) -> Result<Arc<Policy>, GovernanceError> {
+        Self::build_policy(Some(&self.policy.load()), settings, prices)
+    }
+
+    /// Puts `policy` in force for callers that take the current one.
+    pub fn install(&self, policy: Arc<Policy>) {
+        self.policy.store(policy);
+    }
+
     /// The settings in force.
-    pub fn settings(&self) -> &GovernanceSettings {
-        &self.settings
+    pub fn settings(&self) -> GovernanceSettings {
+        self.policy.load().settings.clone()
     }
 
     /// The store (for the admin API and reports).
@@ -196,19 +262,11 @@ impl Governance {
         &self.ledger
     }
 
-    /// Replaces the price table (at start-up and on configuration reload).
-    pub fn set_prices(&self, prices: PriceTable) {
-        *self
-            .prices
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(prices);
-    }
-
-    fn prices(&self) -> Arc<PriceTable> {
-        self.prices
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    /// Replaces the price table of the policy in force (at start-up).
+    pub fn set_prices(&self, prices: PriceTable) -> Result<(), GovernanceError> {
+        let policy = self.make_policy(self.settings(), prices)?;
+        self.install(policy);
+        Ok(())
     }
 
     /// Forgets a cached key so a change to it applies at once here.
@@ -221,10 +279,21 @@ impl Governance {
         self.key_cache.invalidate_all();
     }
 
-    /// Who presents `token` (a bearer token or `x-api-key` value).
+    /// Who presents `token` (a bearer token or `x-api-key` value), under
+    /// the policy in force.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller, GovernanceError> {
+        self.authenticate_under(&self.policy(), token).await
+    }
+
+    /// Who presents `token`, under `policy`.
+    pub async fn authenticate_under(
+        &self,
+        policy: &Policy,
+        token: Option<&str>,
+    ) -> Result<Caller, GovernanceError> {
+        let settings = &policy.settings;
         let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
-            return if self.settings.auth_enabled {
+            return if settings.auth_enabled {
                 Err(GovernanceError::Unauthenticated(
                     "no API key: send Authorization: Bearer <key> or x-api-key: <key>".to_owned(),
                 ))
@@ -232,12 +301,12 @@ impl Governance {
                 Ok(Caller::Anonymous)
             };
         };
-        if let Some(master) = &self.settings.master_key
+        if let Some(master) = &settings.master_key
             && keys::same_secret(token, master)
         {
             return Ok(Caller::Master);
         }
-        if let Some(verifier) = &self.jwt
+        if let Some(verifier) = &policy.jwt
             && jwt::looks_like_jwt(token)
         {
             return self.authenticate_jwt(verifier, token).await;
@@ -245,7 +314,7 @@ impl Governance {
         let Some(presented) = keys::parse(token) else {
             // With authentication off, a foreign key (e.g. a provider key a
             // client sends out of habit) does not stand in the way.
-            return if self.settings.auth_enabled {
+            return if settings.auth_enabled {
                 Err(GovernanceError::Unauthenticated(
                     "invalid API key".to_owned(),
                 ))
@@ -276,11 +345,17 @@ impl Governance {
     }
 
     /// An admission holding nothing yet.
-    fn admission(self: &Arc<Self>, caller: Caller, facts: RequestFacts) -> Admission {
+    fn admission(
+        self: &Arc<Self>,
+        policy: Arc<Policy>,
+        caller: Caller,
+        facts: RequestFacts,
+    ) -> Admission {
         metrics().request_started();
         let started = facts.arrived.unwrap_or_else(Instant::now);
         Admission {
             governance: self.clone(),
+            policy,
             // Time-ordered, so rows append to the primary-key index.
             row_id: uuid::Uuid::now_v7().simple().to_string(),
             facts,
@@ -302,10 +377,11 @@ impl Governance {
     /// attempts too.
     pub fn record_refused_authentication(
         self: &Arc<Self>,
+        policy: Arc<Policy>,
         facts: RequestFacts,
         error: &GovernanceError,
     ) {
-        let mut admission = self.admission(Caller::Anonymous, facts);
+        let mut admission = self.admission(policy, Caller::Anonymous, facts);
         admission.decisions = vec![json!({
             "step": "authenticate", "allowed": false, "why": error.to_string(),
         })];
@@ -385,11 +461,12 @@ impl Governance {
     /// request uses (rate windows, a concurrency slot).
     pub async fn admit(
         self: &Arc<Self>,
+        policy: Arc<Policy>,
         caller: &Caller,
         facts: RequestFacts,
     ) -> Result<Admission, GovernanceError> {
         let mut decisions = vec![json!({"step": "authenticate", "as": caller.describe()})];
-        let mut admission = self.admission(caller.clone(), facts);
+        let mut admission = self.admission(policy, caller.clone(), facts);
         let at = admission.at;
         let Caller::Key(context) = caller else {
             admission.decisions = decisions;
@@ -668,6 +745,9 @@ pub struct Outcome {
 /// An admitted request: what it holds, until it finishes.
 pub struct Admission {
     governance: Arc<Governance>,
+    /// The policy the request arrived under: its prices and what its
+    /// audit record keeps.
+    policy: Arc<Policy>,
     row_id: String,
     facts: RequestFacts,
     caller: Caller,
@@ -739,10 +819,10 @@ impl Admission {
         let cost = if outcome.cache_hit {
             0.0
         } else {
-            governance.prices().cost(&deployment, tokens)
+            self.policy.prices.cost(&deployment, tokens)
         };
         let latency = self.started.elapsed();
-        let settings = &governance.settings;
+        let settings = &self.policy.settings;
         let mut decisions = std::mem::take(&mut self.decisions);
         // Routing's steps carry upstream error messages, which may quote
         // what the client sent.

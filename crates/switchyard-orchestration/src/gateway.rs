@@ -372,6 +372,13 @@ impl Gateway {
         }
     }
 
+    /// A gateway that serves nothing: every name is unknown.
+    pub fn empty() -> Self {
+        Self::builder(&ResilienceConfig::default())
+            .build()
+            .unwrap_or_else(|_| unreachable!("a gateway without routes always builds"))
+    }
+
     /// A deployment by model name (to reuse it across reloads).
     pub fn deployment(&self, name: &str) -> Option<&Arc<Deployment>> {
         self.deployments.get(name)

@@ -508,6 +508,27 @@ impl SqlStore {
         range: &TimeRange,
         group: UsageGroup,
     ) -> Result<Vec<UsageLine>, StateError> {
+        self.usage_lines(scope, None, range, group).await
+    }
+
+    /// Like [`SqlStore::usage_report`], narrowed to one key's requests.
+    pub async fn key_usage_report(
+        &self,
+        scope: &TenantScope,
+        key_id: &str,
+        range: &TimeRange,
+        group: UsageGroup,
+    ) -> Result<Vec<UsageLine>, StateError> {
+        self.usage_lines(scope, Some(key_id), range, group).await
+    }
+
+    async fn usage_lines(
+        &self,
+        scope: &TenantScope,
+        key_id: Option<&str>,
+        range: &TimeRange,
+        group: UsageGroup,
+    ) -> Result<Vec<UsageLine>, StateError> {
         // The grouping column comes from a closed enum, never from input.
         let column = group.column();
         let sql = format!(
@@ -518,12 +539,14 @@ impl SqlStore {
                     CAST(COALESCE(SUM(cost), 0) AS DOUBLE PRECISION) AS cost
              FROM usage_ledger
              WHERE ($1 IS NULL OR tenant_id = $1) AND at >= $2 AND at < $3
+               AND ($4 IS NULL OR key_id = $4)
              GROUP BY {column} ORDER BY {column}"
         );
         let rows = sqlx::query(&sql)
             .bind(scope.filter())
             .bind(range.from.unwrap_or(i64::MIN))
             .bind(range.to.unwrap_or(i64::MAX))
+            .bind(key_id)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()

@@ -66,6 +66,18 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Governance>> {
             .with_context(|| format!("cannot reach Redis at {}", redact_url(redis)))?,
         None => Counters::in_memory(),
     };
+    let governance =
+        Governance::new(settings(config), store, counters).context("cannot start governance")?;
+    governance
+        .set_prices(prices(config))
+        .context("cannot start governance")?;
+    info!(database = %redact_url(&url), shared_counters = config.redis_url.is_some(), "governance ready");
+    Ok(governance)
+}
+
+/// The governance settings `config` asks for (logging what authentication
+/// will require).
+pub fn settings(config: &Config) -> GovernanceSettings {
     let settings = &config.governance;
     if settings.auth {
         if settings.master_key.is_none() {
@@ -86,21 +98,32 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Governance>> {
         team_claim: jwt.team_claim.clone(),
         role_claim: jwt.role_claim.clone(),
     });
-    let governance = Governance::new(
-        GovernanceSettings {
-            auth_enabled: settings.auth,
-            master_key: settings.master_key.clone(),
-            key_cache_ttl: Duration::from_millis(settings.key_cache_ms),
-            ledger_flush: Duration::from_millis(settings.ledger_flush_ms),
-            store_prompts: settings.store_prompts,
-            store_answers: settings.store_answers,
-            jwt,
-        },
-        store,
-        counters,
-    )
-    .context("cannot start governance")?;
-    governance.set_prices(prices(config));
-    info!(database = %redact_url(&url), shared_counters = config.redis_url.is_some(), "governance ready");
-    Ok(governance)
+    GovernanceSettings {
+        auth_enabled: settings.auth,
+        master_key: settings.master_key.clone(),
+        key_cache_ttl: Duration::from_millis(settings.key_cache_ms),
+        ledger_flush: Duration::from_millis(settings.ledger_flush_ms),
+        store_prompts: settings.store_prompts,
+        store_answers: settings.store_answers,
+        jwt,
+    }
+}
+
+/// The governance settings a reload cannot change: the store, the shared
+/// counters, the key cache and the ledger writer are started once.
+pub fn needs_restart(before: &Config, after: &Config) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    if before.database_url != after.database_url {
+        fields.push("database_url");
+    }
+    if before.redis_url != after.redis_url {
+        fields.push("redis_url");
+    }
+    if before.governance.key_cache_ms != after.governance.key_cache_ms {
+        fields.push("governance.key_cache_ms");
+    }
+    if before.governance.ledger_flush_ms != after.governance.ledger_flush_ms {
+        fields.push("governance.ledger_flush_ms");
+    }
+    fields
 }

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::anyhow;
-use switchyard_api::SharedGateway;
-use switchyard_config::{Config, ModelConfig};
+use switchyard_config::{Config, ModelConfig, RetrievalConfig};
 use switchyard_models::ModelKind;
+use switchyard_orchestration::Gateway;
 use switchyard_orchestration::grounding::{GatewayEmbedder, Retrieval};
 use switchyard_retrieval::{
     CharEstimate, ChunkSettings, Collections, Ingestor, TokenCount, TokenizerCount,
@@ -19,29 +19,45 @@ use tracing::{info, warn};
 /// not state.
 const REMOTE_CONTEXT_TOKENS: usize = 8_192;
 
+/// Where ingestion finds the gateway to embed through: the one in force
+/// when each batch is embedded (jobs outlive reloads).
+pub type CurrentGateway = Arc<dyn Fn() -> Arc<Gateway> + Send + Sync>;
+
 /// Retrieval for `config`, or `None` when its embeddings model is not
-/// configured (the collection endpoints then answer 503).
-pub fn build(config: &Config, gateway: &SharedGateway) -> anyhow::Result<Option<Arc<Retrieval>>> {
+/// configured (the collection endpoints then answer 503). A reload passes
+/// the retrieval in force as `previous`: its collections and ingestion
+/// (open indexes, running jobs) carry over, and the assistants, query
+/// settings and context windows are the new configuration's.
+pub fn build(
+    config: &Config,
+    previous: Option<&Retrieval>,
+    gateway: &CurrentGateway,
+) -> anyhow::Result<Option<Arc<Retrieval>>> {
     let settings = &config.retrieval;
     let model = &settings.embedding_model;
     if !config.models.contains_key(model) && !config.routes.contains_key(model) {
         info!(model = %model, "retrieval is off: its embeddings model is not configured");
         return Ok(None);
     }
-    let collections = Arc::new(Collections::new(
-        crate::governance::data_dir()?.join("collections"),
-        model.clone(),
-    ));
-    let current = gateway.clone();
-    let embedder = GatewayEmbedder::new(Arc::new(move || current.load_full()), model.clone());
-    let ingestor = Arc::new(Ingestor::new(
-        Arc::new(embedder),
-        token_counter(config, model),
-        ChunkSettings {
-            max_tokens: settings.chunk_tokens,
-            overlap_tokens: settings.chunk_overlap,
-        },
-    ));
+    let (collections, ingestor) = match previous {
+        Some(previous) => (previous.collections().clone(), previous.ingestor().clone()),
+        None => {
+            let collections = Arc::new(Collections::new(
+                crate::governance::data_dir()?.join("collections"),
+                model.clone(),
+            ));
+            let embedder = GatewayEmbedder::new(gateway.clone(), model.clone());
+            let ingestor = Arc::new(Ingestor::new(
+                Arc::new(embedder),
+                token_counter(config, model),
+                ChunkSettings {
+                    max_tokens: settings.chunk_tokens,
+                    overlap_tokens: settings.chunk_overlap,
+                },
+            ));
+            (collections, ingestor)
+        }
+    };
     let retrieval = Retrieval::new(
         collections,
         ingestor,
@@ -50,6 +66,14 @@ pub fn build(config: &Config, gateway: &SharedGateway) -> anyhow::Result<Option<
     )
     .map_err(|e| anyhow!(e))?;
     Ok(Some(Arc::new(retrieval)))
+}
+
+/// The `[retrieval]` settings a reload cannot change: collections keep the
+/// embeddings model and chunking they were opened with.
+pub fn needs_restart(before: &RetrievalConfig, after: &RetrievalConfig) -> bool {
+    before.embedding_model != after.embedding_model
+        || before.chunk_tokens != after.chunk_tokens
+        || before.chunk_overlap != after.chunk_overlap
 }
 
 /// Opens every collection in the background, so that the first search of

@@ -4,19 +4,21 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow, bail};
-use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
-use switchyard_api::{ApiConfig, SharedGateway};
+use switchyard_api::ApiConfig;
 use switchyard_config::Config;
+use switchyard_orchestration::Gateway;
+use switchyard_pipeline::{Pipeline, Snapshot};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::assembly::{Reusable, assemble};
 use crate::logging::{self, LogFormat};
+use crate::retrieval::CurrentGateway;
 
 /// How often the configuration file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -114,25 +116,36 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let origin = origin(config_path.as_deref());
     let assembled = assemble(&config, &origin, &Reusable::default()).await?;
-    let gateway: SharedGateway = Arc::new(ArcSwap::from_pointee(assembled.gateway));
     let governance = crate::governance::build(&config).await?;
-    let retrieval = crate::retrieval::build(&config, &gateway)?;
+    // Ingestion embeds through whatever gateway is in force when it runs;
+    // the pipeline exists only once retrieval does, so it is found through
+    // a cell (weakly: the pipeline holds retrieval, which holds this).
+    let pipeline_cell: Arc<OnceLock<Weak<Pipeline>>> = Arc::new(OnceLock::new());
+    let current_gateway = current_gateway(pipeline_cell.clone());
+    let retrieval = crate::retrieval::build(&config, None, &current_gateway)?;
     if let Some(retrieval) = &retrieval {
         crate::retrieval::warm(retrieval.clone());
     }
+    let pipeline = Pipeline::new(
+        governance.clone(),
+        Snapshot {
+            gateway: Arc::new(assembled.gateway),
+            policy: governance.policy(),
+            retrieval,
+        },
+    );
+    let _ = pipeline_cell.set(Arc::downgrade(&pipeline));
 
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let app = switchyard_api::router(
-        gateway.clone(),
-        governance.clone(),
+        pipeline.clone(),
         &ApiConfig {
             max_body_bytes: config.max_body_bytes,
             public_metrics: config.telemetry.public_metrics,
         },
-        retrieval,
     );
     {
         // The one line a script (or a test) waits for: where to connect.
@@ -162,8 +175,8 @@ async fn serve(
             config,
             listen_override,
             assembled.reusable,
-            gateway.clone(),
-            governance.clone(),
+            pipeline.clone(),
+            current_gateway,
         ));
     }
 
@@ -193,17 +206,55 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
+/// The gateway in force, for work outside requests (ingestion jobs). After
+/// the pipeline is gone (shutting down) an empty gateway answers: its
+/// calls fail with "not found" instead of keeping old models alive.
+fn current_gateway(cell: Arc<OnceLock<Weak<Pipeline>>>) -> CurrentGateway {
+    Arc::new(move || match cell.get().and_then(Weak::upgrade) {
+        Some(pipeline) => pipeline.snapshot().gateway.clone(),
+        None => Arc::new(Gateway::empty()),
+    })
+}
+
+/// The settings a reload cannot apply, by name: they are read when the
+/// server starts.
+fn needs_restart(current: &Config, next: &Config) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    if next.listen != current.listen {
+        fields.push("listen");
+    }
+    if next.max_body_bytes != current.max_body_bytes {
+        fields.push("max_body_bytes");
+    }
+    if next.worker_threads != current.worker_threads {
+        fields.push("worker_threads");
+    }
+    if next.shutdown_grace_secs != current.shutdown_grace_secs {
+        fields.push("shutdown_grace_secs");
+    }
+    if next.telemetry != current.telemetry {
+        fields.push("[telemetry]");
+    }
+    fields.extend(crate::governance::needs_restart(current, next));
+    if crate::retrieval::needs_restart(&current.retrieval, &next.retrieval) {
+        fields.push("retrieval.embedding_model, chunk_tokens and chunk_overlap");
+    }
+    fields
+}
+
 /// Reloads on SIGHUP and when the file changes. A reload builds the new
-/// gateway next to the old one, waits for new local models to load, then
-/// swaps it in: requests in flight finish on the gateway they started on.
-/// A configuration that fails to load or build is reported and ignored.
+/// snapshot (gateway, governance policy, retrieval) next to the old one,
+/// waits for new local models to load, then puts it in force: requests in
+/// flight finish on the snapshot they started on. Settings that only a
+/// restart applies are named in a warning. A configuration that fails to
+/// load or build is reported and ignored.
 async fn watch_config(
     path: PathBuf,
     mut current: Config,
     listen_override: Option<SocketAddr>,
     mut reusable: Reusable,
-    gateway: SharedGateway,
-    governance: Arc<switchyard_governance::Governance>,
+    pipeline: Arc<Pipeline>,
+    current_gateway: CurrentGateway,
 ) {
     #[cfg(unix)]
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -248,30 +299,69 @@ async fn watch_config(
         if let Some(listen) = listen_override {
             next.listen = listen;
         }
-        if next.listen != current.listen || next.max_body_bytes != current.max_body_bytes {
-            warn!("`listen` and `max_body_bytes` take effect on restart only");
-        }
-        if next.telemetry != current.telemetry {
-            warn!("`[telemetry]` takes effect on restart only");
-        }
         let origin = format!("config file {}", path.display());
-        let assembled = match assemble(&next, &origin, &reusable).await {
-            Ok(assembled) => assembled,
+        match reload(
+            &pipeline,
+            &current,
+            &next,
+            &origin,
+            &reusable,
+            &current_gateway,
+        )
+        .await
+        {
+            Ok(built) => reusable = built,
             Err(error) => {
                 error!(%reason, "configuration not reloaded: {error:#}");
                 continue;
             }
-        };
-        if let Err(error) = all_loaded(assembled.loading).await {
-            error!(%reason, "configuration not reloaded: {error:#}");
-            continue;
         }
-        gateway.store(Arc::new(assembled.gateway));
-        governance.set_prices(crate::governance::prices(&next));
-        reusable = assembled.reusable;
+        let restart = needs_restart(&current, &next);
+        if !restart.is_empty() {
+            warn!(
+                "configuration reloaded, but these settings take effect on restart only: {}",
+                restart.join(", ")
+            );
+        }
         current = next;
         info!(%reason, models = current.models.len(), routes = current.routes.len(), "configuration reloaded");
     }
+}
+
+/// Builds `next`'s snapshot and puts it in force; returns what the next
+/// reload may reuse. Nothing changes when any part fails to build.
+async fn reload(
+    pipeline: &Pipeline,
+    current: &Config,
+    next: &Config,
+    origin: &str,
+    reusable: &Reusable,
+    current_gateway: &CurrentGateway,
+) -> anyhow::Result<Reusable> {
+    let assembled = assemble(next, origin, reusable).await?;
+    all_loaded(assembled.loading).await?;
+    let governance = pipeline.governance();
+    let policy = governance
+        .make_policy(
+            crate::governance::settings(next),
+            crate::governance::prices(next),
+        )
+        .map_err(|e| anyhow!("{origin}: field `governance`: {e}"))?;
+    let in_force = pipeline.snapshot();
+    // Open collections keep the embeddings model and chunking they were
+    // opened with: when those change, retrieval stays as it is until a
+    // restart (the warning says so).
+    let retrieval = if crate::retrieval::needs_restart(&current.retrieval, &next.retrieval) {
+        in_force.retrieval.clone()
+    } else {
+        crate::retrieval::build(next, in_force.retrieval.as_deref(), current_gateway)?
+    };
+    pipeline.replace(Snapshot {
+        gateway: Arc::new(assembled.gateway),
+        policy,
+        retrieval,
+    });
+    Ok(assembled.reusable)
 }
 
 async fn shutdown_signal() {

@@ -1082,3 +1082,95 @@ async fn tokens_from_an_oidc_issuer_map_to_tenant_team_and_role() {
         .await;
     assert_eq!(created["tenant_id"], tenant_id);
 }
+
+/// `GET /v1/usage` as the key `key` reads it.
+async fn own_usage(server: &Server, key: &str) -> (u16, Value) {
+    let response = client()
+        .get(format!("{}/usage", server.v1()))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn member_and_read_only_keys_read_their_own_usage_and_nothing_of_other_keys() {
+    let upstream = standin().await;
+    let server = Server::start(&config(&upstream, "", ""));
+    let admin = master(&server);
+    let (tenant, member) = tenant_with_key(
+        &server,
+        json!({"role": "member", "budget": {"limit_usd": 10.0, "period": "monthly"}}),
+    )
+    .await;
+    let colleague = admin
+        .post(
+            "/admin/keys",
+            json!({"tenant_id": tenant, "name": "colleague", "role": "member"}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let read_only = admin
+        .post(
+            "/admin/keys",
+            json!({"tenant_id": tenant, "name": "viewer", "role": "read_only"}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..2 {
+        assert_eq!(
+            chat(&server, Some(&member), &ask("priced")).await.status(),
+            200
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            chat(&server, Some(&colleague), &ask("other"))
+                .await
+                .status(),
+            200
+        );
+    }
+
+    // The admin API stays closed to them.
+    let (status, _) = Admin {
+        server: &server,
+        key: member.clone(),
+    }
+    .send(reqwest::Method::GET, "/admin/usage", None)
+    .await;
+    assert_eq!(status, 403);
+
+    let (status, report) = own_usage(&server, &member).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["object"], "usage");
+    let lines = report["data"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "only the member's own model: {report}");
+    assert_eq!(lines[0]["group"], "priced");
+    assert_eq!(lines[0]["requests"], 2);
+    // Two requests at $0.30 each, against its own $10 monthly budget.
+    let spent = report["budget"]["spent_usd"].as_f64().unwrap();
+    assert!((spent - 0.6).abs() < 1e-9, "{report}");
+    assert_eq!(report["budget"]["limit_usd"], 10.0);
+
+    let (_, theirs) = own_usage(&server, &colleague).await;
+    assert_eq!(theirs["data"][0]["group"], "other");
+    assert_eq!(theirs["data"][0]["requests"], 3);
+    assert!(theirs["budget"].is_null());
+
+    let (status, viewer) = own_usage(&server, &read_only).await;
+    assert_eq!(status, 200, "{viewer}");
+    assert_eq!(viewer["data"], json!([]));
+
+    // Without a key there is no "own" usage; the master key has /admin.
+    let (status, _) = own_usage(&server, "").await;
+    assert_eq!(status, 401);
+    let (status, body) = own_usage(&server, MASTER).await;
+    assert_eq!(status, 400, "{body}");
+}

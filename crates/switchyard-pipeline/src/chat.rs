@@ -1,0 +1,169 @@
+//! The chat operation, whole and streamed: authenticate → admit (beside
+//! grounding) → route → meter → finish, on one snapshot.
+
+use std::sync::Arc;
+
+use switchyard_core::{ChatRequest, ChatResponse, ChatStream};
+use switchyard_governance::{Admission, Operation, Outcome};
+use switchyard_telemetry::trace;
+
+use crate::stages::authenticate::CallKind;
+use crate::stages::{admit, authenticate, finish, ground, meter};
+use crate::{Answer, Call, Grounded, GroundingAsk, Pipeline, PipelineError, Snapshot};
+
+/// A chat call past admission: what the answer stages need.
+struct Admitted {
+    snapshot: Arc<Snapshot>,
+    call: Call,
+    request: ChatRequest,
+    admission: Admission,
+    grounded: Option<Grounded>,
+    /// What the audit trail keeps of the prompt, when it keeps prompts.
+    prompt: Option<String>,
+    keep_answer: bool,
+}
+
+impl Admitted {
+    /// What is known of the call's outcome before its answer.
+    fn outcome(&mut self, mut outcome: Outcome) -> Outcome {
+        outcome.prompt = self.prompt.take();
+        outcome.retrieval = self.grounded.as_ref().map(|g| g.elapsed);
+        outcome
+    }
+}
+
+impl Pipeline {
+    /// A whole chat answer.
+    pub async fn chat(
+        &self,
+        call: Call,
+        request: ChatRequest,
+        grounding: Option<GroundingAsk>,
+    ) -> Result<Answer<ChatResponse>, PipelineError> {
+        let mut admitted = self.admit_chat(call, request, grounding, false).await?;
+        let rate_limits = admitted.admission.rate_headers().pairs();
+        let routed = match admitted
+            .snapshot
+            .gateway
+            .chat(admitted.request.clone(), &admitted.call.context)
+            .await
+        {
+            Ok(routed) => routed,
+            Err(error) => {
+                return Err(finish::fail(
+                    admitted.admission,
+                    error.into(),
+                    &admitted.call.context,
+                ));
+            }
+        };
+        trace::annotate_strings(
+            &tracing::Span::current(),
+            "gen_ai.response.finish_reasons",
+            vec![routed.value.finish_reason.as_str().to_owned()],
+        );
+        let served = finish::served(&routed, Some(&routed.value.usage), &admitted.call.context);
+        let mut outcome = admitted.outcome(served);
+        outcome.answer = admitted.keep_answer.then(|| routed.value.content.clone());
+        admitted.admission.finish(outcome);
+        Ok(Answer {
+            routed,
+            rate_limits,
+            grounded: admitted.grounded,
+        })
+    }
+
+    /// A streamed chat answer; the call is recorded when the stream ends
+    /// (or is dropped).
+    pub async fn chat_stream(
+        &self,
+        call: Call,
+        request: ChatRequest,
+        grounding: Option<GroundingAsk>,
+    ) -> Result<Answer<ChatStream>, PipelineError> {
+        let mut admitted = self.admit_chat(call, request, grounding, true).await?;
+        let rate_limits = admitted.admission.rate_headers().pairs();
+        let routed = match admitted
+            .snapshot
+            .gateway
+            .chat_stream(admitted.request.clone(), &admitted.call.context)
+            .await
+        {
+            Ok(routed) => routed,
+            Err(error) => {
+                return Err(finish::fail(
+                    admitted.admission,
+                    error.into(),
+                    &admitted.call.context,
+                ));
+            }
+        };
+        let served = finish::served(&routed, None, &admitted.call.context);
+        let outcome = admitted.outcome(served);
+        let switchyard_orchestration::Routed {
+            value,
+            route,
+            deployment,
+            cache,
+        } = routed;
+        let events = meter::metered(value, admitted.admission, outcome, admitted.keep_answer);
+        Ok(Answer {
+            routed: switchyard_orchestration::Routed {
+                value: events,
+                route,
+                deployment,
+                cache,
+            },
+            rate_limits,
+            grounded: admitted.grounded,
+        })
+    }
+
+    /// The stages before the answer: authenticate, then admit while the
+    /// request is grounded (when it asks); a failure of either fails the
+    /// call, and is recorded once the call was admitted.
+    async fn admit_chat(
+        &self,
+        mut call: Call,
+        mut request: ChatRequest,
+        grounding: Option<GroundingAsk>,
+        stream: bool,
+    ) -> Result<Admitted, PipelineError> {
+        let snapshot = self.snapshot();
+        let plan = ground::plan(&snapshot, grounding, &mut request)?;
+        let kind = CallKind {
+            model: &request.model,
+            operation: Operation::Chat,
+            stream,
+            estimated_tokens: admit::estimate_chat(&request),
+        };
+        let (caller, facts) =
+            authenticate::authenticate(&self.governance, &snapshot, &mut call, kind).await?;
+        let policy = snapshot.policy.settings();
+        let prompt = policy.store_prompts.then(|| finish::prompt_text(&request));
+        let keep_answer = policy.store_answers;
+        let admission = admit::admit(&self.governance, &snapshot, &caller, facts);
+        let (admission, request, grounded) = match &plan {
+            None => (admission.await?, request, None),
+            Some((retrieval, spec)) => {
+                let grounding =
+                    ground::ground(&snapshot, retrieval, spec, &caller, request, &call.context);
+                let (admission, grounded) = tokio::join!(admission, grounding);
+                let admission = admission?;
+                match grounded {
+                    Ok((request, grounded)) => (admission, request, Some(grounded)),
+                    Err(error) => return Err(finish::fail(admission, error, &call.context)),
+                }
+            }
+        };
+        Ok(Admitted {
+            snapshot,
+            call,
+            request,
+            admission,
+            grounded,
+            prompt,
+            keep_answer,
+        })
+    }
+}

@@ -1,0 +1,91 @@
+//! Switchyard's request pipeline: the one path every model call takes,
+//! below the front doors and above governance and orchestration.
+//!
+//! Each operation runs named stages in order, on one [`Snapshot`] of the
+//! gateway taken when the request arrives:
+//!
+//! 1. [`stages::authenticate`]: who is calling (a refusal is recorded);
+//! 2. [`stages::admit`]: limits and budgets, while [`stages::ground`]
+//!    retrieves sources when the request asks to be grounded;
+//! 3. [`stages::route`]: the gateway's routes, fallbacks, retries, hedges
+//!    and cache;
+//! 4. [`stages::meter`]: a streamed answer, watched as it passes;
+//! 5. [`stages::finish`]: usage, cost, ledger row, audit record, metrics
+//!    and the request's log line.
+//!
+//! The pipeline knows no HTTP: front doors hand it a [`Call`] (the
+//! presented credential and what routing may read of the request) and a
+//! canonical request, and get back a domain answer or a
+//! [`PipelineError`], which they encode in their own API's shape.
+
+pub mod call;
+mod chat;
+mod embeddings;
+pub mod error;
+pub mod stages;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use switchyard_governance::{Caller, Governance, Policy};
+use switchyard_orchestration::Gateway;
+use switchyard_orchestration::grounding::Retrieval;
+
+pub use call::{Answer, Call, Grounded, GroundingAsk};
+pub use error::PipelineError;
+
+/// Everything a configuration reload replaces, taken once per request.
+pub struct Snapshot {
+    /// Models, routes, strategies, cache.
+    pub gateway: Arc<Gateway>,
+    /// Authentication, audit settings, prices.
+    pub policy: Arc<Policy>,
+    /// Collections and assistants; `None` when no embeddings model is
+    /// configured.
+    pub retrieval: Option<Arc<Retrieval>>,
+}
+
+/// The request pipeline: governance (which outlives reloads: its store,
+/// counters and ledger) and the snapshot in force.
+pub struct Pipeline {
+    governance: Arc<Governance>,
+    current: ArcSwap<Snapshot>,
+}
+
+impl Pipeline {
+    /// A pipeline serving `snapshot`.
+    pub fn new(governance: Arc<Governance>, snapshot: Snapshot) -> Arc<Self> {
+        governance.install(snapshot.policy.clone());
+        Arc::new(Self {
+            governance,
+            current: ArcSwap::from_pointee(snapshot),
+        })
+    }
+
+    /// The snapshot in force. A request takes it once, at arrival, and
+    /// keeps it to its end.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Puts a new snapshot in force for requests that arrive from now on;
+    /// requests in flight finish on theirs.
+    pub fn replace(&self, snapshot: Snapshot) {
+        self.governance.install(snapshot.policy.clone());
+        self.current.store(Arc::new(snapshot));
+    }
+
+    /// The governance layer (admin operations, the ledger).
+    pub fn governance(&self) -> &Arc<Governance> {
+        &self.governance
+    }
+
+    /// Who presents `call`'s credential, under `snapshot`'s policy, for
+    /// operations that are not model calls (admin, collections).
+    pub async fn caller(&self, snapshot: &Snapshot, call: &Call) -> Result<Caller, PipelineError> {
+        Ok(self
+            .governance
+            .authenticate_under(&snapshot.policy, call.credential())
+            .await?)
+    }
+}
