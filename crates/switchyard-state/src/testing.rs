@@ -12,6 +12,29 @@ pub const POSTGRES_ENV: &str = "SWITCHYARD_TEST_DATABASE_URL";
 /// The environment variable naming the Redis the tests use.
 pub const REDIS_ENV: &str = "SWITCHYARD_TEST_REDIS_URL";
 
+/// Set (to `1`) where the services are part of the run (`.ci/run` sets
+/// it): a test that needs PostgreSQL or Redis then fails when it is not
+/// configured, instead of being skipped.
+pub const REQUIRE_ENV: &str = "SWITCHYARD_REQUIRE_SERVICES";
+
+/// Whether the run requires the services.
+pub fn services_required() -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The URL the environment variable `env` names for the tests' service;
+/// `Ok(None)` when it is not set and the run does not require it, an
+/// error when it is required and missing.
+pub fn service_url(env: &str) -> Result<Option<String>, String> {
+    match std::env::var(env) {
+        Ok(url) if !url.trim().is_empty() => Ok(Some(url)),
+        _ if services_required() => Err(format!(
+            "{REQUIRE_ENV} says the services are required, but {env} is not set"
+        )),
+        _ => Ok(None),
+    }
+}
+
 /// Creates a fresh schema in the database at `url` and returns a URL whose
 /// connections use it.
 pub async fn fresh_postgres_schema(url: &str) -> Result<String, StateError> {

@@ -15,13 +15,14 @@ use std::time::Duration;
 use switchyard_state::counters::{
     ConcurrencySlots, RedisCounters, SpendTotals, WindowCharge, WindowCounters, WindowDecision,
 };
-use switchyard_state::testing::REDIS_ENV;
+use switchyard_state::testing::{REDIS_ENV, service_url};
 
+/// Counters in the tests' Redis. Only called where Redis is configured or
+/// required (see `redis_test!`); required and missing fails.
 async fn counters(prefix: &str) -> Option<RedisCounters> {
-    let Ok(url) = std::env::var(REDIS_ENV) else {
-        eprintln!("{REDIS_ENV} not set: Redis test skipped");
-        return None;
-    };
+    let url = service_url(REDIS_ENV)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("{REDIS_ENV} is not set"));
     let prefix = format!("sytest:{prefix}:{}:", std::process::id());
     Some(
         RedisCounters::connect(&url, &prefix, Duration::from_secs(60))
@@ -40,6 +41,10 @@ fn rpm(key: &str, limit: u64) -> WindowCharge {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS_URL (make test does)"
+)]
 async fn two_instances_hammered_by_200_clients_admit_exactly_the_limit() {
     let Some(first) = counters("hammer").await else {
         return;
@@ -72,6 +77,10 @@ async fn two_instances_hammered_by_200_clients_admit_exactly_the_limit() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS_URL (make test does)"
+)]
 async fn refusals_say_when_and_charge_nothing() {
     let Some(counters) = counters("refuse").await else {
         return;
@@ -110,6 +119,10 @@ async fn refusals_say_when_and_charge_nothing() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS_URL (make test does)"
+)]
 async fn token_estimates_are_replaced_by_real_usage() {
     let Some(counters) = counters("adjust").await else {
         return;
@@ -133,6 +146,10 @@ async fn token_estimates_are_replaced_by_real_usage() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS_URL (make test does)"
+)]
 async fn slots_are_shared_and_given_back() {
     let Some(counters) = counters("slots").await else {
         return;
@@ -146,6 +163,10 @@ async fn slots_are_shared_and_given_back() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS_URL (make test does)"
+)]
 async fn spend_is_seeded_once_then_added_to() {
     let Some(counters) = counters("spend").await else {
         return;

@@ -15,29 +15,54 @@ use switchyard_state::records::{
     ApiKey, AuditRow, Budget, BudgetAlert, BudgetPeriod, Limits, Role, Team, Tenant, UsageGroup,
     UsageRow,
 };
-use switchyard_state::testing::{POSTGRES_ENV, fresh_postgres_schema};
+use switchyard_state::testing::{POSTGRES_ENV, fresh_postgres_schema, service_url};
 use switchyard_state::{DatabaseKind, SpendScope, SqlStore, TenantScope, TimeRange};
 
-/// One store per database available; the folder keeps the SQLite file.
-async fn stores() -> Vec<(SqlStore, Option<tempfile::TempDir>)> {
+/// A store on a fresh SQLite file (kept until the test ends).
+async fn sqlite() -> (SqlStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = SqlStore::connect(&switchyard_state::sqlite_url(dir.path()))
+    let store = SqlStore::connect(&switchyard_state::sqlite_url(dir.path()))
         .await
         .unwrap();
-    assert_eq!(sqlite.kind(), DatabaseKind::Sqlite);
-    let mut stores = vec![(sqlite, Some(dir))];
-    match std::env::var(POSTGRES_ENV) {
-        Ok(url) => {
-            let url = fresh_postgres_schema(&url)
-                .await
-                .unwrap_or_else(|e| panic!("{POSTGRES_ENV} is set but unusable: {e}"));
-            let postgres = SqlStore::connect(&url).await.unwrap();
-            assert_eq!(postgres.kind(), DatabaseKind::Postgres);
-            stores.push((postgres, None));
+    assert_eq!(store.kind(), DatabaseKind::Sqlite);
+    (store, dir)
+}
+
+/// A store on a fresh schema of the tests' PostgreSQL. Only called where
+/// PostgreSQL is configured or required; required and missing fails.
+async fn postgres() -> SqlStore {
+    let url = service_url(POSTGRES_ENV)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("{POSTGRES_ENV} is not set"));
+    let url = fresh_postgres_schema(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{POSTGRES_ENV} is set but unusable: {e}"));
+    let store = SqlStore::connect(&url).await.unwrap();
+    assert_eq!(store.kind(), DatabaseKind::Postgres);
+    store
+}
+
+/// Runs the store check `$name` on SQLite, and on PostgreSQL where the
+/// tests have one (elsewhere that half is reported as ignored).
+macro_rules! on_every_database {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn on_sqlite() {
+                let (store, _dir) = super::sqlite().await;
+                super::$name(store).await;
+            }
+
+            #[tokio::test]
+            #[cfg_attr(
+                not(switchyard_postgres),
+                ignore = "needs PostgreSQL: set SWITCHYARD_TEST_DATABASE_URL (make test does)"
+            )]
+            async fn on_postgres() {
+                super::$name(super::postgres().await).await;
+            }
         }
-        Err(_) => eprintln!("{POSTGRES_ENV} not set: PostgreSQL half skipped"),
-    }
-    stores
+    };
 }
 
 fn tenant(id: &str) -> Tenant {
@@ -129,243 +154,240 @@ fn audit(id: &str, tenant: &str, at: i64) -> AuditRow {
     }
 }
 
-#[tokio::test]
-async fn tenants_teams_and_keys_round_trip_and_stay_in_their_tenant() {
-    for (store, _dir) in stores().await {
-        let kind = store.kind();
-        store.insert_tenant(&tenant("ten_a")).await.unwrap();
-        store.insert_tenant(&tenant("ten_b")).await.unwrap();
-        store.insert_team(&team("team_a", "ten_a")).await.unwrap();
-        store
-            .insert_key(&key("key_a", "ten_a", Some("team_a")))
-            .await
-            .unwrap();
-        store
-            .insert_key(&key("key_b", "ten_b", None))
-            .await
-            .unwrap();
+on_every_database!(tenants_teams_and_keys_round_trip_and_stay_in_their_tenant);
 
-        let all = TenantScope::All;
-        let a = TenantScope::Tenant("ten_a".into());
-        let b = TenantScope::Tenant("ten_b".into());
-        assert_eq!(
-            store.tenant(&all, "ten_a").await.unwrap(),
-            Some(tenant("ten_a")),
-            "{kind:?}"
-        );
-        assert_eq!(
-            store.key(&a, "key_a").await.unwrap(),
-            Some(key("key_a", "ten_a", Some("team_a")))
-        );
-        assert_eq!(store.tenants(&all).await.unwrap().len(), 2);
+async fn tenants_teams_and_keys_round_trip_and_stay_in_their_tenant(store: SqlStore) {
+    let kind = store.kind();
+    store.insert_tenant(&tenant("ten_a")).await.unwrap();
+    store.insert_tenant(&tenant("ten_b")).await.unwrap();
+    store.insert_team(&team("team_a", "ten_a")).await.unwrap();
+    store
+        .insert_key(&key("key_a", "ten_a", Some("team_a")))
+        .await
+        .unwrap();
+    store
+        .insert_key(&key("key_b", "ten_b", None))
+        .await
+        .unwrap();
 
-        // Another tenant's objects do not exist for a tenant's scope.
-        assert_eq!(store.tenant(&b, "ten_a").await.unwrap(), None);
-        assert_eq!(store.team(&b, "team_a").await.unwrap(), None);
-        assert_eq!(store.key(&b, "key_a").await.unwrap(), None);
-        assert_eq!(store.tenants(&b).await.unwrap().len(), 1);
-        assert!(store.teams(&b).await.unwrap().is_empty());
-        let keys_of_b: Vec<_> = store
-            .keys(&b)
+    let all = TenantScope::All;
+    let a = TenantScope::Tenant("ten_a".into());
+    let b = TenantScope::Tenant("ten_b".into());
+    assert_eq!(
+        store.tenant(&all, "ten_a").await.unwrap(),
+        Some(tenant("ten_a")),
+        "{kind:?}"
+    );
+    assert_eq!(
+        store.key(&a, "key_a").await.unwrap(),
+        Some(key("key_a", "ten_a", Some("team_a")))
+    );
+    assert_eq!(store.tenants(&all).await.unwrap().len(), 2);
+
+    // Another tenant's objects do not exist for a tenant's scope.
+    assert_eq!(store.tenant(&b, "ten_a").await.unwrap(), None);
+    assert_eq!(store.team(&b, "team_a").await.unwrap(), None);
+    assert_eq!(store.key(&b, "key_a").await.unwrap(), None);
+    assert_eq!(store.tenants(&b).await.unwrap().len(), 1);
+    assert!(store.teams(&b).await.unwrap().is_empty());
+    let keys_of_b: Vec<_> = store
+        .keys(&b)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(keys_of_b, ["key_b"]);
+
+    // ...and cannot be changed through it.
+    let mut revoked = key("key_a", "ten_a", Some("team_a"));
+    revoked.disabled = true;
+    assert!(!store.update_key(&b, &revoked).await.unwrap());
+    assert!(!store.key(&all, "key_a").await.unwrap().unwrap().disabled);
+    assert!(store.update_key(&a, &revoked).await.unwrap());
+    assert!(store.key(&all, "key_a").await.unwrap().unwrap().disabled);
+    let mut renamed = team("team_a", "ten_a");
+    renamed.name = "renamed".into();
+    assert!(!store.update_team(&b, &renamed).await.unwrap());
+    assert!(store.update_team(&a, &renamed).await.unwrap());
+    let mut disabled = tenant("ten_a");
+    disabled.disabled = true;
+    assert!(!store.update_tenant(&b, &disabled).await.unwrap());
+    assert!(store.update_tenant(&all, &disabled).await.unwrap());
+    assert!(store.tenant(&all, "ten_a").await.unwrap().unwrap().disabled);
+
+    // A key must belong to an existing tenant.
+    assert!(
+        store
+            .insert_key(&key("key_x", "ten_missing", None))
+            .await
+            .is_err()
+    );
+    store.close().await;
+}
+
+on_every_database!(the_ledger_is_idempotent_reports_group_and_spend_adds_up);
+
+async fn the_ledger_is_idempotent_reports_group_and_spend_adds_up(store: SqlStore) {
+    let day = 86_400_000;
+    let rows = vec![
+        usage("1", "ten_a", "key_a", "gpt", 10 * day + 5, 0.25),
+        usage("2", "ten_a", "key_a", "claude", 10 * day + 6, 0.5),
+        usage("3", "ten_a", "key_c", "gpt", 11 * day + 1, 1.0),
+        usage("4", "ten_b", "key_b", "gpt", 11 * day + 2, 2.0),
+    ];
+    let audits = vec![
+        audit("1", "ten_a", 10 * day + 5),
+        audit("4", "ten_b", 11 * day + 2),
+    ];
+    store.append(&rows, &audits).await.unwrap();
+    // A retried batch adds nothing.
+    store.append(&rows, &audits).await.unwrap();
+    assert_eq!(store.usage_count(&TenantScope::All).await.unwrap(), 4);
+
+    let a = TenantScope::Tenant("ten_a".into());
+    let by_model = store
+        .usage_report(&a, &TimeRange::default(), UsageGroup::Model)
+        .await
+        .unwrap();
+    assert_eq!(by_model.len(), 2);
+    let gpt = by_model
+        .iter()
+        .find(|l| l.group.as_deref() == Some("gpt"))
+        .unwrap();
+    assert_eq!(
+        (
+            gpt.requests,
+            gpt.input_tokens,
+            gpt.output_tokens,
+            gpt.cached_tokens
+        ),
+        (2, 20, 10, 4)
+    );
+    assert!((gpt.cost - 1.25).abs() < 1e-9);
+
+    let by_day = store
+        .usage_report(&TenantScope::All, &TimeRange::default(), UsageGroup::Day)
+        .await
+        .unwrap();
+    let days: Vec<_> = by_day
+        .iter()
+        .map(|l| (l.group.clone().unwrap(), l.requests))
+        .collect();
+    assert_eq!(
+        days,
+        [("1970-01-11".to_owned(), 2), ("1970-01-12".to_owned(), 2)]
+    );
+
+    let range = TimeRange {
+        from: Some(11 * day),
+        to: None,
+    };
+    let by_key = store
+        .usage_report(&TenantScope::All, &range, UsageGroup::Key)
+        .await
+        .unwrap();
+    assert_eq!(by_key.len(), 2);
+
+    assert!(
+        (store
+            .spend_since(SpendScope::Key, "key_a", 0)
             .await
             .unwrap()
-            .into_iter()
-            .map(|k| k.id)
-            .collect();
-        assert_eq!(keys_of_b, ["key_b"]);
+            - 0.75)
+            .abs()
+            < 1e-9
+    );
+    assert!(
+        (store
+            .spend_since(SpendScope::Tenant, "ten_a", 11 * day)
+            .await
+            .unwrap()
+            - 1.0)
+            .abs()
+            < 1e-9
+    );
+    assert_eq!(
+        store
+            .spend_since(SpendScope::Team, "none", 0)
+            .await
+            .unwrap(),
+        0.0
+    );
 
-        // ...and cannot be changed through it.
-        let mut revoked = key("key_a", "ten_a", Some("team_a"));
-        revoked.disabled = true;
-        assert!(!store.update_key(&b, &revoked).await.unwrap());
-        assert!(!store.key(&all, "key_a").await.unwrap().unwrap().disabled);
-        assert!(store.update_key(&a, &revoked).await.unwrap());
-        assert!(store.key(&all, "key_a").await.unwrap().unwrap().disabled);
-        let mut renamed = team("team_a", "ten_a");
-        renamed.name = "renamed".into();
-        assert!(!store.update_team(&b, &renamed).await.unwrap());
-        assert!(store.update_team(&a, &renamed).await.unwrap());
-        let mut disabled = tenant("ten_a");
-        disabled.disabled = true;
-        assert!(!store.update_tenant(&b, &disabled).await.unwrap());
-        assert!(store.update_tenant(&all, &disabled).await.unwrap());
-        assert!(store.tenant(&all, "ten_a").await.unwrap().unwrap().disabled);
-
-        // A key must belong to an existing tenant.
-        assert!(
-            store
-                .insert_key(&key("key_x", "ten_missing", None))
-                .await
-                .is_err()
-        );
-        store.close().await;
-    }
+    // Audit records by request id and by time, inside the tenant only.
+    assert_eq!(store.audit_of_request(&a, "req-1").await.unwrap().len(), 1);
+    assert!(
+        store
+            .audit_of_request(&a, "req-4")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let record = &store
+        .audit_of_request(&TenantScope::All, "req-4")
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        record.decisions,
+        vec![serde_json::json!({"step": "authenticate"})]
+    );
+    assert_eq!(record.prompt.as_deref(), Some("hello [EMAIL]"));
+    let listed = store
+        .audit_records(&TenantScope::All, &TimeRange::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].request_id, "req-4", "newest first");
+    assert_eq!(
+        store.usage_of_request(&a, "req-2").await.unwrap()[0],
+        rows[1]
+    );
+    store.close().await;
 }
 
-#[tokio::test]
-async fn the_ledger_is_idempotent_reports_group_and_spend_adds_up() {
-    for (store, _dir) in stores().await {
-        let day = 86_400_000;
-        let rows = vec![
-            usage("1", "ten_a", "key_a", "gpt", 10 * day + 5, 0.25),
-            usage("2", "ten_a", "key_a", "claude", 10 * day + 6, 0.5),
-            usage("3", "ten_a", "key_c", "gpt", 11 * day + 1, 1.0),
-            usage("4", "ten_b", "key_b", "gpt", 11 * day + 2, 2.0),
-        ];
-        let audits = vec![
-            audit("1", "ten_a", 10 * day + 5),
-            audit("4", "ten_b", 11 * day + 2),
-        ];
-        store.append(&rows, &audits).await.unwrap();
-        // A retried batch adds nothing.
-        store.append(&rows, &audits).await.unwrap();
-        assert_eq!(store.usage_count(&TenantScope::All).await.unwrap(), 4);
+on_every_database!(an_alert_is_recorded_once_per_threshold_and_period);
 
-        let a = TenantScope::Tenant("ten_a".into());
-        let by_model = store
-            .usage_report(&a, &TimeRange::default(), UsageGroup::Model)
+async fn an_alert_is_recorded_once_per_threshold_and_period(store: SqlStore) {
+    let alert = BudgetAlert {
+        id: "al1".into(),
+        at: 5,
+        tenant_id: "ten_a".into(),
+        scope: "key".into(),
+        scope_id: "key_a".into(),
+        period_start: 0,
+        threshold: 0.8,
+        spent: 8.1,
+        budget_limit: 10.0,
+    };
+    assert!(store.insert_alert(&alert).await.unwrap());
+    let again = BudgetAlert {
+        id: "al2".into(),
+        ..alert.clone()
+    };
+    assert!(!store.insert_alert(&again).await.unwrap());
+    let next_period = BudgetAlert {
+        id: "al3".into(),
+        period_start: 100,
+        ..alert.clone()
+    };
+    assert!(store.insert_alert(&next_period).await.unwrap());
+    assert_eq!(
+        store
+            .alerts(&TenantScope::Tenant("ten_a".into()))
             .await
-            .unwrap();
-        assert_eq!(by_model.len(), 2);
-        let gpt = by_model
-            .iter()
-            .find(|l| l.group.as_deref() == Some("gpt"))
-            .unwrap();
-        assert_eq!(
-            (
-                gpt.requests,
-                gpt.input_tokens,
-                gpt.output_tokens,
-                gpt.cached_tokens
-            ),
-            (2, 20, 10, 4)
-        );
-        assert!((gpt.cost - 1.25).abs() < 1e-9);
-
-        let by_day = store
-            .usage_report(&TenantScope::All, &TimeRange::default(), UsageGroup::Day)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        store
+            .alerts(&TenantScope::Tenant("ten_b".into()))
             .await
-            .unwrap();
-        let days: Vec<_> = by_day
-            .iter()
-            .map(|l| (l.group.clone().unwrap(), l.requests))
-            .collect();
-        assert_eq!(
-            days,
-            [("1970-01-11".to_owned(), 2), ("1970-01-12".to_owned(), 2)]
-        );
-
-        let range = TimeRange {
-            from: Some(11 * day),
-            to: None,
-        };
-        let by_key = store
-            .usage_report(&TenantScope::All, &range, UsageGroup::Key)
-            .await
-            .unwrap();
-        assert_eq!(by_key.len(), 2);
-
-        assert!(
-            (store
-                .spend_since(SpendScope::Key, "key_a", 0)
-                .await
-                .unwrap()
-                - 0.75)
-                .abs()
-                < 1e-9
-        );
-        assert!(
-            (store
-                .spend_since(SpendScope::Tenant, "ten_a", 11 * day)
-                .await
-                .unwrap()
-                - 1.0)
-                .abs()
-                < 1e-9
-        );
-        assert_eq!(
-            store
-                .spend_since(SpendScope::Team, "none", 0)
-                .await
-                .unwrap(),
-            0.0
-        );
-
-        // Audit records by request id and by time, inside the tenant only.
-        assert_eq!(store.audit_of_request(&a, "req-1").await.unwrap().len(), 1);
-        assert!(
-            store
-                .audit_of_request(&a, "req-4")
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let record = &store
-            .audit_of_request(&TenantScope::All, "req-4")
-            .await
-            .unwrap()[0];
-        assert_eq!(
-            record.decisions,
-            vec![serde_json::json!({"step": "authenticate"})]
-        );
-        assert_eq!(record.prompt.as_deref(), Some("hello [EMAIL]"));
-        let listed = store
-            .audit_records(&TenantScope::All, &TimeRange::default(), 10)
-            .await
-            .unwrap();
-        assert_eq!(listed.len(), 2);
-        assert_eq!(listed[0].request_id, "req-4", "newest first");
-        assert_eq!(
-            store.usage_of_request(&a, "req-2").await.unwrap()[0],
-            rows[1]
-        );
-        store.close().await;
-    }
-}
-
-#[tokio::test]
-async fn an_alert_is_recorded_once_per_threshold_and_period() {
-    for (store, _dir) in stores().await {
-        let alert = BudgetAlert {
-            id: "al1".into(),
-            at: 5,
-            tenant_id: "ten_a".into(),
-            scope: "key".into(),
-            scope_id: "key_a".into(),
-            period_start: 0,
-            threshold: 0.8,
-            spent: 8.1,
-            budget_limit: 10.0,
-        };
-        assert!(store.insert_alert(&alert).await.unwrap());
-        let again = BudgetAlert {
-            id: "al2".into(),
-            ..alert.clone()
-        };
-        assert!(!store.insert_alert(&again).await.unwrap());
-        let next_period = BudgetAlert {
-            id: "al3".into(),
-            period_start: 100,
-            ..alert.clone()
-        };
-        assert!(store.insert_alert(&next_period).await.unwrap());
-        assert_eq!(
-            store
-                .alerts(&TenantScope::Tenant("ten_a".into()))
-                .await
-                .unwrap()
-                .len(),
-            2
-        );
-        assert!(
-            store
-                .alerts(&TenantScope::Tenant("ten_b".into()))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        store.close().await;
-    }
+            .unwrap()
+            .is_empty()
+    );
+    store.close().await;
 }
 
 #[tokio::test]

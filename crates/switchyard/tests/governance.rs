@@ -19,7 +19,7 @@ use common::{Server, client, signal};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use switchyard_governance::switchyard_state::testing::{
-    POSTGRES_ENV, REDIS_ENV, fresh_postgres_schema,
+    POSTGRES_ENV, REDIS_ENV, fresh_postgres_schema, service_url,
 };
 use switchyard_standin::{RunningStandin, StandinConfig};
 
@@ -43,21 +43,23 @@ fn config(upstream: &RunningStandin, extra_top: &str, governance: &str) -> Strin
     )
 }
 
-/// A database URL for a test: a fresh PostgreSQL schema when PostgreSQL
-/// is configured for the tests, else `None` (SQLite in the server's
-/// data folder).
-async fn postgres_url() -> Option<String> {
-    match std::env::var(POSTGRES_ENV) {
-        Ok(url) => Some(
-            fresh_postgres_schema(&url)
-                .await
-                .unwrap_or_else(|e| panic!("{POSTGRES_ENV} is set but unusable: {e}")),
-        ),
-        Err(_) => {
-            eprintln!("{POSTGRES_ENV} not set: PostgreSQL variant skipped");
-            None
-        }
-    }
+/// A fresh schema of the tests' PostgreSQL, for the `_on_postgres`
+/// variants. They are compiled as ignored where PostgreSQL is neither
+/// configured nor required; required and missing fails.
+async fn postgres_url() -> String {
+    let url = service_url(POSTGRES_ENV)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("{POSTGRES_ENV} is not set"));
+    fresh_postgres_schema(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{POSTGRES_ENV} is set but unusable: {e}"))
+}
+
+/// The tests' Redis URL, for the tests that share counters.
+fn redis_url() -> String {
+    service_url(REDIS_ENV)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("{REDIS_ENV} is not set"))
 }
 
 fn unix_ms() -> i64 {
@@ -494,10 +496,12 @@ async fn one_tenant_never_reaches_anothers_objects_on_sqlite() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHYARD_TEST_DATABASE_URL (make test does)"
+)]
 async fn one_tenant_never_reaches_anothers_objects_on_postgres() {
-    if let Some(url) = postgres_url().await {
-        isolation_between_tenants(Some(url)).await;
-    }
+    isolation_between_tenants(Some(postgres_url().await)).await;
 }
 
 #[tokio::test]
@@ -547,11 +551,13 @@ async fn rate_limits_answer_429_with_retry_after_and_openai_headers() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(all(switchyard_postgres, switchyard_redis)),
+    ignore = "needs PostgreSQL and Redis: set SWITCHYARD_TEST_DATABASE_URL and SWITCHYARD_TEST_REDIS_URL (make test does)"
+)]
 async fn two_gateways_sharing_redis_admit_at_most_60_of_200_concurrent_requests() {
-    let (Ok(redis), Some(database)) = (std::env::var(REDIS_ENV), postgres_url().await) else {
-        eprintln!("{REDIS_ENV} or {POSTGRES_ENV} not set: skipped");
-        return;
-    };
+    let redis = redis_url();
+    let database = postgres_url().await;
     let upstream = standin().await;
     let top = format!("database_url = \"{database}\"\nredis_url = \"{redis}\"");
     let first = Server::start(&config(&upstream, &top, ""));
@@ -581,10 +587,12 @@ async fn concurrent_requests_overshoot_a_budget_by_at_most_those_in_flight_on_sq
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHYARD_TEST_DATABASE_URL (make test does)"
+)]
 async fn concurrent_requests_overshoot_a_budget_by_at_most_those_in_flight_on_postgres() {
-    if let Some(url) = postgres_url().await {
-        budget_overshoot(Some(url)).await;
-    }
+    budget_overshoot(Some(postgres_url().await)).await;
 }
 
 async fn budget_overshoot(database_url: Option<String>) {
@@ -638,10 +646,12 @@ async fn the_ledger_and_audit_trail_record_each_request_with_secrets_masked_on_s
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(switchyard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHYARD_TEST_DATABASE_URL (make test does)"
+)]
 async fn the_ledger_and_audit_trail_record_each_request_with_secrets_masked_on_postgres() {
-    if let Some(url) = postgres_url().await {
-        ledger_and_audit(Some(url)).await;
-    }
+    ledger_and_audit(Some(postgres_url().await)).await;
 }
 
 async fn ledger_and_audit(database_url: Option<String>) {
@@ -733,14 +743,24 @@ async fn ledger_and_audit(database_url: Option<String>) {
     assert!(!logs.contains("jane@example.com"));
 }
 
-/// SQLite, then PostgreSQL: one after the other, as two loaded gateways at
+/// The SQLite and PostgreSQL variants take turns: two loaded gateways at
 /// once on two cores would measure the machine, not the ledger.
+static ONE_KILL_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
-async fn a_killed_gateway_keeps_every_request_completed_a_flush_interval_before() {
+async fn a_killed_gateway_keeps_every_request_completed_a_flush_interval_before_on_sqlite() {
+    let _turn = ONE_KILL_AT_A_TIME.lock().await;
     killed_under_load(None).await;
-    if let Some(url) = postgres_url().await {
-        killed_under_load(Some(url)).await;
-    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(switchyard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHYARD_TEST_DATABASE_URL (make test does)"
+)]
+async fn a_killed_gateway_keeps_every_request_completed_a_flush_interval_before_on_postgres() {
+    let _turn = ONE_KILL_AT_A_TIME.lock().await;
+    killed_under_load(Some(postgres_url().await)).await;
 }
 
 async fn killed_under_load(database_url: Option<String>) {
