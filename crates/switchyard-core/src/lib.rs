@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod chat;
+pub mod decision;
 pub mod embed;
 pub mod error;
 
@@ -15,5 +16,6 @@ pub use chat::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, Role,
     SamplingParams, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, ToolDefinition, Usage,
 };
+pub use decision::{Decision, WindowCheck};
 pub use embed::{EmbeddingBackend, EmbeddingRequest, EmbeddingResponse};
 pub use error::{BackendError, ErrorKind};

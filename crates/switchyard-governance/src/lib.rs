@@ -21,7 +21,7 @@ pub mod mask;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
+use switchyard_core::{Decision, WindowCheck};
 use switchyard_state::counters::{
     ConcurrencySlots, MemorySlots, MemorySpend, MemoryWindows, RedisCounters, SpendTotals,
     WindowCounters, WindowDecision,
@@ -382,9 +382,10 @@ impl Governance {
         error: &GovernanceError,
     ) {
         let mut admission = self.admission(policy, Caller::Anonymous, facts);
-        admission.decisions = vec![json!({
-            "step": "authenticate", "allowed": false, "why": error.to_string(),
-        })];
+        admission.decisions = vec![Decision::AuthenticationRefused {
+            allowed: false,
+            why: error.to_string(),
+        }];
         admission.refuse(error);
     }
 
@@ -465,7 +466,9 @@ impl Governance {
         caller: &Caller,
         facts: RequestFacts,
     ) -> Result<Admission, GovernanceError> {
-        let mut decisions = vec![json!({"step": "authenticate", "as": caller.describe()})];
+        let mut decisions = vec![Decision::Authenticated {
+            caller: caller.describe(),
+        }];
         let mut admission = self.admission(policy, caller.clone(), facts);
         let at = admission.at;
         let Caller::Key(context) = caller else {
@@ -473,16 +476,18 @@ impl Governance {
             return Ok(admission);
         };
         let model = admission.facts.model.clone();
-        let refuse = |admission: &mut Admission,
-                      decisions: Vec<serde_json::Value>,
-                      error: GovernanceError| {
-            admission.decisions = decisions;
-            admission.refuse(&error);
-            Err(error)
-        };
+        let refuse =
+            |admission: &mut Admission, decisions: Vec<Decision>, error: GovernanceError| {
+                admission.decisions = decisions;
+                admission.refuse(&error);
+                Err(error)
+            };
 
         if context.key.role == Role::ReadOnly {
-            decisions.push(json!({"step": "role", "allowed": false, "role": "read_only"}));
+            decisions.push(Decision::Role {
+                allowed: false,
+                role: "read_only".into(),
+            });
             let error = GovernanceError::Forbidden(
                 "this API key is read-only: it may list models but not call them".to_owned(),
             );
@@ -491,14 +496,20 @@ impl Governance {
         if let Some(allowed) = &context.key.allowed_models
             && !allowed.iter().any(|m| m == &model)
         {
-            decisions.push(json!({"step": "models", "allowed": false, "model": model}));
+            decisions.push(Decision::Models {
+                allowed: false,
+                model: model.clone(),
+            });
             let error = GovernanceError::Forbidden(format!(
                 "this API key may not use model {model:?}; allowed: {}",
                 allowed.join(", ")
             ));
             return refuse(&mut admission, decisions, error);
         }
-        decisions.push(json!({"step": "models", "allowed": true, "model": model}));
+        decisions.push(Decision::Models {
+            allowed: true,
+            model: model.clone(),
+        });
 
         // Budgets: refuse once spent. Spend is added as requests finish,
         // so the overshoot is at most what the requests in flight cost.
@@ -511,10 +522,13 @@ impl Governance {
                 Err(error) => return refuse(&mut admission, decisions, error),
             };
             let over = spent >= budget.limit_usd;
-            decisions.push(json!({
-                "step": "budget", "scope": scope.as_str(), "id": id,
-                "spent_usd": spent, "limit_usd": budget.limit_usd, "allowed": !over,
-            }));
+            decisions.push(Decision::Budget {
+                scope: scope.as_str().into(),
+                id: id.clone(),
+                spent_usd: spent,
+                limit_usd: budget.limit_usd,
+                allowed: !over,
+            });
             if over {
                 let error = GovernanceError::BudgetExceeded {
                     message: format!(
@@ -547,7 +561,11 @@ impl Governance {
             };
             if let Some(index) = full {
                 let (_, limit, label) = &slots[index];
-                decisions.push(json!({"step": "concurrency", "scope": label, "limit": limit, "allowed": false}));
+                decisions.push(Decision::Concurrency {
+                    scope: Some(label.clone()),
+                    limit: Some(*limit),
+                    allowed: false,
+                });
                 let error = GovernanceError::RateLimited {
                     message: format!("{label} already has {limit} requests in flight"),
                     retry_after: Some(Duration::from_secs(1)),
@@ -556,7 +574,11 @@ impl Governance {
                 return refuse(&mut admission, decisions, error);
             }
             admission.slot_keys = keys.into_iter().map(|(k, _)| k).collect();
-            decisions.push(json!({"step": "concurrency", "allowed": true}));
+            decisions.push(Decision::Concurrency {
+                scope: None,
+                limit: None,
+                allowed: true,
+            });
         }
 
         let charges = limits::charges(&scopes, &model, admission.facts.estimated_tokens);
@@ -579,7 +601,11 @@ impl Governance {
                         .filter(|c| c.counted == Counted::Tokens)
                         .map(|c| (c.charge.key.clone(), c.charge.amount))
                         .collect();
-                    decisions.push(json!({"step": "rate_limits", "allowed": true, "windows": windows_json(&charges, &states)}));
+                    decisions.push(Decision::RateLimits {
+                        allowed: true,
+                        exceeded: None,
+                        windows: windows(&charges, &states),
+                    });
                 }
                 WindowDecision::Refused {
                     index,
@@ -587,7 +613,11 @@ impl Governance {
                     states,
                 } => {
                     let charge = &charges[index];
-                    decisions.push(json!({"step": "rate_limits", "allowed": false, "exceeded": charge.scope, "windows": windows_json(&charges, &states)}));
+                    decisions.push(Decision::RateLimits {
+                        allowed: false,
+                        exceeded: Some(charge.scope.clone()),
+                        windows: windows(&charges, &states),
+                    });
                     let what = match charge.counted {
                         Counted::Requests => "requests",
                         Counted::Tokens => "tokens",
@@ -689,20 +719,21 @@ fn spend_key(scope: SpendScope, id: &str, period_start: i64) -> String {
     format!("spend:{}:{id}:{period_start}", scope.as_str())
 }
 
-fn windows_json(
+fn windows(
     charges: &[LabelledCharge],
     states: &[switchyard_state::counters::WindowState],
-) -> Vec<serde_json::Value> {
+) -> Vec<WindowCheck> {
     charges
         .iter()
         .zip(states)
-        .map(|(c, s)| {
-            json!({
-                "scope": c.scope,
-                "counted": match c.counted { Counted::Requests => "requests", Counted::Tokens => "tokens" },
-                "limit": s.limit,
-                "remaining": s.remaining,
-            })
+        .map(|(c, s)| WindowCheck {
+            scope: c.scope.clone(),
+            counted: match c.counted {
+                Counted::Requests => "requests",
+                Counted::Tokens => "tokens",
+            },
+            limit: s.limit,
+            remaining: s.remaining,
         })
         .collect()
 }
@@ -737,7 +768,7 @@ pub struct Outcome {
     /// The answer (kept masked, when the configuration says so).
     pub answer: Option<String>,
     /// Further steps of the decision path (route choice, fallbacks).
-    pub decisions: Vec<serde_json::Value>,
+    pub decisions: Vec<Decision>,
     /// Time spent retrieving sources for a grounded answer.
     pub retrieval: Option<Duration>,
 }
@@ -753,7 +784,7 @@ pub struct Admission {
     caller: Caller,
     at: i64,
     started: Instant,
-    decisions: Vec<serde_json::Value>,
+    decisions: Vec<Decision>,
     token_charges: Vec<(String, u64)>,
     slot_keys: Vec<String>,
     budget_keys: Vec<BudgetKey>,
@@ -824,29 +855,38 @@ impl Admission {
         let latency = self.started.elapsed();
         let settings = &self.policy.settings;
         let mut decisions = std::mem::take(&mut self.decisions);
-        // Routing's steps carry upstream error messages, which may quote
-        // what the client sent.
-        decisions.extend(outcome.decisions.iter().cloned().map(|mut step| {
-            if let Some(message) = step.get_mut("message")
-                && let Some(text) = message.as_str()
-            {
-                *message = serde_json::Value::String(mask::mask(text).into_owned());
-            }
-            step
-        }));
+        decisions.extend(outcome.decisions.iter().cloned());
         if outcome.cache_hit {
-            decisions.push(json!({"step": "cache", "status": "hit"}));
+            decisions.push(Decision::Cache {
+                status: "hit".into(),
+            });
         }
         if let Some(route) = &outcome.route {
-            decisions
-                .push(json!({"step": "route", "route": route, "deployment": outcome.deployment}));
+            decisions.push(Decision::Route {
+                route: route.clone(),
+                deployment: outcome.deployment.clone(),
+            });
         }
         if let Some(error) = &outcome.error {
-            decisions.push(
-                json!({"step": "error", "status": outcome.status, "message": mask::mask(error)}),
-            );
+            decisions.push(Decision::Error {
+                status: outcome.status,
+                message: error.clone(),
+            });
         }
-        decisions.push(json!({"step": "usage", "input_tokens": tokens.input, "output_tokens": tokens.output, "cost_usd": cost}));
+        decisions.push(Decision::Usage {
+            input_tokens: tokens.input,
+            output_tokens: tokens.output,
+            cost_usd: cost,
+        });
+        // Routing's steps and errors carry upstream messages, which may
+        // quote what the client sent.
+        let decisions = decisions
+            .into_iter()
+            .map(|step| {
+                let step = step.masked(|text| mask::mask(text).into_owned());
+                serde_json::to_value(&step).unwrap_or_default()
+            })
+            .collect();
         let usage = UsageRow {
             id: self.row_id.clone(),
             request_id: self.facts.request_id.clone(),

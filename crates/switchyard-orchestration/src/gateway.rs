@@ -10,8 +10,8 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use switchyard_config::{FailureKind, ResilienceConfig, RouteConfig, Strategy};
 use switchyard_core::{
-    BackendError, ChatRequest, ChatResponse, ChatStream, EmbeddingRequest, EmbeddingResponse,
-    ErrorKind,
+    BackendError, ChatRequest, ChatResponse, ChatStream, Decision, EmbeddingRequest,
+    EmbeddingResponse, ErrorKind,
 };
 use switchyard_telemetry::{Operation, metrics};
 use tracing::{Instrument, debug, info};
@@ -462,9 +462,10 @@ impl Gateway {
             let Some(rule) = route.rules.iter().find(|r| r.matches(request, context)) else {
                 break;
             };
-            context.trail.note(serde_json::json!({
-                "step": "rule", "from": route.name, "to": rule.target,
-            }));
+            context.trail.note(Decision::Rule {
+                from: route.name.clone(),
+                to: rule.target.clone(),
+            });
             route = self.route(&rule.target)?;
         }
         Ok(route)
@@ -542,9 +543,10 @@ impl Gateway {
                         (a, b) => a.or(b),
                     };
                     debug!(deployment = %deployment.name, "circuit open; skipped");
-                    trail.note(serde_json::json!({
-                        "step": "skipped", "deployment": deployment.name, "why": "circuit open",
-                    }));
+                    trail.note(Decision::Skipped {
+                        deployment: deployment.name.clone(),
+                        why: "circuit open".into(),
+                    });
                     break;
                 };
                 number += 1;
@@ -568,10 +570,11 @@ impl Gateway {
                     Err(error) => error,
                 };
                 let kind = failure_kind(&error);
-                trail.note(serde_json::json!({
-                    "step": "attempt_failed", "deployment": deployment.name,
-                    "kind": format!("{:?}", error.kind), "message": error.message,
-                }));
+                trail.note(Decision::AttemptFailed {
+                    deployment: deployment.name.clone(),
+                    kind: format!("{:?}", error.kind),
+                    message: error.message.clone(),
+                });
                 if !kind.is_some_and(|k| route.fallback_on.contains(&k)) {
                     return Err(error);
                 }
@@ -596,20 +599,20 @@ impl Gateway {
                     {
                         debug!(deployment = %deployment.name, wait_ms = wait.as_millis() as u64, "retrying");
                         metrics().retry(&deployment.name);
-                        trail.note(serde_json::json!({
-                            "step": "retry", "deployment": deployment.name,
-                            "wait_ms": wait.as_millis() as u64,
-                        }));
+                        trail.note(Decision::Retry {
+                            deployment: deployment.name.clone(),
+                            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        });
                         tokio::time::sleep(wait).await;
                         tries += 1;
                         last_error = Some(error);
                         continue;
                     }
                     debug!("retry budget spent or Retry-After too long; moving on");
-                    trail.note(serde_json::json!({
-                        "step": "no_retry", "deployment": deployment.name,
-                        "why": "retry budget spent or Retry-After too long",
-                    }));
+                    trail.note(Decision::NoRetry {
+                        deployment: deployment.name.clone(),
+                        why: "retry budget spent or Retry-After too long".into(),
+                    });
                 }
                 if index < plan.len() {
                     metrics().fallback(&route.name, &deployment.name);
@@ -663,9 +666,10 @@ impl Gateway {
         debug!(deployment = %deployment.name, "hedging with a second attempt");
         metrics().hedge(&run.route.name);
         *number += 1;
-        run.context.trail.note(serde_json::json!({
-            "step": "hedge", "deployment": deployment.name, "after_ms": delay.as_millis() as u64,
-        }));
+        run.context.trail.note(Decision::Hedge {
+            deployment: deployment.name.clone(),
+            after_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        });
         let b = attempt(run, deployment, permit, *number);
         tokio::pin!(b);
         tokio::select! {

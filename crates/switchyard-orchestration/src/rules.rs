@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use switchyard_telemetry::UpstreamClock;
 
 use switchyard_config::RuleConfig;
-use switchyard_core::{ChatRequest, Role};
+use switchyard_core::{ChatRequest, Decision, Role};
 
 /// What routing may look at besides the request body.
 #[derive(Debug, Clone, Default)]
@@ -34,11 +34,11 @@ pub struct RequestContext {
 /// Shared, so the caller reads it after the call whether it succeeded or
 /// failed.
 #[derive(Debug, Clone, Default)]
-pub struct Trail(Arc<Mutex<Vec<serde_json::Value>>>);
+pub struct Trail(Arc<Mutex<Vec<Decision>>>);
 
 impl Trail {
     /// Adds a step.
-    pub fn note(&self, step: serde_json::Value) {
+    pub fn note(&self, step: Decision) {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -46,7 +46,7 @@ impl Trail {
     }
 
     /// The steps so far.
-    pub fn steps(&self) -> Vec<serde_json::Value> {
+    pub fn steps(&self) -> Vec<Decision> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

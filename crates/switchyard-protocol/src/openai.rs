@@ -229,6 +229,23 @@ impl From<WireToolCall> for ToolCall {
     }
 }
 
+/// A tool call the client sends back in its history. Providers that take
+/// arguments as a JSON object (Anthropic, Gemini, Bedrock) cannot be given
+/// text that is not one, and guessing `{}` would change the call, so it is
+/// refused naming the field.
+fn checked_call(message: usize, call: usize, wire: WireToolCall) -> Result<ToolCall, InvalidField> {
+    let arguments = wire.function.arguments.trim();
+    let is_object = arguments.is_empty()
+        || serde_json::from_str::<serde_json::Value>(arguments).is_ok_and(|v| v.is_object());
+    if !is_object {
+        return Err(invalid(
+            format!("messages[{message}].tool_calls[{call}].function.arguments"),
+            "a tool call's `arguments` must be a JSON object encoded as a string, e.g. \"{\\\"city\\\": \\\"Paris\\\"}\"",
+        ));
+    }
+    Ok(ToolCall::from(wire))
+}
+
 /// `stop`: one string or several.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -518,8 +535,9 @@ impl ChatCompletionRequest {
                         .tool_calls
                         .unwrap_or_default()
                         .into_iter()
-                        .map(ToolCall::from)
-                        .collect(),
+                        .enumerate()
+                        .map(|(call, wire)| checked_call(index, call, wire))
+                        .collect::<Result<_, _>>()?,
                 })
             })
             .collect::<Result<Vec<_>, InvalidField>>()?;
@@ -1069,6 +1087,34 @@ mod tests {
 
     fn rejected(body: serde_json::Value) -> InvalidField {
         request(body).into_canonical().unwrap_err()
+    }
+
+    #[test]
+    fn malformed_tool_call_arguments_are_refused_naming_the_field() {
+        let with_arguments = |arguments: &str| {
+            json!({"model": "m", "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{}"}},
+                    {"id": "call_2", "type": "function", "function": {"name": "look", "arguments": arguments}}
+                ]},
+            ]})
+        };
+        for bad in ["{\"city\": ", "[1, 2]", "\"Paris\""] {
+            let error = rejected(with_arguments(bad));
+            assert_eq!(
+                error.param, "messages[1].tool_calls[1].function.arguments",
+                "{bad}"
+            );
+        }
+        let fine = request(with_arguments("{\"city\": \"Paris\"}"))
+            .into_canonical()
+            .unwrap();
+        assert_eq!(
+            fine.messages[1].tool_calls[1].arguments,
+            "{\"city\": \"Paris\"}"
+        );
+        assert!(request(with_arguments("")).into_canonical().is_ok());
     }
 
     #[test]
