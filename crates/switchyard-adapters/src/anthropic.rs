@@ -22,12 +22,12 @@ use switchyard_protocol::anthropic::{
 };
 use tokio::time::Instant;
 
-use crate::AdapterBuildError;
 use crate::http::{
     HttpUpstream, Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after,
     status_error, unreadable,
 };
 use crate::stream::{SseEvent, Step, Translate, cut_short, drive, sse_events};
+use crate::{AdapterBuildError, Credential};
 
 /// The API version Switchyard speaks.
 pub const DEFAULT_VERSION: &str = "2023-06-01";
@@ -38,7 +38,7 @@ pub struct AnthropicConfig {
     /// `https://api.anthropic.com` (without `/v1`).
     pub base_url: String,
     /// The `x-api-key`.
-    pub api_key: String,
+    pub api_key: Credential,
     /// The `anthropic-version` header.
     pub version: String,
     /// The model id, e.g. `claude-sonnet-4-5`.
@@ -51,14 +51,20 @@ pub struct AnthropicConfig {
     pub timeouts: Timeouts,
 }
 
+// Extra headers may carry credentials of their own: only their names
+// are shown.
 impl std::fmt::Debug for AnthropicConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AnthropicConfig")
             .field("base_url", &self.base_url)
-            .field("api_key", &"<redacted>")
+            .field("api_key", &self.api_key)
             .field("version", &self.version)
             .field("upstream_model", &self.upstream_model)
             .field("default_max_tokens", &self.default_max_tokens)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .field("timeouts", &self.timeouts)
             .finish()
     }
@@ -66,7 +72,7 @@ impl std::fmt::Debug for AnthropicConfig {
 
 impl AnthropicConfig {
     /// Anthropic's public API with default deadlines and 4,096 max tokens.
-    pub fn new(api_key: impl Into<String>, upstream_model: impl Into<String>) -> Self {
+    pub fn new(api_key: impl Into<Credential>, upstream_model: impl Into<String>) -> Self {
         Self {
             base_url: "https://api.anthropic.com".into(),
             api_key: api_key.into(),
@@ -96,7 +102,7 @@ impl AnthropicAdapter {
     /// Builds the adapter and its connection pool.
     pub fn new(config: AnthropicConfig) -> Result<Self, AdapterBuildError> {
         let mut pairs = config.headers.clone();
-        pairs.push(("x-api-key".into(), config.api_key.clone()));
+        pairs.push(("x-api-key".into(), config.api_key.expose().to_owned()));
         pairs.push(("anthropic-version".into(), config.version.clone()));
         let headers = header_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         let http = HttpUpstream::new(config.timeouts, headers)?;

@@ -30,35 +30,22 @@ use switchyard_core::{
 };
 use tokio::time::Instant;
 
-use crate::AdapterBuildError;
 use crate::http::{
     HttpUpstream, Timeouts, header_map, kind_of_status, plain_message, retry_after, status_error,
     transport_error, unreadable,
 };
 use crate::stream::{Step, Translate, cut_short, drive};
+use crate::{AdapterBuildError, Credential};
 
 /// AWS credentials for signing.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsCredentials {
     /// Access key id.
     pub access_key_id: String,
     /// Secret access key.
-    pub secret_access_key: String,
+    pub secret_access_key: Credential,
     /// Session token, for temporary credentials.
-    pub session_token: Option<String>,
-}
-
-impl std::fmt::Debug for AwsCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
+    pub session_token: Option<Credential>,
 }
 
 /// How to reach one Bedrock model.
@@ -549,8 +536,11 @@ impl Inner {
         let credentials = &self.config.credentials;
         let identity = Credentials::new(
             credentials.access_key_id.clone(),
-            credentials.secret_access_key.clone(),
-            credentials.session_token.clone(),
+            credentials.secret_access_key.expose().to_owned(),
+            credentials
+                .session_token
+                .as_ref()
+                .map(|t| t.expose().to_owned()),
             None,
             "switchyard-config",
         )

@@ -23,12 +23,12 @@ use switchyard_core::{
 };
 use tokio::time::Instant;
 
-use crate::AdapterBuildError;
 use crate::http::{
     HttpUpstream, Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after,
     status_error, unreadable,
 };
 use crate::stream::{SseEvent, Step, Translate, cut_short, drive, sse_events};
+use crate::{AdapterBuildError, Credential};
 
 /// How to reach one Gemini model.
 #[derive(Clone, PartialEq)]
@@ -36,7 +36,7 @@ pub struct GeminiConfig {
     /// `https://generativelanguage.googleapis.com/v1beta`.
     pub base_url: String,
     /// The `x-goog-api-key`.
-    pub api_key: String,
+    pub api_key: Credential,
     /// The model id, e.g. `gemini-2.0-flash`.
     pub upstream_model: String,
     /// Extra headers.
@@ -45,12 +45,18 @@ pub struct GeminiConfig {
     pub timeouts: Timeouts,
 }
 
+// Extra headers may carry credentials of their own: only their names
+// are shown.
 impl std::fmt::Debug for GeminiConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GeminiConfig")
             .field("base_url", &self.base_url)
-            .field("api_key", &"<redacted>")
+            .field("api_key", &self.api_key)
             .field("upstream_model", &self.upstream_model)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .field("timeouts", &self.timeouts)
             .finish()
     }
@@ -58,7 +64,7 @@ impl std::fmt::Debug for GeminiConfig {
 
 impl GeminiConfig {
     /// Google's public endpoint with default deadlines.
-    pub fn new(api_key: impl Into<String>, upstream_model: impl Into<String>) -> Self {
+    pub fn new(api_key: impl Into<Credential>, upstream_model: impl Into<String>) -> Self {
         Self {
             base_url: "https://generativelanguage.googleapis.com/v1beta".into(),
             api_key: api_key.into(),
@@ -552,7 +558,7 @@ impl GeminiAdapter {
     /// Builds the adapter and its connection pool.
     pub fn new(config: GeminiConfig) -> Result<Self, AdapterBuildError> {
         let mut pairs = config.headers.clone();
-        pairs.push(("x-goog-api-key".into(), config.api_key.clone()));
+        pairs.push(("x-goog-api-key".into(), config.api_key.expose().to_owned()));
         let headers = header_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         let http = HttpUpstream::new(config.timeouts, headers)?;
         let model_url = format!(

@@ -5,6 +5,7 @@
 
 pub mod anthropic;
 pub mod bedrock;
+mod credential;
 pub mod gemini;
 mod http;
 pub mod openai;
@@ -13,6 +14,7 @@ mod stream;
 
 pub use anthropic::{AnthropicAdapter, AnthropicConfig};
 pub use bedrock::{AwsCredentials, BedrockAdapter, BedrockConfig};
+pub use credential::Credential;
 pub use gemini::{GeminiAdapter, GeminiConfig};
 pub use http::{Timeouts, ensure_crypto_provider};
 pub use openai::{Auth, OpenAiAdapter, OpenAiConfig};

@@ -21,38 +21,28 @@ use switchyard_protocol::openai::{
 use switchyard_protocol::openai_embeddings::{EmbeddingsRequest, EmbeddingsResponse};
 use tokio::time::Instant;
 
-use crate::AdapterBuildError;
 use crate::http::{
     HttpUpstream, Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after,
     status_error, unreadable,
 };
 use crate::presets::Quirks;
 use crate::stream::{SseEvent, Step, Translate, cut_short, drive, sse_events};
+use crate::{AdapterBuildError, Credential};
 
 /// How requests prove who Switchyard is.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Auth {
     /// No credentials (local servers).
     None,
     /// `Authorization: Bearer KEY` (OpenAI and most others).
-    Bearer(String),
+    Bearer(Credential),
     /// The key in a named header (Azure's `api-key`).
     Header {
         /// The header's name.
         name: String,
         /// The key.
-        key: String,
+        key: Credential,
     },
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Auth::None => f.write_str("None"),
-            Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
-            Auth::Header { name, .. } => write!(f, "Header({name}: <redacted>)"),
-        }
-    }
 }
 
 /// How to reach one upstream model.
@@ -129,8 +119,10 @@ impl OpenAiAdapter {
         let mut pairs: Vec<(String, String)> = config.headers.clone();
         match &config.auth {
             Auth::None => {}
-            Auth::Bearer(key) => pairs.push(("authorization".into(), format!("Bearer {key}"))),
-            Auth::Header { name, key } => pairs.push((name.clone(), key.clone())),
+            Auth::Bearer(key) => {
+                pairs.push(("authorization".into(), format!("Bearer {}", key.expose())));
+            }
+            Auth::Header { name, key } => pairs.push((name.clone(), key.expose().to_owned())),
         }
         let headers = header_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         let http = HttpUpstream::new(config.timeouts, headers)?;
@@ -405,7 +397,7 @@ mod tests {
     #[test]
     fn debug_output_never_shows_the_key() {
         let mut config = OpenAiConfig::new("http://x/v1", "m");
-        config.auth = Auth::Bearer("sk-live-secret".into());
+        config.auth = Auth::Bearer(Credential::from("sk-live-secret"));
         config.headers = vec![("x-api-key".into(), "also-secret".into())];
         let adapter = OpenAiAdapter::new(config).unwrap();
         let printed = format!("{adapter:?}");

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use futures::future::BoxFuture;
 use switchyard_adapters::{
     AnthropicAdapter, AnthropicConfig, Auth, AwsCredentials, BedrockAdapter, BedrockConfig,
-    GeminiAdapter, GeminiConfig, OpenAiAdapter, OpenAiConfig, Quirks, Timeouts,
+    Credential, GeminiAdapter, GeminiConfig, OpenAiAdapter, OpenAiConfig, Quirks, Timeouts,
 };
 use switchyard_config::{
     LocalEmbeddingConfig, LocalModelConfig, ModelConfig, Provider, RemoteModelConfig,
@@ -138,11 +138,12 @@ fn build_remote(
                 .context("field `secret_access_key`: required (or set AWS_SECRET_ACCESS_KEY)")?;
             let credentials = AwsCredentials {
                 access_key_id,
-                secret_access_key,
+                secret_access_key: Credential::new(secret_access_key),
                 session_token: remote
                     .session_token
                     .clone()
-                    .or_else(|| from_env("AWS_SESSION_TOKEN")),
+                    .or_else(|| from_env("AWS_SESSION_TOKEN"))
+                    .map(Credential::new),
             };
             let region = remote.region.clone().unwrap_or_default();
             let mut config = BedrockConfig::new(region, credentials, upstream_model);
@@ -186,7 +187,7 @@ fn openai_config(
                 Some(format!("api-version={version}")),
                 Auth::Header {
                     name: "api-key".into(),
-                    key: remote.api_key.clone().unwrap_or_default(),
+                    key: Credential::new(remote.api_key.clone().unwrap_or_default()),
                 },
                 Quirks::OPENAI,
             )
@@ -213,7 +214,10 @@ fn openai_config(
                     remote.preset.as_deref().unwrap_or_default()
                 ),
             };
-            let auth = remote.api_key.clone().map_or(Auth::None, Auth::Bearer);
+            let auth = remote
+                .api_key
+                .clone()
+                .map_or(Auth::None, |key| Auth::Bearer(Credential::new(key)));
             let quirks = preset.map_or(Quirks::OPENAI, |p| p.quirks);
             (base_url, None, auth, quirks)
         }

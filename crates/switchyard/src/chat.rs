@@ -36,7 +36,10 @@ fn fresh_history(system: &Option<String>) -> Vec<ChatMessage> {
 
 async fn converse(options: ChatOptions) -> anyhow::Result<()> {
     let mut config = OpenAiConfig::new(options.url.clone(), options.model.clone());
-    config.auth = options.api_key.clone().map_or(Auth::None, Auth::Bearer);
+    config.auth = options
+        .api_key
+        .clone()
+        .map_or(Auth::None, |key| Auth::Bearer(key.into()));
     config.timeouts.total = Duration::from_secs(3600);
     let client = OpenAiAdapter::new(config)?;
     let mut history = fresh_history(&options.system);
