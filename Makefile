@@ -28,7 +28,9 @@ models:
 ## The whole test suite: unit, end-to-end, and the official SDKs.
 test:
 	scripts/bootstrap.sh --test
-	$(CARGO) build -p switchyard
+	# Built as the tests build it (their dev-dependency features), so the
+	# test run below does not build the workspace a second time.
+	$(CARGO) test --workspace --no-run
 	$(DEBUG_BIN) models pull
 	$(CARGO) test --workspace
 

@@ -9,7 +9,11 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, which tests can pause and advance instead of sleeping;
+// outside a paused test runtime it is the system's monotonic clock.
+use tokio::time::Instant;
 
 /// Thresholds of a breaker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -218,15 +222,17 @@ mod tests {
         })
     }
 
-    #[test]
-    fn consecutive_failures_open_then_a_probe_closes() {
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_open_then_a_probe_closes() {
         let b = breaker(Duration::from_millis(30));
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
         }
         assert_eq!(b.state(), BreakerState::Open);
         assert!(b.try_acquire().is_none());
-        std::thread::sleep(Duration::from_millis(40));
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert!(b.try_acquire().is_none(), "still open 29 ms into 30");
+        tokio::time::advance(Duration::from_millis(1)).await;
         let probe = b.try_acquire().expect("a probe after the open period");
         assert!(b.try_acquire().is_none(), "only one probe at a time");
         probe.success();
@@ -234,13 +240,13 @@ mod tests {
         assert!(b.try_acquire().is_some());
     }
 
-    #[test]
-    fn a_failed_probe_reopens() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_reopens() {
         let b = breaker(Duration::from_millis(20));
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
         }
-        std::thread::sleep(Duration::from_millis(30));
+        tokio::time::advance(Duration::from_millis(20)).await;
         b.try_acquire().unwrap().failure();
         assert_eq!(b.state(), BreakerState::Open);
     }
@@ -261,13 +267,13 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open);
     }
 
-    #[test]
-    fn an_abandoned_probe_frees_its_slot() {
+    #[tokio::test(start_paused = true)]
+    async fn an_abandoned_probe_frees_its_slot() {
         let b = breaker(Duration::from_millis(10));
         for _ in 0..3 {
             b.try_acquire().unwrap().failure();
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::advance(Duration::from_millis(10)).await;
         drop(b.try_acquire().unwrap());
         assert!(b.try_acquire().is_some());
     }

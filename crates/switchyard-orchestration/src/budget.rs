@@ -7,7 +7,8 @@
 //! bucket, and no well-kept crate offers this policy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+// tokio's clock: tests pause and advance it.
+use tokio::time::Instant;
 
 const BUCKETS: usize = 10;
 

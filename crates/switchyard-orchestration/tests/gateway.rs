@@ -8,7 +8,9 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::{StreamExt, stream};
@@ -251,7 +253,8 @@ async fn a_prompt_too_long_moves_to_the_longer_context_route_only_when_asked() {
     assert_eq!(long.calls(), 5);
 }
 
-#[tokio::test]
+// On a paused clock: waits take no real time, and timings are exact.
+#[tokio::test(start_paused = true)]
 async fn the_breaker_opens_stops_traffic_and_recovers() {
     let sick = Scripted::new("sick");
     let spare = Scripted::new("spare");
@@ -288,7 +291,8 @@ async fn the_breaker_opens_stops_traffic_and_recovers() {
     );
 }
 
-#[tokio::test]
+// On a paused clock: waits take no real time, and timings are exact.
+#[tokio::test(start_paused = true)]
 async fn retries_stop_when_the_budget_is_spent() {
     let down = Scripted::new("down");
     let mut config = route(&[("down", 1)]);
@@ -317,7 +321,8 @@ async fn retries_stop_when_the_budget_is_spent() {
     );
 }
 
-#[tokio::test]
+// On a paused clock: waits take no real time, and timings are exact.
+#[tokio::test(start_paused = true)]
 async fn retry_after_is_honoured() {
     let limited = Scripted::new("limited");
     let mut config = route(&[("limited", 1)]);
@@ -371,7 +376,8 @@ async fn weighted_split_follows_the_weights() {
     assert!((0.03..=0.07).contains(&share), "canary share {share}");
 }
 
-#[tokio::test]
+// On a paused clock: waits take no real time, and timings are exact.
+#[tokio::test(start_paused = true)]
 async fn hedging_takes_the_faster_answer_and_cancels_the_slower() {
     let slow = Scripted::slow("slow", Duration::from_millis(500));
     let fast = Scripted::new("fast");
