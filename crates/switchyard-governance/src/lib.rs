@@ -47,7 +47,7 @@ pub struct GovernanceSettings {
     /// Whether inference requests need a key.
     pub auth_enabled: bool,
     /// The operator's master key (admin API, every tenant).
-    pub master_key: Option<String>,
+    pub master_key: Option<secrecy::SecretString>,
     /// How long a looked-up key is trusted before it is read again (a
     /// revocation reaches other instances within this time).
     pub key_cache_ttl: Duration,
@@ -302,7 +302,7 @@ impl Governance {
             };
         };
         if let Some(master) = &settings.master_key
-            && keys::same_secret(token, master)
+            && keys::same_secret(token, secrecy::ExposeSecret::expose_secret(master))
         {
             return Ok(Caller::Master);
         }

@@ -100,7 +100,7 @@ pub fn settings(config: &Config) -> GovernanceSettings {
     });
     GovernanceSettings {
         auth_enabled: settings.auth,
-        master_key: settings.master_key.clone(),
+        master_key: settings.master_key.clone().map(Into::into),
         key_cache_ttl: Duration::from_millis(settings.key_cache_ms),
         ledger_flush: Duration::from_millis(settings.ledger_flush_ms),
         store_prompts: settings.store_prompts,
