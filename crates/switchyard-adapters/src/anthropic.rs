@@ -8,25 +8,24 @@
 //! gives the finish reason and usage (cache reads and writes included).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use reqwest::header::HeaderMap;
 use switchyard_core::{
-    BackendError, BackendInfo, ChatBackend, ChatRequest, ChatResponse, ChatStream, ErrorKind,
-    StreamEvent, ToolCallDelta, Usage,
+    BackendError, BackendInfo, ChatRequest, ChatResponse, ErrorKind, StreamEvent, ToolCallDelta,
+    Usage,
 };
 use switchyard_protocol::anthropic::{
     AnthropicUsage, BlockDelta, ContentBlock, ErrorBody, MessagesRequest, MessagesResponse,
     StreamEvent as WireEvent, parse_stop_reason,
 };
-use tokio::time::Instant;
 
+use crate::adapter::{HttpAdapter, Wire, encode};
 use crate::http::{
-    HttpUpstream, Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after,
-    status_error, unreadable,
+    Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after, status_error,
+    unreadable,
 };
-use crate::stream::{SseEvent, Step, Translate, cut_short, drive, sse_events};
+use crate::stream::{SseEvent, Step, Translate, cut_short, sse_events};
 use crate::{AdapterBuildError, Credential};
 
 /// The API version Switchyard speaks.
@@ -85,15 +84,12 @@ impl AnthropicConfig {
     }
 }
 
-/// An Anthropic model behind [`ChatBackend`].
-#[derive(Debug, Clone)]
-pub struct AnthropicAdapter {
-    inner: Arc<Inner>,
-}
+/// An Anthropic model as a chat backend.
+pub type AnthropicAdapter = HttpAdapter<AnthropicWire>;
 
+/// Anthropic's Messages wire format.
 #[derive(Debug)]
-struct Inner {
-    http: HttpUpstream,
+pub struct AnthropicWire {
     url: reqwest::Url,
     config: AnthropicConfig,
 }
@@ -105,14 +101,12 @@ impl AnthropicAdapter {
         pairs.push(("x-api-key".into(), config.api_key.expose().to_owned()));
         pairs.push(("anthropic-version".into(), config.version.clone()));
         let headers = header_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-        let http = HttpUpstream::new(config.timeouts, headers)?;
         let url = parse_url(&format!(
             "{}/v1/messages",
             config.base_url.trim_end_matches('/')
         ))?;
-        Ok(Self {
-            inner: Arc::new(Inner { http, url, config }),
-        })
+        let timeouts = config.timeouts;
+        HttpAdapter::with_wire(AnthropicWire { url, config }, timeouts, headers)
     }
 }
 
@@ -147,54 +141,53 @@ fn classify(status: u16, headers: &HeaderMap, body: &str) -> BackendError {
     status_error(status, kind, &message, code, retry_after(headers))
 }
 
-impl Inner {
-    fn body(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, BackendError> {
-        let body = MessagesRequest::from_canonical(
+impl Wire for AnthropicWire {
+    type Event = SseEvent;
+    type Translator = EventTranslator;
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            kind: "anthropic",
+            upstream_model: self.config.upstream_model.clone(),
+            owned_by: "anthropic".into(),
+        }
+    }
+
+    fn chat_url(&self, _stream: bool) -> &reqwest::Url {
+        &self.url
+    }
+
+    fn encode_chat(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, BackendError> {
+        encode(&MessagesRequest::from_canonical(
             request,
             &self.config.upstream_model,
             self.config.default_max_tokens,
             stream,
-        );
-        serde_json::to_vec(&body)
-            .map_err(|e| BackendError::internal(format!("cannot encode the request: {e}")))
+        ))
     }
 
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, BackendError> {
-        let deadline = self.http.deadline();
-        let body = self.body(&request, false)?;
-        let response = self
-            .http
-            .post(&self.url, body, HeaderMap::new(), deadline, classify)
-            .await?;
-        let bytes = self.http.body(response, deadline).await?;
+    fn decode_chat(&self, body: &[u8]) -> Result<ChatResponse, BackendError> {
         let message: MessagesResponse =
-            serde_json::from_slice(&bytes).map_err(|e| unreadable("message", e))?;
+            serde_json::from_slice(body).map_err(|e| unreadable("message", e))?;
         Ok(message.into_canonical())
     }
 
-    async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
-        let started = Instant::now();
-        let deadline = started + self.http.timeouts().total;
-        let body = self.body(&request, true)?;
-        let response = self
-            .http
-            .post(&self.url, body, HeaderMap::new(), deadline, classify)
-            .await?;
-        drive(
-            sse_events(response),
-            EventTranslator::default(),
-            started + self.http.timeouts().first_byte,
-            deadline,
-            self.http.first_byte_timeout(),
-            self.http.total_timeout(),
-        )
-        .await
+    fn frames(response: reqwest::Response) -> BoxStream<'static, Result<SseEvent, BackendError>> {
+        sse_events(response)
+    }
+
+    fn translator(&self) -> EventTranslator {
+        EventTranslator::default()
+    }
+
+    fn classify(status: u16, headers: &HeaderMap, body: &str) -> BackendError {
+        classify(status, headers, body)
     }
 }
 
 /// Translates Anthropic's stream events into canonical ones.
 #[derive(Debug, Default)]
-struct EventTranslator {
+pub struct EventTranslator {
     /// Usage reported by `message_start` (input side).
     usage: AnthropicUsage,
     /// Content block index → tool-call index, for `tool_use` blocks.
@@ -296,28 +289,6 @@ impl Translate<SseEvent> for EventTranslator {
         } else {
             Err(cut_short())
         }
-    }
-}
-
-impl ChatBackend for AnthropicAdapter {
-    fn times_network_waits(&self) -> bool {
-        true
-    }
-
-    fn info(&self) -> BackendInfo {
-        BackendInfo {
-            kind: "anthropic",
-            upstream_model: self.inner.config.upstream_model.clone(),
-            owned_by: "anthropic".into(),
-        }
-    }
-
-    fn chat(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatResponse, BackendError>> {
-        Box::pin(self.inner.chat(request))
-    }
-
-    fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, BackendError>> {
-        Box::pin(self.inner.chat_stream(request))
     }
 }
 

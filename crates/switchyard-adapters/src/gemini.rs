@@ -10,24 +10,23 @@
 //! `content_filter`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchyard_core::{
-    BackendError, BackendInfo, ChatBackend, ChatRequest, ChatResponse, ChatStream, ContentPart,
-    EmbeddingBackend, EmbeddingRequest, EmbeddingResponse, ErrorKind, FinishReason, ImageSource,
-    Role, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, Usage,
+    BackendError, BackendInfo, ChatRequest, ChatResponse, ContentPart, EmbeddingRequest,
+    EmbeddingResponse, ErrorKind, FinishReason, ImageSource, Role, StreamEvent, ToolCall,
+    ToolCallDelta, ToolChoice, Usage,
 };
-use tokio::time::Instant;
 
+use crate::adapter::{EmbeddingWire, HttpAdapter, Wire, call_arguments, encode};
 use crate::http::{
-    HttpUpstream, Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after,
-    status_error, unreadable,
+    Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after, status_error,
+    unreadable,
 };
-use crate::stream::{SseEvent, Step, Translate, cut_short, drive, sse_events};
+use crate::stream::{SseEvent, Step, Translate, cut_short, sse_events};
 use crate::{AdapterBuildError, Credential};
 
 /// How to reach one Gemini model.
@@ -310,7 +309,7 @@ fn function_response_body(text: &str) -> Value {
     }
 }
 
-fn request_body(request: &ChatRequest) -> GenerateContentRequest {
+fn request_body(request: &ChatRequest) -> Result<GenerateContentRequest, BackendError> {
     // functionResponse names the function, so remember which call was which.
     let call_names: HashMap<&str, &str> = request
         .messages
@@ -369,14 +368,16 @@ fn request_body(request: &ChatRequest) -> GenerateContentRequest {
                         }),
                     })
                     .collect();
-                parts.extend(message.tool_calls.iter().map(|call| Part {
-                    function_call: Some(FunctionCall {
-                        id: None,
-                        name: call.name.clone(),
-                        args: serde_json::from_str(&call.arguments).unwrap_or_else(|_| json!({})),
-                    }),
-                    ..Part::default()
-                }));
+                for call in &message.tool_calls {
+                    parts.push(Part {
+                        function_call: Some(FunctionCall {
+                            id: None,
+                            name: call.name.clone(),
+                            args: Value::Object(call_arguments(call)?),
+                        }),
+                        ..Part::default()
+                    });
+                }
                 let role = if message.role == Role::User {
                     "user"
                 } else {
@@ -431,7 +432,7 @@ fn request_body(request: &ChatRequest) -> GenerateContentRequest {
             },
         }
     });
-    GenerateContentRequest {
+    Ok(GenerateContentRequest {
         contents,
         system_instruction: (!system.is_empty()).then(|| Content {
             role: None,
@@ -443,7 +444,7 @@ fn request_body(request: &ChatRequest) -> GenerateContentRequest {
         generation_config: Some(generation_config),
         tools,
         tool_config,
-    }
+    })
 }
 
 /// The canonical finish for a Gemini finish reason.
@@ -539,15 +540,12 @@ fn classify(status: u16, headers: &HeaderMap, body: &str) -> BackendError {
 
 // ---- The adapter ----------------------------------------------------------
 
-/// A Gemini model behind [`ChatBackend`] and [`EmbeddingBackend`].
-#[derive(Debug, Clone)]
-pub struct GeminiAdapter {
-    inner: Arc<Inner>,
-}
+/// A Gemini model as a chat and embedding backend.
+pub type GeminiAdapter = HttpAdapter<GeminiWire>;
 
+/// Gemini's `generateContent` wire format.
 #[derive(Debug)]
-struct Inner {
-    http: HttpUpstream,
+pub struct GeminiWire {
     generate_url: reqwest::Url,
     stream_url: reqwest::Url,
     embed_url: reqwest::Url,
@@ -560,45 +558,49 @@ impl GeminiAdapter {
         let mut pairs = config.headers.clone();
         pairs.push(("x-goog-api-key".into(), config.api_key.expose().to_owned()));
         let headers = header_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-        let http = HttpUpstream::new(config.timeouts, headers)?;
         let model_url = format!(
             "{}/models/{}",
             config.base_url.trim_end_matches('/'),
             config.upstream_model
         );
-        Ok(Self {
-            inner: Arc::new(Inner {
-                http,
-                generate_url: parse_url(&format!("{model_url}:generateContent"))?,
-                stream_url: parse_url(&format!("{model_url}:streamGenerateContent?alt=sse"))?,
-                embed_url: parse_url(&format!("{model_url}:batchEmbedContents"))?,
-                config,
-            }),
-        })
+        let timeouts = config.timeouts;
+        let wire = GeminiWire {
+            generate_url: parse_url(&format!("{model_url}:generateContent"))?,
+            stream_url: parse_url(&format!("{model_url}:streamGenerateContent?alt=sse"))?,
+            embed_url: parse_url(&format!("{model_url}:batchEmbedContents"))?,
+            config,
+        };
+        HttpAdapter::with_wire(wire, timeouts, headers)
     }
 }
 
-impl Inner {
-    fn body(request: &ChatRequest) -> Result<Vec<u8>, BackendError> {
-        serde_json::to_vec(&request_body(request))
-            .map_err(|e| BackendError::internal(format!("cannot encode the request: {e}")))
+impl Wire for GeminiWire {
+    type Event = SseEvent;
+    type Translator = ChunkTranslator;
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            kind: "gemini",
+            upstream_model: self.config.upstream_model.clone(),
+            owned_by: "google".into(),
+        }
     }
 
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, BackendError> {
-        let deadline = self.http.deadline();
-        let response = self
-            .http
-            .post(
-                &self.generate_url,
-                Self::body(&request)?,
-                HeaderMap::new(),
-                deadline,
-                classify,
-            )
-            .await?;
-        let bytes = self.http.body(response, deadline).await?;
+    fn chat_url(&self, stream: bool) -> &reqwest::Url {
+        if stream {
+            &self.stream_url
+        } else {
+            &self.generate_url
+        }
+    }
+
+    fn encode_chat(&self, request: &ChatRequest, _stream: bool) -> Result<Vec<u8>, BackendError> {
+        encode(&request_body(request)?)
+    }
+
+    fn decode_chat(&self, body: &[u8]) -> Result<ChatResponse, BackendError> {
         let answer: GenerateContentResponse =
-            serde_json::from_slice(&bytes).map_err(|e| unreadable("answer", e))?;
+            serde_json::from_slice(body).map_err(|e| unreadable("answer", e))?;
         let usage = answer.usage_metadata.map(Usage::from).unwrap_or_default();
         let model = answer
             .model_version
@@ -632,70 +634,80 @@ impl Inner {
         })
     }
 
-    async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
-        let started = Instant::now();
-        let deadline = started + self.http.timeouts().total;
-        let response = self
-            .http
-            .post(
-                &self.stream_url,
-                Self::body(&request)?,
-                HeaderMap::new(),
-                deadline,
-                classify,
-            )
-            .await?;
-        drive(
-            sse_events(response),
-            ChunkTranslator::default(),
-            started + self.http.timeouts().first_byte,
-            deadline,
-            self.http.first_byte_timeout(),
-            self.http.total_timeout(),
-        )
-        .await
+    fn frames(response: reqwest::Response) -> BoxStream<'static, Result<SseEvent, BackendError>> {
+        sse_events(response)
     }
 
-    async fn embed(&self, request: EmbeddingRequest) -> Result<EmbeddingResponse, BackendError> {
-        let deadline = self.http.deadline();
+    fn translator(&self) -> ChunkTranslator {
+        ChunkTranslator::default()
+    }
+
+    fn classify(status: u16, headers: &HeaderMap, body: &str) -> BackendError {
+        classify(status, headers, body)
+    }
+}
+
+/// `batchEmbedContents`: one embedding request per input.
+#[derive(Serialize)]
+struct BatchEmbedRequest<'a> {
+    requests: Vec<EmbedContentRequest<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EmbedContentRequest<'a> {
+    model: &'a str,
+    content: EmbedContent<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_dimensionality: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct EmbedContent<'a> {
+    parts: [EmbedText<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct EmbedText<'a> {
+    text: &'a str,
+}
+
+#[derive(Deserialize)]
+struct BatchEmbedResponse {
+    #[serde(default)]
+    embeddings: Vec<EmbeddingValues>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingValues {
+    values: Vec<f32>,
+}
+
+impl EmbeddingWire for GeminiWire {
+    fn embeddings_url(&self) -> &reqwest::Url {
+        &self.embed_url
+    }
+
+    fn encode_embed(&self, request: &EmbeddingRequest) -> Result<Vec<u8>, BackendError> {
         let model = format!("models/{}", self.config.upstream_model);
-        let body = json!({
-            "requests": request.inputs.iter().map(|text| {
-                let mut one = json!({"model": model, "content": {"parts": [{"text": text}]}});
-                if let Some(dimensions) = request.dimensions {
-                    one["outputDimensionality"] = json!(dimensions);
-                }
-                one
-            }).collect::<Vec<_>>()
-        });
-        let body = serde_json::to_vec(&body)
-            .map_err(|e| BackendError::internal(format!("cannot encode the request: {e}")))?;
-        let response = self
-            .http
-            .post(&self.embed_url, body, HeaderMap::new(), deadline, classify)
-            .await?;
-        let bytes = self.http.body(response, deadline).await?;
-        #[derive(Deserialize)]
-        struct Batch {
-            #[serde(default)]
-            embeddings: Vec<Values>,
-        }
-        #[derive(Deserialize)]
-        struct Values {
-            values: Vec<f32>,
-        }
-        let batch: Batch =
-            serde_json::from_slice(&bytes).map_err(|e| unreadable("embeddings", e))?;
-        if batch.embeddings.len() != request.inputs.len() {
-            return Err(BackendError::new(
-                ErrorKind::Upstream,
-                format!(
-                    "the upstream returned {} vectors for {} inputs",
-                    batch.embeddings.len(),
-                    request.inputs.len()
-                ),
-            ));
-        }
+        encode(&BatchEmbedRequest {
+            requests: request
+                .inputs
+                .iter()
+                .map(|text| EmbedContentRequest {
+                    model: &model,
+                    content: EmbedContent {
+                        parts: [EmbedText { text }],
+                    },
+                    output_dimensionality: request.dimensions,
+                })
+                .collect(),
+        })
+    }
+
+    fn decode_embed(&self, body: &[u8]) -> Result<EmbeddingResponse, BackendError> {
+        let batch: BatchEmbedResponse =
+            serde_json::from_slice(body).map_err(|e| unreadable("embeddings", e))?;
         Ok(EmbeddingResponse {
             model: self.config.upstream_model.clone(),
             embeddings: batch.embeddings.into_iter().map(|e| e.values).collect(),
@@ -709,7 +721,7 @@ impl Inner {
 /// stream after the chunk with the finish reason; usage (cumulative) is
 /// taken from the last chunk that carried it.
 #[derive(Debug, Default)]
-struct ChunkTranslator {
+pub struct ChunkTranslator {
     usage: Option<UsageMetadata>,
     calls: usize,
     finished: bool,
@@ -782,45 +794,6 @@ impl Translate<SseEvent> for ChunkTranslator {
     }
 }
 
-impl ChatBackend for GeminiAdapter {
-    fn times_network_waits(&self) -> bool {
-        true
-    }
-
-    fn info(&self) -> BackendInfo {
-        BackendInfo {
-            kind: "gemini",
-            upstream_model: self.inner.config.upstream_model.clone(),
-            owned_by: "google".into(),
-        }
-    }
-
-    fn chat(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatResponse, BackendError>> {
-        Box::pin(self.inner.chat(request))
-    }
-
-    fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, BackendError>> {
-        Box::pin(self.inner.chat_stream(request))
-    }
-}
-
-impl EmbeddingBackend for GeminiAdapter {
-    fn times_network_waits(&self) -> bool {
-        true
-    }
-
-    fn info(&self) -> BackendInfo {
-        ChatBackend::info(self)
-    }
-
-    fn embed(
-        &self,
-        request: EmbeddingRequest,
-    ) -> BoxFuture<'_, Result<EmbeddingResponse, BackendError>> {
-        Box::pin(self.inner.embed(request))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -865,7 +838,7 @@ mod tests {
         }];
         request.tool_choice = Some(ToolChoice::Tool("weather".into()));
         request.max_tokens = Some(10);
-        let wire = serde_json::to_value(request_body(&request)).unwrap();
+        let wire = serde_json::to_value(request_body(&request).unwrap()).unwrap();
         assert_eq!(wire["systemInstruction"]["parts"][0]["text"], "be brief");
         assert_eq!(wire["contents"][0]["role"], "user");
         assert_eq!(

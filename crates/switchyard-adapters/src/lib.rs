@@ -1,8 +1,10 @@
 //! Switchyard's remote model adapters. Each provider gets one module that
-//! translates between the canonical types and the provider's wire format,
-//! and implements [`switchyard_core::ChatBackend`] (and, where the provider
-//! has one, [`switchyard_core::EmbeddingBackend`]).
+//! translates between the canonical types and the provider's wire format
+//! (a [`Wire`]); the one [`HttpAdapter`] turns each into a
+//! [`switchyard_core::ChatBackend`] (and, where the provider has one, a
+//! [`switchyard_core::EmbeddingBackend`]).
 
+pub mod adapter;
 pub mod anthropic;
 pub mod bedrock;
 mod credential;
@@ -10,8 +12,9 @@ pub mod gemini;
 mod http;
 pub mod openai;
 pub mod presets;
-mod stream;
+pub mod stream;
 
+pub use adapter::{EmbeddingWire, HttpAdapter, Wire};
 pub use anthropic::{AnthropicAdapter, AnthropicConfig};
 pub use bedrock::{AwsCredentials, BedrockAdapter, BedrockConfig};
 pub use credential::Credential;

@@ -6,27 +6,24 @@
 //! Streams are forwarded event by event as they arrive; the first event is
 //! read before the stream is handed back (see [`crate::stream`]).
 
-use std::sync::Arc;
-
-use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use reqwest::header::HeaderMap;
 use switchyard_core::{
-    BackendError, BackendInfo, ChatBackend, ChatRequest, ChatResponse, ChatStream,
-    EmbeddingBackend, EmbeddingRequest, EmbeddingResponse, ErrorKind, FinishReason, StreamEvent,
-    ToolCall, ToolCallDelta,
+    BackendError, BackendInfo, ChatRequest, ChatResponse, EmbeddingRequest, EmbeddingResponse,
+    ErrorKind, FinishReason, StreamEvent, ToolCall, ToolCallDelta,
 };
 use switchyard_protocol::openai::{
     ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorBody, parse_finish_reason,
 };
 use switchyard_protocol::openai_embeddings::{EmbeddingsRequest, EmbeddingsResponse};
-use tokio::time::Instant;
 
+use crate::adapter::{EmbeddingWire, HttpAdapter, Wire, encode};
 use crate::http::{
-    HttpUpstream, Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after,
-    status_error, unreadable,
+    Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after, status_error,
+    unreadable,
 };
 use crate::presets::Quirks;
-use crate::stream::{SseEvent, Step, Translate, cut_short, drive, sse_events};
+use crate::stream::{SseEvent, Step, Translate, cut_short, sse_events};
 use crate::{AdapterBuildError, Credential};
 
 /// How requests prove who Switchyard is.
@@ -97,16 +94,13 @@ impl OpenAiConfig {
     }
 }
 
-/// An OpenAI-compatible upstream behind [`ChatBackend`] and
-/// [`EmbeddingBackend`].
-#[derive(Debug, Clone)]
-pub struct OpenAiAdapter {
-    inner: Arc<Inner>,
-}
+/// An OpenAI-compatible upstream as a chat and embedding backend.
+pub type OpenAiAdapter = HttpAdapter<OpenAiWire>;
 
+/// OpenAI's chat completions and embeddings wire format, with one
+/// upstream's quirks.
 #[derive(Debug)]
-struct Inner {
-    http: HttpUpstream,
+pub struct OpenAiWire {
     chat_url: reqwest::Url,
     embeddings_url: reqwest::Url,
     config: OpenAiConfig,
@@ -125,7 +119,6 @@ impl OpenAiAdapter {
             Auth::Header { name, key } => pairs.push((name.clone(), key.expose().to_owned())),
         }
         let headers = header_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
-        let http = HttpUpstream::new(config.timeouts, headers)?;
         let base = config.base_url.trim_end_matches('/');
         let url = |path: &str| match &config.query {
             Some(query) => format!("{base}/{path}?{query}"),
@@ -135,15 +128,14 @@ impl OpenAiAdapter {
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_else(|| "openai".into());
-        Ok(Self {
-            inner: Arc::new(Inner {
-                http,
-                chat_url: parse_url(&url("chat/completions"))?,
-                embeddings_url: parse_url(&url("embeddings"))?,
-                owned_by,
-                config,
-            }),
-        })
+        let wire = OpenAiWire {
+            chat_url: parse_url(&url("chat/completions"))?,
+            embeddings_url: parse_url(&url("embeddings"))?,
+            owned_by,
+            config,
+        };
+        let timeouts = wire.config.timeouts;
+        HttpAdapter::with_wire(wire, timeouts, headers)
     }
 }
 
@@ -168,8 +160,23 @@ pub(crate) fn classify(status: u16, headers: &HeaderMap, body: &str) -> BackendE
     )
 }
 
-impl Inner {
-    fn chat_body(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, BackendError> {
+impl Wire for OpenAiWire {
+    type Event = SseEvent;
+    type Translator = ChunkTranslator;
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            kind: "openai",
+            upstream_model: self.config.upstream_model.clone(),
+            owned_by: self.owned_by.clone(),
+        }
+    }
+
+    fn chat_url(&self, _stream: bool) -> &reqwest::Url {
+        &self.chat_url
+    }
+
+    fn encode_chat(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, BackendError> {
         let body =
             ChatCompletionRequest::from_canonical(request, &self.config.upstream_model, stream);
         self.config
@@ -178,16 +185,9 @@ impl Inner {
             .map_err(|e| BackendError::internal(format!("cannot encode the request: {e}")))
     }
 
-    async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, BackendError> {
-        let deadline = self.http.deadline();
-        let body = self.chat_body(&request, false)?;
-        let response = self
-            .http
-            .post(&self.chat_url, body, HeaderMap::new(), deadline, classify)
-            .await?;
-        let bytes = self.http.body(response, deadline).await?;
+    fn decode_chat(&self, body: &[u8]) -> Result<ChatResponse, BackendError> {
         let completion: ChatCompletion =
-            serde_json::from_slice(&bytes).map_err(|e| unreadable("chat completion", e))?;
+            serde_json::from_slice(body).map_err(|e| unreadable("chat completion", e))?;
         let model = if completion.model.is_empty() {
             self.config.upstream_model.clone()
         } else {
@@ -222,64 +222,44 @@ impl Inner {
         })
     }
 
-    async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
-        let started = Instant::now();
-        let deadline = started + self.http.timeouts().total;
-        let body = self.chat_body(&request, true)?;
-        let response = self
-            .http
-            .post(&self.chat_url, body, HeaderMap::new(), deadline, classify)
-            .await?;
-        drive(
-            sse_events(response),
-            ChunkTranslator::default(),
-            started + self.http.timeouts().first_byte,
-            deadline,
-            self.http.first_byte_timeout(),
-            self.http.total_timeout(),
-        )
-        .await
+    fn frames(response: reqwest::Response) -> BoxStream<'static, Result<SseEvent, BackendError>> {
+        sse_events(response)
     }
 
-    async fn embed(&self, request: EmbeddingRequest) -> Result<EmbeddingResponse, BackendError> {
-        let deadline = self.http.deadline();
-        let body = EmbeddingsRequest::from_canonical(&request, &self.config.upstream_model);
-        let body = serde_json::to_vec(&body)
-            .map_err(|e| BackendError::internal(format!("cannot encode the request: {e}")))?;
-        let response = self
-            .http
-            .post(
-                &self.embeddings_url,
-                body,
-                HeaderMap::new(),
-                deadline,
-                classify,
-            )
-            .await?;
-        let bytes = self.http.body(response, deadline).await?;
+    fn translator(&self) -> ChunkTranslator {
+        ChunkTranslator::default()
+    }
+
+    fn classify(status: u16, headers: &HeaderMap, body: &str) -> BackendError {
+        classify(status, headers, body)
+    }
+}
+
+impl EmbeddingWire for OpenAiWire {
+    fn embeddings_url(&self) -> &reqwest::Url {
+        &self.embeddings_url
+    }
+
+    fn encode_embed(&self, request: &EmbeddingRequest) -> Result<Vec<u8>, BackendError> {
+        encode(&EmbeddingsRequest::from_canonical(
+            request,
+            &self.config.upstream_model,
+        ))
+    }
+
+    fn decode_embed(&self, body: &[u8]) -> Result<EmbeddingResponse, BackendError> {
         let parsed: EmbeddingsResponse =
-            serde_json::from_slice(&bytes).map_err(|e| unreadable("embeddings", e))?;
-        let answer = parsed
+            serde_json::from_slice(body).map_err(|e| unreadable("embeddings", e))?;
+        parsed
             .into_canonical(&self.config.upstream_model)
-            .ok_or_else(|| unreadable("embeddings", "a vector is not valid base64 floats"))?;
-        if answer.embeddings.len() != request.inputs.len() {
-            return Err(BackendError::new(
-                ErrorKind::Upstream,
-                format!(
-                    "the upstream returned {} vectors for {} inputs",
-                    answer.embeddings.len(),
-                    request.inputs.len()
-                ),
-            ));
-        }
-        Ok(answer)
+            .ok_or_else(|| unreadable("embeddings", "a vector is not valid base64 floats"))
     }
 }
 
 /// Translates OpenAI stream chunks into canonical events, checking that the
 /// stream ends properly.
 #[derive(Debug, Default)]
-struct ChunkTranslator {
+pub struct ChunkTranslator {
     finished: bool,
 }
 
@@ -343,45 +323,6 @@ impl Translate<SseEvent> for ChunkTranslator {
     }
 }
 
-impl ChatBackend for OpenAiAdapter {
-    fn times_network_waits(&self) -> bool {
-        true
-    }
-
-    fn info(&self) -> BackendInfo {
-        BackendInfo {
-            kind: "openai",
-            upstream_model: self.inner.config.upstream_model.clone(),
-            owned_by: self.inner.owned_by.clone(),
-        }
-    }
-
-    fn chat(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatResponse, BackendError>> {
-        Box::pin(self.inner.chat(request))
-    }
-
-    fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, BackendError>> {
-        Box::pin(self.inner.chat_stream(request))
-    }
-}
-
-impl EmbeddingBackend for OpenAiAdapter {
-    fn times_network_waits(&self) -> bool {
-        true
-    }
-
-    fn info(&self) -> BackendInfo {
-        ChatBackend::info(self)
-    }
-
-    fn embed(
-        &self,
-        request: EmbeddingRequest,
-    ) -> BoxFuture<'_, Result<EmbeddingResponse, BackendError>> {
-        Box::pin(self.inner.embed(request))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,11 +352,11 @@ mod tests {
         config.query = Some("api-version=2024-10-21".into());
         let adapter = OpenAiAdapter::new(config).unwrap();
         assert_eq!(
-            adapter.inner.chat_url.as_str(),
+            adapter.wire().chat_url.as_str(),
             "https://r.example/openai/deployments/d1/chat/completions?api-version=2024-10-21"
         );
         assert_eq!(
-            adapter.inner.embeddings_url.as_str(),
+            adapter.wire().embeddings_url.as_str(),
             "https://r.example/openai/deployments/d1/embeddings?api-version=2024-10-21"
         );
     }

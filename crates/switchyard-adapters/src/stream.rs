@@ -6,13 +6,14 @@
 //! back, so that a failure right after the response headers still surfaces
 //! as an error the caller can act on.
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use switchyard_core::{BackendError, ChatStream, ErrorKind, StreamEvent};
 use tokio::time::{Instant, timeout_at};
 
 /// What one provider event produced.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct Step {
+pub struct Step {
     /// Canonical events, in order.
     pub events: Vec<StreamEvent>,
     /// The provider said the answer is complete.
@@ -20,6 +21,7 @@ pub(crate) struct Step {
 }
 
 impl Step {
+    /// Events, the answer not yet complete.
     pub fn events(events: Vec<StreamEvent>) -> Self {
         Self {
             events,
@@ -27,6 +29,7 @@ impl Step {
         }
     }
 
+    /// The answer is complete, nothing more to emit.
     pub fn done() -> Self {
         Self {
             events: Vec::new(),
@@ -36,7 +39,7 @@ impl Step {
 }
 
 /// Turns one provider's events into canonical ones.
-pub(crate) trait Translate<E>: Send + 'static {
+pub trait Translate<E>: Send + 'static {
     /// One decoded provider event.
     fn event(&mut self, event: E) -> Result<Step, BackendError>;
 
@@ -125,25 +128,29 @@ where
 /// Server-sent events of a response, as `(event name, data)` pairs.
 pub(crate) fn sse_events(
     response: reqwest::Response,
-) -> impl Stream<Item = Result<SseEvent, BackendError>> + Send + Unpin + 'static {
+) -> BoxStream<'static, Result<SseEvent, BackendError>> {
     use eventsource_stream::Eventsource;
-    response.bytes_stream().eventsource().map(|item| {
-        item.map(|event| SseEvent {
-            name: event.event,
-            data: event.data,
+    response
+        .bytes_stream()
+        .eventsource()
+        .map(|item| {
+            item.map(|event| SseEvent {
+                name: event.event,
+                data: event.data,
+            })
+            .map_err(|error| {
+                BackendError::new(
+                    ErrorKind::Upstream,
+                    format!("the upstream stream broke: {error}"),
+                )
+            })
         })
-        .map_err(|error| {
-            BackendError::new(
-                ErrorKind::Upstream,
-                format!("the upstream stream broke: {error}"),
-            )
-        })
-    })
+        .boxed()
 }
 
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SseEvent {
+pub struct SseEvent {
     /// The `event:` field (`message` when absent).
     pub name: String,
     /// The `data:` lines, joined.
