@@ -23,8 +23,9 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 use switchyard_orchestration::RequestContext;
-use switchyard_orchestration::grounding::{GroundingError, Retrieval};
 use switchyard_pipeline::Snapshot;
+use switchyard_pipeline::models::RequestModels;
+use switchyard_retrieval::grounding::{GroundingError, Retrieval};
 use switchyard_retrieval::{
     CollectionInfo, DocumentInput, Filter, Format, IndexStats, RetrievalError, SearchMode,
     SearchQuery,
@@ -359,11 +360,13 @@ pub(crate) async fn search(
     };
     let hits = retrieval
         .search(
-            &who.snapshot.gateway,
+            &RequestModels {
+                gateway: &who.snapshot.gateway,
+                context: &RequestContext::default(),
+            },
             &tenant,
             &name,
             query,
-            &RequestContext::default(),
         )
         .await?;
     Ok(Json(json!({

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use switchyard_config::Pricing;
+use crate::route::Price;
 use switchyard_core::{ChatBackend, EmbeddingBackend};
 
 use switchyard_telemetry::Operation;
@@ -26,7 +26,7 @@ pub struct Deployment {
     /// What serves embeddings.
     pub embeddings: Option<Arc<dyn EmbeddingBackend>>,
     /// Its price, for cost-based routing.
-    pub pricing: Option<Pricing>,
+    pub pricing: Option<Price>,
     inflight: AtomicU32,
     /// Latency EWMA in microseconds, as f64 bits; 0 until measured.
     latency_ewma_us: AtomicU64,
@@ -58,7 +58,7 @@ impl Deployment {
         name: impl Into<String>,
         chat: Option<Arc<dyn ChatBackend>>,
         embeddings: Option<Arc<dyn EmbeddingBackend>>,
-        pricing: Option<Pricing>,
+        pricing: Option<Price>,
         breaker: BreakerSettings,
     ) -> Self {
         Self {

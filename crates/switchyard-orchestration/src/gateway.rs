@@ -8,7 +8,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use switchyard_config::{FailureKind, ResilienceConfig, RouteConfig, Strategy};
 use switchyard_core::{
     BackendError, ChatRequest, ChatResponse, ChatStream, Decision, EmbeddingRequest,
     EmbeddingResponse, ErrorKind,
@@ -21,6 +20,7 @@ use crate::budget::RetryBudget;
 use crate::cache::{CachedAnswer, ResponseCache, cache_key, fill_from_stream};
 use crate::deployment::Deployment;
 use crate::observe::{Answer, ObservedStream, annotate_answer, annotate_request, span_failed};
+use crate::route::{FailureKind, Resilience, RouteSpec, Strategy};
 use crate::rules::{CacheMode, RequestContext, Rule};
 
 /// Rules may lead to routes with rules of their own; config validation
@@ -114,8 +114,8 @@ pub struct Gateway {
 /// Builds a [`Gateway`].
 pub struct GatewayBuilder {
     deployments: BTreeMap<String, Arc<Deployment>>,
-    routes: Vec<(String, RouteConfig)>,
-    resilience: ResilienceConfig,
+    routes: Vec<(String, RouteSpec)>,
+    resilience: Resilience,
     cache: Option<Arc<dyn ResponseCache>>,
     cache_by_default: bool,
 }
@@ -129,12 +129,7 @@ fn now() -> u64 {
 impl GatewayBuilder {
     /// The breaker thresholds new deployments should use.
     pub fn breaker_settings(&self) -> BreakerSettings {
-        BreakerSettings {
-            failures: self.resilience.breaker_failures,
-            error_rate: self.resilience.breaker_error_rate,
-            window: self.resilience.breaker_window,
-            open_for: Duration::from_millis(self.resilience.breaker_open_ms),
-        }
+        self.resilience.breaker
     }
 
     /// Serves a deployment under its own name (and lets routes use it). A
@@ -145,8 +140,8 @@ impl GatewayBuilder {
     }
 
     /// Adds a route; its deployments must have been added.
-    pub fn route(mut self, name: impl Into<String>, config: RouteConfig) -> Self {
-        self.routes.push((name.into(), config));
+    pub fn route(mut self, name: impl Into<String>, spec: RouteSpec) -> Self {
+        self.routes.push((name.into(), spec));
         self
     }
 
@@ -181,32 +176,32 @@ impl GatewayBuilder {
                 },
             );
         }
-        for (name, config) in self.routes {
-            let deployments = config
+        for (name, spec) in self.routes {
+            let deployments = spec
                 .deployments
                 .iter()
-                .map(|d| {
+                .map(|(model, weight)| {
                     self.deployments
-                        .get(&d.model)
-                        .map(|dep| (dep.clone(), d.weight))
-                        .ok_or_else(|| format!("route {name}: no deployment {:?}", d.model))
+                        .get(model)
+                        .map(|dep| (dep.clone(), *weight))
+                        .ok_or_else(|| format!("route {name}: no deployment {model:?}"))
                 })
                 .collect::<Result<Vec<_>, String>>()?;
             routes.insert(
                 name.clone(),
                 Route {
                     name: name.clone(),
-                    strategy: config.strategy,
+                    strategy: spec.strategy,
                     deployments,
-                    rules: config.rules.into_iter().map(Rule::new).collect(),
-                    fallbacks: config.fallbacks,
-                    fallback_on: config.fallback_on,
-                    retries: config.retries,
-                    backoff: Duration::from_millis(config.retry_backoff_ms),
-                    backoff_max: Duration::from_millis(config.retry_backoff_max_ms),
-                    hedge_after: config.hedge_after_ms.map(Duration::from_millis),
-                    cache: config.cache,
-                    hidden: config.hidden,
+                    rules: spec.rules,
+                    fallbacks: spec.fallbacks,
+                    fallback_on: spec.fallback_on,
+                    retries: spec.retries,
+                    backoff: spec.backoff,
+                    backoff_max: spec.backoff_max,
+                    hedge_after: spec.hedge_after,
+                    cache: spec.cache,
+                    hidden: spec.hidden,
                     created,
                 },
             );
@@ -362,11 +357,11 @@ async fn attempt<T: Answer>(
 
 impl Gateway {
     /// A builder with these breaker and retry-budget settings.
-    pub fn builder(resilience: &ResilienceConfig) -> GatewayBuilder {
+    pub fn builder(resilience: Resilience) -> GatewayBuilder {
         GatewayBuilder {
             deployments: BTreeMap::new(),
             routes: Vec::new(),
-            resilience: resilience.clone(),
+            resilience,
             cache: None,
             cache_by_default: false,
         }
@@ -374,7 +369,7 @@ impl Gateway {
 
     /// A gateway that serves nothing: every name is unknown.
     pub fn empty() -> Self {
-        Self::builder(&ResilienceConfig::default())
+        Self::builder(Resilience::default())
             .build()
             .unwrap_or_else(|_| unreachable!("a gateway without routes always builds"))
     }

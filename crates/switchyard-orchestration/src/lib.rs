@@ -2,20 +2,20 @@
 //! several) becomes a plan of deployments, run with retries (exponential
 //! backoff with jitter, Retry-After honoured, a shared retry budget),
 //! fallbacks on the failures a route names, optional hedging, a circuit
-//! breaker per deployment, an exact-match response cache, and answers
-//! grounded in a tenant's documents (retrieval-augmented generation).
+//! breaker per deployment, and an exact-match response cache.
 
 pub mod breaker;
 mod budget;
 pub mod cache;
 mod deployment;
 mod gateway;
-pub mod grounding;
 mod observe;
+pub mod route;
 mod rules;
 
 pub use breaker::{BreakerSettings, BreakerState};
 pub use cache::{CachedAnswer, MemoryCache, RedisCache, ResponseCache};
 pub use deployment::Deployment;
 pub use gateway::{CacheStatus, Gateway, GatewayBuilder, Listed, Routed};
-pub use rules::{CacheMode, RequestContext, Trail};
+pub use route::{FailureKind, Price, Resilience, RouteSpec, Strategy};
+pub use rules::{CacheMode, Condition, RequestContext, Rule, Trail};

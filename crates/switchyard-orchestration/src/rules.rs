@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use switchyard_telemetry::UpstreamClock;
 
-use switchyard_config::RuleConfig;
 use switchyard_core::{ChatRequest, Decision, Role};
 
 /// What routing may look at besides the request body.
@@ -66,11 +65,44 @@ pub enum CacheMode {
     Force,
 }
 
-/// A rule: when its conditions hold, `target` serves the request.
-#[derive(Debug, Clone)]
-pub(crate) struct Rule {
+/// A rule: when all its conditions hold, `target` serves the request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// The route (or model) that serves matching requests.
     pub target: String,
-    config: RuleConfig,
+    /// What must hold; a rule without conditions matches every request.
+    pub conditions: Vec<Condition>,
+}
+
+/// One thing a rule looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// The conversation's text is longer than this many characters.
+    PromptCharsAbove(usize),
+    /// The conversation's text is shorter than this many characters.
+    PromptCharsBelow(usize),
+    /// The last user message contains code (or not).
+    HasCode(bool),
+    /// The request offers tools (or not).
+    HasTools(bool),
+    /// The request carries images (or not).
+    HasImages(bool),
+    /// A request header (lower-case name) is present, with `value` if given.
+    Header {
+        /// The header's name, lower-case.
+        name: String,
+        /// The value it must have.
+        value: Option<String>,
+    },
+    /// A key of the request's `metadata` is present, with `value` if given.
+    Metadata {
+        /// The key.
+        key: String,
+        /// The value it must have.
+        value: Option<String>,
+    },
+    /// The caller's tenant.
+    Tenant(String),
 }
 
 /// Heuristic code detection: a fenced block, or several lines that read
@@ -107,16 +139,16 @@ pub(crate) fn looks_like_code(text: &str) -> bool {
 }
 
 impl Rule {
-    pub fn new(config: RuleConfig) -> Self {
-        Self {
-            target: config.route.clone(),
-            config,
-        }
-    }
-
-    /// Whether every condition the rule sets holds.
+    /// Whether every condition holds.
     pub fn matches(&self, request: &ChatRequest, context: &RequestContext) -> bool {
-        let c = &self.config;
+        self.conditions
+            .iter()
+            .all(|condition| condition.holds(request, context))
+    }
+}
+
+impl Condition {
+    fn holds(&self, request: &ChatRequest, context: &RequestContext) -> bool {
         let chars = || -> usize {
             request
                 .messages
@@ -124,61 +156,30 @@ impl Rule {
                 .map(|m| m.text().chars().count())
                 .sum()
         };
-        if let Some(above) = c.prompt_chars_above
-            && chars() <= above
-        {
-            return false;
-        }
-        if let Some(below) = c.prompt_chars_below
-            && chars() >= below
-        {
-            return false;
-        }
-        if let Some(want) = c.has_code {
-            let last_user = request
-                .messages
-                .iter()
-                .rev()
-                .find(|m| m.role == Role::User)
-                .map(|m| m.text())
-                .unwrap_or_default();
-            if looks_like_code(&last_user) != want {
-                return false;
+        let present_with = |found: Option<&String>, wanted: &Option<String>| match (found, wanted) {
+            (None, _) => false,
+            (Some(found), Some(wanted)) => found == wanted,
+            (Some(_), None) => true,
+        };
+        match self {
+            Condition::PromptCharsAbove(above) => chars() > *above,
+            Condition::PromptCharsBelow(below) => chars() < *below,
+            Condition::HasCode(want) => {
+                let last_user = request
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == Role::User)
+                    .map(|m| m.text())
+                    .unwrap_or_default();
+                looks_like_code(&last_user) == *want
             }
+            Condition::HasTools(want) => request.tools.is_empty() != *want,
+            Condition::HasImages(want) => request.messages.iter().any(|m| m.has_images()) == *want,
+            Condition::Header { name, value } => present_with(context.headers.get(name), value),
+            Condition::Metadata { key, value } => present_with(context.metadata.get(key), value),
+            Condition::Tenant(tenant) => context.tenant.as_ref() == Some(tenant),
         }
-        if let Some(want) = c.has_tools
-            && request.tools.is_empty() == want
-        {
-            return false;
-        }
-        if let Some(want) = c.has_images
-            && request.messages.iter().any(|m| m.has_images()) != want
-        {
-            return false;
-        }
-        if let Some(header) = &c.header {
-            match (
-                context.headers.get(&header.to_ascii_lowercase()),
-                &c.header_value,
-            ) {
-                (None, _) => return false,
-                (Some(value), Some(wanted)) if value != wanted => return false,
-                _ => {}
-            }
-        }
-        if let Some(key) = &c.metadata_key {
-            match (context.metadata.get(key), &c.metadata_value) {
-                (None, _) => return false,
-                (Some(value), Some(wanted)) if value != wanted => return false,
-                _ => {}
-            }
-        }
-        if let Some(tenant) = &c.tenant
-            && context.tenant.as_ref() != Some(tenant)
-        {
-            return false;
-        }
-        true
     }
 }
 
@@ -191,11 +192,11 @@ mod tests {
         ChatRequest::new("auto", vec![ChatMessage::new(Role::User, text)])
     }
 
-    fn rule(config: RuleConfig) -> Rule {
-        Rule::new(RuleConfig {
-            route: "target".into(),
-            ..config
-        })
+    fn rule(conditions: Vec<Condition>) -> Rule {
+        Rule {
+            target: "target".into(),
+            conditions,
+        }
     }
 
     #[test]
@@ -208,35 +209,33 @@ mod tests {
 
     #[test]
     fn conditions_combine() {
-        let short = rule(RuleConfig {
-            prompt_chars_below: Some(20),
-            ..RuleConfig::default()
-        });
+        let short = rule(vec![Condition::PromptCharsBelow(20)]);
         assert!(short.matches(&request("hi"), &RequestContext::default()));
         assert!(!short.matches(&request(&"x".repeat(50)), &RequestContext::default()));
 
-        let premium = rule(RuleConfig {
-            header: Some("X-Tier".into()),
-            header_value: Some("premium".into()),
-            ..RuleConfig::default()
-        });
+        let premium = rule(vec![Condition::Header {
+            name: "x-tier".into(),
+            value: Some("premium".into()),
+        }]);
         let mut context = RequestContext::default();
         assert!(!premium.matches(&request("hi"), &context));
         context.headers.insert("x-tier".into(), "premium".into());
         assert!(premium.matches(&request("hi"), &context));
 
-        let tagged = rule(RuleConfig {
-            metadata_key: Some("team".into()),
-            ..RuleConfig::default()
-        });
+        let tagged = rule(vec![Condition::Metadata {
+            key: "team".into(),
+            value: None,
+        }]);
         assert!(!tagged.matches(&request("hi"), &context));
         context.metadata.insert("team".into(), "search".into());
         assert!(tagged.matches(&request("hi"), &context));
 
-        let code = rule(RuleConfig {
-            has_code: Some(true),
-            ..RuleConfig::default()
-        });
+        let code = rule(vec![
+            Condition::HasCode(true),
+            Condition::PromptCharsAbove(5),
+        ]);
         assert!(code.matches(&request("```\nls -la\n```"), &context));
+        assert!(!code.matches(&request("```"), &context));
+        assert!(!code.matches(&request("no code in this one"), &context));
     }
 }

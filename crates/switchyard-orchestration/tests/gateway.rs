@@ -149,7 +149,8 @@ fn gateway_with(
     backends: &[&Arc<Scripted>],
     routes: Vec<(&str, RouteConfig)>,
 ) -> Gateway {
-    let mut builder = Gateway::builder(&resilience);
+    // Built from the configuration's tables, as the binary does.
+    let mut builder = Gateway::builder((&resilience).into());
     let settings = builder.breaker_settings();
     for backend in backends {
         let chat: Arc<dyn ChatBackend> = (*backend).clone();
@@ -162,7 +163,7 @@ fn gateway_with(
         )));
     }
     for (name, config) in routes {
-        builder = builder.route(name, config);
+        builder = builder.route(name, (&config).into());
     }
     builder.build().unwrap()
 }
@@ -450,7 +451,7 @@ async fn rules_pick_the_route_from_the_request() {
 #[tokio::test]
 async fn the_cache_replays_exactly_and_never_crosses_callers() {
     let backend = Scripted::new("model");
-    let mut builder = Gateway::builder(&resilience());
+    let mut builder = Gateway::builder((&resilience()).into());
     let settings = builder.breaker_settings();
     let chat: Arc<dyn ChatBackend> = backend.clone();
     builder = builder

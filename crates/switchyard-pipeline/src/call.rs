@@ -6,7 +6,7 @@ use std::time::Instant;
 use secrecy::{ExposeSecret, SecretString};
 use switchyard_orchestration::{RequestContext, Routed};
 
-pub use switchyard_orchestration::grounding::Grounded;
+pub use switchyard_retrieval::grounding::Grounded;
 
 /// One call as it arrived: the credential it presented, its id, when it
 /// arrived, and what routing may read of it.

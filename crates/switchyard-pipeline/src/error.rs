@@ -2,8 +2,8 @@
 
 use switchyard_core::BackendError;
 use switchyard_governance::GovernanceError;
-use switchyard_orchestration::grounding::GroundingError;
 use switchyard_retrieval::RetrievalError;
+use switchyard_retrieval::grounding::GroundingError;
 
 /// A call the pipeline refused or could not serve.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,7 @@ pub mod call;
 mod chat;
 mod embeddings;
 pub mod error;
+pub mod models;
 pub mod stages;
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use switchyard_governance::{Caller, Governance, Policy};
 use switchyard_orchestration::Gateway;
-use switchyard_orchestration::grounding::Retrieval;
+use switchyard_retrieval::grounding::Retrieval;
 
 pub use call::{Answer, Call, Grounded, GroundingAsk};
 pub use error::PipelineError;

@@ -1,7 +1,9 @@
 //! Switchyard's retrieval: collections of documents owned by tenants, their
 //! text extraction and chunking, a hybrid index (BM25 over the text, HNSW
 //! over the embeddings, fused by reciprocal rank), and ingestion jobs that
-//! run in the background.
+//! run in the background; and grounding, which answers a chat request from
+//! a collection's best chunks (the models it calls come in through
+//! [`grounding::GroundingModels`]).
 //!
 //! The index sits behind [`ChunkIndex`], so that a remote vector database
 //! can replace the local one for deployments that outgrow one machine.
@@ -11,6 +13,7 @@ mod collections;
 mod error;
 mod extract;
 mod fusion;
+pub mod grounding;
 mod index;
 mod ingest;
 mod local;

@@ -45,7 +45,7 @@ pub async fn assemble(
     origin: &str,
     previous: &Reusable,
 ) -> anyhow::Result<Assembled> {
-    let mut builder = Gateway::builder(&config.resilience);
+    let mut builder = Gateway::builder((&config.resilience).into());
     let breaker = builder.breaker_settings();
     let mut reusable = Reusable::default();
     let mut loading = Vec::new();
@@ -60,7 +60,7 @@ pub async fn assemble(
                     name.clone(),
                     backends.chat,
                     backends.embeddings,
-                    model.pricing(),
+                    model.pricing().map(Into::into),
                     breaker,
                 ))
             }
@@ -71,7 +71,7 @@ pub async fn assemble(
         builder = builder.deployment(deployment);
     }
     for (name, route) in &config.routes {
-        builder = builder.route(name.clone(), route.clone());
+        builder = builder.route(name.clone(), route.into());
     }
     // Routes may turn caching on for themselves when it is off globally.
     let wanted = config.cache.enabled || config.routes.values().any(|r| r.cache == Some(true));

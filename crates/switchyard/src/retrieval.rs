@@ -8,8 +8,8 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use switchyard_config::{Config, ModelConfig, RetrievalConfig};
 use switchyard_models::ModelKind;
-use switchyard_orchestration::Gateway;
-use switchyard_orchestration::grounding::{GatewayEmbedder, Retrieval};
+use switchyard_pipeline::models::{CurrentGateway, GatewayEmbedder};
+use switchyard_retrieval::grounding::Retrieval;
 use switchyard_retrieval::{
     CharEstimate, ChunkSettings, Collections, Ingestor, TokenCount, TokenizerCount,
 };
@@ -18,10 +18,6 @@ use tracing::{info, warn};
 /// Context assumed for remote models, whose window the configuration does
 /// not state.
 const REMOTE_CONTEXT_TOKENS: usize = 8_192;
-
-/// Where ingestion finds the gateway to embed through: the one in force
-/// when each batch is embedded (jobs outlive reloads).
-pub type CurrentGateway = Arc<dyn Fn() -> Arc<Gateway> + Send + Sync>;
 
 /// Retrieval for `config`, or `None` when its embeddings model is not
 /// configured (the collection endpoints then answer 503). A reload passes

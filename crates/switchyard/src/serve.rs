@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::assembly::{Reusable, assemble};
 use crate::logging::{self, LogFormat};
-use crate::retrieval::CurrentGateway;
+use switchyard_pipeline::models::CurrentGateway;
 
 /// How often the configuration file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use switchyard_core::ChatRequest;
 use switchyard_governance::Caller;
 use switchyard_orchestration::RequestContext;
-use switchyard_orchestration::grounding::{Grounded, GroundingSpec, Retrieval};
+use switchyard_retrieval::grounding::{Grounded, GroundingSpec, Retrieval};
 
 use super::DEFAULT_TENANT;
+use crate::models::RequestModels;
 use crate::{GroundingAsk, PipelineError, Snapshot};
 
 /// How the request is to be grounded, if it is: the extension's options,
@@ -51,8 +52,12 @@ pub async fn ground(
     context: &RequestContext,
 ) -> Result<(ChatRequest, Grounded), PipelineError> {
     let tenant = caller.tenant_id().unwrap_or(DEFAULT_TENANT);
+    let models = RequestModels {
+        gateway: &snapshot.gateway,
+        context,
+    };
     let grounded = retrieval
-        .ground(&snapshot.gateway, tenant, &mut request, spec, context)
+        .ground(&models, tenant, &mut request, spec)
         .await?;
     Ok((request, grounded))
 }

@@ -8,6 +8,10 @@
 //! search the tenant's collection, keep the best chunks that fit the
 //! answering model's context, and put them, numbered, in a system message
 //! that asks the model to cite them.
+//!
+//! Models are reached through [`GroundingModels`], which the request path
+//! implements over the gateway: retrieval never names the gateway, so the
+//! gateway builds without the retrieval stack.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,15 +21,26 @@ use futures::future::BoxFuture;
 use minijinja::Environment;
 use serde::Serialize;
 use switchyard_config::{AssistantConfig, RetrievalConfig};
-use switchyard_core::{
-    BackendError, ChatMessage, ChatRequest, EmbeddingRequest, Role, SamplingParams,
-};
-use switchyard_retrieval::{
-    Collections, Embedder, Filter, Hit, Ingestor, RetrievalError, SearchMode, SearchQuery,
-};
+use switchyard_core::{BackendError, ChatMessage, ChatRequest, Role, SamplingParams};
 use tracing::{Instrument, debug, warn};
 
-use crate::{Gateway, RequestContext};
+use crate::{Collections, Filter, Hit, Ingestor, RetrievalError, SearchMode, SearchQuery};
+
+/// The models grounding calls: the query's embedding and, for follow-up
+/// questions, a rewrite. The request path implements it over the gateway
+/// it runs on, with that request's context, so routing, resilience and
+/// metering apply to these calls as to any other.
+pub trait GroundingModels: Send + Sync {
+    /// Embeds one text with the embeddings model named `model`.
+    fn embed_one<'a>(
+        &'a self,
+        model: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<f32>, BackendError>>;
+
+    /// Answers `request` whole and returns its text.
+    fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>>;
+}
 
 /// The instructions and sources given to the model, unless an assistant
 /// brings its own template.
@@ -230,41 +245,18 @@ impl Retrieval {
         })
     }
 
-    /// Embeds a query through the gateway.
-    pub async fn embed_query(
-        &self,
-        gateway: &Gateway,
-        text: &str,
-        context: &RequestContext,
-    ) -> Result<Vec<f32>, BackendError> {
-        let request = EmbeddingRequest {
-            model: self.config.embedding_model.clone(),
-            inputs: vec![text.to_owned()],
-            dimensions: None,
-            user: None,
-        };
-        let routed = gateway.embed(request, context).await?;
-        routed
-            .value
-            .embeddings
-            .into_iter()
-            .next()
-            .ok_or_else(|| BackendError::internal("the embeddings model returned no vector"))
-    }
-
     /// Searches a tenant's collection for `text`.
     pub async fn search(
         &self,
-        gateway: &Gateway,
+        models: &dyn GroundingModels,
         tenant: &str,
         collection: &str,
         mut query: SearchQuery,
-        context: &RequestContext,
     ) -> Result<Vec<Hit>, GroundingError> {
         let collection = self.collections.get(tenant, collection).await?;
         if query.mode != SearchMode::Keyword {
-            let vector = self
-                .embed_query(gateway, &query.text, context)
+            let vector = models
+                .embed_one(&self.config.embedding_model, &query.text)
                 .await
                 .map_err(GroundingError::Backend)?;
             query.vector = Some(vector);
@@ -275,11 +267,10 @@ impl Retrieval {
     /// Retrieves sources for `request` and puts them in its system message.
     pub async fn ground(
         &self,
-        gateway: &Gateway,
+        models: &dyn GroundingModels,
         tenant: &str,
         request: &mut ChatRequest,
         spec: &GroundingSpec,
-        context: &RequestContext,
     ) -> Result<Grounded, GroundingError> {
         let span = tracing::debug_span!(
             "retrieve",
@@ -298,8 +289,7 @@ impl Retrieval {
                     .count()
                     > 1
             {
-                query = self
-                    .rewrite(gateway, model, &request.messages, context)
+                query = rewrite(models, model, &request.messages)
                     .await
                     .unwrap_or(query);
             }
@@ -311,7 +301,7 @@ impl Retrieval {
                 filter: spec.filter.clone(),
             };
             let hits = self
-                .search(gateway, tenant, &spec.collection, search, context)
+                .search(models, tenant, &spec.collection, search)
                 .await?;
             let budget = self.source_budget(request, spec);
             let sources = select_sources(hits, spec.top_k, budget);
@@ -356,58 +346,6 @@ impl Retrieval {
         spec.context_tokens.map_or(left, |cap| cap.min(left))
     }
 
-    async fn rewrite(
-        &self,
-        gateway: &Gateway,
-        model: &str,
-        messages: &[ChatMessage],
-        context: &RequestContext,
-    ) -> Option<String> {
-        let transcript: Vec<String> = messages
-            .iter()
-            .filter(|m| m.role != Role::System)
-            .rev()
-            .take(6)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .map(|m| format!("{}: {}", m.role.as_str(), m.text()))
-            .collect();
-        let mut request = ChatRequest::new(
-            model,
-            vec![
-                ChatMessage::new(
-                    Role::System,
-                    "Rewrite the user's last message as one standalone search query that \
-                     names its subject. Reply with the query only.",
-                ),
-                ChatMessage::new(Role::User, transcript.join("\n")),
-            ],
-        );
-        request.max_tokens = Some(48);
-        request.sampling = SamplingParams {
-            temperature: Some(0.0),
-            ..SamplingParams::default()
-        };
-        match gateway.chat(request, context).await {
-            Ok(routed) => {
-                let query = routed
-                    .value
-                    .content
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned();
-                (!query.is_empty()).then_some(query)
-            }
-            Err(error) => {
-                warn!(model, message = %error.message, "query rewrite failed; searching with the conversation's words");
-                None
-            }
-        }
-    }
-
     fn render(
         &self,
         assistant: Option<&str>,
@@ -441,6 +379,52 @@ impl Retrieval {
         template
             .render(minijinja::context! { sources => minijinja::Value::from(minijinja::value::Serde(&sources)), question => question })
             .map_err(|e| format!("the retrieval template failed: {e}"))
+    }
+}
+
+/// A follow-up question rewritten as a standalone search query by
+/// `model`; `None` when the rewrite fails (the conversation's words are
+/// searched instead).
+async fn rewrite(
+    models: &dyn GroundingModels,
+    model: &str,
+    messages: &[ChatMessage],
+) -> Option<String> {
+    let transcript: Vec<String> = messages
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .rev()
+        .take(6)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .map(|m| format!("{}: {}", m.role.as_str(), m.text()))
+        .collect();
+    let mut request = ChatRequest::new(
+        model,
+        vec![
+            ChatMessage::new(
+                Role::System,
+                "Rewrite the user's last message as one standalone search query that \
+                 names its subject. Reply with the query only.",
+            ),
+            ChatMessage::new(Role::User, transcript.join("\n")),
+        ],
+    );
+    request.max_tokens = Some(48);
+    request.sampling = SamplingParams {
+        temperature: Some(0.0),
+        ..SamplingParams::default()
+    };
+    match models.complete(request).await {
+        Ok(answer) => {
+            let query = answer.lines().next().unwrap_or("").trim().to_owned();
+            (!query.is_empty()).then_some(query)
+        }
+        Err(error) => {
+            warn!(model, message = %error.message, "query rewrite failed; searching with the conversation's words");
+            None
+        }
     }
 }
 
@@ -521,38 +505,6 @@ fn add_instructions(request: &mut ChatRequest, instructions: String) {
         _ => request
             .messages
             .insert(0, ChatMessage::new(Role::System, instructions)),
-    }
-}
-
-/// Embeds ingested chunks through the current gateway's embeddings model.
-pub struct GatewayEmbedder {
-    gateway: Arc<dyn Fn() -> Arc<Gateway> + Send + Sync>,
-    model: String,
-}
-
-impl GatewayEmbedder {
-    /// Embeds with `model` on whatever gateway `gateway` returns at the time.
-    pub fn new(gateway: Arc<dyn Fn() -> Arc<Gateway> + Send + Sync>, model: String) -> Self {
-        Self { gateway, model }
-    }
-}
-
-impl Embedder for GatewayEmbedder {
-    fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, RetrievalError>> {
-        Box::pin(async move {
-            let gateway = (self.gateway)();
-            let request = EmbeddingRequest {
-                model: self.model.clone(),
-                inputs: texts,
-                dimensions: None,
-                user: None,
-            };
-            gateway
-                .embed(request, &RequestContext::default())
-                .await
-                .map(|routed| routed.value.embeddings)
-                .map_err(RetrievalError::Embedding)
-        })
     }
 }
 

@@ -1,0 +1,88 @@
+//! Retrieval's view of the models: the gateway, behind the traits the
+//! retrieval crate calls (so that retrieval does not depend on routing and
+//! the gateway builds without the retrieval stack).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use switchyard_core::{BackendError, ChatRequest, EmbeddingRequest};
+use switchyard_orchestration::{Gateway, RequestContext};
+use switchyard_retrieval::grounding::GroundingModels;
+use switchyard_retrieval::{Embedder, RetrievalError};
+
+/// One request's gateway and context, as grounding's models: the query
+/// embedding and the rewrite are routed, retried and traced as parts of
+/// that request.
+pub struct RequestModels<'a> {
+    /// The gateway of the request's snapshot.
+    pub gateway: &'a Gateway,
+    /// The request's routing context.
+    pub context: &'a RequestContext,
+}
+
+impl GroundingModels for RequestModels<'_> {
+    fn embed_one<'a>(
+        &'a self,
+        model: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<f32>, BackendError>> {
+        Box::pin(async move {
+            let vectors = embed(self.gateway, model, vec![text.to_owned()], self.context).await?;
+            vectors
+                .into_iter()
+                .next()
+                .ok_or_else(|| BackendError::internal("the embeddings model returned no vector"))
+        })
+    }
+
+    fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>> {
+        Box::pin(async move {
+            let routed = self.gateway.chat(request, self.context).await?;
+            Ok(routed.value.content)
+        })
+    }
+}
+
+async fn embed(
+    gateway: &Gateway,
+    model: &str,
+    inputs: Vec<String>,
+    context: &RequestContext,
+) -> Result<Vec<Vec<f32>>, BackendError> {
+    let request = EmbeddingRequest {
+        model: model.to_owned(),
+        inputs,
+        dimensions: None,
+        user: None,
+    };
+    let routed = gateway.embed(request, context).await?;
+    Ok(routed.value.embeddings)
+}
+
+/// Where ingestion finds the gateway to embed through: the one in force
+/// when each batch is embedded (jobs outlive reloads).
+pub type CurrentGateway = Arc<dyn Fn() -> Arc<Gateway> + Send + Sync>;
+
+/// Embeds ingested chunks through the current gateway's embeddings model.
+pub struct GatewayEmbedder {
+    gateway: CurrentGateway,
+    model: String,
+}
+
+impl GatewayEmbedder {
+    /// Embeds with `model` on whatever gateway `gateway` returns at the time.
+    pub fn new(gateway: CurrentGateway, model: String) -> Self {
+        Self { gateway, model }
+    }
+}
+
+impl Embedder for GatewayEmbedder {
+    fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Vec<Vec<f32>>, RetrievalError>> {
+        Box::pin(async move {
+            let gateway = (self.gateway)();
+            embed(&gateway, &self.model, texts, &RequestContext::default())
+                .await
+                .map_err(RetrievalError::Embedding)
+        })
+    }
+}
