@@ -10,6 +10,8 @@
 #   OTLP=1 LATENCY_MS=0 bench/load.sh  # with every span exported (OTLP/HTTP
 #                                      # to a stand-in collector)
 #   OTLP=1 SAMPLE=0.1 bench/load.sh    # ...of one trace in ten
+#   SWITCHYARD_BIN=/tmp/old/switchyard bench/load.sh   # another build of the
+#                                      # gateway (before/after a change)
 #
 # Load generator, stand-in and gateway share this machine's cores.
 set -euo pipefail
@@ -20,6 +22,7 @@ LATENCY_MS=${LATENCY_MS:-1}
 STANDIN=127.0.0.1:19090
 SLOW_STANDIN=127.0.0.1:19091
 COLLECTOR=127.0.0.1:19092
+SWITCHYARD_BIN=${SWITCHYARD_BIN:-target/release/switchyard}
 OTLP=${OTLP:-}
 SAMPLE=${SAMPLE:-1.0}
 GATEWAY=127.0.0.1:18080
@@ -48,7 +51,7 @@ backend = "openai"
 base_url = "http://$SLOW_STANDIN/v1"
 $telemetry
 TOML
-SWITCHYARD_DATA_DIR="$work" RUST_LOG=warn target/release/switchyard serve --config "$work/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.log" &
+SWITCHYARD_DATA_DIR="$work" RUST_LOG=warn "$SWITCHYARD_BIN" serve --config "$work/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.log" &
 gateway_pid=$!
 for _ in $(seq 100); do
   curl -sf "http://$GATEWAY/readyz" >/dev/null && curl -sf "http://$STANDIN/v1/models" >/dev/null && break

@@ -172,6 +172,10 @@ impl From<PipelineError> for ApiError {
                 param: Some("retrieval".into()),
                 ..error.into()
             },
+            PipelineError::ContentPolicy(blocked) => {
+                ApiError::invalid_request(blocked.message(), Some("messages".into()))
+                    .with_code("content_policy_violation")
+            }
             PipelineError::RetrievalUnavailable => ApiError::invalid_request(
                 PipelineError::RetrievalUnavailable.to_string(),
                 Some("retrieval".into()),

@@ -15,6 +15,7 @@
 //! api_key = "${OPENAI_API_KEY}"
 //! ```
 
+mod guardrails;
 mod interpolate;
 mod retrieval;
 mod routing;
@@ -25,6 +26,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use guardrails::{
+    CheckAction, CheckConfig, CheckKind, CheckSide, GuardrailsConfig, PolicyConfig,
+};
 pub use interpolate::{InterpolationError, interpolate};
 pub use retrieval::{AssistantConfig, RetrievalConfig};
 pub use routing::{
@@ -71,6 +75,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Collections, chunking and grounded assistants.
     pub retrieval: RetrievalConfig,
+    /// Policies on what goes in to models and what comes out.
+    pub guardrails: GuardrailsConfig,
 }
 
 /// The `[telemetry]` table.
@@ -306,6 +312,8 @@ struct RawConfig {
     telemetry: TelemetryConfig,
     #[serde(default)]
     retrieval: RetrievalConfig,
+    #[serde(default)]
+    guardrails: GuardrailsConfig,
 }
 
 impl Default for Config {
@@ -324,6 +332,7 @@ impl Default for Config {
             governance: GovernanceConfig::default(),
             telemetry: TelemetryConfig::default(),
             retrieval: RetrievalConfig::default(),
+            guardrails: GuardrailsConfig::default(),
         }
     }
 }
@@ -1056,6 +1065,7 @@ impl Config {
             governance: raw.governance,
             telemetry: raw.telemetry,
             retrieval: raw.retrieval,
+            guardrails: raw.guardrails,
         };
         config
             .validate()
@@ -1081,6 +1091,18 @@ impl Config {
             return Err(("worker_threads".into(), "must be at least 1".into()));
         }
         self.validate_retrieval()?;
+        self.guardrails.validate()?;
+        if let Some(target) = self
+            .guardrails
+            .attach
+            .keys()
+            .find(|t| !self.models.contains_key(*t) && !self.routes.contains_key(*t))
+        {
+            return Err((
+                format!("guardrails.attach.{target}"),
+                "no model or route by this name".into(),
+            ));
+        }
         let telemetry = &self.telemetry;
         if !(0.0..=1.0).contains(&telemetry.sample_ratio) {
             return Err((

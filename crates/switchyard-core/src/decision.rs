@@ -134,6 +134,27 @@ pub enum Decision {
         /// What went wrong (masked in the audit record).
         message: String,
     },
+    /// A guardrail check fired: which policy and check, what it did, on
+    /// which side, what it found and where (never the matched text).
+    Guardrail {
+        /// The policy.
+        policy: String,
+        /// The check.
+        check: String,
+        /// `block`, `mask`, `pseudonymize` or `flag`.
+        action: &'static str,
+        /// `input` or `output`.
+        side: &'static str,
+        /// What fired: a data class, `word`, `pattern`, a heuristic, `size`.
+        found: String,
+        /// The message it was found in (input), from 0.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<usize>,
+        /// Where the match starts in that text (bytes).
+        start: usize,
+        /// Where it ends (bytes, exclusive).
+        end: usize,
+    },
     /// What the request used and cost.
     Usage {
         /// Prompt tokens.

@@ -1,5 +1,6 @@
 //! The chat operation, whole and streamed: authenticate → admit (beside
-//! grounding) → route → meter → finish, on one snapshot.
+//! grounding) → guard the input → route → guard the output → meter →
+//! finish, on one snapshot.
 
 use std::sync::Arc;
 
@@ -8,7 +9,9 @@ use switchyard_governance::{Admission, Operation, Outcome};
 use switchyard_telemetry::trace;
 
 use crate::stages::authenticate::CallKind;
-use crate::stages::{admit, authenticate, finish, ground, meter};
+use switchyard_guardrails::OutputGuard;
+
+use crate::stages::{admit, authenticate, finish, ground, guard, meter};
 use crate::{Answer, Call, Grounded, GroundingAsk, Pipeline, PipelineError, Snapshot};
 
 /// A chat call past admission: what the answer stages need.
@@ -21,6 +24,8 @@ struct Admitted {
     /// What the audit trail keeps of the prompt, when it keeps prompts.
     prompt: Option<String>,
     keep_answer: bool,
+    /// The output checks the answer goes through, if any apply.
+    guard: Option<OutputGuard>,
 }
 
 impl Admitted {
@@ -42,7 +47,7 @@ impl Pipeline {
     ) -> Result<Answer<ChatResponse>, PipelineError> {
         let mut admitted = self.admit_chat(call, request, grounding, false).await?;
         let rate_limits = admitted.admission.rate_headers().pairs();
-        let routed = match admitted
+        let mut routed = match admitted
             .snapshot
             .gateway
             .chat(admitted.request.clone(), &admitted.call.context)
@@ -57,6 +62,9 @@ impl Pipeline {
                 ));
             }
         };
+        if let Some(guard) = &mut admitted.guard {
+            guard::whole(guard, &mut routed.value, &admitted.call.context);
+        }
         trace::annotate_strings(
             &tracing::Span::current(),
             "gen_ai.response.finish_reasons",
@@ -106,7 +114,22 @@ impl Pipeline {
             deployment,
             cache,
         } = routed;
-        let events = meter::metered(value, admitted.admission, outcome, admitted.keep_answer);
+        let value = match admitted.guard.take() {
+            Some(output) => guard::streamed(
+                value,
+                output,
+                admitted.call.context.clone(),
+                u32::try_from(admit::estimate_chat(&admitted.request)).unwrap_or(u32::MAX),
+            ),
+            None => value,
+        };
+        let events = meter::metered(
+            value,
+            admitted.admission,
+            outcome,
+            admitted.keep_answer,
+            admitted.call.context.trail.clone(),
+        );
         Ok(Answer {
             routed: switchyard_orchestration::Routed {
                 value: events,
@@ -143,7 +166,7 @@ impl Pipeline {
         let prompt = policy.store_prompts.then(|| finish::prompt_text(&request));
         let keep_answer = policy.store_answers;
         let admission = admit::admit(&self.governance, &snapshot, &caller, facts);
-        let (admission, request, grounded) = match &plan {
+        let (admission, mut request, grounded) = match &plan {
             None => (admission.await?, request, None),
             Some((retrieval, spec)) => {
                 let grounding =
@@ -156,6 +179,12 @@ impl Pipeline {
                 }
             }
         };
+        // After grounding: the sources are checked with the rest of what
+        // will be sent.
+        let guard = match guard::input(&snapshot, &mut request, &call.context) {
+            Ok(guard) => guard,
+            Err(error) => return Err(finish::fail(admission, error, &call.context)),
+        };
         Ok(Admitted {
             snapshot,
             call,
@@ -164,6 +193,7 @@ impl Pipeline {
             grounded,
             prompt,
             keep_answer,
+            guard,
         })
     }
 }

@@ -18,6 +18,9 @@ pub enum PipelineError {
     /// The request's grounding options are wrong, or retrieval failed.
     #[error(transparent)]
     Retrieval(RetrievalError),
+    /// A guardrail policy refused the request.
+    #[error("{}", .0.message())]
+    ContentPolicy(switchyard_guardrails::Blocked),
     /// The request asked for retrieval on a server that has none.
     #[error("retrieval is not available on this server: no embeddings model is configured")]
     RetrievalUnavailable,
@@ -54,7 +57,7 @@ impl PipelineError {
             Self::Governance(error) => error.status(),
             Self::Backend(error) => error.kind.status(),
             Self::Retrieval(error) => error.status(),
-            Self::RetrievalUnavailable => 400,
+            Self::RetrievalUnavailable | Self::ContentPolicy(_) => 400,
         }
     }
 }

@@ -7,10 +7,14 @@
 //! 1. [`stages::authenticate`]: who is calling (a refusal is recorded);
 //! 2. [`stages::admit`]: limits and budgets, while [`stages::ground`]
 //!    retrieves sources when the request asks to be grounded;
-//! 3. [`stages::route`]: the gateway's routes, fallbacks, retries, hedges
+//! 3. [`stages::guard`]: the guardrail policies' input checks (block,
+//!    mask, pseudonymise, flag) on what will be sent;
+//! 4. [`stages::route`]: the gateway's routes, fallbacks, retries, hedges
 //!    and cache;
-//! 4. [`stages::meter`]: a streamed answer, watched as it passes;
-//! 5. [`stages::finish`]: usage, cost, ledger row, audit record, metrics
+//! 5. [`stages::guard`] again on the answer (whole, or as it streams,
+//!    through a hold-back window), then [`stages::meter`]: a streamed
+//!    answer, watched as it passes;
+//! 6. [`stages::finish`]: usage, cost, ledger row, audit record, metrics
 //!    and the request's log line.
 //!
 //! The pipeline knows no HTTP: front doors hand it a [`Call`] (the
@@ -29,6 +33,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use switchyard_governance::{Caller, Governance, Policy};
+use switchyard_guardrails::Guardrails;
 use switchyard_orchestration::Gateway;
 use switchyard_retrieval::grounding::Retrieval;
 
@@ -44,6 +49,8 @@ pub struct Snapshot {
     /// Collections and assistants; `None` when no embeddings model is
     /// configured.
     pub retrieval: Option<Arc<Retrieval>>,
+    /// Policies on what goes in to models and what comes out.
+    pub guardrails: Arc<Guardrails>,
 }
 
 /// The request pipeline: governance (which outlives reloads: its store,

@@ -157,6 +157,13 @@ struct CacheLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GuardrailLabels {
+    policy: String,
+    check: String,
+    action: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CostLabels {
     tenant: String,
     model: String,
@@ -257,6 +264,7 @@ pub struct Metrics {
     fallbacks: Family<FallbackLabels, Counter>,
     hedges: Family<RouteLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
+    guardrails: Family<GuardrailLabels, Counter>,
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     overhead: HistogramFamily<OverheadLabels>,
     retrieval: Histogram,
@@ -358,6 +366,12 @@ impl Metrics {
             "Response cache lookups by result (hit or miss)",
             cache.clone(),
         );
+        let guardrails = Family::<GuardrailLabels, Counter>::default();
+        registry.register(
+            "switchyard_guardrail_decisions",
+            "Guardrail checks that fired, by policy, check and action",
+            guardrails.clone(),
+        );
         let cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
         registry.register(
             "switchyard_cost_usd",
@@ -392,6 +406,7 @@ impl Metrics {
             fallbacks,
             hedges,
             cache,
+            guardrails,
             cost,
             overhead,
             retrieval,
@@ -536,6 +551,17 @@ impl Metrics {
     /// A grounded request's retrieval finished (or failed) after `elapsed`.
     pub fn retrieval_done(&self, elapsed: Duration) {
         self.retrieval.observe(elapsed.as_secs_f64());
+    }
+
+    /// A guardrail check fired (`action`: block, mask, pseudonymize, flag).
+    pub fn guardrail_decision(&self, policy: &str, check: &str, action: &'static str) {
+        self.guardrails
+            .get_or_create(&GuardrailLabels {
+                policy: policy.to_owned(),
+                check: check.to_owned(),
+                action,
+            })
+            .inc();
     }
 
     /// A response cache lookup.

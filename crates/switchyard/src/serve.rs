@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 
 use crate::assembly::{Reusable, assemble};
 use crate::logging::{self, LogFormat};
+use switchyard_guardrails::Guardrails;
 use switchyard_pipeline::models::CurrentGateway;
 
 /// How often the configuration file is checked for changes.
@@ -132,6 +133,7 @@ async fn serve(
             gateway: Arc::new(assembled.gateway),
             policy: governance.policy(),
             retrieval,
+            guardrails: Arc::new(guardrails(&config, "the configuration")?),
         },
     );
     let _ = pipeline_cell.set(Arc::downgrade(&pipeline));
@@ -356,12 +358,21 @@ async fn reload(
     } else {
         crate::retrieval::build(next, in_force.retrieval.as_deref(), current_gateway)?
     };
+    let guardrails = Arc::new(guardrails(next, origin)?);
     pipeline.replace(Snapshot {
         gateway: Arc::new(assembled.gateway),
         policy,
         retrieval,
+        guardrails,
     });
     Ok(assembled.reusable)
+}
+
+/// The compiled `[guardrails]` policies (a pattern that does not compile
+/// stops start-up, or the reload, naming its field).
+fn guardrails(config: &Config, origin: &str) -> anyhow::Result<Guardrails> {
+    Guardrails::from_config(&config.guardrails)
+        .map_err(|e| anyhow!("{origin}: field `{}`: {}", e.field, e.message))
 }
 
 async fn shutdown_signal() {

@@ -6,18 +6,21 @@
 use futures::StreamExt;
 use switchyard_core::{ChatStream, StreamEvent};
 use switchyard_governance::{Admission, Outcome};
+use switchyard_orchestration::Trail;
 use switchyard_telemetry::trace;
 
 use super::finish::{annotate_usage, tokens};
 
 /// Meters `events`; `outcome` is what is known of the call so far (its
 /// route, prompt, retrieval time). The stream has a span of its own, a
-/// child of the request's.
+/// child of the request's. `trail` is read again at the end, for the
+/// steps taken while the answer streamed (output guardrails).
 pub fn metered(
     mut events: ChatStream,
     mut admission: Admission,
     mut outcome: Outcome,
     keep_answer: bool,
+    trail: Trail,
 ) -> ChatStream {
     let request_span = tracing::Span::current();
     let stream_span = tracing::debug_span!(
@@ -69,6 +72,7 @@ pub fn metered(
         if keep_answer {
             outcome.answer = Some(answer);
         }
+        outcome.decisions = trail.steps();
         admission.finish(outcome);
         drop(stream_span);
     })

@@ -6,6 +6,7 @@ pub mod admit;
 pub mod authenticate;
 pub mod finish;
 pub mod ground;
+pub mod guard;
 pub mod meter;
 
 /// The tenant whose collections keyless callers (authentication off, the

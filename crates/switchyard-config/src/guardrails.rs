@@ -1,0 +1,198 @@
+//! The `[guardrails]` table: policies on what goes in to models and what
+//! comes out, and where they apply.
+//!
+//! ```toml
+//! [guardrails]
+//! default = ["baseline"]            # every chat request
+//! hold_back_chars = 32              # streamed text held back for output checks
+//!
+//! [guardrails.attach]
+//! gpt-4o = ["no-personal-data"]     # a model or route name → more policies
+//!
+//! [guardrails.policies.baseline]
+//! checks = [
+//!   { kind = "injection", action = "block" },
+//!   { kind = "deny", on = "output", words = ["internal only"], action = "block" },
+//! ]
+//!
+//! [guardrails.policies.no-personal-data]
+//! checks = [{ kind = "data", classes = ["email", "card"], action = "pseudonymize" }]
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The `[guardrails]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailsConfig {
+    /// Policies by name.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyConfig>,
+    /// Policies every chat request runs.
+    #[serde(default)]
+    pub default: Vec<String>,
+    /// A model or route name → the policies its requests also run.
+    #[serde(default)]
+    pub attach: BTreeMap<String, Vec<String>>,
+    /// Characters of a streamed answer held back so that a match split
+    /// across chunks is caught before any of it is sent; also the longest
+    /// output match guaranteed to be caught.
+    #[serde(default = "default_hold_back")]
+    pub hold_back_chars: usize,
+}
+
+impl Default for GuardrailsConfig {
+    fn default() -> Self {
+        Self {
+            policies: BTreeMap::new(),
+            default: Vec::new(),
+            attach: BTreeMap::new(),
+            hold_back_chars: default_hold_back(),
+        }
+    }
+}
+
+fn default_hold_back() -> usize {
+    32
+}
+
+/// One policy: checks run in order.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The checks.
+    pub checks: Vec<CheckConfig>,
+}
+
+/// What a check looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// Personal data and secrets (`classes`).
+    Data,
+    /// Words and regular expressions (`words`, `patterns`).
+    Deny,
+    /// Prompt injection and jailbreak attempts (heuristics).
+    Injection,
+    /// Prompts longer than `max_prompt_tokens` (estimated).
+    PromptSize,
+}
+
+/// Which side of the call a check reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckSide {
+    /// The request.
+    #[default]
+    Input,
+    /// The answer.
+    Output,
+    /// Both.
+    Both,
+}
+
+/// What happens when a check fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckAction {
+    /// Refuse the request (400 `content_policy_violation`), or end the
+    /// answer (`finish_reason: "content_filter"`).
+    Block,
+    /// Replace the matched text with its kind (`[EMAIL]`).
+    Mask,
+    /// Replace each value with a numbered placeholder (`<EMAIL_1>`) on the
+    /// way in and put the real value back into the answer: the upstream
+    /// never sees it. `data` checks on the input only.
+    Pseudonymize,
+    /// Let it pass; record and count the decision.
+    Flag,
+}
+
+/// One check of a policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// Its name in decisions and metrics; default: the kind.
+    pub name: Option<String>,
+    /// What it looks for.
+    pub kind: CheckKind,
+    /// What it reads.
+    #[serde(default)]
+    pub on: CheckSide,
+    /// What happens when it fires.
+    pub action: CheckAction,
+    /// `data`: which classes (`email`, `phone`, `card`, `iban`, `ip`,
+    /// `api_key`, `token`, `secret`); empty: all.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// `deny`: words and phrases, matched whole and case-insensitively.
+    #[serde(default)]
+    pub words: Vec<String>,
+    /// `deny`: regular expressions.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// `prompt_size`: the most prompt tokens allowed.
+    pub max_prompt_tokens: Option<u32>,
+}
+
+impl GuardrailsConfig {
+    /// Every named policy exists, and each check has what its kind needs.
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+        let named = self
+            .default
+            .iter()
+            .map(|name| ("guardrails.default".to_owned(), name))
+            .chain(self.attach.iter().flat_map(|(target, names)| {
+                names
+                    .iter()
+                    .map(move |name| (format!("guardrails.attach.{target}"), name))
+            }));
+        for (field, name) in named {
+            if !self.policies.contains_key(name) {
+                return Err((
+                    field,
+                    format!("no policy named {name:?} in [guardrails.policies]"),
+                ));
+            }
+        }
+        for (name, policy) in &self.policies {
+            for (i, check) in policy.checks.iter().enumerate() {
+                let field = format!("guardrails.policies.{name}.checks[{i}]");
+                check.validate().map_err(|message| (field, message))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CheckConfig {
+    fn validate(&self) -> Result<(), String> {
+        match self.kind {
+            CheckKind::Deny if self.words.is_empty() && self.patterns.is_empty() => {
+                return Err("a deny check needs `words` or `patterns`".into());
+            }
+            CheckKind::PromptSize if self.max_prompt_tokens.is_none() => {
+                return Err("a prompt_size check needs `max_prompt_tokens`".into());
+            }
+            CheckKind::PromptSize if self.on != CheckSide::Input => {
+                return Err("a prompt_size check reads the input only".into());
+            }
+            _ => {}
+        }
+        if self.action == CheckAction::Pseudonymize
+            && (self.kind != CheckKind::Data || self.on != CheckSide::Input)
+        {
+            return Err("pseudonymize is for data checks on the input".into());
+        }
+        if self.action == CheckAction::Mask
+            && matches!(self.kind, CheckKind::Injection | CheckKind::PromptSize)
+        {
+            return Err(
+                format!("a {:?} check cannot mask: block or flag", self.kind).to_lowercase(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,250 @@
+//! Input checks: what a request may send upstream. Runs before routing,
+//! on every text the request carries (message parts and tool-call
+//! arguments).
+
+use std::collections::HashMap;
+
+use switchyard_core::{ChatRequest, ContentPart, Decision};
+
+use crate::detect::{self, DataClass, Found};
+use crate::policy::{Action, Applied, Check, Hit, Test};
+
+/// A request or answer a check refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blocked {
+    /// The policy.
+    pub policy: String,
+    /// The check.
+    pub check: String,
+    /// What it found.
+    pub found: String,
+    /// Every decision up to and including the block.
+    pub decisions: Vec<Decision>,
+}
+
+impl Blocked {
+    /// The client's message: which policy and check, never the text.
+    pub fn message(&self) -> String {
+        format!(
+            "the request was refused by guardrail policy `{}` (check `{}`: {})",
+            self.policy, self.check, self.found
+        )
+    }
+}
+
+/// Placeholders sent upstream in place of personal data, and the values
+/// they stand for, to put back into the answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Restorer {
+    /// (placeholder, original), in the order they were made.
+    pairs: Vec<(String, String)>,
+    by_value: HashMap<(DataClass, String), usize>,
+    counts: HashMap<DataClass, usize>,
+}
+
+impl Restorer {
+    /// The placeholder for `value` (the same value gets the same one).
+    fn placeholder(&mut self, class: DataClass, value: &str) -> String {
+        if let Some(&i) = self.by_value.get(&(class, value.to_owned())) {
+            return self.pairs[i].0.clone();
+        }
+        let n = self.counts.entry(class).or_insert(0);
+        *n += 1;
+        let placeholder = format!("<{}_{}>", class.stem(), n);
+        self.by_value
+            .insert((class, value.to_owned()), self.pairs.len());
+        self.pairs.push((placeholder.clone(), value.to_owned()));
+        placeholder
+    }
+
+    /// Whether any value was replaced.
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// `text` with every placeholder replaced by its value.
+    pub fn restore(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for (placeholder, value) in &self.pairs {
+            if out.contains(placeholder.as_str()) {
+                out = out.replace(placeholder.as_str(), value);
+            }
+        }
+        out
+    }
+
+    /// The longest placeholder, for the stream hold-back.
+    pub(crate) fn longest(&self) -> usize {
+        self.pairs.iter().map(|(p, _)| p.len()).max().unwrap_or(0)
+    }
+}
+
+/// What the input checks did to a request that may go on.
+#[derive(Debug, Default)]
+pub struct InputOutcome {
+    /// The decisions taken, in order.
+    pub decisions: Vec<Decision>,
+    /// The values pseudonymised, to restore in the answer.
+    pub restorer: Restorer,
+}
+
+pub(crate) fn decision(
+    policy: &str,
+    check: &Check,
+    side: &'static str,
+    hit: &Hit,
+    message: Option<usize>,
+) -> Decision {
+    Decision::Guardrail {
+        policy: policy.to_owned(),
+        check: check.name.clone(),
+        action: check.action.as_str(),
+        side,
+        found: hit.found.clone(),
+        message,
+        start: hit.start,
+        end: hit.end,
+    }
+}
+
+/// Rough prompt size: four characters a token, the estimate admission uses.
+fn estimated_tokens(request: &ChatRequest) -> u64 {
+    request
+        .messages
+        .iter()
+        .map(|m| m.text().chars().count().div_ceil(4) as u64)
+        .sum()
+}
+
+impl Applied {
+    /// Runs the input checks over `request`, rewriting what they mask or
+    /// pseudonymise; `Err` when one blocks it.
+    pub fn check_input(&self, request: &mut ChatRequest) -> Result<InputOutcome, Blocked> {
+        let mut outcome = InputOutcome::default();
+        for policy in &self.policies {
+            for check in policy.checks.iter().filter(|c| c.input) {
+                if let Test::PromptSize(limit) = check.test {
+                    let tokens = estimated_tokens(request);
+                    if tokens > u64::from(limit) {
+                        let hit = Hit {
+                            found: format!("size ({tokens} > {limit} tokens)"),
+                            class: None,
+                            start: 0,
+                            end: 0,
+                        };
+                        outcome
+                            .decisions
+                            .push(decision(&policy.name, check, "input", &hit, None));
+                        if check.action == Action::Block {
+                            return Err(blocked(&policy.name, check, &hit, outcome.decisions));
+                        }
+                    }
+                    continue;
+                }
+                for (index, message) in request.messages.iter_mut().enumerate() {
+                    let texts = message
+                        .content
+                        .iter_mut()
+                        .filter_map(|part| match part {
+                            ContentPart::Text(text) => Some(text),
+                            ContentPart::Image { .. } => None,
+                        })
+                        .chain(message.tool_calls.iter_mut().map(|c| &mut c.arguments));
+                    for text in texts {
+                        let hits = check.test.hits(text);
+                        if hits.is_empty() {
+                            continue;
+                        }
+                        for hit in &hits {
+                            outcome.decisions.push(decision(
+                                &policy.name,
+                                check,
+                                "input",
+                                hit,
+                                Some(index),
+                            ));
+                        }
+                        match check.action {
+                            Action::Block => {
+                                return Err(blocked(
+                                    &policy.name,
+                                    check,
+                                    &hits[0],
+                                    outcome.decisions,
+                                ));
+                            }
+                            Action::Flag => {}
+                            Action::Mask => {
+                                *text =
+                                    rewrite(text, &hits, |hit| Check::mask_label(hit).to_owned());
+                            }
+                            Action::Pseudonymize => {
+                                let restorer = &mut outcome.restorer;
+                                let original = text.clone();
+                                *text = rewrite(text, &hits, |hit| match hit.class {
+                                    Some(class) => {
+                                        restorer.placeholder(class, &original[hit.start..hit.end])
+                                    }
+                                    None => Check::mask_label(hit).to_owned(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The hits of every input-side check in `text`, for moderation
+    /// (nothing is rewritten): (policy, check, what was found).
+    pub fn moderate(&self, text: &str) -> Vec<(String, String, String)> {
+        let mut found = Vec::new();
+        for policy in &self.policies {
+            for check in policy.checks.iter().filter(|c| c.input) {
+                let hits = match check.test {
+                    Test::PromptSize(limit) => {
+                        let tokens = text.chars().count().div_ceil(4) as u64;
+                        if tokens > u64::from(limit) {
+                            vec![format!("size ({tokens} > {limit} tokens)")]
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    _ => check.test.hits(text).into_iter().map(|h| h.found).collect(),
+                };
+                for hit in hits {
+                    found.push((policy.name.clone(), check.name.clone(), hit));
+                }
+            }
+        }
+        found
+    }
+}
+
+fn blocked(policy: &str, check: &Check, hit: &Hit, decisions: Vec<Decision>) -> Blocked {
+    Blocked {
+        policy: policy.to_owned(),
+        check: check.name.clone(),
+        found: hit.found.clone(),
+        decisions,
+    }
+}
+
+fn rewrite(text: &str, hits: &[Hit], with: impl FnMut(&Hit) -> String) -> String {
+    let mut with = with;
+    let spans: Vec<Found> = hits
+        .iter()
+        .map(|h| Found {
+            class: h.class.unwrap_or(DataClass::Secret),
+            start: h.start,
+            end: h.end,
+        })
+        .collect();
+    let mut i = 0;
+    detect::replace(text, &spans, |_| {
+        let out = with(&hits[i]);
+        i += 1;
+        out
+    })
+}

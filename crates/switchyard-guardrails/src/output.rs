@@ -1,0 +1,212 @@
+//! Output checks, incremental: a streamed answer passes through a bounded
+//! hold-back window, so that a match split across chunks is caught before
+//! any of it reaches the client; masks rewrite it, a block ends the answer
+//! where the match begins. Pseudonymised values are restored as the text
+//! leaves the window (a placeholder split across chunks included).
+
+use switchyard_core::Decision;
+
+use crate::input::{Blocked, Restorer, decision};
+use crate::policy::{Action, Applied, Check, Hit, Policy};
+
+/// Where an answer stands after a piece of it was checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Passed {
+    /// Text the client may see now (possibly empty: held back).
+    Text(String),
+    /// A check blocked the answer: the text before the match, then the end.
+    Blocked {
+        /// What the client may still see.
+        text: String,
+        /// Why it ended.
+        blocked: Blocked,
+    },
+}
+
+/// The output checks of one answer, with its window and its restorer.
+pub struct OutputGuard {
+    checks: Vec<(std::sync::Arc<Policy>, usize)>,
+    restorer: Restorer,
+    window: usize,
+    pending: String,
+    /// Bytes of the answer already passed on, so decisions give offsets
+    /// in the whole answer.
+    passed: usize,
+    decisions: Vec<Decision>,
+}
+
+impl std::fmt::Debug for OutputGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputGuard")
+            .field("window", &self.window)
+            .field("held", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Applied {
+    /// The guard for this request's answer; `None` when nothing needs to
+    /// watch it (no output checks, no pseudonyms to restore).
+    pub fn output_guard(&self, restorer: Restorer) -> Option<OutputGuard> {
+        let checks: Vec<_> = self
+            .policies
+            .iter()
+            .flat_map(|policy| {
+                policy
+                    .checks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.output)
+                    .map(|(i, _)| (policy.clone(), i))
+            })
+            .collect();
+        if checks.is_empty() && restorer.is_empty() {
+            return None;
+        }
+        // A placeholder must fit the window whole to be restored.
+        let window = self.hold_back.max(restorer.longest());
+        Some(OutputGuard {
+            checks,
+            restorer,
+            window,
+            pending: String::new(),
+            passed: 0,
+            decisions: Vec::new(),
+        })
+    }
+}
+
+impl OutputGuard {
+    /// Checks `piece`, appended to what is held; returns what may go out.
+    pub fn push(&mut self, piece: &str) -> Passed {
+        self.pending.push_str(piece);
+        self.advance(false)
+    }
+
+    /// The answer ended: checks and releases what is still held.
+    pub fn finish(&mut self) -> Passed {
+        self.advance(true)
+    }
+
+    /// The decisions taken so far (drained).
+    pub fn take_decisions(&mut self) -> Vec<Decision> {
+        std::mem::take(&mut self.decisions)
+    }
+
+    /// A whole answer, checked at once.
+    pub fn whole(&mut self, text: &str) -> Passed {
+        match self.push(text) {
+            Passed::Text(mut head) => match self.finish() {
+                Passed::Text(tail) => {
+                    head.push_str(&tail);
+                    Passed::Text(head)
+                }
+                Passed::Blocked { text, blocked } => {
+                    head.push_str(&text);
+                    Passed::Blocked {
+                        text: head,
+                        blocked,
+                    }
+                }
+            },
+            blocked => blocked,
+        }
+    }
+
+    fn advance(&mut self, end: bool) -> Passed {
+        // Where the held text may be cut: everything but the window, at a
+        // character boundary; everything at the end.
+        let mut cut = if end {
+            self.pending.len()
+        } else {
+            let mut cut = self.pending.len().saturating_sub(self.window);
+            while !self.pending.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            cut
+        };
+        for (policy, index) in self.checks.clone() {
+            let check = &policy.checks[index];
+            let hits = check.test.hits(&self.pending);
+            // A match running past the cut may still grow: hold it back
+            // whole, and decide once it is complete.
+            let mut settled: Vec<Hit> = Vec::new();
+            for hit in hits {
+                if !end && hit.end >= cut {
+                    cut = cut.min(hit.start);
+                } else {
+                    settled.push(hit);
+                }
+            }
+            if settled.is_empty() {
+                continue;
+            }
+            for hit in &settled {
+                let mut at = hit.clone();
+                at.start += self.passed;
+                at.end += self.passed;
+                self.decisions
+                    .push(decision(&policy.name, check, "output", &at, None));
+            }
+            match check.action {
+                Action::Block => {
+                    let first = &settled[0];
+                    let text = self.release(first.start);
+                    self.pending.clear();
+                    return Passed::Blocked {
+                        text,
+                        blocked: Blocked {
+                            policy: policy.name.clone(),
+                            check: check.name.clone(),
+                            found: first.found.clone(),
+                            decisions: self.decisions.clone(),
+                        },
+                    };
+                }
+                Action::Flag => {}
+                Action::Mask | Action::Pseudonymize => {
+                    let old_len = self.pending.len();
+                    let mut out = String::with_capacity(old_len);
+                    let mut at = 0;
+                    for hit in &settled {
+                        out.push_str(&self.pending[at..hit.start]);
+                        out.push_str(Check::mask_label(hit));
+                        at = hit.end;
+                    }
+                    out.push_str(&self.pending[at..]);
+                    // Keep the cut at the same place relative to the tail.
+                    let tail = old_len - cut;
+                    self.pending = out;
+                    cut = self.pending.len().saturating_sub(tail);
+                }
+            }
+        }
+        if !end {
+            cut = self.placeholder_safe(cut);
+        }
+        Passed::Text(self.release(cut))
+    }
+
+    /// Moves `cut` before a placeholder it would split.
+    fn placeholder_safe(&self, cut: usize) -> usize {
+        if self.restorer.is_empty() {
+            return cut;
+        }
+        let head = &self.pending[..cut];
+        match head.rfind('<') {
+            Some(open) if !head[open..].contains('>') && cut - open < self.window.max(16) => open,
+            _ => cut,
+        }
+    }
+
+    /// Passes on the held text up to `cut`, restoring placeholders.
+    fn release(&mut self, cut: usize) -> String {
+        let out: String = self.pending.drain(..cut).collect();
+        self.passed += out.len();
+        if self.restorer.is_empty() {
+            out
+        } else {
+            self.restorer.restore(&out)
+        }
+    }
+}

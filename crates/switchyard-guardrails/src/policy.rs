@@ -1,0 +1,310 @@
+//! Policies compiled from the configuration: which checks run on which
+//! side, and what they find in a text.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use regex::Regex;
+use switchyard_config::{CheckAction, CheckKind, CheckSide, GuardrailsConfig};
+
+use crate::detect::{self, DataClass};
+use crate::injection;
+
+/// What a check does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Refuse the request, or end the answer.
+    Block,
+    /// Replace the match with its kind.
+    Mask,
+    /// Replace values with placeholders going in; restore them coming out.
+    Pseudonymize,
+    /// Allow; record and count.
+    Flag,
+}
+
+impl Action {
+    /// Its name in decisions and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Block => "block",
+            Action::Mask => "mask",
+            Action::Pseudonymize => "pseudonymize",
+            Action::Flag => "flag",
+        }
+    }
+}
+
+impl From<CheckAction> for Action {
+    fn from(action: CheckAction) -> Self {
+        match action {
+            CheckAction::Block => Action::Block,
+            CheckAction::Mask => Action::Mask,
+            CheckAction::Pseudonymize => Action::Pseudonymize,
+            CheckAction::Flag => Action::Flag,
+        }
+    }
+}
+
+/// What a check looks for.
+#[derive(Debug)]
+pub(crate) enum Test {
+    Data(Vec<DataClass>),
+    Deny {
+        words: Vec<Regex>,
+        patterns: Vec<Regex>,
+    },
+    Injection,
+    PromptSize(u32),
+}
+
+/// A match of a check in a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hit {
+    /// What fired (a data class, `word`, `pattern`, a heuristic).
+    pub found: String,
+    /// The data class, for masking and pseudonyms.
+    pub class: Option<DataClass>,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Test {
+    /// The matches in `text`, in order, none overlapping.
+    pub(crate) fn hits(&self, text: &str) -> Vec<Hit> {
+        let mut hits: Vec<Hit> = match self {
+            Test::Data(classes) => detect::find(text, classes)
+                .into_iter()
+                .map(|f| Hit {
+                    found: f.class.name().to_owned(),
+                    class: Some(f.class),
+                    start: f.start,
+                    end: f.end,
+                })
+                .collect(),
+            Test::Deny { words, patterns } => {
+                let labelled = words
+                    .iter()
+                    .map(|re| ("word", re))
+                    .chain(patterns.iter().map(|re| ("pattern", re)));
+                labelled
+                    .flat_map(|(found, re)| {
+                        re.find_iter(text).map(move |m| Hit {
+                            found: found.to_owned(),
+                            class: None,
+                            start: m.start(),
+                            end: m.end(),
+                        })
+                    })
+                    .collect()
+            }
+            Test::Injection => injection::suspicions(text)
+                .into_iter()
+                .map(|s| Hit {
+                    found: s.heuristic.to_owned(),
+                    class: None,
+                    start: s.start,
+                    end: s.end,
+                })
+                .collect(),
+            Test::PromptSize(_) => Vec::new(),
+        };
+        hits.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
+        let mut kept: Vec<Hit> = Vec::with_capacity(hits.len());
+        for hit in hits {
+            if kept.last().is_none_or(|last| hit.start >= last.end) {
+                kept.push(hit);
+            }
+        }
+        kept
+    }
+}
+
+/// One check of a policy.
+#[derive(Debug)]
+pub struct Check {
+    /// Its name.
+    pub name: String,
+    pub(crate) input: bool,
+    pub(crate) output: bool,
+    /// What it does when it fires.
+    pub action: Action,
+    pub(crate) test: Test,
+}
+
+impl Check {
+    /// What replaces a masked match.
+    pub(crate) fn mask_label(hit: &Hit) -> &'static str {
+        hit.class.map_or("[REDACTED]", DataClass::label)
+    }
+}
+
+/// A named list of checks.
+#[derive(Debug)]
+pub struct Policy {
+    /// Its name.
+    pub name: String,
+    /// Its checks, in order.
+    pub checks: Vec<Check>,
+}
+
+/// A configuration problem found while compiling the policies.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PolicyError {
+    /// The field at fault.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every policy, and which apply to which model or route.
+#[derive(Debug, Default)]
+pub struct Guardrails {
+    default: Vec<Arc<Policy>>,
+    attached: BTreeMap<String, Vec<Arc<Policy>>>,
+    hold_back: usize,
+}
+
+/// The policies that apply to one request, with the stream hold-back.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    pub(crate) policies: Vec<Arc<Policy>>,
+    pub(crate) hold_back: usize,
+}
+
+impl Applied {
+    /// Whether no policy applies (the request skips the guard stages).
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Whether any check reads the answer.
+    pub fn checks_output(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.checks.iter().any(|c| c.output))
+    }
+}
+
+impl Guardrails {
+    /// Compiles the `[guardrails]` table (word lists and patterns become
+    /// regular expressions; a pattern that does not compile is an error
+    /// naming its field).
+    pub fn from_config(config: &GuardrailsConfig) -> Result<Self, PolicyError> {
+        let mut compiled: BTreeMap<&str, Arc<Policy>> = BTreeMap::new();
+        for (name, policy) in &config.policies {
+            let mut checks = Vec::with_capacity(policy.checks.len());
+            for (i, check) in policy.checks.iter().enumerate() {
+                let field = format!("guardrails.policies.{name}.checks[{i}]");
+                let test = match check.kind {
+                    CheckKind::Data => {
+                        let mut classes = Vec::new();
+                        for class in &check.classes {
+                            classes.push(DataClass::from_name(class).ok_or_else(|| {
+                                PolicyError {
+                                    field: format!("{field}.classes"),
+                                    message: format!(
+                                        "unknown class {class:?}; known: {}",
+                                        DataClass::ALL.map(DataClass::name).join(", ")
+                                    ),
+                                }
+                            })?);
+                        }
+                        if classes.is_empty() {
+                            classes = DataClass::ALL.to_vec();
+                        }
+                        Test::Data(classes)
+                    }
+                    CheckKind::Deny => {
+                        let compile = |pattern: &str, what: &str| {
+                            Regex::new(pattern).map_err(|e| PolicyError {
+                                field: format!("{field}.{what}"),
+                                message: e.to_string(),
+                            })
+                        };
+                        let words = check
+                            .words
+                            .iter()
+                            .map(|w| compile(&format!(r"(?i)\b{}\b", regex::escape(w)), "words"))
+                            .collect::<Result<_, _>>()?;
+                        let patterns = check
+                            .patterns
+                            .iter()
+                            .map(|p| compile(p, "patterns"))
+                            .collect::<Result<_, _>>()?;
+                        Test::Deny { words, patterns }
+                    }
+                    CheckKind::Injection => Test::Injection,
+                    CheckKind::PromptSize => Test::PromptSize(check.max_prompt_tokens.unwrap_or(0)),
+                };
+                checks.push(Check {
+                    name: check.name.clone().unwrap_or_else(|| {
+                        match check.kind {
+                            CheckKind::Data => "data",
+                            CheckKind::Deny => "deny",
+                            CheckKind::Injection => "injection",
+                            CheckKind::PromptSize => "prompt_size",
+                        }
+                        .to_owned()
+                    }),
+                    input: matches!(check.on, CheckSide::Input | CheckSide::Both),
+                    output: matches!(check.on, CheckSide::Output | CheckSide::Both),
+                    action: check.action.into(),
+                    test,
+                });
+            }
+            compiled.insert(
+                name,
+                Arc::new(Policy {
+                    name: name.clone(),
+                    checks,
+                }),
+            );
+        }
+        let lookup = |names: &[String], field: &str| -> Result<Vec<Arc<Policy>>, PolicyError> {
+            names
+                .iter()
+                .map(|name| {
+                    compiled
+                        .get(name.as_str())
+                        .cloned()
+                        .ok_or_else(|| PolicyError {
+                            field: field.to_owned(),
+                            message: format!("no policy named {name:?}"),
+                        })
+                })
+                .collect()
+        };
+        let default = lookup(&config.default, "guardrails.default")?;
+        let mut attached = BTreeMap::new();
+        for (target, names) in &config.attach {
+            attached.insert(
+                target.clone(),
+                lookup(names, &format!("guardrails.attach.{target}"))?,
+            );
+        }
+        Ok(Self {
+            default,
+            attached,
+            hold_back: config.hold_back_chars,
+        })
+    }
+
+    /// The policies a request for `model` (a model or route name) runs:
+    /// the defaults, then those attached to it.
+    pub fn for_model(&self, model: &str) -> Applied {
+        let mut policies = self.default.clone();
+        if let Some(attached) = self.attached.get(model) {
+            for policy in attached {
+                if !policies.iter().any(|p| Arc::ptr_eq(p, policy)) {
+                    policies.push(policy.clone());
+                }
+            }
+        }
+        Applied {
+            policies,
+            hold_back: self.hold_back,
+        }
+    }
+}
