@@ -22,6 +22,7 @@ pub mod error;
 pub mod extract;
 mod metrics;
 mod models;
+mod moderations;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,6 +92,7 @@ pub fn router(pipeline: Arc<Pipeline>, config: &ApiConfig) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/moderations", post(moderations::moderations))
         .route("/v1/messages", post(anthropic::messages))
         .route(
             "/v1/collections",

@@ -117,6 +117,41 @@ fn estimated_tokens(request: &ChatRequest) -> u64 {
 }
 
 impl Applied {
+    /// What every input-side check finds in `text`, for moderation
+    /// (nothing is rewritten, nothing refused).
+    pub fn moderate(&self, text: &str) -> Vec<Flag> {
+        let mut flags = Vec::new();
+        for policy in &self.policies {
+            for check in policy.checks.iter().filter(|c| c.input) {
+                let found: Vec<(String, Option<DataClass>)> = match check.test {
+                    Test::PromptSize(limit) => {
+                        let tokens = text.chars().count().div_ceil(4) as u64;
+                        if tokens > u64::from(limit) {
+                            vec![(format!("size ({tokens} > {limit} tokens)"), None)]
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    _ => check
+                        .test
+                        .hits(text)
+                        .into_iter()
+                        .map(|h| (h.found, h.class))
+                        .collect(),
+                };
+                for (found, class) in found {
+                    flags.push(Flag {
+                        policy: policy.name.clone(),
+                        check: check.name.clone(),
+                        category: category(&check.test, class),
+                        found,
+                    });
+                }
+            }
+        }
+        flags
+    }
+
     /// Runs the input checks over `request`, rewriting what they mask or
     /// pseudonymise; `Err` when one blocks it.
     pub fn check_input(&self, request: &mut ChatRequest) -> Result<InputOutcome, Blocked> {
@@ -195,30 +230,39 @@ impl Applied {
         }
         Ok(outcome)
     }
+}
 
-    /// The hits of every input-side check in `text`, for moderation
-    /// (nothing is rewritten): (policy, check, what was found).
-    pub fn moderate(&self, text: &str) -> Vec<(String, String, String)> {
-        let mut found = Vec::new();
-        for policy in &self.policies {
-            for check in policy.checks.iter().filter(|c| c.input) {
-                let hits = match check.test {
-                    Test::PromptSize(limit) => {
-                        let tokens = text.chars().count().div_ceil(4) as u64;
-                        if tokens > u64::from(limit) {
-                            vec![format!("size ({tokens} > {limit} tokens)")]
-                        } else {
-                            Vec::new()
-                        }
-                    }
-                    _ => check.test.hits(text).into_iter().map(|h| h.found).collect(),
-                };
-                for hit in hits {
-                    found.push((policy.name.clone(), check.name.clone(), hit));
-                }
-            }
+/// What a check found, for moderation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    /// The policy.
+    pub policy: String,
+    /// The check.
+    pub check: String,
+    /// The moderation category it counts under (see [`CATEGORIES`]).
+    pub category: &'static str,
+    /// What fired: a data class, `word`, `pattern`, a heuristic, a size.
+    pub found: String,
+}
+
+/// The moderation categories the checks report under.
+pub const CATEGORIES: [&str; 5] = [
+    "personal_data",
+    "secrets",
+    "prompt_injection",
+    "denied_content",
+    "prompt_size",
+];
+
+fn category(test: &Test, class: Option<DataClass>) -> &'static str {
+    match (test, class) {
+        (Test::Data(_), Some(DataClass::Token | DataClass::ApiKey | DataClass::Secret)) => {
+            "secrets"
         }
-        found
+        (Test::Data(_), _) => "personal_data",
+        (Test::Injection, _) => "prompt_injection",
+        (Test::Deny { .. }, _) => "denied_content",
+        (Test::PromptSize(_), _) => "prompt_size",
     }
 }
 

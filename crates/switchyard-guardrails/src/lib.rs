@@ -19,7 +19,7 @@ mod input;
 mod output;
 mod policy;
 
-pub use input::{Blocked, InputOutcome, Restorer};
+pub use input::{Blocked, CATEGORIES, Flag, InputOutcome, Restorer};
 pub use output::{OutputGuard, Passed};
 pub use policy::{Action, Applied, Check, Guardrails, Policy, PolicyError};
 

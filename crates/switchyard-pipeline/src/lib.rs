@@ -27,6 +27,7 @@ mod chat;
 mod embeddings;
 pub mod error;
 pub mod models;
+mod moderation;
 pub mod stages;
 
 use std::sync::Arc;

@@ -7,3 +7,4 @@
 pub mod anthropic;
 pub mod openai;
 pub mod openai_embeddings;
+pub mod openai_moderations;
