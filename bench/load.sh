@@ -10,6 +10,8 @@
 #   OTLP=1 LATENCY_MS=0 bench/load.sh  # with every span exported (OTLP/HTTP
 #                                      # to a stand-in collector)
 #   OTLP=1 SAMPLE=0.1 bench/load.sh    # ...of one trace in ten
+#   GUARDRAILS=1 bench/load.sh         # with a guardrail policy on every
+#                                      # request (data, injection, output deny)
 #   SWITCHYARD_BIN=/tmp/old/switchyard bench/load.sh   # another build of the
 #                                      # gateway (before/after a change)
 #
@@ -41,6 +43,20 @@ if [ -n "$OTLP" ]; then
   target/release/switchyard-standin --listen "$COLLECTOR" 2>"$work/collector.log" &
   telemetry=$(printf '[telemetry]\notlp_endpoint = "http://%s"\notlp_protocol = "http/protobuf"\nsample_ratio = %s' "$COLLECTOR" "$SAMPLE")
 fi
+guardrails=""
+if [ -n "${GUARDRAILS:-}" ]; then
+  guardrails=$(cat <<'POLICY'
+[guardrails]
+default = ["bench"]
+[guardrails.policies.bench]
+checks = [
+  { kind = "data", action = "pseudonymize" },
+  { kind = "injection", action = "block" },
+  { kind = "deny", on = "output", words = ["internal only"], action = "block" },
+]
+POLICY
+)
+fi
 cat >"$work/gateway.toml" <<TOML
 listen = "$GATEWAY"
 [models.bench]
@@ -50,6 +66,7 @@ base_url = "http://$STANDIN/v1"
 backend = "openai"
 base_url = "http://$SLOW_STANDIN/v1"
 $telemetry
+$guardrails
 TOML
 SWITCHYARD_DATA_DIR="$work" RUST_LOG=warn "$SWITCHYARD_BIN" serve --config "$work/gateway.toml" >"$work/gateway.out" 2>"$work/gateway.log" &
 gateway_pid=$!
@@ -64,11 +81,22 @@ added() { # two result lines → added latency per percentile
     awk '{gsub("us","",$2); gsub("us","",$4); printf "%s +%dus  ", $1, $4-$2} END {print ""}'
 }
 
-echo "upstream latency ${LATENCY_MS} ms, ${SECONDS_PER} s per figure, span export $([ -n "$OTLP" ] && echo "on (sampled $SAMPLE)" || echo off)"
+echo "upstream latency ${LATENCY_MS} ms, ${SECONDS_PER} s per figure, span export $([ -n "$OTLP" ] && echo "on (sampled $SAMPLE)" || echo off), guardrails $([ -n "${GUARDRAILS:-}" ] && echo on || echo off)"
+# The gateway's CPU time (user + system, clock ticks) from /proc.
+ticks() { awk '{print $14 + $15}' "/proc/$gateway_pid/stat"; }
+hz=$(getconf CLK_TCK)
+cpu_per_request() { # ticks before, ticks after, result line → us of CPU per request
+  awk -v t0="$1" -v t1="$2" -v hz="$hz" -v s="$SECONDS_PER" '
+    match($0, /req\/s +[0-9.]+/) { split(substr($0, RSTART, RLENGTH), a, " "); rps = a[2] }
+    END { if (rps > 0) printf "%.1f", (t1 - t0) / hz * 1e6 / (rps * s) }' <<<"$3"
+}
 for c in 1 32; do
   direct=$(load --url "http://$STANDIN/v1" -c "$c" --label "direct")
+  before=$(ticks)
   through=$(load --url "http://$GATEWAY/v1" -c "$c" --label "through switchyard")
+  after=$(ticks)
   echo "$direct"; echo "$through"; echo "  added: $(added "$direct" "$through")"
+  echo "  switchyard CPU per request: $(cpu_per_request "$before" "$after" "$through") us"
 done
 direct=$(load --url "http://$STANDIN/v1" -c 1 --stream --label "direct stream")
 through=$(load --url "http://$GATEWAY/v1" -c 1 --stream --label "switchyard stream")
