@@ -17,6 +17,9 @@
 //!
 //! [guardrails.policies.no-personal-data]
 //! checks = [{ kind = "data", classes = ["email", "card"], action = "pseudonymize" }]
+//!
+//! [guardrails.policies.personal-data-stays-here]
+//! checks = [{ kind = "data", action = "route", route_to = "smollm2-135m-instruct" }]
 //! ```
 
 use std::collections::BTreeMap;
@@ -108,6 +111,9 @@ pub enum CheckAction {
     Pseudonymize,
     /// Let it pass; record and count the decision.
     Flag,
+    /// Send the request to `route_to` instead (prompts with personal data
+    /// only to local models, say); input checks only.
+    Route,
 }
 
 /// One check of a policy.
@@ -135,6 +141,8 @@ pub struct CheckConfig {
     pub patterns: Vec<String>,
     /// `prompt_size`: the most prompt tokens allowed.
     pub max_prompt_tokens: Option<u32>,
+    /// `route`: the model or route that serves the request instead.
+    pub route_to: Option<String>,
 }
 
 impl GuardrailsConfig {
@@ -180,6 +188,14 @@ impl CheckConfig {
                 return Err("a prompt_size check reads the input only".into());
             }
             _ => {}
+        }
+        if self.action == CheckAction::Route {
+            if self.route_to.is_none() {
+                return Err("a route action needs `route_to`".into());
+            }
+            if self.on != CheckSide::Input {
+                return Err("a route action is for input checks".into());
+            }
         }
         if self.action == CheckAction::Pseudonymize
             && (self.kind != CheckKind::Data || self.on != CheckSide::Input)

@@ -1092,16 +1092,22 @@ impl Config {
         }
         self.validate_retrieval()?;
         self.guardrails.validate()?;
-        if let Some(target) = self
-            .guardrails
-            .attach
-            .keys()
-            .find(|t| !self.models.contains_key(*t) && !self.routes.contains_key(*t))
-        {
+        let known = |name: &str| self.models.contains_key(name) || self.routes.contains_key(name);
+        if let Some(target) = self.guardrails.attach.keys().find(|t| !known(t)) {
             return Err((
                 format!("guardrails.attach.{target}"),
                 "no model or route by this name".into(),
             ));
+        }
+        for (name, policy) in &self.guardrails.policies {
+            for (i, check) in policy.checks.iter().enumerate() {
+                if let Some(target) = check.route_to.as_deref().filter(|t| !known(t)) {
+                    return Err((
+                        format!("guardrails.policies.{name}.checks[{i}].route_to"),
+                        format!("no model or route named {target:?}"),
+                    ));
+                }
+            }
         }
         let telemetry = &self.telemetry;
         if !(0.0..=1.0).contains(&telemetry.sample_ratio) {

@@ -86,6 +86,8 @@ pub struct InputOutcome {
     pub decisions: Vec<Decision>,
     /// The values pseudonymised, to restore in the answer.
     pub restorer: Restorer,
+    /// Where a `route` check sent the request (the first that fired).
+    pub rerouted: Option<String>,
 }
 
 pub(crate) fn decision(
@@ -170,8 +172,14 @@ impl Applied {
                         outcome
                             .decisions
                             .push(decision(&policy.name, check, "input", &hit, None));
-                        if check.action == Action::Block {
-                            return Err(blocked(&policy.name, check, &hit, outcome.decisions));
+                        match check.action {
+                            Action::Block => {
+                                return Err(blocked(&policy.name, check, &hit, outcome.decisions));
+                            }
+                            Action::Route if outcome.rerouted.is_none() => {
+                                outcome.rerouted = check.route_to.clone();
+                            }
+                            _ => {}
                         }
                     }
                     continue;
@@ -209,6 +217,11 @@ impl Applied {
                                 ));
                             }
                             Action::Flag => {}
+                            Action::Route => {
+                                if outcome.rerouted.is_none() {
+                                    outcome.rerouted = check.route_to.clone();
+                                }
+                            }
                             Action::Mask => {
                                 *text =
                                     rewrite(text, &hits, |hit| Check::mask_label(hit).to_owned());
@@ -227,6 +240,12 @@ impl Applied {
                     }
                 }
             }
+        }
+        if let Some(target) = &outcome.rerouted {
+            outcome.decisions.push(Decision::Rule {
+                from: std::mem::replace(&mut request.model, target.clone()),
+                to: target.clone(),
+            });
         }
         Ok(outcome)
     }

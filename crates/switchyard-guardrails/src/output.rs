@@ -163,7 +163,9 @@ impl OutputGuard {
                         },
                     };
                 }
-                Action::Flag => {}
+                // Routing is decided before the call; config validation keeps
+                // it off the output side.
+                Action::Flag | Action::Route => {}
                 Action::Mask | Action::Pseudonymize => {
                     let old_len = self.pending.len();
                     let mut out = String::with_capacity(old_len);

@@ -21,6 +21,8 @@ pub enum Action {
     Pseudonymize,
     /// Allow; record and count.
     Flag,
+    /// Send the request to the check's `route_to` instead.
+    Route,
 }
 
 impl Action {
@@ -31,6 +33,7 @@ impl Action {
             Action::Mask => "mask",
             Action::Pseudonymize => "pseudonymize",
             Action::Flag => "flag",
+            Action::Route => "route",
         }
     }
 }
@@ -42,6 +45,7 @@ impl From<CheckAction> for Action {
             CheckAction::Mask => Action::Mask,
             CheckAction::Pseudonymize => Action::Pseudonymize,
             CheckAction::Flag => Action::Flag,
+            CheckAction::Route => Action::Route,
         }
     }
 }
@@ -129,6 +133,8 @@ pub struct Check {
     pub(crate) output: bool,
     /// What it does when it fires.
     pub action: Action,
+    /// Where `route` sends the request.
+    pub route_to: Option<String>,
     pub(crate) test: Test,
 }
 
@@ -251,6 +257,7 @@ impl Guardrails {
                     input: matches!(check.on, CheckSide::Input | CheckSide::Both),
                     output: matches!(check.on, CheckSide::Output | CheckSide::Both),
                     action: check.action.into(),
+                    route_to: check.route_to.clone(),
                     test,
                 });
             }

@@ -18,6 +18,7 @@ fn check(kind: CheckKind, on: CheckSide, action: CheckAction) -> CheckConfig {
         words: Vec::new(),
         patterns: Vec::new(),
         max_prompt_tokens: None,
+        route_to: None,
     }
 }
 
@@ -149,6 +150,30 @@ fn input_blocks_masks_and_flags() {
         req.messages[0].text(),
         "a prompt of more than eight characters"
     );
+}
+
+#[test]
+fn personal_data_can_route_the_request_elsewhere() {
+    let mut data = check(CheckKind::Data, CheckSide::Input, CheckAction::Route);
+    data.classes = vec!["email".into()];
+    data.route_to = Some("local".into());
+    let applied = guardrails(vec![data], 32).for_model("m");
+    let mut req = request("my address is kim@example.org");
+    let outcome = applied.check_input(&mut req).unwrap();
+    assert_eq!(req.model, "local");
+    assert_eq!(outcome.rerouted.as_deref(), Some("local"));
+    // The text itself is unchanged: it goes to a model allowed to see it.
+    assert_eq!(req.messages[0].text(), "my address is kim@example.org");
+    assert_eq!(
+        outcome.decisions.last(),
+        Some(&Decision::Rule {
+            from: "m".into(),
+            to: "local".into()
+        })
+    );
+    let mut clean = request("no personal data here");
+    applied.check_input(&mut clean).unwrap();
+    assert_eq!(clean.model, "m");
 }
 
 #[test]

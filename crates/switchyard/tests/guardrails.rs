@@ -23,6 +23,8 @@ const MASTER: &str = "sy-master-guardrails-test-0123456789";
 fn config(upstream: &switchyard_standin::RunningStandin) -> String {
     [
         standin_model("remote", upstream, ""),
+        standin_model("sensitive", upstream, ""),
+        standin_model("vault", upstream, ""),
         standin_model(
             "talkative",
             upstream,
@@ -31,7 +33,10 @@ fn config(upstream: &switchyard_standin::RunningStandin) -> String {
         format!(
             "[governance]\nmaster_key = \"{MASTER}\"\nledger_flush_ms = 50\n\
              [guardrails]\ndefault = [\"baseline\"]\nhold_back_chars = 16\n\
-             [guardrails.attach]\nremote = [\"no-personal-data\"]\n\
+             [guardrails.attach]\nremote = [\"no-personal-data\"]\nsensitive = [\"phones-stay-home\"]\n\
+             [guardrails.policies.phones-stay-home]\nchecks = [\n\
+               {{ kind = \"data\", classes = [\"phone\"], action = \"route\", route_to = \"vault\" }},\n\
+             ]\n\
              [guardrails.policies.baseline]\nchecks = [\n\
                {{ kind = \"injection\", action = \"block\" }},\n\
                {{ kind = \"deny\", name = \"secrets-talk\", on = \"output\", words = [\"launch codes\"], action = \"block\" }},\n\
@@ -259,6 +264,44 @@ async fn an_injection_attempt_is_refused_before_the_standin_sees_it() {
     assert_eq!(body["type"], "error");
     assert_eq!(body["error"]["type"], "invalid_request_error");
     assert!(upstream.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_prompt_with_a_phone_number_is_routed_to_the_model_allowed_to_see_it() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let response = post(
+        &server,
+        &ask("sensitive", "Call me on +44 20 7946 0958 tomorrow.", false),
+        "routed",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-route"], "vault");
+    let plain = post(
+        &server,
+        &ask("sensitive", "Call me tomorrow.", false),
+        "plain",
+    )
+    .await;
+    assert_eq!(plain.headers()["x-switchyard-route"], "sensitive");
+    let sent = upstream.requests();
+    assert_eq!(sent[0].body["model"], "vault");
+    assert_eq!(sent[1].body["model"], "sensitive");
+    let record = audit(&server, "routed").await;
+    let steps = record["decisions"].as_array().unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|d| d["step"] == "guardrail" && d["action"] == "route" && d["found"] == "phone"),
+        "{record}"
+    );
+    assert!(
+        steps
+            .iter()
+            .any(|d| d["step"] == "rule" && d["from"] == "sensitive" && d["to"] == "vault"),
+        "{record}"
+    );
 }
 
 #[tokio::test]
