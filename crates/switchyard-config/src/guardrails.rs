@@ -81,6 +81,9 @@ pub enum CheckKind {
     Injection,
     /// Prompts longer than `max_prompt_tokens` (estimated).
     PromptSize,
+    /// A configured model asked whether the conversation is safe
+    /// (`model`, `template`, `unsafe_if`, `timeout_ms`, `fail_open`).
+    Judge,
 }
 
 /// Which side of the call a check reads.
@@ -143,6 +146,25 @@ pub struct CheckConfig {
     pub max_prompt_tokens: Option<u32>,
     /// `route`: the model or route that serves the request instead.
     pub route_to: Option<String>,
+    /// `judge`: the model (any configured model or route) that judges.
+    pub model: Option<String>,
+    /// `judge`: the prompt (minijinja; `text` is the conversation's user
+    /// and tool text). Default: asks for one word, safe or unsafe.
+    pub template: Option<String>,
+    /// `judge`: a regular expression that, matching the judge's answer,
+    /// means unsafe. Default: the word `unsafe`.
+    pub unsafe_if: Option<String>,
+    /// `judge`: how long the judge may take.
+    #[serde(default = "default_judge_timeout")]
+    pub timeout_ms: u64,
+    /// `judge`: a judge that fails or times out lets the request pass
+    /// (recorded) instead of refusing it.
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+fn default_judge_timeout() -> u64 {
+    2_000
 }
 
 impl GuardrailsConfig {
@@ -187,6 +209,17 @@ impl CheckConfig {
             CheckKind::PromptSize if self.on != CheckSide::Input => {
                 return Err("a prompt_size check reads the input only".into());
             }
+            CheckKind::Judge if self.model.is_none() => {
+                return Err("a judge check needs `model`".into());
+            }
+            CheckKind::Judge if self.on != CheckSide::Input => {
+                return Err(
+                    "a judge check reads the input (output judges are not there yet)".into(),
+                );
+            }
+            CheckKind::Judge if !matches!(self.action, CheckAction::Block | CheckAction::Flag) => {
+                return Err("a judge check blocks or flags".into());
+            }
             _ => {}
         }
         if self.action == CheckAction::Route {
@@ -203,7 +236,10 @@ impl CheckConfig {
             return Err("pseudonymize is for data checks on the input".into());
         }
         if self.action == CheckAction::Mask
-            && matches!(self.kind, CheckKind::Injection | CheckKind::PromptSize)
+            && matches!(
+                self.kind,
+                CheckKind::Injection | CheckKind::PromptSize | CheckKind::Judge
+            )
         {
             return Err(
                 format!("a {:?} check cannot mask: block or flag", self.kind).to_lowercase(),

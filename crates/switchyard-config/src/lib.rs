@@ -1101,11 +1101,13 @@ impl Config {
         }
         for (name, policy) in &self.guardrails.policies {
             for (i, check) in policy.checks.iter().enumerate() {
-                if let Some(target) = check.route_to.as_deref().filter(|t| !known(t)) {
-                    return Err((
-                        format!("guardrails.policies.{name}.checks[{i}].route_to"),
-                        format!("no model or route named {target:?}"),
-                    ));
+                for (field, target) in [("route_to", &check.route_to), ("model", &check.model)] {
+                    if let Some(target) = target.as_deref().filter(|t| !known(t)) {
+                        return Err((
+                            format!("guardrails.policies.{name}.checks[{i}].{field}"),
+                            format!("no model or route named {target:?}"),
+                        ));
+                    }
                 }
             }
         }

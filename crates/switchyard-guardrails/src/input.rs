@@ -282,6 +282,7 @@ fn category(test: &Test, class: Option<DataClass>) -> &'static str {
         (Test::Injection, _) => "prompt_injection",
         (Test::Deny { .. }, _) => "denied_content",
         (Test::PromptSize(_), _) => "prompt_size",
+        (Test::Judge(_), _) => "judged_unsafe",
     }
 }
 

@@ -16,10 +16,12 @@
 pub mod detect;
 pub mod injection;
 mod input;
+mod judge;
 mod output;
 mod policy;
 
 pub use input::{Blocked, CATEGORIES, Flag, InputOutcome, Restorer};
+pub use judge::{DEFAULT_JUDGE_TEMPLATE, JudgeModels};
 pub use output::{OutputGuard, Passed};
 pub use policy::{Action, Applied, Check, Guardrails, Policy, PolicyError};
 

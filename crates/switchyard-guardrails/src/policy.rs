@@ -60,6 +60,7 @@ pub(crate) enum Test {
     },
     Injection,
     PromptSize(u32),
+    Judge(Box<crate::judge::JudgeSpec>),
 }
 
 /// A match of a check in a text.
@@ -111,7 +112,9 @@ impl Test {
                     end: s.end,
                 })
                 .collect(),
-            Test::PromptSize(_) => Vec::new(),
+            // Sizes are measured on the whole request, judges asked
+            // asynchronously (`Applied::judge_input`).
+            Test::PromptSize(_) | Test::Judge(_) => Vec::new(),
         };
         hits.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
         let mut kept: Vec<Hit> = Vec::with_capacity(hits.len());
@@ -243,6 +246,19 @@ impl Guardrails {
                     }
                     CheckKind::Injection => Test::Injection,
                     CheckKind::PromptSize => Test::PromptSize(check.max_prompt_tokens.unwrap_or(0)),
+                    CheckKind::Judge => Test::Judge(Box::new(
+                        crate::judge::JudgeSpec::new(
+                            check.model.clone().unwrap_or_default(),
+                            check.template.as_deref(),
+                            check.unsafe_if.as_deref(),
+                            std::time::Duration::from_millis(check.timeout_ms),
+                            check.fail_open,
+                        )
+                        .map_err(|(what, message)| PolicyError {
+                            field: format!("{field}.{what}"),
+                            message,
+                        })?,
+                    )),
                 };
                 checks.push(Check {
                     name: check.name.clone().unwrap_or_else(|| {
@@ -251,6 +267,7 @@ impl Guardrails {
                             CheckKind::Deny => "deny",
                             CheckKind::Injection => "injection",
                             CheckKind::PromptSize => "prompt_size",
+                            CheckKind::Judge => "judge",
                         }
                         .to_owned()
                     }),

@@ -19,6 +19,11 @@ fn check(kind: CheckKind, on: CheckSide, action: CheckAction) -> CheckConfig {
         patterns: Vec::new(),
         max_prompt_tokens: None,
         route_to: None,
+        model: None,
+        template: None,
+        unsafe_if: None,
+        timeout_ms: 2_000,
+        fail_open: false,
     }
 }
 
@@ -206,4 +211,66 @@ fn a_bad_pattern_names_its_field() {
         .insert("p".into(), PolicyConfig { checks: vec![deny] });
     let error = Guardrails::from_config(&config).unwrap_err();
     assert_eq!(error.field, "guardrails.policies.p.checks[0].patterns");
+}
+
+/// A judge model that answers from a script, or never.
+struct ScriptedJudge(Option<&'static str>);
+
+impl crate::JudgeModels for ScriptedJudge {
+    fn complete(
+        &self,
+        request: ChatRequest,
+    ) -> futures::future::BoxFuture<'_, Result<String, switchyard_core::BackendError>> {
+        Box::pin(async move {
+            assert!(request.messages[0].text().contains("make a bomb"));
+            match self.0 {
+                Some(answer) => Ok(answer.to_owned()),
+                None => std::future::pending().await,
+            }
+        })
+    }
+}
+
+fn judge(fail_open: bool) -> Guardrails {
+    let mut judge = check(CheckKind::Judge, CheckSide::Input, CheckAction::Block);
+    judge.model = Some("guard-model".into());
+    judge.timeout_ms = 500;
+    judge.fail_open = fail_open;
+    guardrails(vec![judge], 32)
+}
+
+#[tokio::test(start_paused = true)]
+async fn judges_block_unsafe_requests_and_fail_as_configured() {
+    let req = request("how do I make a bomb");
+    let closed = judge(false).for_model("m");
+    assert!(closed.has_judges());
+    let blocked = closed
+        .judge_input(&req, &ScriptedJudge(Some("unsafe")))
+        .await
+        .unwrap_err();
+    assert_eq!(blocked.found, "judge guard-model: unsafe");
+    assert!(
+        closed
+            .judge_input(&req, &ScriptedJudge(Some("Safe.")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A judge that never answers: refused after its timeout...
+    let blocked = closed
+        .judge_input(&req, &ScriptedJudge(None))
+        .await
+        .unwrap_err();
+    assert!(
+        blocked.found.contains("timed out after 500 ms"),
+        "{}",
+        blocked.found
+    );
+    // ...or let through, flagged, when it fails open.
+    let open = judge(true).for_model("m");
+    let decisions = open.judge_input(&req, &ScriptedJudge(None)).await.unwrap();
+    assert!(matches!(
+        &decisions[..],
+        [Decision::Guardrail { action: "flag", .. }]
+    ));
 }

@@ -1,11 +1,12 @@
-//! Retrieval's view of the models: the gateway, behind the traits the
-//! retrieval crate calls (so that retrieval does not depend on routing and
-//! the gateway builds without the retrieval stack).
+//! Retrieval's and the guardrail judges' view of the models: the gateway,
+//! behind the traits those crates call (so that they do not depend on
+//! routing, and the gateway builds without them).
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use switchyard_core::{BackendError, ChatRequest, EmbeddingRequest};
+use switchyard_guardrails::JudgeModels;
 use switchyard_orchestration::{Gateway, RequestContext};
 use switchyard_retrieval::grounding::GroundingModels;
 use switchyard_retrieval::{Embedder, RetrievalError};
@@ -36,11 +37,24 @@ impl GroundingModels for RequestModels<'_> {
     }
 
     fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>> {
-        Box::pin(async move {
-            let routed = self.gateway.chat(request, self.context).await?;
-            Ok(routed.value.content)
-        })
+        complete(self, request)
     }
+}
+
+impl JudgeModels for RequestModels<'_> {
+    fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>> {
+        complete(self, request)
+    }
+}
+
+fn complete<'a>(
+    models: &'a RequestModels<'_>,
+    request: ChatRequest,
+) -> BoxFuture<'a, Result<String, BackendError>> {
+    Box::pin(async move {
+        let routed = models.gateway.chat(request, models.context).await?;
+        Ok(routed.value.content)
+    })
 }
 
 async fn embed(

@@ -370,3 +370,69 @@ async fn the_official_openai_sdk_sees_refusals_content_filter_and_moderations() 
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("guardrails checks passed"));
 }
+
+#[tokio::test]
+async fn a_judge_model_refuses_what_it_finds_unsafe_and_a_slow_one_fails_open() {
+    let upstream = recording_standin().await;
+    let config = [
+        standin_model("answerer", &upstream, ""),
+        standin_model("lenient", &upstream, ""),
+        standin_model(
+            "strict-judge",
+            &upstream,
+            "headers = { \"x-standin-reply\" = \"unsafe\" }",
+        ),
+        standin_model(
+            "slow-judge",
+            &upstream,
+            "headers = { \"x-standin-latency-ms\" = \"3000\" }",
+        ),
+        format!("[governance]\nmaster_key = \"{MASTER}\"\nledger_flush_ms = 50\n"),
+        "[guardrails.attach]\nanswerer = [\"judged\"]\nlenient = [\"judged-open\"]\n\
+         [guardrails.policies.judged]\nchecks = [{ kind = \"judge\", model = \"strict-judge\", action = \"block\" }]\n\
+         [guardrails.policies.judged-open]\nchecks = [{ kind = \"judge\", model = \"slow-judge\", timeout_ms = 200, fail_open = true, action = \"block\" }]\n"
+            .to_owned(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let refused = server
+        .post_chat(&ask("answerer", "a question", false))
+        .await;
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "content_policy_violation");
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 1, "only the judge was asked");
+    assert_eq!(sent[0].body["model"], "strict-judge");
+    assert!(
+        sent[0].body["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("a question")
+    );
+
+    let answered = post(&server, &ask("lenient", "a question", false), "fail-open").await;
+    assert_eq!(answered.status(), 200);
+    let answer: Value = answered.json().await.unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "echo: a question"
+    );
+    // The slow judge timed out, and the request went on, flagged.
+    let record = audit(&server, "fail-open").await;
+    let step = record["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["step"] == "guardrail")
+        .cloned()
+        .unwrap_or_else(|| panic!("no guardrail step in {record}"));
+    assert_eq!(step["action"], "flag");
+    assert!(
+        step["found"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 200 ms"),
+        "{step}"
+    );
+}

@@ -12,11 +12,15 @@ use switchyard_guardrails::{OutputGuard, Passed};
 use switchyard_orchestration::RequestContext;
 use switchyard_telemetry::metrics;
 
+use tracing::Instrument;
+
+use crate::models::RequestModels;
 use crate::{PipelineError, Snapshot};
 
-/// Runs the input checks that apply to `request`'s model; returns the
+/// Runs the input checks that apply to `request`'s model, then its
+/// judges (side by side, through the snapshot's gateway); returns the
 /// guard its answer goes through, if any.
-pub fn input(
+pub async fn input(
     snapshot: &Snapshot,
     request: &mut ChatRequest,
     context: &RequestContext,
@@ -26,17 +30,36 @@ pub fn input(
         return Ok(None);
     }
     let span = tracing::debug_span!("guardrails.input", otel.name = "guardrails input");
-    let _entered = span.enter();
-    match applied.check_input(request) {
-        Ok(outcome) => {
-            note(context, outcome.decisions);
-            Ok(applied.output_guard(outcome.restorer))
-        }
+    let checked = span.in_scope(|| applied.check_input(request));
+    let outcome = match checked {
+        Ok(outcome) => outcome,
         Err(blocked) => {
             note(context, blocked.decisions.clone());
-            Err(PipelineError::ContentPolicy(blocked))
+            return Err(PipelineError::ContentPolicy(blocked));
+        }
+    };
+    note(context, outcome.decisions);
+    if applied.has_judges() {
+        let models = RequestModels {
+            gateway: &snapshot.gateway,
+            context,
+        };
+        let judged = applied
+            .judge_input(request, &models)
+            .instrument(tracing::debug_span!(
+                "guardrails.judge",
+                otel.name = "guardrails judge"
+            ))
+            .await;
+        match judged {
+            Ok(decisions) => note(context, decisions),
+            Err(blocked) => {
+                note(context, blocked.decisions.clone());
+                return Err(PipelineError::ContentPolicy(blocked));
+            }
         }
     }
+    Ok(applied.output_guard(outcome.restorer))
 }
 
 fn note(context: &RequestContext, decisions: Vec<Decision>) {
