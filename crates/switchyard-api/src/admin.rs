@@ -44,6 +44,28 @@ pub(crate) async fn get_tenant(
     Ok(Json(state.governance().get_tenant(&caller, &id).await?).into_response())
 }
 
+/// `PUT /admin/tenants/{id}/guardrails`: `{"policies": [...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TenantGuardrails {
+    policies: Vec<String>,
+}
+
+pub(crate) async fn set_tenant_guardrails(
+    State(state): State<AppState>,
+    AdminCaller(caller): AdminCaller,
+    Path(id): Path<String>,
+    OpenAiJson(body): OpenAiJson<TenantGuardrails>,
+) -> Result<Response, ApiError> {
+    Ok(Json(
+        state
+            .governance()
+            .set_tenant_guardrails(&caller, &id, body.policies)
+            .await?,
+    )
+    .into_response())
+}
+
 pub(crate) async fn update_tenant(
     State(state): State<AppState>,
     AdminCaller(caller): AdminCaller,

@@ -33,7 +33,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Request, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::serve::ListenerExt;
 use switchyard_governance::Governance;
 use switchyard_pipeline::Pipeline;
@@ -122,6 +122,10 @@ pub fn router(pipeline: Arc<Pipeline>, config: &ApiConfig) -> Router {
         .route(
             "/admin/tenants/{id}",
             get(admin::get_tenant).patch(admin::update_tenant),
+        )
+        .route(
+            "/admin/tenants/{id}/guardrails",
+            put(admin::set_tenant_guardrails),
         )
         .route(
             "/admin/teams",

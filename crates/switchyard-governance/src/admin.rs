@@ -135,6 +135,9 @@ pub struct NewKey {
     pub expires_at: Option<i64>,
     /// Or: seconds from now.
     pub expires_in_secs: Option<u64>,
+    /// Guardrail policies its requests run (names from the configuration).
+    #[serde(default)]
+    pub guardrails: Vec<String>,
 }
 
 fn member() -> Role {
@@ -164,6 +167,8 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<i64>>,
     /// Disable (revoke) or re-enable.
     pub disabled: Option<bool>,
+    /// New guardrail policies (names from the configuration).
+    pub guardrails: Option<Vec<String>>,
 }
 
 /// A key just made: the record and, once, the key itself.
@@ -264,6 +269,7 @@ impl Governance {
             metadata: input.metadata,
             created_at: now,
             updated_at: now,
+            guardrails: Vec::new(),
         };
         self.store.insert_tenant(&tenant).await?;
         Ok(tenant)
@@ -305,6 +311,46 @@ impl Governance {
         self.store.update_tenant(&caller.scope(), &tenant).await?;
         self.forget_all_keys();
         Ok(tenant)
+    }
+
+    /// Sets the guardrail policies every request of a tenant's keys runs:
+    /// the master key for any tenant, an admin key for its own (another
+    /// tenant's id answers 404).
+    pub async fn set_tenant_guardrails(
+        &self,
+        caller: &Caller,
+        id: &str,
+        names: Vec<String>,
+    ) -> Result<Tenant, GovernanceError> {
+        let mut tenant = self.get_tenant(caller, id).await?;
+        require_admin(caller)?;
+        tenant.guardrails = self.known_policies(names)?;
+        tenant.updated_at = now_ms();
+        self.store.update_tenant(&caller.scope(), &tenant).await?;
+        self.forget_all_keys();
+        Ok(tenant)
+    }
+
+    /// `names`, each a policy the configuration defines, without repeats.
+    fn known_policies(&self, names: Vec<String>) -> Result<Vec<String>, GovernanceError> {
+        let known = self.settings().guardrail_policies;
+        let mut kept: Vec<String> = Vec::with_capacity(names.len());
+        for name in names {
+            if !known.contains(&name) {
+                return Err(GovernanceError::Invalid(format!(
+                    "no guardrail policy named {name:?} (the configuration defines: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+            if !kept.contains(&name) {
+                kept.push(name);
+            }
+        }
+        Ok(kept)
     }
 
     /// Creates a team.
@@ -422,6 +468,7 @@ impl Governance {
             disabled: false,
             created_at: now,
             updated_at: now,
+            guardrails: self.known_policies(input.guardrails)?,
         };
         self.store.insert_key(&record).await?;
         Ok(CreatedKey {
@@ -471,6 +518,9 @@ impl Governance {
             key.expires_at = expires_at;
         }
         key.disabled = patch.disabled.unwrap_or(key.disabled);
+        if let Some(names) = patch.guardrails {
+            key.guardrails = self.known_policies(names)?;
+        }
         key.updated_at = now_ms();
         self.store.update_key(&caller.scope(), &key).await?;
         self.forget_key(&key.id).await;

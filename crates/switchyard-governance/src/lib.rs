@@ -59,6 +59,9 @@ pub struct GovernanceSettings {
     pub store_answers: bool,
     /// Accept bearer JWTs from this issuer.
     pub jwt: Option<jwt::JwtSettings>,
+    /// The guardrail policies the configuration defines: the names a
+    /// tenant or key may be given.
+    pub guardrail_policies: Vec<String>,
 }
 
 impl Default for GovernanceSettings {
@@ -71,6 +74,7 @@ impl Default for GovernanceSettings {
             store_prompts: false,
             store_answers: false,
             jwt: None,
+            guardrail_policies: Vec::new(),
         }
     }
 }
@@ -451,6 +455,7 @@ impl Governance {
             disabled: false,
             created_at: now,
             updated_at: now,
+            guardrails: Vec::new(),
         };
         let context = Arc::new(KeyContext { key, tenant, team });
         auth::usable(&context, now)?;

@@ -170,6 +170,7 @@ pub struct PolicyError {
 /// Every policy, and which apply to which model or route.
 #[derive(Debug, Default)]
 pub struct Guardrails {
+    by_name: BTreeMap<String, Arc<Policy>>,
     default: Vec<Arc<Policy>>,
     attached: BTreeMap<String, Vec<Arc<Policy>>>,
     hold_back: usize,
@@ -308,7 +309,12 @@ impl Guardrails {
                 lookup(names, &format!("guardrails.attach.{target}"))?,
             );
         }
+        let by_name = compiled
+            .into_iter()
+            .map(|(name, policy)| (name.to_owned(), policy))
+            .collect();
         Ok(Self {
+            by_name,
             default,
             attached,
             hold_back: config.hold_back_chars,
@@ -318,12 +324,26 @@ impl Guardrails {
     /// The policies a request for `model` (a model or route name) runs:
     /// the defaults, then those attached to it.
     pub fn for_model(&self, model: &str) -> Applied {
+        self.for_call(model, &[])
+    }
+
+    /// The policies a request runs: the defaults, those attached to its
+    /// model, then `caller`'s (its tenant's and key's, by name). A name
+    /// the configuration no longer defines is skipped with a warning (the
+    /// admin API refuses unknown names; a reload may remove one).
+    pub fn for_call(&self, model: &str, caller: &[String]) -> Applied {
         let mut policies = self.default.clone();
-        if let Some(attached) = self.attached.get(model) {
-            for policy in attached {
-                if !policies.iter().any(|p| Arc::ptr_eq(p, policy)) {
-                    policies.push(policy.clone());
-                }
+        let attached = self.attached.get(model).into_iter().flatten();
+        let named = caller.iter().filter_map(|name| {
+            let found = self.by_name.get(name);
+            if found.is_none() {
+                tracing::warn!(policy = %name, "a tenant or key names a guardrail policy the configuration does not define; skipped");
+            }
+            found
+        });
+        for policy in attached.chain(named) {
+            if !policies.iter().any(|p| Arc::ptr_eq(p, policy)) {
+                policies.push(policy.clone());
             }
         }
         Applied {

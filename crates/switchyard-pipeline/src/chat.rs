@@ -181,7 +181,7 @@ impl Pipeline {
         };
         // After grounding: the sources are checked with the rest of what
         // will be sent.
-        let guard = match guard::input(&snapshot, &mut request, &call.context).await {
+        let guard = match guard::input(&snapshot, &caller, &mut request, &call.context).await {
             Ok(guard) => guard,
             Err(error) => return Err(finish::fail(admission, error, &call.context)),
         };

@@ -120,6 +120,9 @@ pub struct Tenant {
     pub created_at: i64,
     /// Unix milliseconds.
     pub updated_at: i64,
+    /// Guardrail policies every request of its keys runs.
+    #[serde(default)]
+    pub guardrails: Vec<String>,
 }
 
 /// A team within a tenant.
@@ -177,6 +180,9 @@ pub struct ApiKey {
     pub created_at: i64,
     /// Unix milliseconds.
     pub updated_at: i64,
+    /// Guardrail policies its requests run.
+    #[serde(default)]
+    pub guardrails: Vec<String>,
 }
 
 /// One request in the usage ledger.

@@ -68,11 +68,18 @@ pub struct SqlStore {
 }
 
 /// The migrations, embedded: the binary carries its schema.
-const MIGRATIONS: [(i64, &str, &str); 1] = [(
-    1,
-    "governance",
-    include_str!("../migrations/0001_governance.sql"),
-)];
+const MIGRATIONS: [(i64, &str, &str); 2] = [
+    (
+        1,
+        "governance",
+        include_str!("../migrations/0001_governance.sql"),
+    ),
+    (
+        2,
+        "guardrails",
+        include_str!("../migrations/0002_guardrails.sql"),
+    ),
+];
 
 fn migrator() -> Migrator {
     let migrations: Vec<Migration> = MIGRATIONS
@@ -196,8 +203,8 @@ impl SqlStore {
     /// Stores a new tenant.
     pub async fn insert_tenant(&self, tenant: &Tenant) -> Result<(), StateError> {
         sqlx::query(
-            "INSERT INTO tenants (id, name, disabled, limits, budget, metadata, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO tenants (id, name, disabled, limits, budget, metadata, created_at, updated_at, guardrails)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&tenant.id)
         .bind(&tenant.name)
@@ -207,6 +214,7 @@ impl SqlStore {
         .bind(to_json(&tenant.metadata)?)
         .bind(tenant.created_at)
         .bind(tenant.updated_at)
+        .bind(to_json(&tenant.guardrails)?)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -219,7 +227,7 @@ impl SqlStore {
         tenant: &Tenant,
     ) -> Result<bool, StateError> {
         let done = sqlx::query(
-            "UPDATE tenants SET name = $1, disabled = $2, limits = $3, budget = $4, metadata = $5, updated_at = $6
+            "UPDATE tenants SET name = $1, disabled = $2, limits = $3, budget = $4, metadata = $5, updated_at = $6, guardrails = $9
              WHERE id = $7 AND ($8 IS NULL OR id = $8)",
         )
         .bind(&tenant.name)
@@ -230,6 +238,7 @@ impl SqlStore {
         .bind(tenant.updated_at)
         .bind(&tenant.id)
         .bind(scope.filter())
+        .bind(to_json(&tenant.guardrails)?)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -242,7 +251,7 @@ impl SqlStore {
         id: &str,
     ) -> Result<Option<Tenant>, StateError> {
         let row = sqlx::query(
-            "SELECT id, name, disabled, limits, budget, metadata, created_at, updated_at
+            "SELECT id, name, disabled, limits, budget, metadata, created_at, updated_at, guardrails
              FROM tenants WHERE id = $1 AND ($2 IS NULL OR id = $2)",
         )
         .bind(id)
@@ -255,7 +264,7 @@ impl SqlStore {
     /// The tenants in scope, oldest first.
     pub async fn tenants(&self, scope: &TenantScope) -> Result<Vec<Tenant>, StateError> {
         let rows = sqlx::query(
-            "SELECT id, name, disabled, limits, budget, metadata, created_at, updated_at
+            "SELECT id, name, disabled, limits, budget, metadata, created_at, updated_at, guardrails
              FROM tenants WHERE ($1 IS NULL OR id = $1) ORDER BY created_at, id",
         )
         .bind(scope.filter())
@@ -335,8 +344,8 @@ impl SqlStore {
     /// Stores a new key.
     pub async fn insert_key(&self, key: &ApiKey) -> Result<(), StateError> {
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            "INSERT INTO api_keys (id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at, guardrails)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&key.id)
         .bind(&key.tenant_id)
@@ -352,6 +361,7 @@ impl SqlStore {
         .bind(i64::from(key.disabled))
         .bind(key.created_at)
         .bind(key.updated_at)
+        .bind(to_json(&key.guardrails)?)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -360,7 +370,7 @@ impl SqlStore {
     /// Writes a key's mutable fields; false when it is not in scope.
     pub async fn update_key(&self, scope: &TenantScope, key: &ApiKey) -> Result<bool, StateError> {
         let done = sqlx::query(
-            "UPDATE api_keys SET name = $1, role = $2, allowed_models = $3, limits = $4, budget = $5, metadata = $6, expires_at = $7, disabled = $8, updated_at = $9
+            "UPDATE api_keys SET name = $1, role = $2, allowed_models = $3, limits = $4, budget = $5, metadata = $6, expires_at = $7, disabled = $8, updated_at = $9, guardrails = $12
              WHERE id = $10 AND ($11 IS NULL OR tenant_id = $11)",
         )
         .bind(&key.name)
@@ -374,6 +384,7 @@ impl SqlStore {
         .bind(key.updated_at)
         .bind(&key.id)
         .bind(scope.filter())
+        .bind(to_json(&key.guardrails)?)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -382,7 +393,7 @@ impl SqlStore {
     /// The key `id`, if it is in scope.
     pub async fn key(&self, scope: &TenantScope, id: &str) -> Result<Option<ApiKey>, StateError> {
         let row = sqlx::query(
-            "SELECT id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at
+            "SELECT id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at, guardrails
              FROM api_keys WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)",
         )
         .bind(id)
@@ -395,7 +406,7 @@ impl SqlStore {
     /// The keys in scope, oldest first.
     pub async fn keys(&self, scope: &TenantScope) -> Result<Vec<ApiKey>, StateError> {
         let rows = sqlx::query(
-            "SELECT id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at
+            "SELECT id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at, guardrails
              FROM api_keys WHERE ($1 IS NULL OR tenant_id = $1) ORDER BY created_at, id",
         )
         .bind(scope.filter())
@@ -790,6 +801,7 @@ fn tenant_from(row: &AnyRow) -> Result<Tenant, StateError> {
         metadata: from_json(&row.try_get::<String, _>("metadata")?, "metadata")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        guardrails: from_json(&row.try_get::<String, _>("guardrails")?, "guardrails")?,
     })
 }
 
@@ -825,6 +837,7 @@ fn key_from(row: &AnyRow) -> Result<ApiKey, StateError> {
         disabled: row.try_get::<i64, _>("disabled")? != 0,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        guardrails: from_json(&row.try_get::<String, _>("guardrails")?, "guardrails")?,
     })
 }
 

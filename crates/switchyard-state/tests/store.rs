@@ -82,6 +82,7 @@ fn tenant(id: &str) -> Tenant {
         metadata: BTreeMap::from([("tier".into(), serde_json::json!("gold"))]),
         created_at: 1,
         updated_at: 1,
+        guardrails: vec!["strict".into()],
     }
 }
 
@@ -115,6 +116,7 @@ fn key(id: &str, tenant_id: &str, team_id: Option<&str>) -> ApiKey {
         disabled: false,
         created_at: 3,
         updated_at: 3,
+        guardrails: vec!["no-personal-data".into(), "strict".into()],
     }
 }
 

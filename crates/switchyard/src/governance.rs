@@ -106,6 +106,7 @@ pub fn settings(config: &Config) -> GovernanceSettings {
         store_prompts: settings.store_prompts,
         store_answers: settings.store_answers,
         jwt,
+        guardrail_policies: config.guardrails.policies.keys().cloned().collect(),
     }
 }
 

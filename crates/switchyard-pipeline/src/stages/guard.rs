@@ -8,6 +8,7 @@ use futures::StreamExt;
 use switchyard_core::{
     ChatRequest, ChatResponse, ChatStream, Decision, FinishReason, StreamEvent, Usage,
 };
+use switchyard_governance::Caller;
 use switchyard_guardrails::{OutputGuard, Passed};
 use switchyard_orchestration::RequestContext;
 use switchyard_telemetry::metrics;
@@ -17,15 +18,27 @@ use tracing::Instrument;
 use crate::models::RequestModels;
 use crate::{PipelineError, Snapshot};
 
-/// Runs the input checks that apply to `request`'s model, then its
+/// Runs the input checks that apply to `request`'s model and `caller`
+/// (its tenant's and key's policies), then their
 /// judges (side by side, through the snapshot's gateway); returns the
 /// guard its answer goes through, if any.
 pub async fn input(
     snapshot: &Snapshot,
+    caller: &Caller,
     request: &mut ChatRequest,
     context: &RequestContext,
 ) -> Result<Option<OutputGuard>, PipelineError> {
-    let applied = snapshot.guardrails.for_model(&request.model);
+    let named: Vec<String> = match caller {
+        Caller::Key(key) => key
+            .tenant
+            .guardrails
+            .iter()
+            .chain(&key.key.guardrails)
+            .cloned()
+            .collect(),
+        Caller::Anonymous | Caller::Master => Vec::new(),
+    };
+    let applied = snapshot.guardrails.for_call(&request.model, &named);
     if applied.is_empty() {
         return Ok(None);
     }
