@@ -116,10 +116,23 @@ impl OutputGuard {
     fn advance(&mut self, end: bool) -> Passed {
         // Where the held text may be cut: everything but the window, at a
         // character boundary; everything at the end.
+        // Where the held text may be cut: before whatever tail a check
+        // says may still be the start of a match (bounded by the window);
+        // everything at the end.
         let mut cut = if end {
             self.pending.len()
         } else {
-            let mut cut = self.pending.len().saturating_sub(self.window);
+            let held = self
+                .checks
+                .iter()
+                .map(|(policy, index)| {
+                    policy.checks[*index]
+                        .test
+                        .hold_back(&self.pending, self.window)
+                })
+                .max()
+                .unwrap_or(0);
+            let mut cut = self.pending.len() - held;
             while !self.pending.is_char_boundary(cut) {
                 cut -= 1;
             }

@@ -56,6 +56,8 @@ pub(crate) enum Test {
     Data(Vec<DataClass>),
     Deny {
         words: Vec<Regex>,
+        /// The words themselves, lower-case, for the stream hold-back.
+        word_texts: Vec<String>,
         patterns: Vec<Regex>,
     },
     Injection,
@@ -87,7 +89,9 @@ impl Test {
                     end: f.end,
                 })
                 .collect(),
-            Test::Deny { words, patterns } => {
+            Test::Deny {
+                words, patterns, ..
+            } => {
                 let labelled = words
                     .iter()
                     .map(|re| ("word", re))
@@ -124,6 +128,39 @@ impl Test {
             }
         }
         kept
+    }
+}
+
+impl Test {
+    /// How many bytes at the end of a streamed `text` must be held back
+    /// because a match may still be forming there. A list of words needs
+    /// only the longest tail that begins one of them (usually nothing, so
+    /// the answer flows without delay); patterns and detectors, whose
+    /// partial matches cannot be told, need the whole `window`.
+    pub(crate) fn hold_back(&self, text: &str, window: usize) -> usize {
+        match self {
+            Test::Deny {
+                word_texts,
+                patterns,
+                ..
+            } if patterns.is_empty() => {
+                let lower = text.to_lowercase();
+                // Lower-casing may change byte lengths; measured on the
+                // lower-case text and then capped at the original's length.
+                let held = word_texts
+                    .iter()
+                    .filter_map(|word| {
+                        (1..word.len())
+                            .rev()
+                            .filter(|&k| word.is_char_boundary(k))
+                            .find(|&k| lower.ends_with(&word[..k]))
+                    })
+                    .max()
+                    .unwrap_or(0);
+                held.min(text.len())
+            }
+            _ => window.min(text.len()),
+        }
     }
 }
 
@@ -243,7 +280,11 @@ impl Guardrails {
                             .iter()
                             .map(|p| compile(p, "patterns"))
                             .collect::<Result<_, _>>()?;
-                        Test::Deny { words, patterns }
+                        Test::Deny {
+                            words,
+                            word_texts: check.words.iter().map(|w| w.to_lowercase()).collect(),
+                            patterns,
+                        }
                     }
                     CheckKind::Injection => Test::Injection,
                     CheckKind::PromptSize => Test::PromptSize(check.max_prompt_tokens.unwrap_or(0)),

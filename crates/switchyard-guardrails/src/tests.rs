@@ -117,6 +117,19 @@ fn a_phrase_split_across_chunks_blocks_before_any_of_it_is_sent() {
 }
 
 #[test]
+fn word_lists_hold_back_only_a_tail_that_could_begin_a_word() {
+    let mut deny = check(CheckKind::Deny, CheckSide::Output, CheckAction::Block);
+    deny.words = vec!["Launch codes".into()];
+    let applied = guardrails(vec![deny], 32).for_model("m");
+    let mut guard = applied.output_guard(Default::default()).unwrap();
+    // Nothing here can begin the phrase: it all goes out at once.
+    assert_eq!(guard.push("Hello there"), Passed::Text("Hello there".into()));
+    // "the LAUN" might: that much waits.
+    assert_eq!(guard.push(", the LAUN"), Passed::Text(", the ".into()));
+    assert_eq!(guard.push("dromat"), Passed::Text("LAUNdromat".into()));
+}
+
+#[test]
 fn output_masks_rewrite_the_span_and_pass_the_rest() {
     let mut data = check(CheckKind::Data, CheckSide::Output, CheckAction::Mask);
     data.classes = vec!["email".into()];

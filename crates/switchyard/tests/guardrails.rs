@@ -80,6 +80,17 @@ async fn audit(server: &Server, request_id: &str) -> Value {
     }
 }
 
+/// The first step of the audit record's decision path named `name`.
+fn first_step(record: &Value, name: &str) -> Value {
+    record["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["step"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} step in {record}"))
+}
+
 async fn post(server: &Server, body: &Value, request_id: &str) -> reqwest::Response {
     client()
         .post(format!("{}/chat/completions", server.v1()))
@@ -173,24 +184,12 @@ async fn a_blocked_phrase_split_across_chunks_ends_the_stream_with_content_filte
     assert_eq!(upstream.abandoned_streams(), 1);
 
     let record = audit(&server, "blocked-stream").await;
-    let block = record["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["step"] == "guardrail")
-        .cloned()
-        .unwrap_or_else(|| panic!("no guardrail step in {record}"));
+    let block = first_step(&record, "guardrail");
     assert_eq!(block["check"], "secrets-talk");
     assert_eq!(block["side"], "output");
     assert_eq!(block["action"], "block");
     // Billed for what was produced before the block, estimated.
-    let usage = record["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["step"] == "usage")
-        .cloned()
-        .unwrap_or_else(|| panic!("no usage step in {record}"));
+    let usage = first_step(&record, "usage");
     assert!(usage["output_tokens"].as_u64().unwrap() > 0, "{record}");
 
     // Whole answers are cut the same way.
@@ -349,26 +348,16 @@ async fn moderations_answer_in_openai_shape_from_the_checks() {
 async fn the_official_openai_sdk_sees_refusals_content_filter_and_moderations() {
     let upstream = recording_standin().await;
     let server = Server::start(&config(&upstream));
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python/openai_sdk_guardrails_check.py");
     let url = server.v1();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(common::python())
-            .arg(script)
-            .arg(url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "SDK check failed:\nstdout: {}\nstderr: {}\nserver logs:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        server.logs()
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("guardrails checks passed"));
+    // The script blocks; the stand-in answering it runs on this runtime.
+    tokio::task::block_in_place(|| {
+        common::run_check(
+            &server,
+            "openai_sdk_guardrails_check.py",
+            url,
+            "openai SDK guardrails checks passed",
+        );
+    });
 }
 
 #[tokio::test]
@@ -420,13 +409,7 @@ async fn a_judge_model_refuses_what_it_finds_unsafe_and_a_slow_one_fails_open() 
     );
     // The slow judge timed out, and the request went on, flagged.
     let record = audit(&server, "fail-open").await;
-    let step = record["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["step"] == "guardrail")
-        .cloned()
-        .unwrap_or_else(|| panic!("no guardrail step in {record}"));
+    let step = first_step(&record, "guardrail");
     assert_eq!(step["action"], "flag");
     assert!(
         step["found"]

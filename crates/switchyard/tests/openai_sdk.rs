@@ -7,30 +7,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use common::{Server, local_embedding_config, local_model_config, python};
-
-/// Runs one SDK check script against `url`, failing with everything useful.
-fn run_check(server: &Server, script: &str, url: String, passed: &str) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(script);
-    let output = Command::new(python())
-        .arg(script)
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "SDK check failed:\nstdout: {}\nstderr: {}\nserver logs:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        server.logs()
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains(passed));
-}
+use common::{Server, local_embedding_config, local_model_config, run_check};
 
 #[test]
 fn official_openai_sdk_streams_and_not() {

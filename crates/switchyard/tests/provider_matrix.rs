@@ -356,6 +356,12 @@ mod scenario {
             2,
             "{provider:?}: tried, then failed over"
         );
+        // A stream cut before its first token fails over the same way.
+        let response = server.post_chat(&chat("chat", true)).await;
+        assert_eq!(response.status(), 200, "{provider:?}");
+        let chunks = stream_chunks(&response.text().await.unwrap());
+        assert_eq!(streamed_text(&chunks), "echo: hello there stand in");
+        assert_eq!(upstream.requests().len(), 4, "{provider:?}");
     }
 
     pub async fn client_disconnect_drops_the_upstream_stream(provider: Provider) {

@@ -382,3 +382,23 @@ pub fn standin_model(
         upstream.base_url()
     )
 }
+
+/// Runs one SDK check script against `url`, failing with everything useful.
+pub fn run_check(server: &Server, script: &str, url: String, passed: &str) {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let output = std::process::Command::new(python())
+        .arg(script)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "SDK check failed:\nstdout: {}\nstderr: {}\nserver logs:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        server.logs()
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains(passed));
+}
