@@ -14,6 +14,7 @@
 #                                      # request (data, injection, output deny)
 #   SWITCHYARD_BIN=/tmp/old/switchyard bench/load.sh   # another build of the
 #                                      # gateway (before/after a change)
+#   BIN_DIR=/tmp/bins bench/load.sh    # prebuilt binaries, no build
 #
 # Load generator, stand-in and gateway share this machine's cores.
 set -euo pipefail
@@ -24,23 +25,29 @@ LATENCY_MS=${LATENCY_MS:-1}
 STANDIN=127.0.0.1:19090
 SLOW_STANDIN=127.0.0.1:19091
 COLLECTOR=127.0.0.1:19092
-SWITCHYARD_BIN=${SWITCHYARD_BIN:-target/release/switchyard}
+# Prebuilt binaries (switchyard-standin, switchyard-load) to use instead of
+# building this checkout's.
+BIN_DIR=${BIN_DIR:-}
+SWITCHYARD_BIN=${SWITCHYARD_BIN:-${BIN_DIR:-target/release}/switchyard}
 OTLP=${OTLP:-}
 SAMPLE=${SAMPLE:-1.0}
 GATEWAY=127.0.0.1:18080
 # 1,000 streams need 2,000 sockets in the gateway alone.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build --release -q -p switchyard -p switchyard-standin -p switchyard-bench
+if [ -z "$BIN_DIR" ]; then
+  cargo build --release -q -p switchyard -p switchyard-standin -p switchyard-bench
+  BIN_DIR=target/release
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 
-target/release/switchyard-standin --listen "$STANDIN" --latency-ms "$LATENCY_MS" 2>"$work/standin.log" &
+"$BIN_DIR/switchyard-standin" --listen "$STANDIN" --latency-ms "$LATENCY_MS" 2>"$work/standin.log" &
 # Streams that stay open: one word every 2 s.
-target/release/switchyard-standin --listen "$SLOW_STANDIN" --token-delay-ms 2000 2>"$work/slow.log" &
+"$BIN_DIR/switchyard-standin" --listen "$SLOW_STANDIN" --token-delay-ms 2000 2>"$work/slow.log" &
 telemetry=""
 if [ -n "$OTLP" ]; then
-  target/release/switchyard-standin --listen "$COLLECTOR" 2>"$work/collector.log" &
+  "$BIN_DIR/switchyard-standin" --listen "$COLLECTOR" 2>"$work/collector.log" &
   telemetry=$(printf '[telemetry]\notlp_endpoint = "http://%s"\notlp_protocol = "http/protobuf"\nsample_ratio = %s' "$COLLECTOR" "$SAMPLE")
 fi
 guardrails=""
@@ -75,7 +82,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-load() { target/release/switchyard-load --seconds "$SECONDS_PER" "$@"; }
+load() { "$BIN_DIR/switchyard-load" --seconds "$SECONDS_PER" "$@"; }
 added() { # two result lines → added latency per percentile
   paste <(grep -o 'p[0-9.]* *[0-9]*us' <<<"$1") <(grep -o 'p[0-9.]* *[0-9]*us' <<<"$2") |
     awk '{gsub("us","",$2); gsub("us","",$4); printf "%s +%dus  ", $1, $4-$2} END {print ""}'
@@ -111,7 +118,7 @@ curl -s "http://$GATEWAY/metrics" | awk '
 
 rss() { echo $(( $(ps -o rss= -p "$gateway_pid") / 1024 )); }
 echo "switchyard RSS after the load: $(rss) MiB"
-target/release/switchyard-load --url "http://$GATEWAY/v1" --model slow --open-streams 1000 --hold 3 >"$work/held" &
+"$BIN_DIR/switchyard-load" --url "http://$GATEWAY/v1" --model slow --open-streams 1000 --hold 3 >"$work/held" &
 holder=$!
 until grep -q 'streams open' "$work/held" || ! kill -0 "$holder" 2>/dev/null; do sleep 0.2; done
 cat "$work/held"
