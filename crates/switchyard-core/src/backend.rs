@@ -40,6 +40,15 @@ pub struct BackendLoad {
     pub generated_tokens: u64,
 }
 
+/// A model reached on a caller's behalf for a short answer that is used,
+/// not shown: the query rewrite of grounding, a guardrail judge. The
+/// request path implements it over its gateway, so those calls are routed,
+/// retried and traced like any other.
+pub trait Completer: Send + Sync {
+    /// Answers `request` whole and returns its text.
+    fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>>;
+}
+
 /// A model backend: generate a chat completion, whole or as a stream.
 ///
 /// Errors that happen before the first token (bad request, full queue,

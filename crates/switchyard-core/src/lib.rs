@@ -11,7 +11,7 @@ pub mod decision;
 pub mod embed;
 pub mod error;
 
-pub use backend::{BackendInfo, BackendLoad, ChatBackend, ChatStream, collect_stream};
+pub use backend::{BackendInfo, BackendLoad, ChatBackend, ChatStream, Completer, collect_stream};
 pub use chat::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, Role,
     SamplingParams, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, ToolDefinition, Usage,

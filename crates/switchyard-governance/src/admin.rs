@@ -333,7 +333,8 @@ impl Governance {
 
     /// `names`, each a policy the configuration defines, without repeats.
     fn known_policies(&self, names: Vec<String>) -> Result<Vec<String>, GovernanceError> {
-        let known = self.settings().guardrail_policies;
+        let policy = self.policy();
+        let known = &policy.settings.guardrail_policies;
         let mut kept: Vec<String> = Vec::with_capacity(names.len());
         for name in names {
             if !known.contains(&name) {

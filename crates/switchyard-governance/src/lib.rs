@@ -16,7 +16,6 @@ pub mod jwt;
 pub mod keys;
 mod ledger;
 pub mod limits;
-pub mod mask;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -888,7 +887,8 @@ impl Admission {
         let decisions = decisions
             .into_iter()
             .map(|step| {
-                let step = step.masked(|text| mask::mask(text).into_owned());
+                let step =
+                    step.masked(|text| switchyard_guardrails::detect::mask(text).into_owned());
                 serde_json::to_value(&step).unwrap_or_default()
             })
             .collect();
@@ -925,12 +925,12 @@ impl Admission {
                 .prompt
                 .as_deref()
                 .filter(|_| settings.store_prompts)
-                .map(|p| mask::mask(p).into_owned()),
+                .map(|p| switchyard_guardrails::detect::mask(p).into_owned()),
             answer: outcome
                 .answer
                 .as_deref()
                 .filter(|_| settings.store_answers)
-                .map(|a| mask::mask(a).into_owned()),
+                .map(|a| switchyard_guardrails::detect::mask(a).into_owned()),
         };
         metrics().request_ended();
         metrics().request_done(&RequestRecord {

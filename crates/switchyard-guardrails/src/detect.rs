@@ -254,14 +254,28 @@ pub fn mask(text: &str) -> Cow<'_, str> {
     Cow::Owned(replace(text, &found, |f| f.class.label().to_owned()))
 }
 
-/// `text` with each found span replaced by what `with` gives for it.
-pub fn replace(text: &str, found: &[Found], mut with: impl FnMut(&Found) -> String) -> String {
+/// Something found at a byte range of a text.
+pub trait Span {
+    /// Where it starts and ends (bytes, end exclusive).
+    fn range(&self) -> (usize, usize);
+}
+
+impl Span for Found {
+    fn range(&self) -> (usize, usize) {
+        (self.start, self.end)
+    }
+}
+
+/// `text` with each span (in order, none overlapping) replaced by what
+/// `with` gives for it.
+pub fn replace<S: Span>(text: &str, spans: &[S], mut with: impl FnMut(&S) -> String) -> String {
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for f in found {
-        out.push_str(&text[at..f.start]);
-        out.push_str(&with(f));
-        at = f.end;
+    for span in spans {
+        let (start, end) = span.range();
+        out.push_str(&text[at..start]);
+        out.push_str(&with(span));
+        at = end;
     }
     out.push_str(&text[at..]);
     out

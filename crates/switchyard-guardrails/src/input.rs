@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use switchyard_core::{ChatRequest, ContentPart, Decision, Role};
 
-use crate::detect::{self, DataClass, Found};
+use crate::detect::{self, DataClass};
 use crate::policy::{Action, Applied, Check, Hit, Test};
 
 /// A request or answer a check refused.
@@ -110,12 +110,8 @@ pub(crate) fn decision(
 }
 
 /// Rough prompt size: four characters a token, the estimate admission uses.
-fn estimated_tokens(request: &ChatRequest) -> u64 {
-    request
-        .messages
-        .iter()
-        .map(|m| m.text().chars().count().div_ceil(4) as u64)
-        .sum()
+fn estimated_tokens(text: &str) -> u64 {
+    text.chars().count().div_ceil(4) as u64
 }
 
 impl Applied {
@@ -125,28 +121,20 @@ impl Applied {
         let mut flags = Vec::new();
         for policy in &self.policies {
             for check in policy.checks.iter().filter(|c| c.input) {
-                let found: Vec<(String, Option<DataClass>)> = match check.test {
-                    Test::PromptSize(limit) => {
-                        let tokens = text.chars().count().div_ceil(4) as u64;
-                        if tokens > u64::from(limit) {
-                            vec![(format!("size ({tokens} > {limit} tokens)"), None)]
-                        } else {
-                            Vec::new()
-                        }
-                    }
-                    _ => check
+                let hits = match check.test {
+                    Test::PromptSize(_) => check
                         .test
-                        .hits(text)
+                        .oversize(estimated_tokens(text))
                         .into_iter()
-                        .map(|h| (h.found, h.class))
                         .collect(),
+                    _ => check.test.hits(text),
                 };
-                for (found, class) in found {
+                for hit in hits {
                     flags.push(Flag {
                         policy: policy.name.clone(),
                         check: check.name.clone(),
-                        category: category(&check.test, class),
-                        found,
+                        category: category(&check.test, hit.class),
+                        found: hit.found,
                     });
                 }
             }
@@ -160,15 +148,13 @@ impl Applied {
         let mut outcome = InputOutcome::default();
         for policy in &self.policies {
             for check in policy.checks.iter().filter(|c| c.input) {
-                if let Test::PromptSize(limit) = check.test {
-                    let tokens = estimated_tokens(request);
-                    if tokens > u64::from(limit) {
-                        let hit = Hit {
-                            found: format!("size ({tokens} > {limit} tokens)"),
-                            class: None,
-                            start: 0,
-                            end: 0,
-                        };
+                if let Test::PromptSize(_) = check.test {
+                    let tokens = request
+                        .messages
+                        .iter()
+                        .map(|m| estimated_tokens(&m.text()))
+                        .sum();
+                    if let Some(hit) = check.test.oversize(tokens) {
                         outcome
                             .decisions
                             .push(decision(&policy.name, check, "input", &hit, None));
@@ -231,13 +217,14 @@ impl Applied {
                                 }
                             }
                             Action::Mask => {
-                                *text =
-                                    rewrite(text, &hits, |hit| Check::mask_label(hit).to_owned());
+                                *text = detect::replace(text, &hits, |hit| {
+                                    Check::mask_label(hit).to_owned()
+                                });
                             }
                             Action::Pseudonymize => {
                                 let restorer = &mut outcome.restorer;
-                                let original = text.clone();
-                                *text = rewrite(text, &hits, |hit| match hit.class {
+                                let original: &str = text;
+                                *text = detect::replace(original, &hits, |hit| match hit.class {
                                     Some(class) => {
                                         restorer.placeholder(class, &original[hit.start..hit.end])
                                     }
@@ -301,22 +288,4 @@ fn blocked(policy: &str, check: &Check, hit: &Hit, decisions: Vec<Decision>) -> 
         found: hit.found.clone(),
         decisions,
     }
-}
-
-fn rewrite(text: &str, hits: &[Hit], with: impl FnMut(&Hit) -> String) -> String {
-    let mut with = with;
-    let spans: Vec<Found> = hits
-        .iter()
-        .map(|h| Found {
-            class: h.class.unwrap_or(DataClass::Secret),
-            start: h.start,
-            end: h.end,
-        })
-        .collect();
-    let mut i = 0;
-    detect::replace(text, &spans, |_| {
-        let out = with(&hits[i]);
-        i += 1;
-        out
-    })
 }

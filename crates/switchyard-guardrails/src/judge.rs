@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use minijinja::Environment;
 use regex::Regex;
-use switchyard_core::{BackendError, ChatMessage, ChatRequest, Decision, Role, SamplingParams};
+use switchyard_core::{ChatMessage, ChatRequest, Completer, Decision, Role, SamplingParams};
 
 use crate::input::Blocked;
 use crate::policy::{Action, Applied, Check, Hit, Test};
@@ -21,13 +20,6 @@ Answer with exactly one word: safe or unsafe.
 
 User content:
 {{ text }}";
-
-/// How the pipeline lets a judge call a model: through the request's
-/// gateway, so the judge's model is routed like any other.
-pub trait JudgeModels: Send + Sync {
-    /// Answers `request` whole and returns its text.
-    fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>>;
-}
 
 /// A judge check's settings, compiled.
 #[derive(Debug)]
@@ -80,7 +72,7 @@ enum Verdict {
     Failed(String),
 }
 
-async fn ask(spec: &JudgeSpec, text: &str, models: &dyn JudgeModels) -> Verdict {
+async fn ask(spec: &JudgeSpec, text: &str, models: &dyn Completer) -> Verdict {
     let prompt = match spec.prompt(text) {
         Ok(prompt) => prompt,
         Err(error) => return Verdict::Failed(format!("template: {error}")),
@@ -138,7 +130,7 @@ impl Applied {
     pub async fn judge_input(
         &self,
         request: &ChatRequest,
-        models: &dyn JudgeModels,
+        models: &dyn Completer,
     ) -> Result<Vec<Decision>, Blocked> {
         let text = judged_text(request);
         let judges: Vec<_> = self.judges().collect();

@@ -21,7 +21,7 @@ mod output;
 mod policy;
 
 pub use input::{Blocked, CATEGORIES, Flag, InputOutcome, Restorer};
-pub use judge::{DEFAULT_JUDGE_TEMPLATE, JudgeModels};
+pub use judge::DEFAULT_JUDGE_TEMPLATE;
 pub use output::{OutputGuard, Passed};
 pub use policy::{Action, Applied, Check, Guardrails, Policy, PolicyError};
 

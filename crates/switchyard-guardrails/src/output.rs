@@ -4,8 +4,11 @@
 //! where the match begins. Pseudonymised values are restored as the text
 //! leaves the window (a placeholder split across chunks included).
 
+use std::sync::Arc;
+
 use switchyard_core::Decision;
 
+use crate::detect;
 use crate::input::{Blocked, Restorer, decision};
 use crate::policy::{Action, Applied, Check, Hit, Policy};
 
@@ -25,7 +28,8 @@ pub enum Passed {
 
 /// The output checks of one answer, with its window and its restorer.
 pub struct OutputGuard {
-    checks: Vec<(std::sync::Arc<Policy>, usize)>,
+    /// Shared, so that each piece's pass over them costs one count, not a copy.
+    checks: Arc<[(Arc<Policy>, usize)]>,
     restorer: Restorer,
     window: usize,
     pending: String,
@@ -48,7 +52,7 @@ impl Applied {
     /// The guard for this request's answer; `None` when nothing needs to
     /// watch it (no output checks, no pseudonyms to restore).
     pub fn output_guard(&self, restorer: Restorer) -> Option<OutputGuard> {
-        let checks: Vec<_> = self
+        let checks: Arc<[_]> = self
             .policies
             .iter()
             .flat_map(|policy| {
@@ -116,9 +120,9 @@ impl OutputGuard {
     fn advance(&mut self, end: bool) -> Passed {
         // Where the held text may be cut: everything but the window, at a
         // character boundary; everything at the end.
-        // Where the held text may be cut: before whatever tail a check
-        // says may still be the start of a match (bounded by the window);
-        // everything at the end.
+        // Where the held text may be cut: before whatever tail a check says
+        // may still be the start of a match, or a placeholder may still be
+        // arriving (bounded by the window); everything at the end.
         let mut cut = if end {
             self.pending.len()
         } else {
@@ -130,6 +134,7 @@ impl OutputGuard {
                         .test
                         .hold_back(&self.pending, self.window)
                 })
+                .chain([self.placeholder_hold()])
                 .max()
                 .unwrap_or(0);
             let mut cut = self.pending.len() - held;
@@ -138,7 +143,8 @@ impl OutputGuard {
             }
             cut
         };
-        for (policy, index) in self.checks.clone() {
+        for (policy, index) in self.checks.clone().iter() {
+            let index = *index;
             let check = &policy.checks[index];
             let hits = check.test.hits(&self.pending);
             // A match running past the cut may still grow: hold it back
@@ -180,37 +186,33 @@ impl OutputGuard {
                 // it off the output side.
                 Action::Flag | Action::Route => {}
                 Action::Mask | Action::Pseudonymize => {
-                    let old_len = self.pending.len();
-                    let mut out = String::with_capacity(old_len);
-                    let mut at = 0;
-                    for hit in &settled {
-                        out.push_str(&self.pending[at..hit.start]);
-                        out.push_str(Check::mask_label(hit));
-                        at = hit.end;
-                    }
-                    out.push_str(&self.pending[at..]);
                     // Keep the cut at the same place relative to the tail.
-                    let tail = old_len - cut;
-                    self.pending = out;
+                    let tail = self.pending.len() - cut;
+                    self.pending = detect::replace(&self.pending, &settled, |hit| {
+                        Check::mask_label(hit).to_owned()
+                    });
                     cut = self.pending.len().saturating_sub(tail);
                 }
             }
         }
-        if !end {
-            cut = self.placeholder_safe(cut);
-        }
         Passed::Text(self.release(cut))
     }
 
-    /// Moves `cut` before a placeholder it would split.
-    fn placeholder_safe(&self, cut: usize) -> usize {
+    /// The tail that may be a placeholder still arriving (from an unclosed
+    /// `<` no further back than the longest placeholder), held so that it
+    /// is restored whole.
+    fn placeholder_hold(&self) -> usize {
         if self.restorer.is_empty() {
-            return cut;
+            return 0;
         }
-        let head = &self.pending[..cut];
-        match head.rfind('<') {
-            Some(open) if !head[open..].contains('>') && cut - open < self.window.max(16) => open,
-            _ => cut,
+        match self.pending.rfind('<') {
+            Some(open)
+                if !self.pending[open..].contains('>')
+                    && self.pending.len() - open < self.window =>
+            {
+                self.pending.len() - open
+            }
+            _ => 0,
         }
     }
 

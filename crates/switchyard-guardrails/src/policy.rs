@@ -76,7 +76,27 @@ pub(crate) struct Hit {
     pub end: usize,
 }
 
+impl crate::detect::Span for Hit {
+    fn range(&self) -> (usize, usize) {
+        (self.start, self.end)
+    }
+}
+
 impl Test {
+    /// A prompt-size check's finding for a prompt of `tokens`, when it is
+    /// over the limit (a finding with no span: the whole prompt).
+    pub(crate) fn oversize(&self, tokens: u64) -> Option<Hit> {
+        match self {
+            Test::PromptSize(limit) if tokens > u64::from(*limit) => Some(Hit {
+                found: format!("size ({tokens} > {limit} tokens)"),
+                class: None,
+                start: 0,
+                end: 0,
+            }),
+            _ => None,
+        }
+    }
+
     /// The matches in `text`, in order, none overlapping.
     pub(crate) fn hits(&self, text: &str) -> Vec<Hit> {
         let mut hits: Vec<Hit> = match self {
@@ -365,17 +385,25 @@ impl Guardrails {
     /// The policies a request for `model` (a model or route name) runs:
     /// the defaults, then those attached to it.
     pub fn for_model(&self, model: &str) -> Applied {
-        self.for_call(model, &[])
+        self.for_call(model, std::iter::empty())
     }
 
     /// The policies a request runs: the defaults, those attached to its
     /// model, then `caller`'s (its tenant's and key's, by name). A name
     /// the configuration no longer defines is skipped with a warning (the
     /// admin API refuses unknown names; a reload may remove one).
-    pub fn for_call(&self, model: &str, caller: &[String]) -> Applied {
+    pub fn for_call<'a>(
+        &self,
+        model: &str,
+        caller: impl IntoIterator<Item = &'a String>,
+    ) -> Applied {
+        // Without any policy configured, a request pays nothing here.
+        if self.by_name.is_empty() {
+            return Applied::default();
+        }
         let mut policies = self.default.clone();
         let attached = self.attached.get(model).into_iter().flatten();
-        let named = caller.iter().filter_map(|name| {
+        let named = caller.into_iter().filter_map(|name| {
             let found = self.by_name.get(name);
             if found.is_none() {
                 tracing::warn!(policy = %name, "a tenant or key names a guardrail policy the configuration does not define; skipped");

@@ -239,7 +239,7 @@ fn a_bad_pattern_names_its_field() {
 /// A judge model that answers from a script, or never.
 struct ScriptedJudge(Option<&'static str>);
 
-impl crate::JudgeModels for ScriptedJudge {
+impl switchyard_core::Completer for ScriptedJudge {
     fn complete(
         &self,
         request: ChatRequest,

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use switchyard_core::{BackendError, ChatRequest, EmbeddingRequest};
-use switchyard_guardrails::JudgeModels;
+use switchyard_core::{BackendError, ChatRequest, Completer, EmbeddingRequest};
 use switchyard_orchestration::{Gateway, RequestContext};
 use switchyard_retrieval::grounding::GroundingModels;
 use switchyard_retrieval::{Embedder, RetrievalError};
@@ -35,26 +34,16 @@ impl GroundingModels for RequestModels<'_> {
                 .ok_or_else(|| BackendError::internal("the embeddings model returned no vector"))
         })
     }
-
-    fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>> {
-        complete(self, request)
-    }
 }
 
-impl JudgeModels for RequestModels<'_> {
+/// Grounding's query rewrite and the guardrail judges.
+impl Completer for RequestModels<'_> {
     fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>> {
-        complete(self, request)
+        Box::pin(async move {
+            let routed = self.gateway.chat(request, self.context).await?;
+            Ok(routed.value.content)
+        })
     }
-}
-
-fn complete<'a>(
-    models: &'a RequestModels<'_>,
-    request: ChatRequest,
-) -> BoxFuture<'a, Result<String, BackendError>> {
-    Box::pin(async move {
-        let routed = models.gateway.chat(request, models.context).await?;
-        Ok(routed.value.content)
-    })
 }
 
 async fn embed(

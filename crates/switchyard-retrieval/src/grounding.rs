@@ -21,25 +21,22 @@ use futures::future::BoxFuture;
 use minijinja::Environment;
 use serde::Serialize;
 use switchyard_config::{AssistantConfig, RetrievalConfig};
-use switchyard_core::{BackendError, ChatMessage, ChatRequest, Role, SamplingParams};
+use switchyard_core::{BackendError, ChatMessage, ChatRequest, Completer, Role, SamplingParams};
 use tracing::{Instrument, debug, warn};
 
 use crate::{Collections, Filter, Hit, Ingestor, RetrievalError, SearchMode, SearchQuery};
 
 /// The models grounding calls: the query's embedding and, for follow-up
-/// questions, a rewrite. The request path implements it over the gateway
-/// it runs on, with that request's context, so routing, resilience and
-/// metering apply to these calls as to any other.
-pub trait GroundingModels: Send + Sync {
+/// questions, a rewrite (`Completer`). The request path implements it over
+/// the gateway it runs on, with that request's context, so routing,
+/// resilience and metering apply to these calls as to any other.
+pub trait GroundingModels: Completer {
     /// Embeds one text with the embeddings model named `model`.
     fn embed_one<'a>(
         &'a self,
         model: &'a str,
         text: &'a str,
     ) -> BoxFuture<'a, Result<Vec<f32>, BackendError>>;
-
-    /// Answers `request` whole and returns its text.
-    fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>>;
 }
 
 /// The instructions and sources given to the model, unless an assistant

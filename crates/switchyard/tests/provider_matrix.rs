@@ -430,16 +430,32 @@ macro_rules! matrix {
             }
         )*
 
-        #[test]
-        fn every_provider_has_a_row() {
+        /// Each row's table configures the provider the row names (a row
+        /// pointing at the wrong backend would test another provider twice).
+        #[tokio::test]
+        async fn every_provider_has_a_row_that_configures_it() {
             // No catch-all: a provider missing from the list is a compile error.
             fn row_of(provider: Provider) -> &'static str {
                 match provider {
                     $(Provider::$provider => stringify!($row),)*
                 }
             }
-            let rows = [$(row_of(Provider::$provider)),*];
-            assert_eq!(rows, [$(stringify!($row)),*]);
+            let upstream = recording_standin().await;
+            for provider in [$(Provider::$provider),*] {
+                let text = model_table(provider, "m", &upstream, "");
+                let config = switchyard_config::Config::parse(
+                    std::path::Path::new(row_of(provider)),
+                    &text,
+                    &|_| None,
+                )
+                .unwrap_or_else(|e| panic!("{}: {e}", row_of(provider)));
+                match &config.models["m"] {
+                    switchyard_config::ModelConfig::Remote(configured, _) => {
+                        assert_eq!(*configured, provider, "{}", row_of(provider));
+                    }
+                    other => panic!("{}: not a remote model: {other:?}", row_of(provider)),
+                }
+            }
         }
     };
 }

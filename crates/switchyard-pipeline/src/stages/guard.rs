@@ -28,17 +28,13 @@ pub async fn input(
     request: &mut ChatRequest,
     context: &RequestContext,
 ) -> Result<Option<OutputGuard>, PipelineError> {
-    let named: Vec<String> = match caller {
-        Caller::Key(key) => key
-            .tenant
-            .guardrails
-            .iter()
-            .chain(&key.key.guardrails)
-            .cloned()
-            .collect(),
-        Caller::Anonymous | Caller::Master => Vec::new(),
+    let named = match caller {
+        Caller::Key(key) => Some(key.tenant.guardrails.iter().chain(&key.key.guardrails)),
+        Caller::Anonymous | Caller::Master => None,
     };
-    let applied = snapshot.guardrails.for_call(&request.model, &named);
+    let applied = snapshot
+        .guardrails
+        .for_call(&request.model, named.into_iter().flatten());
     if applied.is_empty() {
         return Ok(None);
     }
@@ -46,8 +42,8 @@ pub async fn input(
     let checked = span.in_scope(|| applied.check_input(request));
     let outcome = match checked {
         Ok(outcome) => outcome,
-        Err(blocked) => {
-            note(context, blocked.decisions.clone());
+        Err(mut blocked) => {
+            note(context, std::mem::take(&mut blocked.decisions));
             return Err(PipelineError::ContentPolicy(blocked));
         }
     };
@@ -66,8 +62,8 @@ pub async fn input(
             .await;
         match judged {
             Ok(decisions) => note(context, decisions),
-            Err(blocked) => {
-                note(context, blocked.decisions.clone());
+            Err(mut blocked) => {
+                note(context, std::mem::take(&mut blocked.decisions));
                 return Err(PipelineError::ContentPolicy(blocked));
             }
         }
