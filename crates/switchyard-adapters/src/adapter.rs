@@ -226,6 +226,22 @@ pub(crate) fn encode(body: &impl serde::Serialize) -> Result<Vec<u8>, BackendErr
         .map_err(|e| BackendError::internal(format!("cannot encode the request: {e}")))
 }
 
+/// Refuses a JSON `response_format` for a provider whose API has no such
+/// control, rather than sending the request without it: a client asking
+/// for JSON breaks on free text.
+pub(crate) fn refuse_json_format(
+    request: &ChatRequest,
+    provider: &str,
+) -> Result<(), BackendError> {
+    match request.response_format {
+        None | Some(switchyard_core::ResponseFormat::Text) => Ok(()),
+        Some(_) => Err(BackendError::invalid_request(format!(
+            "`response_format` JSON modes are not available for {provider} models; ask for a tool call with the schema as its parameters instead"
+        ))
+        .with_param("response_format")),
+    }
+}
+
 /// A tool call's arguments as the JSON object providers other than OpenAI
 /// send. The front doors refuse client calls whose arguments are not an
 /// object; this refuses any that reach an adapter some other way, rather

@@ -20,7 +20,7 @@ use switchyard_protocol::anthropic::{
     StreamEvent as WireEvent, parse_stop_reason,
 };
 
-use crate::adapter::{HttpAdapter, Wire, encode};
+use crate::adapter::{HttpAdapter, Wire, encode, refuse_json_format};
 use crate::http::{
     Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after, status_error,
     unreadable,
@@ -158,6 +158,7 @@ impl Wire for AnthropicWire {
     }
 
     fn encode_chat(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, BackendError> {
+        refuse_json_format(request, "Anthropic")?;
         encode(&MessagesRequest::from_canonical(
             request,
             &self.config.upstream_model,

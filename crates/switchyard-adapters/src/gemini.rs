@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchyard_core::{
     BackendError, BackendInfo, ChatRequest, ChatResponse, ContentPart, EmbeddingRequest,
-    EmbeddingResponse, ErrorKind, FinishReason, ImageSource, Role, StreamEvent, ToolCall,
-    ToolCallDelta, ToolChoice, Usage,
+    EmbeddingResponse, ErrorKind, FinishReason, ImageSource, ResponseFormat, Role, StreamEvent,
+    ToolCall, ToolCallDelta, ToolChoice, Usage,
 };
 
 use crate::adapter::{EmbeddingWire, HttpAdapter, Wire, call_arguments, encode};
@@ -166,6 +166,11 @@ struct GenerationConfig {
     presence_penalty: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     frequency_penalty: Option<f32>,
+    /// `application/json` for OpenAI's JSON modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_schema: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -395,6 +400,14 @@ fn request_body(request: &ChatRequest) -> Result<GenerateContentRequest, Backend
         }
     }
     let sampling = &request.sampling;
+    let (response_mime_type, response_schema) = match &request.response_format {
+        None | Some(ResponseFormat::Text) => (None, None),
+        Some(ResponseFormat::JsonObject) => (Some("application/json"), None),
+        Some(ResponseFormat::JsonSchema(format)) => (
+            Some("application/json"),
+            Some(gemini_schema(&format.schema)),
+        ),
+    };
     let generation_config = GenerationConfig {
         temperature: sampling.temperature,
         top_p: sampling.top_p,
@@ -404,6 +417,8 @@ fn request_body(request: &ChatRequest) -> Result<GenerateContentRequest, Backend
         seed: sampling.seed.map(|s| s as i64),
         presence_penalty: sampling.presence_penalty,
         frequency_penalty: sampling.frequency_penalty,
+        response_mime_type,
+        response_schema,
     };
     let tools = (!request.tools.is_empty()).then(|| {
         vec![GeminiTool {
@@ -869,6 +884,37 @@ mod tests {
             wire["toolConfig"]["functionCallingConfig"],
             json!({"mode": "ANY", "allowedFunctionNames": ["weather"]})
         );
+    }
+
+    #[test]
+    fn json_response_formats_become_a_json_mime_type_and_schema() {
+        let mut request = ChatRequest::new("m", vec![ChatMessage::new(Role::User, "city?")]);
+        request.response_format = Some(ResponseFormat::JsonSchema(
+            switchyard_core::JsonSchemaFormat {
+                name: "place".into(),
+                description: None,
+                schema: json!({"type": "object", "additionalProperties": false,
+                               "properties": {"city": {"type": "string"}}}),
+                strict: Some(true),
+            },
+        ));
+        let wire = serde_json::to_value(request_body(&request).unwrap()).unwrap();
+        let config = &wire["generationConfig"];
+        assert_eq!(config["responseMimeType"], "application/json");
+        assert_eq!(
+            config["responseSchema"],
+            json!({"type": "object", "properties": {"city": {"type": "string"}}})
+        );
+        request.response_format = Some(ResponseFormat::JsonObject);
+        let wire = serde_json::to_value(request_body(&request).unwrap()).unwrap();
+        assert_eq!(
+            wire["generationConfig"]["responseMimeType"],
+            "application/json"
+        );
+        assert!(wire["generationConfig"].get("responseSchema").is_none());
+        request.response_format = None;
+        let wire = serde_json::to_value(request_body(&request).unwrap()).unwrap();
+        assert!(wire["generationConfig"].get("responseMimeType").is_none());
     }
 
     fn chunk(data: Value) -> SseEvent {

@@ -52,6 +52,8 @@ pub(crate) async fn scrape(
                     queued: load.queued,
                     running: load.running,
                     prompt_tokens: load.prompt_tokens,
+                    cached_prompt_tokens: load.cached_prompt_tokens,
+                    constrained_requests: load.constrained_requests,
                     generated_tokens: load.generated_tokens,
                 }),
         })

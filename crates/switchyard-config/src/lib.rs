@@ -448,6 +448,15 @@ pub struct LocalModelConfig {
     /// `length`.
     #[serde(default = "default_true")]
     pub repetition_guard: bool,
+    /// Reuse the KV state of a finished request's prompt and answer for a
+    /// new prompt that starts with the same tokens.
+    #[serde(default = "default_true")]
+    pub prompt_cache: bool,
+    /// Let llama.cpp use flash attention (faster prefill; with
+    /// `prompt_cache`, greedy answers may then differ slightly from a full
+    /// prefill's).
+    #[serde(default)]
+    pub flash_attention: bool,
     /// Price (local models are free unless priced here).
     pub pricing: Option<Pricing>,
 }
@@ -468,6 +477,8 @@ impl Default for LocalModelConfig {
             default_system_prompt: None,
             default_max_tokens: None,
             repetition_guard: true,
+            prompt_cache: true,
+            flash_attention: false,
             pricing: None,
         }
     }

@@ -36,6 +36,10 @@ pub struct BackendLoad {
     pub running: u64,
     /// Prompt tokens evaluated.
     pub prompt_tokens: u64,
+    /// Prompt tokens served from a prompt cache instead of being evaluated.
+    pub cached_prompt_tokens: u64,
+    /// Requests whose answer a grammar constrained (structured output).
+    pub constrained_requests: u64,
     /// Tokens generated.
     pub generated_tokens: u64,
 }

@@ -245,6 +245,33 @@ pub struct ChatRequest {
     pub tool_choice: Option<ToolChoice>,
     /// Whether several calls may come in one turn.
     pub parallel_tool_calls: Option<bool>,
+    /// The shape the answer must take; `None` is free text.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// The shape an answer must take (OpenAI's `response_format`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ResponseFormat {
+    /// Free text.
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON that validates against a schema.
+    JsonSchema(JsonSchemaFormat),
+}
+
+/// A named JSON schema the answer must follow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JsonSchemaFormat {
+    /// The schema's name (letters, digits, `_` and `-`).
+    pub name: String,
+    /// What the schema is for, for the model.
+    pub description: Option<String>,
+    /// The JSON schema itself.
+    pub schema: serde_json::Value,
+    /// OpenAI's strict mode: the answer follows the schema exactly.
+    pub strict: Option<bool>,
 }
 
 impl ChatRequest {
@@ -260,6 +287,7 @@ impl ChatRequest {
             tools: Vec::new(),
             tool_choice: None,
             parallel_tool_calls: None,
+            response_format: None,
         }
     }
 }

@@ -13,8 +13,9 @@ pub mod error;
 
 pub use backend::{BackendInfo, BackendLoad, ChatBackend, ChatStream, Completer, collect_stream};
 pub use chat::{
-    ChatMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource, Role,
-    SamplingParams, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, ToolDefinition, Usage,
+    ChatMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource,
+    JsonSchemaFormat, ResponseFormat, Role, SamplingParams, StreamEvent, ToolCall, ToolCallDelta,
+    ToolChoice, ToolDefinition, Usage,
 };
 pub use decision::{Decision, WindowCheck};
 pub use embed::{EmbeddingBackend, EmbeddingRequest, EmbeddingResponse};

@@ -161,6 +161,8 @@ async fn engine(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
     let mut config = EngineConfig::new(&args.model);
     config.threads = Some(args.threads);
     config.context_length = 1024;
+    // Each prompt runs several times: every run must prefill it.
+    config.prompt_cache = false;
     let engine = LocalEngine::start(config).unwrap();
     engine.wait_ready().await.unwrap();
     let mut rows = Vec::new();

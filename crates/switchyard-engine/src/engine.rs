@@ -13,17 +13,24 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use switchyard_core::{
     BackendError, BackendInfo, BackendLoad, ChatBackend, ChatMessage, ChatRequest, ChatStream,
-    ErrorKind, Role, SamplingParams, StreamEvent, ToolChoice, ToolDefinition,
+    ErrorKind, ResponseFormat, Role, SamplingParams, StreamEvent, ToolChoice, ToolDefinition,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
+use crate::grammar::{grammar_for, grammar_sampler, lazy_grammar_sampler};
 use crate::scheduler::{EngineLoad, Job, Scheduler, SchedulerLimits};
 use crate::template::{ChatTemplate, TemplateError};
+use crate::tool_prompt::{CALL_OPEN, CallGrammar, call_grammar, describe_tools};
 use crate::tools::ToolCallParser;
+
+/// llama.cpp's `LLAMA_FLASH_ATTN_TYPE_DISABLED` and `_AUTO`.
+const FLASH_ATTENTION_OFF: i32 = 0;
+const FLASH_ATTENTION_AUTO: i32 = -1;
 
 /// How long a client should wait before retrying when the engine is busy.
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -58,6 +65,16 @@ pub struct EngineConfig {
     pub default_max_tokens: Option<u32>,
     /// Stop a generation that falls into a loop (finish reason `length`).
     pub repetition_guard: bool,
+    /// Keep each finished sequence's KV state so that a prompt starting
+    /// with the same tokens prefills only the rest.
+    pub prompt_cache: bool,
+    /// Let llama.cpp use flash attention where the backend has it. Off by
+    /// default: on the CPU its results depend on how many tokens are
+    /// evaluated together, so a prompt prefilled in two parts (a reused
+    /// prefix, then the rest) drifts from one prefilled whole, enough to
+    /// change a greedy answer a few turns into a conversation. Off, both
+    /// give the same answers, for about a tenth of the prefill speed.
+    pub flash_attention: bool,
 }
 
 impl EngineConfig {
@@ -75,6 +92,8 @@ impl EngineConfig {
             default_system_prompt: None,
             default_max_tokens: None,
             repetition_guard: true,
+            prompt_cache: true,
+            flash_attention: false,
         }
     }
 }
@@ -130,13 +149,39 @@ impl Prompter {
         }
         let wants_tools =
             !request.tools.is_empty() && request.tool_choice != Some(ToolChoice::None);
-        if wants_tools && !self.template.supports_tools() {
+        let wants_json = !matches!(request.response_format, None | Some(ResponseFormat::Text));
+        if wants_tools && wants_json && !self.template.supports_tools() {
             return Err(BackendError::invalid_request(
-                "tool calling is not supported by this local model: its chat template does not render tools; remove `tools` or use a model whose template does",
+                "this local model keeps tool calls to a grammar, so one request cannot also ask for a JSON `response_format`; send one or the other",
             )
-            .with_param("tools"));
+            .with_param("response_format"));
         }
         Ok(())
+    }
+
+    /// The grammar that shapes the answer: a call of one of `tools` when
+    /// the template cannot render them (they go into the prompt instead),
+    /// else `format`'s.
+    fn answer_grammar(
+        &self,
+        tools: &[ToolDefinition],
+        choice: Option<&ToolChoice>,
+        format: Option<&ResponseFormat>,
+    ) -> Result<Option<LlamaSampler>, BackendError> {
+        if !tools.is_empty() && !self.template.supports_tools() {
+            return match call_grammar(tools, choice)? {
+                Some(CallGrammar::Required(grammar)) => {
+                    grammar_sampler(&self.model, &grammar).map(Some)
+                }
+                Some(CallGrammar::OnOpen(grammar)) => {
+                    lazy_grammar_sampler(&self.model, &grammar, CALL_OPEN).map(Some)
+                }
+                None => Ok(None),
+            };
+        }
+        grammar_for(format)?
+            .map(|grammar| grammar_sampler(&self.model, &grammar))
+            .transpose()
     }
 
     fn tokenize(
@@ -249,9 +294,22 @@ impl LocalEngine {
         {
             messages.insert(0, ChatMessage::new(Role::System, system.clone()));
         }
-        let prompt = tokio::task::spawn_blocking(move || prompter.tokenize(&messages, &tools))
-            .await
-            .map_err(|e| BackendError::internal(format!("tokenizer task failed: {e}")))??;
+        let format = request.response_format;
+        let choice = request.tool_choice;
+        // The grammar is compiled here too, off the engine thread: a large
+        // schema's grammar takes a while to build.
+        let (prompt, grammar) = tokio::task::spawn_blocking(move || {
+            let grammar = prompter.answer_grammar(&tools, choice.as_ref(), format.as_ref())?;
+            let prompt = if tools.is_empty() || prompter.template.supports_tools() {
+                prompter.tokenize(&messages, &tools)?
+            } else {
+                describe_tools(&mut messages, &tools);
+                prompter.tokenize(&messages, &[])?
+            };
+            Ok::<_, BackendError>((prompt, grammar))
+        })
+        .await
+        .map_err(|e| BackendError::internal(format!("tokenizer task failed: {e}")))??;
 
         let context_length = self.config.context_length as usize;
         if prompt.len() >= context_length {
@@ -275,6 +333,7 @@ impl LocalEngine {
             max_tokens,
             sampling: request.sampling.or_defaults(&self.config.default_sampling),
             stop: request.stop,
+            grammar,
             repetition_guard: self.config.repetition_guard,
             events: events_tx,
             enqueued_at,
@@ -341,6 +400,8 @@ impl ChatBackend for LocalEngine {
             queued: self.load.queued.load(Ordering::Relaxed),
             running: self.load.running.load(Ordering::Relaxed),
             prompt_tokens: self.load.prompt_tokens.load(Ordering::Relaxed),
+            cached_prompt_tokens: self.load.cached_prompt_tokens.load(Ordering::Relaxed),
+            constrained_requests: self.load.constrained.load(Ordering::Relaxed),
             generated_tokens: self.load.generated_tokens.load(Ordering::Relaxed),
         })
     }
@@ -411,7 +472,12 @@ fn run_engine_thread(
         .with_n_batch(config.batch_size)
         .with_n_ubatch(config.batch_size)
         .with_n_threads(threads)
-        .with_n_threads_batch(threads);
+        .with_n_threads_batch(threads)
+        .with_flash_attention_policy(if config.flash_attention {
+            FLASH_ATTENTION_AUTO
+        } else {
+            FLASH_ATTENTION_OFF
+        });
     let ctx = match model.new_context(backend, ctx_params) {
         Ok(ctx) => ctx,
         Err(error) => return fail(EngineError::Context(error.to_string())),
@@ -437,6 +503,7 @@ fn run_engine_thread(
     let limits = SchedulerLimits {
         context_length: config.context_length,
         batch_size: config.batch_size,
+        prompt_cache: config.prompt_cache,
     };
     Scheduler::new(&model, ctx, config.parallel, limits, load).run(jobs);
     info!(path = %config.model_path.display(), "engine thread stopped");

@@ -7,11 +7,14 @@
 //! never rebuild llama.cpp.
 
 mod engine;
+mod grammar;
+mod prefix_cache;
 mod repetition;
 mod sampler;
 mod scheduler;
 mod stop;
 pub mod template;
+mod tool_prompt;
 mod tools;
 mod utf8;
 

@@ -11,10 +11,16 @@ const DEFAULT_TOP_P: f32 = 1.0;
 /// llama.cpp's "pick a random seed" value.
 const RANDOM_SEED: u32 = u32::MAX;
 
-/// Builds the sampler for one sequence. `penalty_window` is how many recent
-/// tokens the repetition penalties look at.
-pub fn build_sampler(params: &SamplingParams, n_vocab: i32, penalty_window: i32) -> LlamaSampler {
-    let mut chain = Vec::with_capacity(6);
+/// Builds the sampler for one sequence. `grammar` constrains the answer's
+/// shape; `penalty_window` is how many recent tokens the repetition
+/// penalties look at.
+pub fn build_sampler(
+    params: &SamplingParams,
+    grammar: Option<LlamaSampler>,
+    n_vocab: i32,
+    penalty_window: i32,
+) -> LlamaSampler {
+    let mut chain = Vec::with_capacity(7);
     let repeat = params.repetition_penalty.unwrap_or(1.0);
     let frequency = params.frequency_penalty.unwrap_or(0.0);
     let presence = params.presence_penalty.unwrap_or(0.0);
@@ -27,6 +33,9 @@ pub fn build_sampler(params: &SamplingParams, n_vocab: i32, penalty_window: i32)
             presence,
         ));
     }
+    // Before any truncation: top-k or top-p first could leave only tokens
+    // the grammar forbids.
+    chain.extend(grammar);
 
     let temperature = params.temperature.unwrap_or(DEFAULT_TEMPERATURE);
     if temperature <= 0.0 {

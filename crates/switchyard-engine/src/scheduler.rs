@@ -6,7 +6,9 @@
 //! it with one `decode` call, so concurrent requests share each forward pass
 //! (continuous batching). Sequences are admitted first come, first served as
 //! slots free up; prompts are fed in chunks so that a long prompt does not
-//! stall the sequences already generating.
+//! stall the sequences already generating. A finished sequence's slot keeps
+//! its KV state, and a new prompt that starts the same way takes that slot
+//! and prefills only what differs ([`PrefixCache`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,7 @@ use switchyard_core::{BackendError, FinishReason, StreamEvent, Usage};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
+use crate::prefix_cache::PrefixCache;
 use crate::repetition::RepetitionGuard;
 use crate::sampler::build_sampler;
 use crate::stop::StopMatcher;
@@ -35,6 +38,8 @@ pub(crate) struct Job {
     pub max_tokens: u32,
     pub sampling: switchyard_core::SamplingParams,
     pub stop: Vec<String>,
+    /// Keeps the answer within the request's `response_format`.
+    pub grammar: Option<LlamaSampler>,
     /// Stop the generation when it falls into a loop.
     pub repetition_guard: bool,
     pub events: UnboundedSender<Result<StreamEvent, BackendError>>,
@@ -60,6 +65,8 @@ struct Sequence {
     sampler: LlamaSampler,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
+    /// Of those, the ones an earlier sequence left there.
+    reused: usize,
     /// Position the next fed token takes.
     n_past: i32,
     /// The last sampled token, fed in the next batch.
@@ -96,13 +103,19 @@ pub(crate) struct EngineLoad {
     pub queued: AtomicU64,
     pub running: AtomicU64,
     pub prompt_tokens: AtomicU64,
+    /// Prompt tokens not evaluated because their KV state was reused.
+    pub cached_prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
+    /// Sequences whose answer a grammar constrained.
+    pub constrained: AtomicU64,
 }
 
 /// Sizes fixed when the context is created.
 pub(crate) struct SchedulerLimits {
     pub context_length: u32,
     pub batch_size: u32,
+    /// Keep finished sequences' KV state for prompts that share a prefix.
+    pub prompt_cache: bool,
 }
 
 pub(crate) struct Scheduler<'model> {
@@ -111,6 +124,7 @@ pub(crate) struct Scheduler<'model> {
     ctx: LlamaContext<'model>,
     batch: LlamaBatch<'static>,
     slots: Vec<Option<Sequence>>,
+    prefixes: PrefixCache,
     limits: SchedulerLimits,
     admitted_total: u64,
     load: Arc<EngineLoad>,
@@ -136,6 +150,7 @@ impl<'model> Scheduler<'model> {
             ctx,
             batch: LlamaBatch::new(batch_tokens, 1),
             slots: (0..parallel).map(|_| None).collect(),
+            prefixes: PrefixCache::new(usize::try_from(parallel).unwrap_or(1), limits.prompt_cache),
             limits,
             admitted_total: 0,
             load,
@@ -183,19 +198,32 @@ impl<'model> Scheduler<'model> {
         self.slots.iter().position(Option::is_none)
     }
 
-    fn admit(&mut self, job: Job) {
+    fn admit(&mut self, mut job: Job) {
         self.load.queued.fetch_sub(1, Ordering::Relaxed);
         if job.events.is_closed() {
             let _entered = job.span.enter();
             debug!("request left before generation started");
             return;
         }
-        let Some(slot) = self.free_slot() else {
+        let free: Vec<usize> = (0..self.slots.len())
+            .filter(|&slot| self.slots[slot].is_none())
+            .collect();
+        let Some(placement) = self.prefixes.place(&free, &job.prompt) else {
             // `run` only admits when a slot is free.
             return;
         };
+        let slot = placement.slot;
+        let seq_id = i32::try_from(slot).unwrap_or(0);
+        let reused = self.keep_prefix(seq_id, placement.reused);
+        self.load
+            .cached_prompt_tokens
+            .fetch_add(reused as u64, Ordering::Relaxed);
         let penalty_window = i32::try_from(self.limits.context_length).unwrap_or(i32::MAX);
-        let sampler = build_sampler(&job.sampling, self.model.n_vocab(), penalty_window);
+        let grammar = job.grammar.take();
+        if grammar.is_some() {
+            self.load.constrained.fetch_add(1, Ordering::Relaxed);
+        }
+        let sampler = build_sampler(&job.sampling, grammar, self.model.n_vocab(), penalty_window);
         let stop = StopMatcher::new(&job.stop);
         let repetition = job.repetition_guard.then(RepetitionGuard::default);
         self.admitted_total += 1;
@@ -205,17 +233,19 @@ impl<'model> Scheduler<'model> {
             debug!(
                 slot,
                 prompt_tokens = job.prompt.len(),
+                cached_prompt_tokens = reused,
                 queued_ms = admitted_at.duration_since(job.enqueued_at).as_millis() as u64,
                 "sequence admitted"
             );
         }
         self.slots[slot] = Some(Sequence {
             job,
-            seq_id: i32::try_from(slot).unwrap_or(0),
+            seq_id,
             admitted_order: self.admitted_total,
             sampler,
-            prefilled: 0,
-            n_past: 0,
+            prefilled: reused,
+            reused,
+            n_past: i32::try_from(reused).unwrap_or(0),
             pending_token: None,
             fed: Fed::Nothing,
             logits_index: None,
@@ -234,12 +264,13 @@ impl<'model> Scheduler<'model> {
                 .as_ref()
                 .is_some_and(|seq| seq.job.events.is_closed());
             if cancelled && let Some(seq) = self.slots[slot].take() {
-                let _entered = seq.job.span.enter();
-                info!(
-                    completion_tokens = seq.generated,
-                    "generation cancelled: the client went away"
-                );
-                self.release(seq.seq_id);
+                seq.job.span.in_scope(|| {
+                    info!(
+                        completion_tokens = seq.generated,
+                        "generation cancelled: the client went away"
+                    );
+                });
+                self.release(seq);
             }
         }
     }
@@ -363,26 +394,77 @@ impl<'model> Scheduler<'model> {
         if !rest.is_empty() {
             seq.send(Ok(StreamEvent::Delta(rest)));
         }
-        let usage = Usage::new(
-            u32::try_from(seq.job.prompt.len()).unwrap_or(u32::MAX),
-            seq.generated,
-        );
+        let usage = Usage {
+            cache_read_tokens: u32::try_from(seq.reused).unwrap_or(u32::MAX),
+            ..Usage::new(
+                u32::try_from(seq.job.prompt.len()).unwrap_or(u32::MAX),
+                seq.generated,
+            )
+        };
         seq.send(Ok(StreamEvent::Finish(reason)));
         seq.send(Ok(StreamEvent::Usage(usage)));
         log_finished(&seq, reason);
-        self.release(seq.seq_id);
+        self.release(seq);
     }
 
     fn fail_all(&mut self, message: &str) {
         for slot in 0..self.slots.len() {
             if let Some(seq) = self.slots[slot].take() {
                 seq.send(Err(BackendError::internal(message)));
-                self.release(seq.seq_id);
+                // What a failed batch left in the KV cache is unknown.
+                self.prefixes.forget(slot);
+                self.clear_sequence(seq.seq_id);
             }
         }
     }
 
-    fn release(&mut self, seq_id: i32) {
+    /// Frees a sequence's slot, keeping its KV state for a later prompt
+    /// that starts the same way when the prompt cache is on.
+    fn release(&mut self, seq: Sequence) {
+        let slot = usize::try_from(seq.seq_id).unwrap_or(0);
+        if !self.prefixes.enabled() {
+            self.clear_sequence(seq.seq_id);
+            return;
+        }
+        let Sequence {
+            mut job, prefilled, ..
+        } = seq;
+        // Positions 0..prefilled hold the prompt. The answer's positions
+        // are not offered for reuse: they were evaluated one token at a
+        // time, and llama.cpp's one-token and batched kernels differ in
+        // the last bits, enough to change a later greedy answer (seen on
+        // the third turn of a conversation). Prompt positions give the
+        // answers a full prefill gives.
+        let mut tokens = std::mem::take(&mut job.prompt);
+        tokens.truncate(prefilled);
+        self.prefixes.store(slot, tokens);
+    }
+
+    /// Drops a sequence's KV state from `keep` on and says how many leading
+    /// positions it still holds: `keep`, or 0 where the model's memory
+    /// cannot remove part of a sequence.
+    fn keep_prefix(&mut self, seq_id: i32, keep: usize) -> usize {
+        let seq = u32::try_from(seq_id).ok();
+        let from = u32::try_from(keep).ok();
+        match self.ctx.clear_kv_cache_seq(seq, from, None) {
+            Ok(true) => keep,
+            Ok(false) => {
+                debug!(
+                    seq_id,
+                    "partial KV removal refused; prefilling the whole prompt"
+                );
+                self.clear_sequence(seq_id);
+                0
+            }
+            Err(error) => {
+                warn!(%error, seq_id, "could not trim a sequence in the KV cache");
+                self.clear_sequence(seq_id);
+                0
+            }
+        }
+    }
+
+    fn clear_sequence(&mut self, seq_id: i32) {
         let seq = u32::try_from(seq_id).ok();
         if let Err(error) = self.ctx.clear_kv_cache_seq(seq, None, None) {
             warn!(%error, seq_id, "could not clear a finished sequence from the KV cache");
@@ -403,15 +485,17 @@ fn log_finished(seq: &Sequence, reason: FinishReason) {
             0.0
         }
     };
+    let evaluated = seq.job.prompt.len() - seq.reused;
     info!(
         finish_reason = reason.as_str(),
         prompt_tokens = seq.job.prompt.len(),
+        cached_prompt_tokens = seq.reused,
         completion_tokens = seq.generated,
         queued_ms = seq
             .admitted_at
             .duration_since(seq.job.enqueued_at)
             .as_millis() as u64,
-        prompt_tokens_per_s = rate(seq.job.prompt.len(), prompt_secs).round(),
+        prompt_tokens_per_s = rate(evaluated, prompt_secs).round(),
         decode_tokens_per_s = rate(seq.generated.saturating_sub(1) as usize, decode_secs).round(),
         "generation finished"
     );

@@ -73,7 +73,17 @@ async fn greedy_answer_names_paris_and_stream_matches_whole() {
         events[events.len() - 2],
         StreamEvent::Finish(FinishReason::Stop)
     );
-    assert_eq!(events[events.len() - 1], StreamEvent::Usage(whole.usage));
+    let StreamEvent::Usage(usage) = &events[events.len() - 1] else {
+        panic!("the stream ends with {:?}", events[events.len() - 1]);
+    };
+    assert_eq!(
+        (usage.prompt_tokens, usage.completion_tokens),
+        (whole.usage.prompt_tokens, whole.usage.completion_tokens)
+    );
+    // Asked again, the prompt comes from the first answer's KV state, all
+    // but the token whose logits start the answer.
+    assert_eq!(whole.usage.cache_read_tokens, 0);
+    assert_eq!(usage.cache_read_tokens, usage.prompt_tokens - 1);
 }
 
 #[tokio::test]
@@ -174,23 +184,96 @@ async fn full_queue_is_refused_as_overloaded() {
     assert!(error.retry_after.is_some());
 }
 
-#[tokio::test]
-async fn tools_and_images_are_refused_by_a_template_without_tools() {
-    let engine = engine(|_| {}).await;
-    let mut with_tools = capital_question();
-    with_tools.tools = vec![switchyard_core::ToolDefinition {
-        name: "lookup".into(),
-        description: None,
-        parameters: serde_json::json!({"type": "object"}),
-    }];
-    let error = engine.chat_stream(with_tools.clone()).await.err().unwrap();
-    assert_eq!(error.kind, ErrorKind::InvalidRequest);
-    assert_eq!(error.param.as_deref(), Some("tools"));
-    assert!(error.message.contains("tool calling is not supported"));
+fn weather_tools() -> Vec<switchyard_core::ToolDefinition> {
+    vec![
+        switchyard_core::ToolDefinition {
+            name: "get_weather".into(),
+            description: Some("The current weather of a city".into()),
+            parameters: serde_json::json!({"type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 30},
+                               "unit": {"enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"], "additionalProperties": false}),
+        },
+        switchyard_core::ToolDefinition {
+            name: "get_time".into(),
+            description: Some("The local time in a time zone".into()),
+            parameters: serde_json::json!({"type": "object",
+                "properties": {"zone": {"type": "string", "maxLength": 30}},
+                "required": ["zone"], "additionalProperties": false}),
+        },
+    ]
+}
 
-    // tool_choice "none" means the tools are only context: served.
-    with_tools.tool_choice = Some(switchyard_core::ToolChoice::None);
-    assert!(engine.chat(with_tools).await.is_ok());
+fn weather_question() -> ChatRequest {
+    let mut request = capital_question();
+    request.messages[0] = ChatMessage::new(Role::User, "What is the weather in Oslo?");
+    request.tools = weather_tools();
+    request.max_tokens = Some(80);
+    request
+}
+
+#[tokio::test]
+async fn a_template_without_tools_still_makes_valid_calls_when_one_is_required() {
+    let engine = engine(|_| {}).await;
+    // SmolLM2's template renders no tools: the definitions go into the
+    // prompt and a grammar keeps the answer to a call.
+    let mut required = weather_question();
+    required.tool_choice = Some(switchyard_core::ToolChoice::Required);
+    required.sampling.temperature = Some(0.8);
+    for _ in 0..8 {
+        let answer = engine.chat(required.clone()).await.unwrap();
+        assert_eq!(answer.finish_reason, FinishReason::ToolCalls, "{answer:?}");
+        assert_eq!(answer.tool_calls.len(), 1, "{answer:?}");
+        let call = &answer.tool_calls[0];
+        let arguments: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
+        match call.name.as_str() {
+            "get_weather" => {
+                assert!(arguments["city"].is_string(), "{arguments}");
+                assert!(["celsius", "fahrenheit"].contains(&arguments["unit"].as_str().unwrap()));
+            }
+            "get_time" => assert!(arguments["zone"].is_string(), "{arguments}"),
+            other => panic!("called {other}"),
+        }
+    }
+
+    let mut named = weather_question();
+    named.tool_choice = Some(switchyard_core::ToolChoice::Tool("get_time".into()));
+    let answer = engine.chat(named).await.unwrap();
+    assert_eq!(answer.tool_calls[0].name, "get_time");
+
+    // `auto` leaves the model free to answer in words or to call.
+    let answer = engine.chat(weather_question()).await.unwrap();
+    assert!(
+        answer.tool_calls.is_empty() != (answer.finish_reason == FinishReason::ToolCalls),
+        "{answer:?}"
+    );
+
+    // tool_choice "none": the tools are only context.
+    let mut none = weather_question();
+    none.tool_choice = Some(switchyard_core::ToolChoice::None);
+    let answer = engine.chat(none).await.unwrap();
+    assert!(answer.tool_calls.is_empty());
+
+    // A call grammar and a JSON response format cannot both shape one answer.
+    let mut both = weather_question();
+    both.response_format = Some(switchyard_core::ResponseFormat::JsonObject);
+    let error = engine.chat_stream(both).await.err().unwrap();
+    assert_eq!(error.param.as_deref(), Some("response_format"));
+}
+
+#[tokio::test]
+async fn json_modes_always_parse_and_images_are_refused() {
+    let engine = engine(|_| {}).await;
+    let mut object = capital_question();
+    object.response_format = Some(switchyard_core::ResponseFormat::JsonObject);
+    object.sampling.temperature = Some(0.8);
+    object.max_tokens = Some(120);
+    for _ in 0..4 {
+        let answer = engine.chat(object.clone()).await.unwrap();
+        assert_eq!(answer.finish_reason, FinishReason::Stop, "{answer:?}");
+        let parsed: serde_json::Value = serde_json::from_str(&answer.content).unwrap();
+        assert!(parsed.is_object(), "{parsed}");
+    }
 
     let mut with_image = capital_question();
     with_image.messages[0]
@@ -202,4 +285,72 @@ async fn tools_and_images_are_refused_by_a_template_without_tools() {
     let error = engine.chat_stream(with_image).await.err().unwrap();
     assert_eq!(error.kind, ErrorKind::InvalidRequest);
     assert_eq!(error.param.as_deref(), Some("messages[0].content"));
+}
+
+/// Plays a conversation of `questions`, each turn sending every earlier
+/// question and answer again, as a chat client does; returns each turn's
+/// answer and the prompt tokens it reused.
+async fn converse(engine: &LocalEngine, questions: &[&str]) -> Vec<(String, u32, u32)> {
+    let mut messages = vec![ChatMessage::new(
+        Role::System,
+        "You are a helpful assistant who answers briefly.",
+    )];
+    let mut turns = Vec::new();
+    for question in questions {
+        messages.push(ChatMessage::new(Role::User, *question));
+        let mut request = ChatRequest::new("smollm2-135m-instruct", messages.clone());
+        request.sampling.temperature = Some(0.0);
+        request.max_tokens = Some(24);
+        let answer = engine.chat(request).await.unwrap();
+        messages.push(ChatMessage::new(Role::Assistant, answer.content.clone()));
+        turns.push((
+            answer.content,
+            answer.usage.prompt_tokens,
+            answer.usage.cache_read_tokens,
+        ));
+    }
+    turns
+}
+
+#[tokio::test]
+async fn prompt_prefix_reuse_answers_as_a_full_prefill_does() {
+    let questions = [
+        "What is the capital of France?",
+        "And of Germany?",
+        "Name a river in that country.",
+        "Thank you. What is two plus two?",
+    ];
+    let fresh = converse(&engine(|c| c.prompt_cache = false).await, &questions).await;
+    let reused = converse(&engine(|c| c.prompt_cache = true).await, &questions).await;
+    for (turn, (without, with)) in fresh.iter().zip(&reused).enumerate() {
+        assert_eq!(without.0, with.0, "turn {turn} answered differently");
+        assert_eq!(without.1, with.1, "turn {turn}'s prompt differs");
+        assert_eq!(without.2, 0, "nothing is reused with the cache off");
+    }
+    assert_eq!(reused[0].2, 0, "the first turn has nothing to reuse");
+    for (turn, (_, prompt, cached)) in reused.iter().enumerate().skip(1) {
+        // At least the system prompt and the first question come from the
+        // cache; each turn evaluates little more than its own question.
+        let previous_prompt = reused[turn - 1].1;
+        assert!(
+            *cached >= previous_prompt - 1 && cached < prompt,
+            "turn {turn}: {cached} of {prompt} prompt tokens reused (the previous prompt was {previous_prompt})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unrelated_prompt_takes_the_least_recently_used_slot() {
+    let engine = engine(|c| c.parallel = 2).await;
+    let first = engine.chat(capital_question()).await.unwrap();
+    let mut other = capital_question();
+    other.messages[0] = ChatMessage::new(Role::User, "Name three fruits.");
+    other
+        .messages
+        .insert(0, ChatMessage::new(Role::System, "Be brief."));
+    assert_eq!(engine.chat(other).await.unwrap().usage.cache_read_tokens, 0);
+    // The capital question's slot was not overwritten by the unrelated one.
+    let again = engine.chat(capital_question()).await.unwrap();
+    assert_eq!(again.usage.cache_read_tokens, first.usage.prompt_tokens - 1);
+    assert_eq!(again.content, first.content);
 }

@@ -187,6 +187,7 @@ pub(crate) fn cache_key(caller: &str, route: &str, request: &ChatRequest) -> Str
         tools: &'a [switchyard_core::ToolDefinition],
         tool_choice: &'a Option<switchyard_core::ToolChoice>,
         parallel_tool_calls: Option<bool>,
+        response_format: &'a Option<switchyard_core::ResponseFormat>,
     }
     let normalised = Normalised {
         caller,
@@ -198,6 +199,7 @@ pub(crate) fn cache_key(caller: &str, route: &str, request: &ChatRequest) -> Str
         tools: &request.tools,
         tool_choice: &request.tool_choice,
         parallel_tool_calls: request.parallel_tool_calls,
+        response_format: &request.response_format,
     };
     let bytes = serde_json::to_vec(&normalised).unwrap_or_default();
     hex::encode(Sha256::digest(&bytes))
@@ -293,7 +295,11 @@ mod tests {
         request.user = Some("end-user-7".into());
         assert_eq!(a, cache_key("alice", "chat", &request));
         request.sampling.temperature = Some(0.5);
-        assert_ne!(a, cache_key("alice", "chat", &request));
+        let sampled = cache_key("alice", "chat", &request);
+        assert_ne!(a, sampled);
+        // A JSON answer is not a text answer.
+        request.response_format = Some(switchyard_core::ResponseFormat::JsonObject);
+        assert_ne!(sampled, cache_key("alice", "chat", &request));
     }
 
     #[tokio::test]

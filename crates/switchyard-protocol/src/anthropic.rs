@@ -613,6 +613,7 @@ impl MessagesRequest {
             tools,
             tool_choice,
             parallel_tool_calls: parallel.map(|disabled| !disabled),
+            response_format: None,
         })
     }
 

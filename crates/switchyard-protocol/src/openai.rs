@@ -11,7 +11,8 @@
 use serde::{Deserialize, Serialize};
 use switchyard_core::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart as CanonicalPart, FinishReason,
-    ImageSource, Role, SamplingParams, ToolCall, ToolCallDelta, ToolChoice, ToolDefinition, Usage,
+    ImageSource, JsonSchemaFormat, ResponseFormat, Role, SamplingParams, ToolCall, ToolCallDelta,
+    ToolChoice, ToolDefinition, Usage,
 };
 
 /// `POST /v1/chat/completions` body.
@@ -75,6 +76,9 @@ pub struct ChatCompletionRequest {
     /// Whether several calls may come in one turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    /// `text`, `json_object` or `json_schema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<WireResponseFormat>,
     /// Tags for routing rules and logs; never sent upstream.
     #[serde(default, skip_serializing)]
     pub metadata: Option<std::collections::BTreeMap<String, serde_json::Value>>,
@@ -82,6 +86,90 @@ pub struct ChatCompletionRequest {
     /// OpenAI's SDKs, pass it in `extra_body`); never sent upstream.
     #[serde(default, skip_serializing)]
     pub retrieval: Option<RetrievalOptions>,
+}
+
+/// `response_format` of a chat request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WireResponseFormat {
+    /// Free text.
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON following a schema.
+    JsonSchema {
+        /// The schema and its name.
+        json_schema: WireJsonSchema,
+    },
+}
+
+/// `response_format.json_schema`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireJsonSchema {
+    /// `[a-zA-Z0-9_-]{1,64}`.
+    pub name: String,
+    /// What the schema is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The JSON schema; absent allows any JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    /// Follow the schema exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+impl WireResponseFormat {
+    /// The canonical format, or which field is wrong.
+    fn into_canonical(self) -> Result<ResponseFormat, InvalidField> {
+        Ok(match self {
+            WireResponseFormat::Text => ResponseFormat::Text,
+            WireResponseFormat::JsonObject => ResponseFormat::JsonObject,
+            WireResponseFormat::JsonSchema { json_schema } => {
+                let name_ok = (1..=64).contains(&json_schema.name.len())
+                    && json_schema
+                        .name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !name_ok {
+                    return Err(invalid(
+                        "response_format.json_schema.name",
+                        "the schema's name must be 1 to 64 letters, digits, `_` or `-`",
+                    ));
+                }
+                let schema = json_schema
+                    .schema
+                    .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
+                if !schema.is_object() {
+                    return Err(invalid(
+                        "response_format.json_schema.schema",
+                        "the schema must be a JSON object",
+                    ));
+                }
+                ResponseFormat::JsonSchema(JsonSchemaFormat {
+                    name: json_schema.name,
+                    description: json_schema.description,
+                    schema,
+                    strict: json_schema.strict,
+                })
+            }
+        })
+    }
+
+    fn from_canonical(format: &ResponseFormat) -> Self {
+        match format {
+            ResponseFormat::Text => WireResponseFormat::Text,
+            ResponseFormat::JsonObject => WireResponseFormat::JsonObject,
+            ResponseFormat::JsonSchema(format) => WireResponseFormat::JsonSchema {
+                json_schema: WireJsonSchema {
+                    name: format.name.clone(),
+                    description: format.description.clone(),
+                    schema: Some(format.schema.clone()),
+                    strict: format.strict,
+                },
+            },
+        }
+    }
 }
 
 /// The `retrieval` extension of a chat request.
@@ -580,6 +668,10 @@ impl ChatCompletionRequest {
                 format!("tool_choice names {name:?}, which is not among `tools`"),
             ));
         }
+        let response_format = self
+            .response_format
+            .map(WireResponseFormat::into_canonical)
+            .transpose()?;
         Ok(ChatRequest {
             model: self.model,
             messages,
@@ -590,6 +682,7 @@ impl ChatCompletionRequest {
             tools,
             tool_choice,
             parallel_tool_calls: self.parallel_tool_calls,
+            response_format,
         })
     }
 
@@ -634,6 +727,10 @@ impl ChatCompletionRequest {
             }),
             tool_choice: request.tool_choice.as_ref().map(wire_tool_choice),
             parallel_tool_calls: request.parallel_tool_calls,
+            response_format: request
+                .response_format
+                .as_ref()
+                .map(WireResponseFormat::from_canonical),
             metadata: None,
             retrieval: None,
         }
@@ -1159,6 +1256,62 @@ mod tests {
                                          "tool_choice": {"type": "function", "function": {"name": "g"}}}),
         );
         assert_eq!(rejected(unknown_choice).param, "tool_choice");
+    }
+
+    #[test]
+    fn response_formats_are_read_checked_and_sent_upstream_unchanged() {
+        let with_format = |format: serde_json::Value| {
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+                   "response_format": format})
+        };
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"], "additionalProperties": false});
+        let parsed = request(with_format(json!({"type": "json_schema", "json_schema": {
+            "name": "place", "strict": true, "schema": schema.clone()}})))
+        .into_canonical()
+        .unwrap();
+        let Some(ResponseFormat::JsonSchema(format)) = &parsed.response_format else {
+            panic!("{:?}", parsed.response_format);
+        };
+        assert_eq!(format.name, "place");
+        assert_eq!(format.schema, schema);
+        assert_eq!(format.strict, Some(true));
+        let upstream =
+            serde_json::to_value(ChatCompletionRequest::from_canonical(&parsed, "up", false))
+                .unwrap();
+        assert_eq!(
+            upstream["response_format"],
+            json!({"type": "json_schema", "json_schema": {
+                "name": "place", "strict": true, "schema": schema}})
+        );
+
+        let object = request(with_format(json!({"type": "json_object"})))
+            .into_canonical()
+            .unwrap();
+        assert_eq!(object.response_format, Some(ResponseFormat::JsonObject));
+        let without = request(with_format(json!({"type": "json_schema", "json_schema": {
+            "name": "any"}})))
+        .into_canonical()
+        .unwrap();
+        let Some(ResponseFormat::JsonSchema(any)) = without.response_format else {
+            panic!("a schema without `schema` is any JSON");
+        };
+        assert_eq!(any.schema, json!({}));
+
+        let bad_name = with_format(
+            json!({"type": "json_schema", "json_schema": {"name": "no spaces", "schema": {}}}),
+        );
+        assert_eq!(rejected(bad_name).param, "response_format.json_schema.name");
+        let bad_schema = with_format(
+            json!({"type": "json_schema", "json_schema": {"name": "n", "schema": [1]}}),
+        );
+        assert_eq!(
+            rejected(bad_schema).param,
+            "response_format.json_schema.schema"
+        );
+        let unknown =
+            serde_json::from_value::<ChatCompletionRequest>(with_format(json!({"type": "yaml"})));
+        assert!(unknown.is_err());
     }
 
     #[test]

@@ -245,6 +245,10 @@ pub struct EngineSnapshot {
     pub running: u64,
     /// Prompt tokens evaluated since start.
     pub prompt_tokens: u64,
+    /// Prompt tokens reused from the prompt cache since start.
+    pub cached_prompt_tokens: u64,
+    /// Requests whose answer a grammar constrained, since start.
+    pub constrained_requests: u64,
     /// Tokens generated since start.
     pub generated_tokens: u64,
 }
@@ -594,6 +598,8 @@ fn snapshot_registry(deployments: &[DeploymentSnapshot]) -> Registry {
     let queued = Family::<DeploymentLabels, Gauge>::default();
     let running = Family::<DeploymentLabels, Gauge>::default();
     let prompt = Family::<DeploymentLabels, Counter>::default();
+    let cached_prompt = Family::<DeploymentLabels, Counter>::default();
+    let constrained = Family::<DeploymentLabels, Counter>::default();
     let generated = Family::<DeploymentLabels, Counter>::default();
     for snapshot in deployments {
         let labels = DeploymentLabels {
@@ -609,6 +615,12 @@ fn snapshot_registry(deployments: &[DeploymentSnapshot]) -> Registry {
                 .get_or_create(&labels)
                 .set(i64::try_from(engine.running).unwrap_or(i64::MAX));
             prompt.get_or_create(&labels).inc_by(engine.prompt_tokens);
+            cached_prompt
+                .get_or_create(&labels)
+                .inc_by(engine.cached_prompt_tokens);
+            constrained
+                .get_or_create(&labels)
+                .inc_by(engine.constrained_requests);
             generated
                 .get_or_create(&labels)
                 .inc_by(engine.generated_tokens);
@@ -638,6 +650,16 @@ fn snapshot_registry(deployments: &[DeploymentSnapshot]) -> Registry {
         "switchyard_engine_prompt_tokens",
         "Prompt tokens the embedded engine evaluated",
         prompt,
+    );
+    registry.register(
+        "switchyard_engine_cached_prompt_tokens",
+        "Prompt tokens the embedded engine reused from a finished sequence's KV cache instead of evaluating",
+        cached_prompt,
+    );
+    registry.register(
+        "switchyard_engine_constrained_requests",
+        "Requests whose answer the embedded engine kept to a grammar (response_format JSON modes)",
+        constrained,
     );
     registry.register(
         "switchyard_engine_generated_tokens",
@@ -742,6 +764,8 @@ mod tests {
                     queued: 4,
                     running: 2,
                     prompt_tokens: 100,
+                    cached_prompt_tokens: 30,
+                    constrained_requests: 2,
                     generated_tokens: 50,
                 }),
             }])
@@ -758,6 +782,22 @@ mod tests {
         assert_eq!(
             sample(&text, "switchyard_engine_generated_tokens_total", &local),
             Some(50.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "switchyard_engine_cached_prompt_tokens_total",
+                &local
+            ),
+            Some(30.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "switchyard_engine_constrained_requests_total",
+                &local
+            ),
+            Some(2.0)
         );
         assert_eq!(text.matches("# EOF").count(), 1);
     }

@@ -281,6 +281,8 @@ fn start_local(name: &str, local: &LocalModelConfig) -> anyhow::Result<LocalEngi
         default_system_prompt: default_system_prompt(local, entry),
         default_max_tokens: default_max_tokens(local, entry),
         repetition_guard: local.repetition_guard,
+        prompt_cache: local.prompt_cache,
+        flash_attention: local.flash_attention,
     })?)
 }
 

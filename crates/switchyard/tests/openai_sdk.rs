@@ -34,6 +34,17 @@ fn official_openai_sdk_gets_grounded_answers_with_citations_through_extra_body()
 }
 
 #[test]
+fn official_openai_sdk_gets_schema_valid_json_from_the_local_model() {
+    let server = Server::start(&local_model_config(""));
+    run_check(
+        &server,
+        "openai_sdk_structured_check.py",
+        server.v1(),
+        "openai SDK structured output checks passed",
+    );
+}
+
+#[test]
 fn official_anthropic_sdk_streams_and_not_with_the_local_model() {
     let server = Server::start(&local_model_config(""));
     run_check(

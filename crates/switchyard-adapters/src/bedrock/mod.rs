@@ -23,7 +23,7 @@ use switchyard_core::{BackendError, BackendInfo, ChatRequest, ChatResponse, Erro
 pub use converse::EventTranslator;
 pub use eventstream::Frame;
 
-use crate::adapter::{HttpAdapter, Wire, encode};
+use crate::adapter::{HttpAdapter, Wire, encode, refuse_json_format};
 use crate::http::{Timeouts, header_map, kind_of_status, plain_message, retry_after, status_error};
 use crate::{AdapterBuildError, Credential};
 /// AWS credentials for signing.
@@ -182,6 +182,7 @@ impl Wire for BedrockWire {
     }
 
     fn encode_chat(&self, request: &ChatRequest, _stream: bool) -> Result<Vec<u8>, BackendError> {
+        refuse_json_format(request, "Bedrock")?;
         encode(&converse::request_body(request)?)
     }
 
