@@ -31,7 +31,9 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
-use switchyard_core::{ChatBackend, ChatMessage, ChatRequest, Role, StreamEvent};
+use switchyard_core::{
+    ChatBackend, ChatMessage, ChatRequest, JsonSchemaFormat, ResponseFormat, Role, StreamEvent,
+};
 use switchyard_engine::template::ChatTemplate;
 use switchyard_engine::{EngineConfig, LocalEngine};
 
@@ -156,7 +158,51 @@ fn raw(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
     rows
 }
 
-/// The same work through the engine's public API.
+/// One streamed answer: prompt and decode rates, prompt and answer tokens.
+async fn timed(engine: &LocalEngine, request: ChatRequest) -> (f64, f64, u32, u32) {
+    let started = Instant::now();
+    let mut stream = engine.chat_stream(request).await.unwrap();
+    let mut first = None;
+    let mut last = started;
+    let (mut prompt_len, mut generated) = (0, 0);
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            StreamEvent::Delta(_) => {
+                let now = Instant::now();
+                first.get_or_insert(now);
+                last = now;
+            }
+            StreamEvent::Usage(usage) => {
+                prompt_len = usage.prompt_tokens;
+                generated = usage.completion_tokens;
+            }
+            StreamEvent::Finish(_) | StreamEvent::ToolCall(_) => {}
+        }
+    }
+    let first = first.unwrap();
+    (
+        f64::from(prompt_len) / (first - started).as_secs_f64(),
+        f64::from(generated - 1) / (last - first).as_secs_f64(),
+        prompt_len,
+        generated,
+    )
+}
+
+/// A schema whose answers run long enough to time the decode: twelve
+/// bounded strings.
+fn list_schema() -> ResponseFormat {
+    ResponseFormat::JsonSchema(JsonSchemaFormat {
+        name: "list".into(),
+        description: None,
+        schema: serde_json::json!({"type": "object", "properties": {"items": {
+            "type": "array", "items": {"type": "string", "maxLength": 24},
+            "minItems": 12, "maxItems": 12}}, "required": ["items"]}),
+        strict: Some(true),
+    })
+}
+
+/// The same work through the engine's public API, and the decode rate of
+/// a grammar-constrained answer.
 async fn engine(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
     let mut config = EngineConfig::new(&args.model);
     config.threads = Some(args.threads);
@@ -169,33 +215,15 @@ async fn engine(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
     for (index, prompt) in prompts.iter().enumerate() {
         let mut prompt_rates = Vec::new();
         let mut decode_rates = Vec::new();
-        let mut prompt_len = 0;
-        let mut generated = 0;
+        let (mut prompt_len, mut generated) = (0, 0);
         for _ in 0..args.runs {
             let mut request = ChatRequest::new("bench", vec![ChatMessage::new(Role::User, prompt)]);
             request.sampling.temperature = Some(0.0);
             request.max_tokens = Some(DECODE_TOKENS);
-            let started = Instant::now();
-            let mut stream = engine.chat_stream(request).await.unwrap();
-            let mut first = None;
-            let mut last = started;
-            while let Some(event) = stream.next().await {
-                match event.unwrap() {
-                    StreamEvent::Delta(_) => {
-                        let now = Instant::now();
-                        first.get_or_insert(now);
-                        last = now;
-                    }
-                    StreamEvent::Usage(usage) => {
-                        prompt_len = usage.prompt_tokens;
-                        generated = usage.completion_tokens;
-                    }
-                    StreamEvent::Finish(_) | StreamEvent::ToolCall(_) => {}
-                }
-            }
-            let first = first.unwrap();
-            prompt_rates.push(f64::from(prompt_len) / (first - started).as_secs_f64());
-            decode_rates.push(f64::from(generated - 1) / (last - first).as_secs_f64());
+            let (prompt_rate, decode_rate, p, g) = timed(&engine, request).await;
+            prompt_rates.push(prompt_rate);
+            decode_rates.push(decode_rate);
+            (prompt_len, generated) = (p, g);
         }
         rows.push((format!("engine pp{prompt_len}"), median(prompt_rates)));
         if index == 0 {
@@ -205,6 +233,24 @@ async fn engine(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
             ));
         }
     }
+    let mut decode_rates = Vec::new();
+    let mut generated = 0;
+    for _ in 0..args.runs {
+        let mut request = ChatRequest::new(
+            "bench",
+            vec![ChatMessage::new(Role::User, "List twelve animals.")],
+        );
+        request.sampling.temperature = Some(0.0);
+        request.max_tokens = Some(DECODE_TOKENS * 2);
+        request.response_format = Some(list_schema());
+        let (_, decode_rate, _, g) = timed(&engine, request).await;
+        decode_rates.push(decode_rate);
+        generated = g;
+    }
+    rows.push((
+        format!("engine tg{generated} json_schema grammar"),
+        median(decode_rates),
+    ));
     rows
 }
 

@@ -267,8 +267,11 @@ async fn json_modes_always_parse_and_images_are_refused() {
     let mut object = capital_question();
     object.response_format = Some(switchyard_core::ResponseFormat::JsonObject);
     object.sampling.temperature = Some(0.8);
-    object.max_tokens = Some(120);
-    for _ in 0..4 {
+    object.max_tokens = Some(400);
+    // Seeded: an object without bounds may run past any budget, and a
+    // sampled one differs from run to run.
+    for seed in 1..=4 {
+        object.sampling.seed = Some(seed);
         let answer = engine.chat(object.clone()).await.unwrap();
         assert_eq!(answer.finish_reason, FinishReason::Stop, "{answer:?}");
         let parsed: serde_json::Value = serde_json::from_str(&answer.content).unwrap();

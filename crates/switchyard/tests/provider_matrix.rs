@@ -386,6 +386,43 @@ mod scenario {
             "{provider:?}: the upstream stream was read to its end after the client left"
         );
     }
+
+    /// A JSON `response_format` reaches providers that have one in their
+    /// own shape and is refused, before any upstream call, by those that
+    /// do not.
+    pub async fn json_response_format(provider: Provider) {
+        let (upstream, server) = start(provider, &[("m", String::new())]).await;
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"], "additionalProperties": false});
+        let mut request = chat("m", false);
+        request["response_format"] = json!({"type": "json_schema",
+            "json_schema": {"name": "place", "strict": true, "schema": schema}});
+        let response = server.post_chat(&request).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        let sent = upstream.requests();
+        match provider {
+            Provider::Openai | Provider::Azure => {
+                assert_eq!(status, 200, "{provider:?}: {body}");
+                assert_eq!(sent[0].body["response_format"], request["response_format"]);
+            }
+            Provider::Gemini => {
+                assert_eq!(status, 200, "{body}");
+                let config = &sent[0].body["generationConfig"];
+                assert_eq!(config["responseMimeType"], "application/json");
+                assert_eq!(
+                    config["responseSchema"],
+                    json!({"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]})
+                );
+            }
+            Provider::Anthropic | Provider::Bedrock => {
+                assert_eq!(status, 400, "{provider:?}: {body}");
+                assert_eq!(body["error"]["param"], "response_format", "{body}");
+                assert!(sent.is_empty(), "{provider:?}: called upstream anyway");
+            }
+        }
+    }
 }
 
 /// One module per row, one test per column; `every_provider_has_a_row`
@@ -409,6 +446,10 @@ macro_rules! matrix {
                 async fn tool_result_round_trip_against_standin() { scenario::tool_result_round_trip(ROW).await }
                 #[tokio::test]
                 async fn image_against_standin() { scenario::image(ROW).await }
+                #[tokio::test]
+                async fn json_response_format_against_standin() {
+                    scenario::json_response_format(ROW).await
+                }
                 #[tokio::test]
                 async fn rate_limit_with_retry_after_against_standin() { scenario::rate_limited(ROW).await }
                 #[tokio::test]
