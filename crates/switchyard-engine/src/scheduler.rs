@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::prefix_cache::PrefixCache;
 use crate::repetition::RepetitionGuard;
-use crate::sampler::build_sampler;
+use crate::sampler::{SequenceSampler, build_sampler};
 use crate::stop::StopMatcher;
 use crate::utf8::Utf8Assembler;
 
@@ -62,7 +62,7 @@ struct Sequence {
     job: Job,
     seq_id: i32,
     admitted_order: u64,
-    sampler: LlamaSampler,
+    sampler: SequenceSampler,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
     /// Of those, the ones an earlier sequence left there.
@@ -223,7 +223,13 @@ impl<'model> Scheduler<'model> {
         if grammar.is_some() {
             self.load.constrained.fetch_add(1, Ordering::Relaxed);
         }
-        let sampler = build_sampler(&job.sampling, grammar, self.model.n_vocab(), penalty_window);
+        let sampler = build_sampler(
+            &job.sampling,
+            grammar,
+            self.vocab.eos(),
+            self.model.n_vocab(),
+            penalty_window,
+        );
         let stop = StopMatcher::new(&job.stop);
         let repetition = job.repetition_guard.then(RepetitionGuard::default);
         self.admitted_total += 1;
