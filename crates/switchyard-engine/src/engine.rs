@@ -32,6 +32,11 @@ use crate::tools::ToolCallParser;
 const FLASH_ATTENTION_OFF: i32 = 0;
 const FLASH_ATTENTION_AUTO: i32 = -1;
 
+/// How long a request for a model that is still loading waits for it
+/// before it is answered 503: a model loads in seconds, and a request that
+/// arrives just after start-up should be served, not refused.
+const LOAD_WAIT: Duration = Duration::from_secs(30);
+
 /// How long a client should wait before retrying when the engine is busy.
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -222,7 +227,8 @@ pub struct LocalEngine {
 
 impl LocalEngine {
     /// Starts the engine thread, which loads the model in the background.
-    /// Use [`LocalEngine::wait_ready`] to know when it can serve.
+    /// Use [`LocalEngine::wait_ready`] to know when it can serve; requests
+    /// sent before then wait for the load (up to 30 s).
     pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
         if config.parallel == 0 || config.context_length < 16 || config.batch_size < config.parallel
         {
@@ -278,8 +284,21 @@ impl LocalEngine {
         }
     }
 
+    /// The prompter once the model is loaded, waiting up to [`LOAD_WAIT`].
+    async fn ready_prompter(&self) -> Result<Arc<Prompter>, BackendError> {
+        let mut state = self.state.clone();
+        // Timing out or a stopped thread leave the state as it is, and
+        // `prompter` says which it is.
+        let _ = tokio::time::timeout(
+            LOAD_WAIT,
+            state.wait_for(|s| !matches!(s, LoadState::Loading)),
+        )
+        .await;
+        self.prompter()
+    }
+
     async fn start_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
-        let prompter = self.prompter()?;
+        let prompter = self.ready_prompter().await?;
         prompter.check(&request)?;
         let enqueued_at = Instant::now();
         let tools = if request.tool_choice == Some(ToolChoice::None) {

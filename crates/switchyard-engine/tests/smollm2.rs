@@ -357,3 +357,14 @@ async fn an_unrelated_prompt_takes_the_least_recently_used_slot() {
     assert_eq!(again.usage.cache_read_tokens, first.usage.prompt_tokens - 1);
     assert_eq!(again.content, first.content);
 }
+
+#[tokio::test]
+async fn a_request_sent_while_the_model_loads_waits_and_is_served() {
+    let mut settings = EngineConfig::new(model_path());
+    settings.context_length = 512;
+    settings.parallel = 1;
+    let engine = LocalEngine::start(settings).unwrap();
+    // No `wait_ready`: the request arrives while the model is loading.
+    let answer = engine.chat(capital_question()).await.unwrap();
+    assert!(answer.content.contains("Paris"), "{:?}", answer.content);
+}
