@@ -43,6 +43,11 @@ def main(base_url: str) -> None:
     assert streamed == text, f"stream {streamed!r} != whole {text!r}"
     assert final.stop_reason == "end_turn"
     assert final.usage.output_tokens == message.usage.output_tokens, final.usage
+    # The same prompt again: the local engine reused its KV state, and
+    # Anthropic's usage counts that as cache reads beside the rest.
+    cached = final.usage.cache_read_input_tokens or 0
+    assert cached > 10, final.usage
+    assert final.usage.input_tokens + cached == message.usage.input_tokens, final.usage
     assert event_types[0] == "message_start", event_types
     assert "content_block_delta" in event_types or "text" in event_types, event_types
     assert event_types[-1] == "message_stop", event_types
