@@ -84,6 +84,10 @@ pub enum CheckKind {
     /// A configured model asked whether the conversation is safe
     /// (`model`, `template`, `unsafe_if`, `timeout_ms`, `fail_open`).
     Judge,
+    /// User messages close in meaning to example phrases of a topic, by
+    /// the cosine similarity of an embeddings model's vectors (`model`,
+    /// `examples`, `threshold`, `timeout_ms`, `fail_open`).
+    Topic,
 }
 
 /// Which side of the call a check reads.
@@ -146,25 +150,37 @@ pub struct CheckConfig {
     pub max_prompt_tokens: Option<u32>,
     /// `route`: the model or route that serves the request instead.
     pub route_to: Option<String>,
-    /// `judge`: the model (any configured model or route) that judges.
+    /// `judge`: the model (any configured model or route) that judges;
+    /// `topic`: the embeddings model that compares.
     pub model: Option<String>,
+    /// `topic`: phrases that belong to the topic.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// `topic`: the cosine similarity to an example at which a user
+    /// message is on the topic.
+    #[serde(default = "default_topic_threshold")]
+    pub threshold: f32,
     /// `judge`: the prompt (minijinja; `text` is the conversation's user
     /// and tool text). Default: asks for one word, safe or unsafe.
     pub template: Option<String>,
     /// `judge`: a regular expression that, matching the judge's answer,
     /// means unsafe. Default: the word `unsafe`.
     pub unsafe_if: Option<String>,
-    /// `judge`: how long the judge may take.
+    /// `judge`, `topic`: how long the model may take.
     #[serde(default = "default_judge_timeout")]
     pub timeout_ms: u64,
-    /// `judge`: a judge that fails or times out lets the request pass
-    /// (recorded) instead of refusing it.
+    /// `judge`, `topic`: a model that fails or times out lets the request
+    /// pass (recorded) instead of refusing it.
     #[serde(default)]
     pub fail_open: bool,
 }
 
 fn default_judge_timeout() -> u64 {
     2_000
+}
+
+fn default_topic_threshold() -> f32 {
+    0.6
 }
 
 impl GuardrailsConfig {
@@ -220,6 +236,20 @@ impl CheckConfig {
             CheckKind::Judge if !matches!(self.action, CheckAction::Block | CheckAction::Flag) => {
                 return Err("a judge check blocks or flags".into());
             }
+            CheckKind::Topic if self.model.is_none() || self.examples.is_empty() => {
+                return Err(
+                    "a topic check needs `model` (an embeddings model) and `examples`".into(),
+                );
+            }
+            CheckKind::Topic if !(self.threshold > 0.0 && self.threshold <= 1.0) => {
+                return Err("a topic check's `threshold` is a similarity in (0, 1]".into());
+            }
+            CheckKind::Topic if self.on != CheckSide::Input => {
+                return Err("a topic check reads the input".into());
+            }
+            CheckKind::Topic if !matches!(self.action, CheckAction::Block | CheckAction::Flag) => {
+                return Err("a topic check blocks or flags".into());
+            }
             _ => {}
         }
         if self.action == CheckAction::Route {
@@ -238,7 +268,7 @@ impl CheckConfig {
         if self.action == CheckAction::Mask
             && matches!(
                 self.kind,
-                CheckKind::Injection | CheckKind::PromptSize | CheckKind::Judge
+                CheckKind::Injection | CheckKind::PromptSize | CheckKind::Judge | CheckKind::Topic
             )
         {
             return Err(
@@ -246,5 +276,33 @@ impl CheckConfig {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn topic(settings: &str) -> Result<(), String> {
+        let check: CheckConfig =
+            toml::from_str(&format!("kind = \"topic\"\naction = \"block\"\n{settings}")).unwrap();
+        check.validate()
+    }
+
+    #[test]
+    fn topic_checks_need_a_model_examples_and_a_sane_threshold() {
+        assert_eq!(topic("model = \"m\"\nexamples = [\"x\"]"), Ok(()));
+        assert!(topic("examples = [\"x\"]").is_err());
+        assert!(topic("model = \"m\"").is_err());
+        assert!(topic("model = \"m\"\nexamples = [\"x\"]\nthreshold = 1.5").is_err());
+        assert!(topic("model = \"m\"\nexamples = [\"x\"]\non = \"output\"").is_err());
+        let mask = "model = \"m\"\nexamples = [\"x\"]\naction = \"mask\"";
+        assert!(
+            toml::from_str::<CheckConfig>(&format!("kind = \"topic\"\n{mask}"))
+                .unwrap()
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -44,13 +44,20 @@ pub struct BackendLoad {
     pub generated_tokens: u64,
 }
 
-/// A model reached on a caller's behalf for a short answer that is used,
-/// not shown: the query rewrite of grounding, a guardrail judge. The
-/// request path implements it over its gateway, so those calls are routed,
-/// retried and traced like any other.
+/// Models reached on a caller's behalf for results that are used, not
+/// shown: the query rewrite of grounding, a guardrail judge's verdict, the
+/// vectors of a topic check. The request path implements it over its
+/// gateway, so those calls are routed, retried and traced like any other.
 pub trait Completer: Send + Sync {
     /// Answers `request` whole and returns its text.
     fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>>;
+
+    /// Embeds `inputs` with the embeddings model `model`, one vector each.
+    fn embed<'a>(
+        &'a self,
+        model: &'a str,
+        inputs: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, BackendError>>;
 }
 
 /// A model backend: generate a chat completion, whole or as a stream.

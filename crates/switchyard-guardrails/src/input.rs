@@ -278,6 +278,7 @@ fn category(test: &Test, class: Option<DataClass>) -> &'static str {
         (Test::Deny { .. }, _) => "denied_content",
         (Test::PromptSize(_), _) => "prompt_size",
         (Test::Judge(_), _) => "judged_unsafe",
+        (Test::Topic(_), _) => "denied_topic",
     }
 }
 

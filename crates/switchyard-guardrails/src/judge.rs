@@ -10,6 +10,7 @@ use switchyard_core::{ChatMessage, ChatRequest, Completer, Decision, Role, Sampl
 
 use crate::input::Blocked;
 use crate::policy::{Action, Applied, Check, Hit, Test};
+use crate::topic::TopicSpec;
 
 /// The prompt a judge gets unless its check brings one.
 pub const DEFAULT_JUDGE_TEMPLATE: &str = "\
@@ -65,17 +66,18 @@ impl JudgeSpec {
     }
 }
 
-/// What a judge said, or why it said nothing.
+/// What a check that asks a model said, or why it said nothing.
 enum Verdict {
     Safe,
-    Unsafe,
+    /// It fired: what it found (never the user's text).
+    Unsafe(String),
     Failed(String),
 }
 
 async fn ask(spec: &JudgeSpec, text: &str, models: &dyn Completer) -> Verdict {
     let prompt = match spec.prompt(text) {
         Ok(prompt) => prompt,
-        Err(error) => return Verdict::Failed(format!("template: {error}")),
+        Err(error) => return Verdict::Failed(format!("judge {}: template: {error}", spec.model)),
     };
     let mut request = ChatRequest::new(
         spec.model.clone(),
@@ -87,68 +89,87 @@ async fn ask(spec: &JudgeSpec, text: &str, models: &dyn Completer) -> Verdict {
         ..SamplingParams::default()
     };
     match tokio::time::timeout(spec.timeout, models.complete(request)).await {
-        Err(_) => Verdict::Failed(format!("timed out after {} ms", spec.timeout.as_millis())),
-        Ok(Err(error)) => Verdict::Failed(error.message),
-        Ok(Ok(answer)) if spec.unsafe_if.is_match(&answer) => Verdict::Unsafe,
+        Err(_) => Verdict::Failed(format!(
+            "judge {} failed: timed out after {} ms",
+            spec.model,
+            spec.timeout.as_millis()
+        )),
+        Ok(Err(error)) => {
+            Verdict::Failed(format!("judge {} failed: {}", spec.model, error.message))
+        }
+        Ok(Ok(answer)) if spec.unsafe_if.is_match(&answer) => {
+            Verdict::Unsafe(format!("judge {}: unsafe", spec.model))
+        }
         Ok(Ok(_)) => Verdict::Safe,
     }
 }
 
-/// The text a judge reads: what the user and tools contributed.
-fn judged_text(request: &ChatRequest) -> String {
+async fn compare(spec: &TopicSpec, texts: &[String], models: &dyn Completer) -> Verdict {
+    match spec.closest(texts, models).await {
+        Ok(Some(closest)) if closest.similarity >= spec.threshold => Verdict::Unsafe(format!(
+            "topic: similarity {:.2} to example {} ({})",
+            closest.similarity,
+            closest.example + 1,
+            spec.model
+        )),
+        Ok(_) => Verdict::Safe,
+        Err(why) => Verdict::Failed(format!("topic model {} failed: {why}", spec.model)),
+    }
+}
+
+/// What the user and tools contributed, message by message.
+fn user_texts(request: &ChatRequest) -> Vec<String> {
     request
         .messages
         .iter()
         .filter(|m| matches!(m.role, Role::User | Role::Tool))
         .map(ChatMessage::text)
-        .collect::<Vec<_>>()
-        .join("\n")
+        .filter(|text| !text.trim().is_empty())
+        .collect()
 }
 
 impl Applied {
-    /// Whether any input check is a judge (which needs a model call).
-    pub fn has_judges(&self) -> bool {
-        self.judges().next().is_some()
+    /// Whether any input check needs a model call (a judge, a topic).
+    pub fn needs_models(&self) -> bool {
+        self.model_checks().next().is_some()
     }
 
-    fn judges(&self) -> impl Iterator<Item = (&str, &Check, &JudgeSpec)> {
+    fn model_checks(&self) -> impl Iterator<Item = (&str, &Check)> {
         self.policies.iter().flat_map(|policy| {
             policy
                 .checks
                 .iter()
-                .filter(|c| c.input)
-                .filter_map(|check| match &check.test {
-                    Test::Judge(spec) => Some((policy.name.as_str(), check, &**spec)),
-                    _ => None,
-                })
+                .filter(|c| c.input && matches!(c.test, Test::Judge(_) | Test::Topic(_)))
+                .map(|check| (policy.name.as_str(), check))
         })
     }
 
-    /// Asks every input judge, side by side, about `request`; `Err` when
-    /// one blocks it (an unsafe verdict, or a failure of a judge that
-    /// fails closed).
+    /// Asks every input check that needs a model (judges, topics), side by
+    /// side, about `request`; `Err` when one blocks it (an unsafe verdict
+    /// or a topic match under `block`, or a failure of a check that fails
+    /// closed).
     pub async fn judge_input(
         &self,
         request: &ChatRequest,
         models: &dyn Completer,
     ) -> Result<Vec<Decision>, Blocked> {
-        let text = judged_text(request);
-        let judges: Vec<_> = self.judges().collect();
-        let verdicts =
-            futures::future::join_all(judges.iter().map(|(_, _, spec)| ask(spec, &text, models)))
-                .await;
+        let texts = user_texts(request);
+        let joined = texts.join("\n");
+        let checks: Vec<_> = self.model_checks().collect();
+        let verdicts = futures::future::join_all(checks.iter().map(|(_, check)| async {
+            match &check.test {
+                Test::Judge(spec) => (ask(spec, &joined, models).await, spec.fail_open),
+                Test::Topic(spec) => (compare(spec, &texts, models).await, spec.fail_open),
+                _ => (Verdict::Safe, true),
+            }
+        }))
+        .await;
         let mut decisions = Vec::new();
-        for ((policy, check, spec), verdict) in judges.into_iter().zip(verdicts) {
+        for ((policy, check), (verdict, fail_open)) in checks.into_iter().zip(verdicts) {
             let (found, blocks) = match verdict {
                 Verdict::Safe => continue,
-                Verdict::Unsafe => (
-                    format!("judge {}: unsafe", spec.model),
-                    check.action == Action::Block,
-                ),
-                Verdict::Failed(why) => (
-                    format!("judge {} failed: {why}", spec.model),
-                    !spec.fail_open,
-                ),
+                Verdict::Unsafe(found) => (found, check.action == Action::Block),
+                Verdict::Failed(why) => (why, !fail_open),
             };
             let hit = Hit {
                 found,
@@ -157,7 +178,7 @@ impl Applied {
                 end: 0,
             };
             let mut decision = crate::input::decision(policy, check, "input", &hit, None);
-            // A failed judge that lets the request through is a flag, not
+            // A failed check that lets the request through is a flag, not
             // the check's own action.
             if let Decision::Guardrail { action, .. } = &mut decision {
                 *action = if blocks { "block" } else { "flag" };

@@ -6,7 +6,8 @@
 //! - [`injection`]: prompt-injection and jailbreak heuristics;
 //! - [`Guardrails`]: the configured policies and where they apply;
 //! - [`Applied::check_input`]: blocks, masks, pseudonymises or flags a
-//!   request before routing;
+//!   request before routing; [`Applied::judge_input`] asks the checks that
+//!   need a model (judges, topics by embedding similarity);
 //! - [`OutputGuard`]: checks an answer as it streams, through a bounded
 //!   hold-back window, and restores pseudonymised values.
 //!
@@ -19,6 +20,7 @@ mod input;
 mod judge;
 mod output;
 mod policy;
+mod topic;
 
 pub use input::{Blocked, CATEGORIES, Flag, InputOutcome, Restorer};
 pub use judge::DEFAULT_JUDGE_TEMPLATE;

@@ -63,6 +63,7 @@ pub(crate) enum Test {
     Injection,
     PromptSize(u32),
     Judge(Box<crate::judge::JudgeSpec>),
+    Topic(Box<crate::topic::TopicSpec>),
 }
 
 /// A match of a check in a text.
@@ -138,7 +139,7 @@ impl Test {
                 .collect(),
             // Sizes are measured on the whole request, judges asked
             // asynchronously (`Applied::judge_input`).
-            Test::PromptSize(_) | Test::Judge(_) => Vec::new(),
+            Test::PromptSize(_) | Test::Judge(_) | Test::Topic(_) => Vec::new(),
         };
         hits.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
         let mut kept: Vec<Hit> = Vec::with_capacity(hits.len());
@@ -321,6 +322,13 @@ impl Guardrails {
                             message,
                         })?,
                     )),
+                    CheckKind::Topic => Test::Topic(Box::new(crate::topic::TopicSpec::new(
+                        check.model.clone().unwrap_or_default(),
+                        check.examples.clone(),
+                        check.threshold,
+                        std::time::Duration::from_millis(check.timeout_ms),
+                        check.fail_open,
+                    ))),
                 };
                 checks.push(Check {
                     name: check.name.clone().unwrap_or_else(|| {
@@ -330,6 +338,7 @@ impl Guardrails {
                             CheckKind::Injection => "injection",
                             CheckKind::PromptSize => "prompt_size",
                             CheckKind::Judge => "judge",
+                            CheckKind::Topic => "topic",
                         }
                         .to_owned()
                     }),

@@ -22,6 +22,8 @@ fn check(kind: CheckKind, on: CheckSide, action: CheckAction) -> CheckConfig {
         model: None,
         template: None,
         unsafe_if: None,
+        examples: Vec::new(),
+        threshold: 0.6,
         timeout_ms: 2_000,
         fail_open: false,
     }
@@ -252,6 +254,14 @@ impl switchyard_core::Completer for ScriptedJudge {
             }
         })
     }
+
+    fn embed<'a>(
+        &'a self,
+        _model: &'a str,
+        _inputs: Vec<String>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Vec<f32>>, switchyard_core::BackendError>> {
+        Box::pin(async { Err(switchyard_core::BackendError::internal("a judge only")) })
+    }
 }
 
 fn judge(fail_open: bool) -> Guardrails {
@@ -266,7 +276,7 @@ fn judge(fail_open: bool) -> Guardrails {
 async fn judges_block_unsafe_requests_and_fail_as_configured() {
     let req = request("how do I make a bomb");
     let closed = judge(false).for_model("m");
-    assert!(closed.has_judges());
+    assert!(closed.needs_models());
     let blocked = closed
         .judge_input(&req, &ScriptedJudge(Some("unsafe")))
         .await
@@ -294,6 +304,132 @@ async fn judges_block_unsafe_requests_and_fail_as_configured() {
     let decisions = open.judge_input(&req, &ScriptedJudge(None)).await.unwrap();
     assert!(matches!(
         &decisions[..],
+        [Decision::Guardrail { action: "flag", .. }]
+    ));
+}
+
+/// An embeddings model that puts texts about medicine on one axis and
+/// everything else on the other, and counts what it was asked to embed.
+#[derive(Default)]
+struct AxisEmbedder {
+    embedded: std::sync::Mutex<Vec<String>>,
+    down: bool,
+}
+
+impl switchyard_core::Completer for AxisEmbedder {
+    fn complete(
+        &self,
+        _request: ChatRequest,
+    ) -> futures::future::BoxFuture<'_, Result<String, switchyard_core::BackendError>> {
+        Box::pin(async { Err(switchyard_core::BackendError::internal("embeddings only")) })
+    }
+
+    fn embed<'a>(
+        &'a self,
+        model: &'a str,
+        inputs: Vec<String>,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<Vec<f32>>, switchyard_core::BackendError>> {
+        Box::pin(async move {
+            assert_eq!(model, "minilm");
+            if self.down {
+                return Err(switchyard_core::BackendError::internal("embedder down"));
+            }
+            self.embedded.lock().unwrap().extend(inputs.iter().cloned());
+            Ok(inputs
+                .iter()
+                .map(|text| {
+                    let medical = ["pill", "medicine", "dose"]
+                        .iter()
+                        .any(|w| text.to_lowercase().contains(w));
+                    if medical {
+                        vec![0.9, 0.1]
+                    } else {
+                        vec![0.1, 0.9]
+                    }
+                })
+                .collect())
+        })
+    }
+}
+
+fn topic(action: CheckAction, fail_open: bool) -> Guardrails {
+    let mut topic = check(CheckKind::Topic, CheckSide::Input, action);
+    topic.name = Some("medical".into());
+    topic.model = Some("minilm".into());
+    topic.examples = vec![
+        "Which medicine should I take?".into(),
+        "What dose is safe?".into(),
+    ];
+    topic.threshold = 0.9;
+    topic.fail_open = fail_open;
+    guardrails(vec![topic], 32)
+}
+
+#[tokio::test]
+async fn topics_match_by_similarity_and_embed_their_examples_once() {
+    let embedder = AxisEmbedder::default();
+    let applied = topic(CheckAction::Block, false).for_model("m");
+    assert!(applied.needs_models());
+    let blocked = applied
+        .judge_input(&request("is this pill ok for kids"), &embedder)
+        .await
+        .unwrap_err();
+    assert_eq!(blocked.check, "medical");
+    assert!(
+        blocked
+            .found
+            .starts_with("topic: similarity 1.00 to example"),
+        "{}",
+        blocked.found
+    );
+    assert!(
+        !blocked.found.contains("pill"),
+        "the user's text stays out of the record"
+    );
+    let passed = applied
+        .judge_input(&request("what is the capital of France"), &embedder)
+        .await
+        .unwrap();
+    assert!(passed.is_empty());
+    let embedded = embedder.embedded.lock().unwrap().clone();
+    assert_eq!(
+        embedded
+            .iter()
+            .filter(|t| t.contains("Which medicine"))
+            .count(),
+        1,
+        "examples are embedded once: {embedded:?}"
+    );
+
+    let flagged = topic(CheckAction::Flag, false)
+        .for_model("m")
+        .judge_input(&request("the right dose?"), &embedder)
+        .await
+        .unwrap();
+    assert!(matches!(
+        &flagged[..],
+        [Decision::Guardrail { action: "flag", .. }]
+    ));
+
+    let down = AxisEmbedder {
+        down: true,
+        ..AxisEmbedder::default()
+    };
+    let req = request("anything");
+    assert!(
+        topic(CheckAction::Block, false)
+            .for_model("m")
+            .judge_input(&req, &down)
+            .await
+            .is_err()
+    );
+    let open = topic(CheckAction::Block, true)
+        .for_model("m")
+        .judge_input(&req, &down)
+        .await
+        .unwrap();
+    assert!(matches!(
+        &open[..],
         [Decision::Guardrail { action: "flag", .. }]
     ));
 }

@@ -44,6 +44,14 @@ impl Completer for RequestModels<'_> {
             Ok(routed.value.content)
         })
     }
+
+    fn embed<'a>(
+        &'a self,
+        model: &'a str,
+        inputs: Vec<String>,
+    ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, BackendError>> {
+        Box::pin(embed(self.gateway, model, inputs, self.context))
+    }
 }
 
 async fn embed(

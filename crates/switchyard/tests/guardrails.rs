@@ -582,3 +582,57 @@ async fn a_tenant_admin_sets_its_own_tenants_policies_and_no_one_elses() {
         "echo: write to [EMAIL]"
     );
 }
+
+#[tokio::test]
+async fn a_topic_check_refuses_questions_close_in_meaning_to_its_examples_with_the_local_embedder()
+{
+    let upstream = recording_standin().await;
+    let config = [
+        standin_model("answerer", &upstream, ""),
+        common::local_embedding_config(),
+        format!("[governance]\nmaster_key = \"{MASTER}\"\nledger_flush_ms = 50\n"),
+        "[guardrails.attach]\nanswerer = [\"no-medical-advice\"]\n\
+         [guardrails.policies.no-medical-advice]\nchecks = [{ kind = \"topic\", name = \"medical\", \
+           model = \"all-minilm-l6-v2\", threshold = 0.5, action = \"block\", examples = [\
+             \"What medicine should I take for my headache?\", \
+             \"How many ibuprofen tablets can I take in a day?\", \
+             \"Is it safe to stop taking my antidepressants?\"] }]\n"
+            .to_owned(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+
+    // No word of the examples, the same topic: refused before any call.
+    let refused = post(
+        &server,
+        &ask(
+            "answerer",
+            "Which painkiller works best against a migraine?",
+            false,
+        ),
+        "on-topic",
+    )
+    .await;
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "content_policy_violation");
+    assert!(upstream.requests().is_empty(), "the upstream was called");
+    let step = first_step(&audit(&server, "on-topic").await, "guardrail");
+    assert_eq!(step["check"], "medical");
+    assert_eq!(step["action"], "block");
+    let found = step["found"].as_str().unwrap();
+    assert!(found.starts_with("topic: similarity"), "{found}");
+    assert!(
+        !found.contains("migraine"),
+        "the user's words stay out of the audit: {found}"
+    );
+
+    for (id, question) in [
+        ("off-topic-1", "What is the capital of France?"),
+        ("off-topic-2", "Write a short poem about the sea."),
+    ] {
+        let answered = post(&server, &ask("answerer", question, false), id).await;
+        assert_eq!(answered.status(), 200, "{question}");
+    }
+    assert_eq!(upstream.requests().len(), 2);
+}

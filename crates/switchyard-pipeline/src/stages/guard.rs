@@ -48,7 +48,7 @@ pub async fn input(
         }
     };
     note(context, outcome.decisions);
-    if applied.has_judges() {
+    if applied.needs_models() {
         let models = RequestModels {
             gateway: &snapshot.gateway,
             context,
