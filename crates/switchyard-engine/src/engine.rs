@@ -78,7 +78,8 @@ pub struct EngineConfig {
     /// evaluated together, so a prompt prefilled in two parts (a reused
     /// prefix, then the rest) drifts from one prefilled whole, enough to
     /// change a greedy answer a few turns into a conversation. Off, both
-    /// give the same answers, for about a tenth of the prefill speed.
+    /// give the same answers, at about a tenth less prefill speed (256
+    /// against 282 tokens/s for a 512-token prompt, SmolLM2 on 2 cores).
     pub flash_attention: bool,
 }
 

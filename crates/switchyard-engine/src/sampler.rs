@@ -62,11 +62,16 @@ impl SequenceSampler {
                 let mut constrained = candidates_of(&mut self.candidates, logits);
                 constrained.apply_sampler(grammar);
                 constrained.apply_sampler(&mut self.chain);
-                let token = constrained.selected_token();
+                let selected = constrained.selected_token();
                 self.candidates = constrained.data;
-                // Nothing selectable: the grammar is complete or stuck,
-                // so the answer ends.
-                token.unwrap_or(self.end_of_text)
+                let Some(token) = selected else {
+                    // Nothing selectable: the answer ends. The grammar is
+                    // not told (llama.cpp aborts on an end-of-text token
+                    // its grammar does not allow).
+                    self.chain.accept(self.end_of_text);
+                    return self.end_of_text;
+                };
+                token
             }
         };
         grammar.accept(token);

@@ -38,7 +38,8 @@ pub(crate) struct Job {
     pub max_tokens: u32,
     pub sampling: switchyard_core::SamplingParams,
     pub stop: Vec<String>,
-    /// Keeps the answer within the request's `response_format`.
+    /// Keeps the answer within the request's `response_format`, or to a
+    /// tool call for a template that renders no tools.
     pub grammar: Option<LlamaSampler>,
     /// Stop the generation when it falls into a loop.
     pub repetition_guard: bool,
