@@ -105,6 +105,10 @@ async fn ask(spec: &JudgeSpec, text: &str, models: &dyn Completer) -> Verdict {
 }
 
 async fn compare(spec: &TopicSpec, texts: &[String], models: &dyn Completer) -> Verdict {
+    if texts.is_empty() {
+        // Nothing from the user to compare (and nothing to embed).
+        return Verdict::Safe;
+    }
     match spec.closest(texts, models).await {
         Ok(Some(closest)) if closest.similarity >= spec.threshold => Verdict::Unsafe(format!(
             "topic: similarity {:.2} to example {} ({})",

@@ -415,6 +415,14 @@ async fn topics_match_by_similarity_and_embed_their_examples_once() {
         down: true,
         ..AxisEmbedder::default()
     };
+    // Nothing from the user: nothing to compare, no call, no refusal.
+    let system_only = ChatRequest::new("m", vec![ChatMessage::new(Role::System, "be brief")]);
+    let none = topic(CheckAction::Block, false)
+        .for_model("m")
+        .judge_input(&system_only, &down)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
     let req = request("anything");
     assert!(
         topic(CheckAction::Block, false)
