@@ -3,14 +3,17 @@
 //!
 //! ```text
 //! cargo run --release -p switchyard-engine --example engine_bench -- \
-//!     --mode raw|engine [--threads 2] [--runs 3] [MODEL.gguf]
+//!     --mode raw|engine|prefix [--threads 2] [--runs 3] [MODEL.gguf]
 //! ```
 //!
 //! `raw` rows call llama.cpp through `llama-cpp-2` with nothing around it:
 //! one `decode` of the whole prompt, then one `decode` per generated token.
 //! `engine` rows go through `LocalEngine`'s public API (template, tokenizer
 //! on the blocking pool, queue, scheduler thread, streamed deltas), timing
-//! the first delta and the last.
+//! the first delta and the last. `prefix` times the first token with
+//! prompt-prefix reuse on and off: the 6th turn of a conversation (each
+//! turn resends the earlier ones) and a grounded request with a
+//! ~1,500-token source block asked twice.
 
 #![allow(
     clippy::unwrap_used,
@@ -21,7 +24,7 @@
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -257,13 +260,17 @@ async fn engine(args: &Args, prompts: &[String]) -> Vec<(String, f64)> {
 #[tokio::main]
 async fn main() {
     let args = args();
+    if args.mode == "prefix" {
+        prefix(&args).await;
+        return;
+    }
     // User messages that the chat template turns into about 40 and about
     // 512 tokens.
     let prompts = vec![filler(14), filler(472)];
     let rows = match args.mode.as_str() {
         "raw" => raw(&args, &prompts),
         "engine" => engine(&args, &prompts).await,
-        other => panic!("unknown --mode {other}; use raw or engine"),
+        other => panic!("unknown --mode {other}; use raw, engine or prefix"),
     };
     println!(
         "# {} threads={} runs={} (median)",
@@ -273,5 +280,145 @@ async fn main() {
     );
     for (name, rate) in rows {
         println!("{name:<32} {rate:>8.1} tok/s");
+    }
+}
+
+const TURNS: &[&str] = &[
+    "What is the capital of France?",
+    "And of Germany?",
+    "Name a river in that country.",
+    "How long is it, roughly?",
+    "Which sea does it flow into?",
+    "Thank you. Summarise what we talked about in one sentence.",
+];
+
+/// One streamed answer: time to its first delta, its text, its usage.
+async fn first_token(
+    engine: &LocalEngine,
+    messages: Vec<ChatMessage>,
+) -> (Duration, String, u32, u32) {
+    let mut request = ChatRequest::new("bench", messages);
+    request.sampling.temperature = Some(0.0);
+    request.max_tokens = Some(32);
+    let started = Instant::now();
+    let mut stream = engine.chat_stream(request).await.unwrap();
+    let mut first = None;
+    let mut text = String::new();
+    let (mut prompt, mut cached) = (0, 0);
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            StreamEvent::Delta(piece) => {
+                first.get_or_insert_with(|| started.elapsed());
+                text.push_str(&piece);
+            }
+            StreamEvent::Usage(usage) => {
+                prompt = usage.prompt_tokens;
+                cached = usage.cache_read_tokens;
+            }
+            StreamEvent::Finish(_) | StreamEvent::ToolCall(_) => {}
+        }
+    }
+    (
+        first.unwrap_or_else(|| started.elapsed()),
+        text,
+        prompt,
+        cached,
+    )
+}
+
+/// A source block of about 1,500 tokens: made-up facts, so that the model
+/// cannot answer from memory.
+fn sources() -> String {
+    let mut block = String::from("Answer only from these sources.\n");
+    for i in 0..60 {
+        block.push_str(&format!(
+            "[{i}] The harbour of Vell{i} ships {} crates of copper a week; its lighthouse keeper is called Mara {i}.\n",
+            100 + 7 * i
+        ));
+    }
+    block
+}
+
+struct Row {
+    case: &'static str,
+    prompt: u32,
+    cached: u32,
+    ttft: Vec<Duration>,
+}
+
+async fn measure(args: &Args, prompt_cache: bool) -> Vec<Row> {
+    let mut config = EngineConfig::new(&args.model);
+    config.threads = Some(args.threads);
+    config.context_length = 4096;
+    config.parallel = 2;
+    config.prompt_cache = prompt_cache;
+    let engine = LocalEngine::start(config).unwrap();
+    engine.wait_ready().await.unwrap();
+    let mut conversation = Row {
+        case: "6th turn of a conversation",
+        prompt: 0,
+        cached: 0,
+        ttft: Vec::new(),
+    };
+    let mut grounded = Row {
+        case: "1,500-token sources, asked again",
+        prompt: 0,
+        cached: 0,
+        ttft: Vec::new(),
+    };
+    for _ in 0..args.runs {
+        let mut messages = vec![ChatMessage::new(Role::System, "You answer briefly.")];
+        for (turn, question) in TURNS.iter().enumerate() {
+            messages.push(ChatMessage::new(Role::User, *question));
+            let (ttft, answer, prompt, cached) = first_token(&engine, messages.clone()).await;
+            messages.push(ChatMessage::new(Role::Assistant, answer));
+            if turn + 1 == TURNS.len() {
+                conversation.ttft.push(ttft);
+                conversation.prompt = prompt;
+                conversation.cached = cached;
+            }
+        }
+        let question = vec![
+            ChatMessage::new(Role::System, sources()),
+            ChatMessage::new(Role::User, "Who keeps the lighthouse of Vell17?"),
+        ];
+        let _ = first_token(&engine, question.clone()).await;
+        let (ttft, _, prompt, cached) = first_token(&engine, question).await;
+        grounded.ttft.push(ttft);
+        grounded.prompt = prompt;
+        grounded.cached = cached;
+    }
+    vec![conversation, grounded]
+}
+
+fn median_ms(values: &[Duration]) -> f64 {
+    let mut ms: Vec<f64> = values.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    ms[ms.len() / 2]
+}
+
+/// `--mode prefix`: prompt-prefix reuse on and off.
+async fn prefix(args: &Args) {
+    println!(
+        "# {} threads={} runs={} (median time to first token)",
+        args.model.display(),
+        args.threads,
+        args.runs
+    );
+    println!(
+        "{:<34} {:>7} {:>7} {:>10} {:>10}",
+        "case", "prompt", "cached", "reuse off", "reuse on"
+    );
+    let off = measure(args, false).await;
+    let on = measure(args, true).await;
+    for (off, on) in off.iter().zip(&on) {
+        println!(
+            "{:<34} {:>7} {:>7} {:>8.1}ms {:>8.1}ms",
+            off.case,
+            on.prompt,
+            on.cached,
+            median_ms(&off.ttft),
+            median_ms(&on.ttft)
+        );
     }
 }

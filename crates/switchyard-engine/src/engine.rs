@@ -174,7 +174,7 @@ impl Prompter {
         choice: Option<&ToolChoice>,
         format: Option<&ResponseFormat>,
     ) -> Result<Option<LlamaSampler>, BackendError> {
-        if !tools.is_empty() && !self.template.supports_tools() {
+        if self.describes_tools(tools) {
             return match call_grammar(tools, choice)? {
                 Some(CallGrammar::Required(grammar)) => {
                     grammar_sampler(&self.model, &grammar).map(Some)
@@ -188,6 +188,12 @@ impl Prompter {
         grammar_for(format)?
             .map(|grammar| grammar_sampler(&self.model, &grammar))
             .transpose()
+    }
+
+    /// Whether `tools` go into the prompt as text, because the template
+    /// cannot render them.
+    fn describes_tools(&self, tools: &[ToolDefinition]) -> bool {
+        !tools.is_empty() && !self.template.supports_tools()
     }
 
     fn tokenize(
@@ -320,11 +326,11 @@ impl LocalEngine {
         // schema's grammar takes a while to build.
         let (prompt, grammar) = tokio::task::spawn_blocking(move || {
             let grammar = prompter.answer_grammar(&tools, choice.as_ref(), format.as_ref())?;
-            let prompt = if tools.is_empty() || prompter.template.supports_tools() {
-                prompter.tokenize(&messages, &tools)?
-            } else {
+            let prompt = if prompter.describes_tools(&tools) {
                 describe_tools(&mut messages, &tools);
                 prompter.tokenize(&messages, &[])?
+            } else {
+                prompter.tokenize(&messages, &tools)?
             };
             Ok::<_, BackendError>((prompt, grammar))
         })

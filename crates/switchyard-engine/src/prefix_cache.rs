@@ -58,6 +58,9 @@ impl PrefixCache {
     /// from position `reused` on, and report back with
     /// [`PrefixCache::store`] when the slot is released.
     pub fn place(&mut self, free: &[usize], prompt: &[LlamaToken]) -> Option<Placement> {
+        if !self.enabled {
+            return free.first().map(|&slot| Placement { slot, reused: 0 });
+        }
         let continued = free
             .iter()
             .map(|&slot| (slot, self.shared_prefix(slot, prompt)))
@@ -91,11 +94,7 @@ impl PrefixCache {
         let clock = self.clock;
         if let Some(cached) = self.slots.get_mut(slot) {
             cached.last_used = clock;
-            if self.enabled {
-                cached.tokens = tokens;
-            } else {
-                cached.tokens.clear();
-            }
+            cached.tokens = tokens;
         }
     }
 
