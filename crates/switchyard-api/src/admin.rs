@@ -11,6 +11,8 @@ use switchyard_governance::admin::{GroupPatch, KeyPatch, NewKey, NewTeam, NewTen
 use switchyard_governance::switchyard_state::TimeRange;
 use switchyard_governance::switchyard_state::records::UsageGroup;
 
+use switchyard_pipeline::residency::ResidencyChange;
+
 use crate::AppState;
 use crate::calls::{AdminCaller, Authenticated};
 use crate::error::ApiError;
@@ -275,4 +277,50 @@ pub(crate) async fn alerts(
     AdminCaller(caller): AdminCaller,
 ) -> Result<Response, ApiError> {
     Ok(list(state.governance().alerts(&caller).await?))
+}
+
+/// `POST /admin/models/load` and `/admin/models/unload`: `{"model": "..."}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ModelName {
+    model: String,
+}
+
+/// `GET /admin/models`: every local model and whether it is in memory.
+pub(crate) async fn local_models(
+    State(state): State<AppState>,
+    AdminCaller(caller): AdminCaller,
+) -> Result<Response, ApiError> {
+    let snapshot = state.pipeline.snapshot();
+    Ok(list(state.pipeline.local_models(&snapshot, &caller)?))
+}
+
+pub(crate) async fn load_model(
+    State(state): State<AppState>,
+    AdminCaller(caller): AdminCaller,
+    OpenAiJson(body): OpenAiJson<ModelName>,
+) -> Result<Response, ApiError> {
+    change_residency(state, caller, body.model, ResidencyChange::Load).await
+}
+
+pub(crate) async fn unload_model(
+    State(state): State<AppState>,
+    AdminCaller(caller): AdminCaller,
+    OpenAiJson(body): OpenAiJson<ModelName>,
+) -> Result<Response, ApiError> {
+    change_residency(state, caller, body.model, ResidencyChange::Unload).await
+}
+
+async fn change_residency(
+    state: AppState,
+    caller: switchyard_governance::Caller,
+    model: String,
+    change: ResidencyChange,
+) -> Result<Response, ApiError> {
+    let snapshot = state.pipeline.snapshot();
+    let report = state
+        .pipeline
+        .change_residency(&snapshot, &caller, &model, change)
+        .await?;
+    Ok(Json(report).into_response())
 }

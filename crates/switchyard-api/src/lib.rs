@@ -142,6 +142,9 @@ pub fn router(pipeline: Arc<Pipeline>, config: &ApiConfig) -> Router {
                 .patch(admin::update_key)
                 .delete(admin::revoke_key),
         )
+        .route("/admin/models", get(admin::local_models))
+        .route("/admin/models/load", post(admin::load_model))
+        .route("/admin/models/unload", post(admin::unload_model))
         .route("/admin/usage", get(admin::usage))
         .route("/admin/audit", get(admin::audit))
         .route("/admin/alerts", get(admin::alerts))

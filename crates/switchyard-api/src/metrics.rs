@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use switchyard_core::Residence;
 use switchyard_orchestration::BreakerState;
 use switchyard_telemetry::{DeploymentSnapshot, EngineSnapshot, metrics};
 
@@ -48,13 +49,22 @@ pub(crate) async fn scrape(
                 .chat
                 .as_ref()
                 .and_then(|chat| chat.load())
-                .map(|load| EngineSnapshot {
-                    queued: load.queued,
-                    running: load.running,
-                    prompt_tokens: load.prompt_tokens,
-                    cached_prompt_tokens: load.cached_prompt_tokens,
-                    constrained_requests: load.constrained_requests,
-                    generated_tokens: load.generated_tokens,
+                .map(|load| {
+                    let residency = load.residency;
+                    EngineSnapshot {
+                        queued: load.queued,
+                        running: load.running,
+                        prompt_tokens: load.prompt_tokens,
+                        cached_prompt_tokens: load.cached_prompt_tokens,
+                        constrained_requests: load.constrained_requests,
+                        generated_tokens: load.generated_tokens,
+                        loaded: residency.is_some_and(|r| r.state == Residence::Loaded),
+                        memory_bytes: residency.map_or(0, |r| r.memory_bytes),
+                        loads: residency.map_or(0, |r| r.loads),
+                        unloads_idle: residency.map_or(0, |r| r.unloads_idle),
+                        unloads_memory: residency.map_or(0, |r| r.unloads_memory),
+                        unloads_admin: residency.map_or(0, |r| r.unloads_admin),
+                    }
                 }),
         })
         .collect();

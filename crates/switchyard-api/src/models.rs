@@ -1,5 +1,7 @@
 //! Model listing and health endpoints.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -19,6 +21,13 @@ struct ModelObject {
     object: &'static str,
     created: u64,
     owned_by: String,
+    /// Local models only: `loaded`, `loading`, `unloaded` (it loads on its
+    /// first request) or `failed`. SDKs keep unknown fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    /// Local models only: what it holds in memory while loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_bytes: Option<u64>,
 }
 
 impl From<Listed> for ModelObject {
@@ -28,6 +37,8 @@ impl From<Listed> for ModelObject {
             object: "model",
             created: listed.created,
             owned_by: listed.owned_by,
+            status: listed.residency.map(|r| r.state.as_str()),
+            memory_bytes: listed.residency.map(|r| r.memory_bytes),
         }
     }
 }
@@ -58,6 +69,7 @@ fn assistant_listing(name: &str, model: &str) -> Listed {
         name: name.to_owned(),
         owned_by: format!("switchyard (grounded {model})"),
         created: 0,
+        residency: None,
     }
 }
 
@@ -122,14 +134,38 @@ pub(crate) async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-/// `GET /readyz`: 200 once every configured model can serve.
+#[derive(Serialize)]
+struct Readiness {
+    status: &'static str,
+    /// Each local chat model and whether it is in memory.
+    local_models: BTreeMap<String, &'static str>,
+}
+
+/// `GET /readyz`: 200 once every configured model can serve (local models
+/// that preload are loaded; the others load on their first request).
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    if state.pipeline.snapshot().gateway.is_ready() {
-        Json(serde_json::json!({"status": "ready"})).into_response()
+    let snapshot = state.pipeline.snapshot();
+    let local_models = snapshot
+        .gateway
+        .deployments()
+        .filter_map(|deployment| {
+            let control = deployment.chat.as_ref()?.residency()?;
+            Some((deployment.name.clone(), control.status().state.as_str()))
+        })
+        .collect();
+    if snapshot.gateway.is_ready() {
+        Json(Readiness {
+            status: "ready",
+            local_models,
+        })
+        .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "loading"})),
+            Json(Readiness {
+                status: "loading",
+                local_models,
+            }),
         )
             .into_response()
     }

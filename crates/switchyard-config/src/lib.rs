@@ -15,6 +15,7 @@
 //! api_key = "${OPENAI_API_KEY}"
 //! ```
 
+mod engine;
 mod guardrails;
 mod interpolate;
 mod retrieval;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use engine::{EngineSettings, KeepAlive};
 pub use guardrails::{
     CheckAction, CheckConfig, CheckKind, CheckSide, GuardrailsConfig, PolicyConfig,
 };
@@ -77,6 +79,8 @@ pub struct Config {
     pub retrieval: RetrievalConfig,
     /// Policies on what goes in to models and what comes out.
     pub guardrails: GuardrailsConfig,
+    /// What local chat models share (their memory budget).
+    pub engine: EngineSettings,
 }
 
 /// The `[telemetry]` table.
@@ -314,6 +318,8 @@ struct RawConfig {
     retrieval: RetrievalConfig,
     #[serde(default)]
     guardrails: GuardrailsConfig,
+    #[serde(default)]
+    engine: EngineSettings,
 }
 
 impl Default for Config {
@@ -333,6 +339,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             retrieval: RetrievalConfig::default(),
             guardrails: GuardrailsConfig::default(),
+            engine: EngineSettings::default(),
         }
     }
 }
@@ -457,6 +464,13 @@ pub struct LocalModelConfig {
     /// prefill's).
     #[serde(default)]
     pub flash_attention: bool,
+    /// How long the model stays loaded after its last request; by default
+    /// until another model needs its memory.
+    #[serde(default)]
+    pub keep_alive: KeepAlive,
+    /// Load the model at start, before the server reports ready (default:
+    /// only the catalogue's default model); others load on first use.
+    pub preload: Option<bool>,
     /// Price (local models are free unless priced here).
     pub pricing: Option<Pricing>,
 }
@@ -479,6 +493,8 @@ impl Default for LocalModelConfig {
             repetition_guard: true,
             prompt_cache: true,
             flash_attention: false,
+            keep_alive: KeepAlive::Forever,
+            preload: None,
             pricing: None,
         }
     }
@@ -1077,6 +1093,7 @@ impl Config {
             telemetry: raw.telemetry,
             retrieval: raw.retrieval,
             guardrails: raw.guardrails,
+            engine: raw.engine,
         };
         config
             .validate()

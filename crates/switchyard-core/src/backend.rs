@@ -42,6 +42,62 @@ pub struct BackendLoad {
     pub constrained_requests: u64,
     /// Tokens generated.
     pub generated_tokens: u64,
+    /// Whether the model is in memory, for models loaded on demand.
+    pub residency: Option<ModelStatus>,
+}
+
+/// Where a model that is loaded on demand is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residence {
+    /// Not in memory: its next request loads it.
+    Unloaded,
+    /// Being loaded (or waiting for room to be).
+    Loading,
+    /// In memory, serving.
+    Loaded,
+    /// Its load failed; it cannot serve.
+    Failed,
+}
+
+impl Residence {
+    /// The word `/v1/models` and `/readyz` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unloaded => "unloaded",
+            Self::Loading => "loading",
+            Self::Loaded => "loaded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A local model's residence, footprint and load history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelStatus {
+    /// Loaded or not.
+    pub state: Residence,
+    /// Bytes it holds under the memory budget while loaded (an estimate
+    /// made from its file and settings), else 0.
+    pub memory_bytes: u64,
+    /// Times it was loaded.
+    pub loads: u64,
+    /// Times it was unloaded after its `keep_alive`.
+    pub unloads_idle: u64,
+    /// Times it was unloaded to make room for another model.
+    pub unloads_memory: u64,
+    /// Times an operator unloaded it.
+    pub unloads_admin: u64,
+}
+
+/// An operator's hold on a model that is loaded on demand (the embedded
+/// engine's models).
+pub trait LocalModelControl: Send + Sync {
+    /// Where it is now.
+    fn status(&self) -> ModelStatus;
+    /// Loads it now (waiting for room under the memory budget).
+    fn load_now(&self) -> BoxFuture<'_, Result<ModelStatus, BackendError>>;
+    /// Unloads it: running requests finish, then its memory is freed.
+    fn unload_now(&self) -> ModelStatus;
 }
 
 /// Models reached on a caller's behalf for results that are used, not
@@ -85,6 +141,11 @@ pub trait ChatBackend: Send + Sync + 'static {
     /// Its queue and counters, for backends that schedule their own
     /// compute; remote APIs have none to report.
     fn load(&self) -> Option<BackendLoad> {
+        None
+    }
+
+    /// Load and unload control, for models loaded on demand.
+    fn residency(&self) -> Option<&dyn LocalModelControl> {
         None
     }
 

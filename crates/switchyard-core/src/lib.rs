@@ -11,7 +11,10 @@ pub mod decision;
 pub mod embed;
 pub mod error;
 
-pub use backend::{BackendInfo, BackendLoad, ChatBackend, ChatStream, Completer, collect_stream};
+pub use backend::{
+    BackendInfo, BackendLoad, ChatBackend, ChatStream, Completer, LocalModelControl, ModelStatus,
+    Residence, collect_stream,
+};
 pub use chat::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource,
     JsonSchemaFormat, ResponseFormat, Role, SamplingParams, StreamEvent, ToolCall, ToolCallDelta,

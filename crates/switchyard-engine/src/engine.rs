@@ -2,9 +2,10 @@
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -17,12 +18,14 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use switchyard_core::{
     BackendError, BackendInfo, BackendLoad, ChatBackend, ChatMessage, ChatRequest, ChatStream,
-    ErrorKind, ResponseFormat, Role, SamplingParams, StreamEvent, ToolChoice, ToolDefinition,
+    ErrorKind, LocalModelControl, ModelStatus, Residence, ResponseFormat, Role, SamplingParams,
+    StreamEvent, ToolChoice, ToolDefinition,
 };
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::grammar::{grammar_for, grammar_sampler, lazy_grammar_sampler};
+use crate::residency::{Evictable, MemoryBudget, Reservation, ReserveError, UnloadReason};
 use crate::scheduler::{EngineLoad, Job, Scheduler, SchedulerLimits};
 use crate::template::{ChatTemplate, TemplateError};
 use crate::tool_prompt::{CALL_OPEN, CallGrammar, call_grammar, describe_tools};
@@ -32,17 +35,32 @@ use crate::tools::ToolCallParser;
 const FLASH_ATTENTION_OFF: i32 = 0;
 const FLASH_ATTENTION_AUTO: i32 = -1;
 
-/// How long a request for a model that is still loading waits for it
-/// before it is answered 503: a model loads in seconds, and a request that
-/// arrives just after start-up should be served, not refused.
+/// How long a request for a model that is not loaded waits for it (for
+/// room under the memory budget, then for the load) before it is answered
+/// 503: a model loads in seconds, and a request that arrives just after
+/// start-up, or for a model that was unloaded, should be served, not
+/// refused.
 const LOAD_WAIT: Duration = Duration::from_secs(30);
 
 /// How long a client should wait before retrying when the engine is busy.
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// How long a local model stays loaded once nothing uses it (Ollama's
+/// `keep_alive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeepAlive {
+    /// Until another model needs its memory, or an operator unloads it.
+    #[default]
+    Forever,
+    /// This long after its last request ends; zero unloads it at once.
+    For(Duration),
+}
+
 /// How to run one local model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
+    /// The name it is served under, for logs.
+    pub name: String,
     /// The GGUF file.
     pub model_path: PathBuf,
     /// Context window per sequence, in tokens (prompt plus completion).
@@ -81,13 +99,19 @@ pub struct EngineConfig {
     /// give the same answers, at about a tenth less prefill speed (256
     /// against 282 tokens/s for a 512-token prompt, SmolLM2 on 2 cores).
     pub flash_attention: bool,
+    /// How long the model stays loaded when idle.
+    pub keep_alive: KeepAlive,
+    /// Loaded before the server reports ready (else on first use).
+    pub preload: bool,
 }
 
 impl EngineConfig {
     /// Defaults for `model_path`: a 2,048-token window, 4 parallel sequences.
     pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        let model_path = model_path.into();
         Self {
-            model_path: model_path.into(),
+            name: file_stem(&model_path),
+            model_path,
             context_length: 2048,
             parallel: 4,
             threads: None,
@@ -100,6 +124,8 @@ impl EngineConfig {
             repetition_guard: true,
             prompt_cache: true,
             flash_attention: false,
+            keep_alive: KeepAlive::Forever,
+            preload: false,
         }
     }
 }
@@ -133,6 +159,9 @@ pub enum EngineError {
     /// The engine thread is gone.
     #[error("the engine thread stopped")]
     Stopped,
+    /// The memory budget of local models has no room for it.
+    #[error(transparent)]
+    NoRoom(ReserveError),
 }
 
 /// Renders and tokenizes prompts; shared between the engine thread and the
@@ -218,25 +247,81 @@ impl Prompter {
 
 #[derive(Clone)]
 enum LoadState {
+    /// Not in memory; the next request loads it.
+    Unloaded,
     Loading,
-    Ready(Arc<Prompter>),
+    Ready(Arc<Instance>),
+    /// The last load found no room under the memory budget; the next
+    /// request tries again.
+    NoRoom(ReserveError),
     Failed(EngineError),
+}
+
+/// One load of the model: what requests need to reach its engine thread.
+/// The thread ends (and the memory is given back) once the last of these
+/// is dropped and its sequences have finished.
+struct Instance {
+    prompter: Arc<Prompter>,
+    jobs: SyncSender<Job>,
+    reservation: Arc<Reservation>,
+}
+
+/// Loads, unloads and what requests the model is serving.
+#[derive(Default)]
+struct Activity {
+    /// Requests between their arrival and the end of their answer.
+    in_flight: usize,
+    /// Bumped each time the model becomes idle, so that an idle timer
+    /// knows whether the model has been used since it was set.
+    idle_generation: u64,
+}
+
+#[derive(Default)]
+struct LifecycleCounters {
+    loads: AtomicU64,
+    unloads_idle: AtomicU64,
+    unloads_memory: AtomicU64,
+    unloads_admin: AtomicU64,
+    /// The estimated footprint, once estimated (0 before).
+    footprint: AtomicU64,
+}
+
+/// The model and everything shared between its handles, its requests and
+/// the memory budget.
+struct Core {
+    config: EngineConfig,
+    budget: MemoryBudget,
+    state: watch::Sender<LoadState>,
+    activity: Mutex<Activity>,
+    load: Arc<EngineLoad>,
+    counters: LifecycleCounters,
+    this: Weak<Core>,
 }
 
 /// An in-process GGUF chat model. Cheap to share behind an `Arc`; dropping
 /// the last handle lets the engine thread finish its sequences and exit.
+///
+/// The model is loaded when first needed (or by [`LocalEngine::load`]),
+/// within a [`MemoryBudget`] shared with the process's other local models,
+/// and unloaded after its `keep_alive`, when another model needs its room,
+/// or on [`LocalEngine::unload`].
 pub struct LocalEngine {
-    config: EngineConfig,
-    state: watch::Receiver<LoadState>,
-    jobs: SyncSender<Job>,
-    load: Arc<EngineLoad>,
+    core: Arc<Core>,
 }
 
 impl LocalEngine {
-    /// Starts the engine thread, which loads the model in the background.
-    /// Use [`LocalEngine::wait_ready`] to know when it can serve; requests
-    /// sent before then wait for the load (up to 30 s).
+    /// Starts loading the model at once, with no memory budget. Use
+    /// [`LocalEngine::wait_ready`] to know when it can serve; requests sent
+    /// before then wait for the load (up to 30 s). Needs a tokio runtime.
     pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
+        let engine = Self::new(config, MemoryBudget::default())?;
+        engine.core.begin_load();
+        Ok(engine)
+    }
+
+    /// The model, not loaded yet: the first request (or
+    /// [`LocalEngine::load`]) loads it within `budget`.
+    pub fn new(config: EngineConfig, budget: MemoryBudget) -> Result<Self, EngineError> {
         if config.parallel == 0 || config.context_length < 16 || config.batch_size < config.parallel
         {
             return Err(EngineError::Config(format!(
@@ -247,66 +332,61 @@ impl LocalEngine {
         if !config.model_path.is_file() {
             return Err(EngineError::ModelMissing(config.model_path.clone()));
         }
-        let (state_tx, state_rx) = watch::channel(LoadState::Loading);
-        let (jobs_tx, jobs_rx) = sync_channel(config.queue_capacity);
-        let thread_config = config.clone();
-        let load = Arc::new(EngineLoad::default());
-        let thread_load = load.clone();
-        std::thread::Builder::new()
-            .name("switchyard-engine".into())
-            .spawn(move || run_engine_thread(thread_config, state_tx, jobs_rx, thread_load))
-            .map_err(|e| EngineError::Backend(format!("cannot spawn the engine thread: {e}")))?;
-        Ok(Self {
+        let (state, _) = watch::channel(LoadState::Unloaded);
+        let core = Arc::new_cyclic(|this| Core {
             config,
-            state: state_rx,
-            jobs: jobs_tx,
-            load,
-        })
+            budget,
+            state,
+            activity: Mutex::new(Activity::default()),
+            load: Arc::new(EngineLoad::default()),
+            counters: LifecycleCounters::default(),
+            this: this.clone(),
+        });
+        Ok(Self { core })
     }
 
-    /// Waits until the model is loaded, or reports why it failed.
+    /// Loads the model if it is not (waiting for room under the budget),
+    /// or reports why it failed.
     pub async fn wait_ready(&self) -> Result<(), EngineError> {
-        let mut state = self.state.clone();
+        self.core.begin_load();
+        let mut state = self.core.state.subscribe();
         let settled = state
             .wait_for(|s| !matches!(s, LoadState::Loading))
             .await
             .map_err(|_| EngineError::Stopped)?;
         match &*settled {
             LoadState::Failed(error) => Err(error.clone()),
+            LoadState::NoRoom(error) => Err(EngineError::NoRoom(error.clone())),
             _ => Ok(()),
         }
     }
 
-    fn prompter(&self) -> Result<Arc<Prompter>, BackendError> {
-        match &*self.state.borrow() {
-            LoadState::Ready(prompter) => Ok(prompter.clone()),
-            LoadState::Loading => Err(BackendError::new(
-                ErrorKind::Overloaded,
-                "the model is still loading; retry shortly",
-            )
-            .with_retry_after(Some(BUSY_RETRY_AFTER))),
-            LoadState::Failed(error) => Err(BackendError::internal(format!(
-                "the model failed to load: {error}"
-            ))),
-        }
+    /// Loads the model now (an operator's request), within the budget.
+    pub async fn load(&self) -> Result<ModelStatus, BackendError> {
+        self.core.instance().await?;
+        self.core.schedule_idle_unload();
+        Ok(self.core.status())
     }
 
-    /// The prompter once the model is loaded, waiting up to [`LOAD_WAIT`].
-    async fn ready_prompter(&self) -> Result<Arc<Prompter>, BackendError> {
-        let mut state = self.state.clone();
-        // Timing out or a stopped thread leave the state as it is, and
-        // `prompter` says which it is.
-        let _ = tokio::time::timeout(
-            LOAD_WAIT,
-            state.wait_for(|s| !matches!(s, LoadState::Loading)),
-        )
-        .await;
-        self.prompter()
+    /// Unloads the model now; requests already running finish first, and
+    /// its memory is given back when they have.
+    pub fn unload(&self) -> ModelStatus {
+        self.core.unload(UnloadReason::Admin, true);
+        self.core.status()
+    }
+
+    /// Where the model is: loaded, loading or not, and its footprint.
+    pub fn status(&self) -> ModelStatus {
+        self.core.status()
     }
 
     async fn start_stream(&self, request: ChatRequest) -> Result<ChatStream, BackendError> {
-        let prompter = self.ready_prompter().await?;
+        let serving = Serving::begin(self.core.clone());
+        let instance = self.core.instance().await?;
+        instance.reservation.touch();
+        let prompter = instance.prompter.clone();
         prompter.check(&request)?;
+        let config = &self.core.config;
         let enqueued_at = Instant::now();
         let tools = if request.tool_choice == Some(ToolChoice::None) {
             Vec::new()
@@ -315,7 +395,7 @@ impl LocalEngine {
         };
         let parse_tool_calls = !tools.is_empty();
         let mut messages = request.messages;
-        if let Some(system) = &self.config.default_system_prompt
+        if let Some(system) = &config.default_system_prompt
             && !messages.iter().any(|m| m.role == Role::System)
         {
             messages.insert(0, ChatMessage::new(Role::System, system.clone()));
@@ -337,7 +417,7 @@ impl LocalEngine {
         .await
         .map_err(|e| BackendError::internal(format!("tokenizer task failed: {e}")))??;
 
-        let context_length = self.config.context_length as usize;
+        let context_length = config.context_length as usize;
         if prompt.len() >= context_length {
             return Err(BackendError::invalid_request(format!(
                 "the prompt is {} tokens after the chat template, but this model's context window is {} tokens and must leave room for at least one generated token; shorten the messages",
@@ -350,26 +430,27 @@ impl LocalEngine {
         let room = u32::try_from(context_length - prompt.len()).unwrap_or(u32::MAX);
         let max_tokens = request
             .max_tokens
-            .or(self.config.default_max_tokens)
+            .or(config.default_max_tokens)
             .map_or(room, |m| m.clamp(1, room));
 
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let job = Job {
             prompt,
             max_tokens,
-            sampling: request.sampling.or_defaults(&self.config.default_sampling),
+            sampling: request.sampling.or_defaults(&config.default_sampling),
             stop: request.stop,
             grammar,
-            repetition_guard: self.config.repetition_guard,
+            repetition_guard: config.repetition_guard,
             events: events_tx,
             enqueued_at,
             span: tracing::Span::current(),
         };
+        let load = &self.core.load;
         // Counted before it is sent: the engine thread may take it at once.
-        self.load.queued.fetch_add(1, Ordering::Relaxed);
-        let sent = self.jobs.try_send(job);
+        load.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = instance.jobs.try_send(job);
         if sent.is_err() {
-            self.load.queued.fetch_sub(1, Ordering::Relaxed);
+            load.queued.fetch_sub(1, Ordering::Relaxed);
         }
         match sent {
             Ok(()) => {}
@@ -378,7 +459,7 @@ impl LocalEngine {
                     ErrorKind::Overloaded,
                     format!(
                         "the local engine is at capacity ({} running, {} waiting); retry shortly",
-                        self.config.parallel, self.config.queue_capacity
+                        config.parallel, config.queue_capacity
                     ),
                 )
                 .with_retry_after(Some(BUSY_RETRY_AFTER)));
@@ -387,7 +468,11 @@ impl LocalEngine {
                 return Err(BackendError::internal("the local engine has stopped"));
             }
         }
-        let stream = futures::stream::poll_fn(move |cx| events_rx.poll_recv(cx));
+        // The request counts as served until its answer stream is dropped.
+        let stream = futures::stream::poll_fn(move |cx| {
+            let _serving = &serving;
+            events_rx.poll_recv(cx)
+        });
         if !parse_tool_calls {
             return Ok(stream.boxed());
         }
@@ -404,11 +489,277 @@ impl LocalEngine {
     }
 }
 
+/// A request the model is serving, from its arrival until its answer is
+/// dropped: a model serving one is never unloaded to make room.
+struct Serving {
+    core: Arc<Core>,
+}
+
+impl Serving {
+    fn begin(core: Arc<Core>) -> Self {
+        core.activity().in_flight += 1;
+        Self { core }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let idle = {
+            let mut activity = self.core.activity();
+            activity.in_flight -= 1;
+            activity.in_flight == 0
+        };
+        if let LoadState::Ready(instance) = &*self.core.state.borrow() {
+            instance.reservation.touch();
+        }
+        if idle {
+            self.core.budget.idle_now();
+            self.core.schedule_idle_unload();
+        }
+    }
+}
+
+impl Core {
+    fn activity(&self) -> std::sync::MutexGuard<'_, Activity> {
+        // Counters updated in single statements: never left half written.
+        self.activity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts a load unless the model is loaded, loading or failed.
+    fn begin_load(&self) {
+        let started = self.state.send_if_modified(|state| {
+            if matches!(state, LoadState::Unloaded | LoadState::NoRoom(_)) {
+                *state = LoadState::Loading;
+                true
+            } else {
+                false
+            }
+        });
+        if !started {
+            return;
+        }
+        let (Some(core), Ok(runtime)) =
+            (self.this.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            // Outside a runtime (or while being dropped): the next request
+            // loads the model.
+            self.state.send_replace(LoadState::Unloaded);
+            return;
+        };
+        // A task of its own: a request that gives up waiting must not
+        // abandon a load half done.
+        runtime.spawn(async move {
+            let settled = core.load_instance().await;
+            core.state.send_replace(settled);
+        });
+    }
+
+    /// Estimates, reserves memory, and starts the engine thread; the state
+    /// the model is in afterwards.
+    async fn load_instance(&self) -> LoadState {
+        let footprint = match self.footprint().await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                error!(%error, path = %self.config.model_path.display(), "local model failed to load");
+                return LoadState::Failed(error);
+            }
+        };
+        let evictable: Weak<dyn Evictable> = self.this.clone();
+        let reservation = match self.budget.reserve(evictable, footprint, LOAD_WAIT).await {
+            Ok(reservation) => Arc::new(reservation),
+            Err(error) => {
+                warn!(model = %self.config.name, %error, "no room to load the model");
+                return LoadState::NoRoom(error);
+            }
+        };
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let config = self.config.clone();
+        let load = self.load.clone();
+        let thread_reservation = reservation.clone();
+        let spawned = std::thread::Builder::new()
+            .name("switchyard-engine".into())
+            .spawn(move || run_engine_thread(config, ready_tx, load, thread_reservation));
+        if let Err(error) = spawned {
+            return LoadState::Failed(EngineError::Backend(format!(
+                "cannot spawn the engine thread: {error}"
+            )));
+        }
+        match ready_rx.await {
+            Ok(Ok((prompter, jobs))) => {
+                self.counters.loads.fetch_add(1, Ordering::Relaxed);
+                reservation.evictable();
+                LoadState::Ready(Arc::new(Instance {
+                    prompter,
+                    jobs,
+                    reservation,
+                }))
+            }
+            Ok(Err(error)) => LoadState::Failed(error),
+            Err(_) => LoadState::Failed(EngineError::Stopped),
+        }
+    }
+
+    /// The model's estimated footprint, read from its file once.
+    async fn footprint(&self) -> Result<u64, EngineError> {
+        let known = self.counters.footprint.load(Ordering::Relaxed);
+        if known > 0 {
+            return Ok(known);
+        }
+        let config = self.config.clone();
+        let bytes = tokio::task::spawn_blocking(move || estimate_footprint(&config))
+            .await
+            .map_err(|e| EngineError::Backend(format!("footprint estimate failed: {e}")))??;
+        self.counters.footprint.store(bytes, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    /// The loaded model, loading it (or waiting for its load) for up to
+    /// [`LOAD_WAIT`].
+    async fn instance(&self) -> Result<Arc<Instance>, BackendError> {
+        let deadline = tokio::time::Instant::now() + LOAD_WAIT;
+        let mut state = self.state.subscribe();
+        // A load that settles as "no room" is the answer to requests that
+        // waited for it; one that was already there is retried.
+        let mut tried = false;
+        loop {
+            let current = state.borrow_and_update().clone();
+            match current {
+                LoadState::Ready(instance) => return Ok(instance),
+                LoadState::Failed(error) => {
+                    return Err(BackendError::internal(format!(
+                        "the model failed to load: {error}"
+                    )));
+                }
+                LoadState::NoRoom(error) if tried => return Err(no_room(&error)),
+                LoadState::Unloaded | LoadState::NoRoom(_) => {
+                    tried = true;
+                    self.begin_load();
+                }
+                LoadState::Loading => tried = true,
+            }
+            match tokio::time::timeout_at(deadline, state.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(BackendError::internal("the local engine has stopped")),
+                Err(_) => {
+                    return Err(BackendError::new(
+                        ErrorKind::Overloaded,
+                        "the model is still loading; retry shortly",
+                    )
+                    .with_retry_after(Some(BUSY_RETRY_AFTER)));
+                }
+            }
+        }
+    }
+
+    /// Unloads the model if it is loaded and (unless `force`) idle; says
+    /// whether it did.
+    fn unload(&self, reason: UnloadReason, force: bool) -> bool {
+        // Decided under the activity lock: a request that arrives now
+        // either counted itself first (and the model stays) or finds the
+        // model unloaded (and loads it again).
+        let activity = self.activity();
+        if !force && activity.in_flight > 0 {
+            return false;
+        }
+        let unloaded = self.state.send_if_modified(|state| {
+            if let LoadState::Ready(instance) = state {
+                instance.reservation.unloading();
+                *state = LoadState::Unloaded;
+                true
+            } else {
+                false
+            }
+        });
+        drop(activity);
+        if unloaded {
+            let counter = match reason {
+                UnloadReason::Idle => &self.counters.unloads_idle,
+                UnloadReason::Memory => &self.counters.unloads_memory,
+                UnloadReason::Admin => &self.counters.unloads_admin,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            info!(model = %self.config.name, reason = reason.as_str(), "local model unloaded");
+        }
+        unloaded
+    }
+
+    /// Unloads the model once it has been idle for its `keep_alive`.
+    fn schedule_idle_unload(&self) {
+        let KeepAlive::For(idle_for) = self.config.keep_alive else {
+            return;
+        };
+        let generation = {
+            let mut activity = self.activity();
+            if activity.in_flight > 0 {
+                return;
+            }
+            activity.idle_generation += 1;
+            activity.idle_generation
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let core = self.this.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(idle_for).await;
+            let Some(core) = core.upgrade() else {
+                return;
+            };
+            // Used since: a later timer decides.
+            if core.activity().idle_generation == generation {
+                core.unload(UnloadReason::Idle, false);
+            }
+        });
+    }
+
+    fn status(&self) -> ModelStatus {
+        let (state, memory_bytes) = match &*self.state.borrow() {
+            LoadState::Unloaded | LoadState::NoRoom(_) => (Residence::Unloaded, 0),
+            LoadState::Loading => (Residence::Loading, 0),
+            LoadState::Ready(instance) => (Residence::Loaded, instance.reservation.bytes()),
+            LoadState::Failed(_) => (Residence::Failed, 0),
+        };
+        ModelStatus {
+            state,
+            memory_bytes,
+            loads: self.counters.loads.load(Ordering::Relaxed),
+            unloads_idle: self.counters.unloads_idle.load(Ordering::Relaxed),
+            unloads_memory: self.counters.unloads_memory.load(Ordering::Relaxed),
+            unloads_admin: self.counters.unloads_admin.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Evictable for Core {
+    fn unload_if_idle(&self, reason: UnloadReason) -> bool {
+        self.unload(reason, false)
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+fn no_room(error: &ReserveError) -> BackendError {
+    match error {
+        ReserveError::TooLarge { .. } => BackendError::internal(format!(
+            "the model cannot be loaded: {error}; raise `max_memory` in [engine]"
+        )),
+        ReserveError::Busy { .. } => BackendError::new(
+            ErrorKind::Overloaded,
+            format!("the model cannot be loaded now: {error}; retry shortly"),
+        )
+        .with_retry_after(Some(BUSY_RETRY_AFTER)),
+    }
+}
+
 impl ChatBackend for LocalEngine {
     fn info(&self) -> BackendInfo {
-        let upstream_model = match &*self.state.borrow() {
-            LoadState::Ready(prompter) => prompter.model_name.clone(),
-            _ => file_stem(&self.config.model_path),
+        let upstream_model = match &*self.core.state.borrow() {
+            LoadState::Ready(instance) => instance.prompter.model_name.clone(),
+            _ => file_stem(&self.core.config.model_path),
         };
         BackendInfo {
             kind: "local",
@@ -417,23 +768,49 @@ impl ChatBackend for LocalEngine {
         }
     }
 
+    /// A model that failed to load cannot serve, nor can a preloaded one
+    /// before its first load; any other loads on its first request.
     fn is_ready(&self) -> bool {
-        matches!(&*self.state.borrow(), LoadState::Ready(_))
+        match &*self.core.state.borrow() {
+            LoadState::Failed(_) => false,
+            LoadState::Ready(_) => true,
+            _ => !self.core.config.preload || self.core.counters.loads.load(Ordering::Relaxed) > 0,
+        }
     }
 
     fn load(&self) -> Option<BackendLoad> {
+        let load = &self.core.load;
         Some(BackendLoad {
-            queued: self.load.queued.load(Ordering::Relaxed),
-            running: self.load.running.load(Ordering::Relaxed),
-            prompt_tokens: self.load.prompt_tokens.load(Ordering::Relaxed),
-            cached_prompt_tokens: self.load.cached_prompt_tokens.load(Ordering::Relaxed),
-            constrained_requests: self.load.constrained.load(Ordering::Relaxed),
-            generated_tokens: self.load.generated_tokens.load(Ordering::Relaxed),
+            queued: load.queued.load(Ordering::Relaxed),
+            running: load.running.load(Ordering::Relaxed),
+            prompt_tokens: load.prompt_tokens.load(Ordering::Relaxed),
+            cached_prompt_tokens: load.cached_prompt_tokens.load(Ordering::Relaxed),
+            constrained_requests: load.constrained.load(Ordering::Relaxed),
+            generated_tokens: load.generated_tokens.load(Ordering::Relaxed),
+            residency: Some(self.core.status()),
         })
+    }
+
+    fn residency(&self) -> Option<&dyn LocalModelControl> {
+        Some(self)
     }
 
     fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, BackendError>> {
         Box::pin(self.start_stream(request))
+    }
+}
+
+impl LocalModelControl for LocalEngine {
+    fn status(&self) -> ModelStatus {
+        self.core.status()
+    }
+
+    fn load_now(&self) -> BoxFuture<'_, Result<ModelStatus, BackendError>> {
+        Box::pin(self.load())
+    }
+
+    fn unload_now(&self) -> ModelStatus {
+        self.unload()
     }
 }
 
@@ -455,34 +832,45 @@ fn llama_backend() -> Result<&'static LlamaBackend, EngineError> {
         .map_err(|e| EngineError::Backend(e.clone()))
 }
 
+/// What the engine thread hands back once the model is loaded: the
+/// prompter and the queue its scheduler reads.
+type Loaded = Result<(Arc<Prompter>, SyncSender<Job>), EngineError>;
+
+/// Loads the model, reports it, and runs the scheduler until every handle
+/// to its queue is gone; the model, its context and its memory reservation
+/// are dropped when this returns.
 fn run_engine_thread(
     config: EngineConfig,
-    state: watch::Sender<LoadState>,
-    jobs: std::sync::mpsc::Receiver<Job>,
+    ready: tokio::sync::oneshot::Sender<Loaded>,
     load: Arc<EngineLoad>,
+    reservation: Arc<Reservation>,
 ) {
     let started = Instant::now();
-    let fail = |error: EngineError| {
-        error!(%error, path = %config.model_path.display(), "local model failed to load");
-        state.send_replace(LoadState::Failed(error));
+    let path = config.model_path.clone();
+    let fail = move |ready: tokio::sync::oneshot::Sender<Loaded>, error: EngineError| {
+        error!(%error, path = %path.display(), "local model failed to load");
+        let _ = ready.send(Err(error));
     };
     let backend = match llama_backend() {
         Ok(backend) => backend,
-        Err(error) => return fail(error),
+        Err(error) => return fail(ready, error),
     };
     let model_params = LlamaModelParams::default().with_n_gpu_layers(config.gpu_layers);
     let model = match LlamaModel::load_from_file(backend, &config.model_path, &model_params) {
         Ok(model) => Arc::new(model),
         Err(error) => {
-            return fail(EngineError::Load {
-                path: config.model_path.clone(),
-                reason: error.to_string(),
-            });
+            return fail(
+                ready,
+                EngineError::Load {
+                    path: config.model_path.clone(),
+                    reason: error.to_string(),
+                },
+            );
         }
     };
     let template = match load_template(&model) {
         Ok(template) => template,
-        Err(error) => return fail(error),
+        Err(error) => return fail(ready, error),
     };
     let threads = config.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get() as i32),
@@ -506,33 +894,85 @@ fn run_engine_thread(
         });
     let ctx = match model.new_context(backend, ctx_params) {
         Ok(ctx) => ctx,
-        Err(error) => return fail(EngineError::Context(error.to_string())),
+        Err(error) => return fail(ready, EngineError::Context(error.to_string())),
     };
     let model_name = model
         .meta_val_str("general.name")
         .unwrap_or_else(|_| file_stem(&config.model_path));
     info!(
-        model = %model_name,
+        model = %config.name,
+        gguf_name = %model_name,
         path = %config.model_path.display(),
         parameters = model.n_params(),
         context_length = config.context_length,
         parallel = config.parallel,
         threads,
+        reserved_bytes = reservation.bytes(),
         load_ms = started.elapsed().as_millis() as u64,
         "local model loaded"
     );
-    state.send_replace(LoadState::Ready(Arc::new(Prompter {
+    let (jobs_tx, jobs_rx) = sync_channel(config.queue_capacity);
+    let prompter = Arc::new(Prompter {
         model: model.clone(),
         template,
         model_name,
-    })));
+    });
+    if ready.send(Ok((prompter, jobs_tx))).is_err() {
+        // Nobody is waiting for this load any more (the engine was dropped).
+        return;
+    }
     let limits = SchedulerLimits {
         context_length: config.context_length,
         batch_size: config.batch_size,
         prompt_cache: config.prompt_cache,
     };
-    Scheduler::new(&model, ctx, config.parallel, limits, load).run(jobs);
-    info!(path = %config.model_path.display(), "engine thread stopped");
+    Scheduler::new(&model, ctx, config.parallel, limits, load).run(jobs_rx);
+    info!(model = %config.name, "engine thread stopped");
+}
+
+/// Bytes the model will hold once loaded, from its file and its
+/// hyperparameters (read from the GGUF's metadata with llama.cpp's
+/// vocabulary-only load, which skips the weights): the weights as stored,
+/// the KV cache of every sequence (f16 keys and values), and llama.cpp's
+/// compute buffer, dominated without flash attention by one batch's
+/// attention scores against a full window and its logits.
+fn estimate_footprint(config: &EngineConfig) -> Result<u64, EngineError> {
+    let weights = std::fs::metadata(&config.model_path)
+        .map_err(|_| EngineError::ModelMissing(config.model_path.clone()))?
+        .len();
+    let backend = llama_backend()?;
+    let params = LlamaModelParams::default().with_vocab_only(true);
+    let model =
+        LlamaModel::load_from_file(backend, &config.model_path, &params).map_err(|error| {
+            EngineError::Load {
+                path: config.model_path.clone(),
+                reason: error.to_string(),
+            }
+        })?;
+    // A vocabulary-only load fills the metadata, not the hyperparameters.
+    let arch = model
+        .meta_val_str("general.architecture")
+        .unwrap_or_default();
+    let number = |key: &str| {
+        model
+            .meta_val_str(&format!("{arch}.{key}"))
+            .ok()
+            .and_then(|value| value.trim().parse::<u64>().ok())
+    };
+    let embedding = number("embedding_length").unwrap_or(4096);
+    let layers = number("block_count").unwrap_or(32);
+    let heads = number("attention.head_count").unwrap_or(32).max(1);
+    // Without grouped-query attention every head has its own keys and
+    // values (also the safe guess when the count is per layer).
+    let kv_heads = number("attention.head_count_kv").unwrap_or(heads);
+    let head_dim = number("attention.key_length").unwrap_or(embedding / heads);
+    let tokens = u64::from(config.context_length) * u64::from(config.parallel);
+    let kv_cache = layers * 2 * head_dim * kv_heads * 2 * tokens;
+    let vocabulary = u64::try_from(model.n_vocab()).unwrap_or(0);
+    let batch = u64::from(config.batch_size);
+    let compute = batch * u64::from(config.context_length) * heads * 4
+        + batch * (vocabulary + 8 * embedding) * 4;
+    Ok(weights + kv_cache + compute)
 }
 
 fn load_template(model: &LlamaModel) -> Result<ChatTemplate, EngineError> {

@@ -10,6 +10,7 @@ mod engine;
 mod grammar;
 mod prefix_cache;
 mod repetition;
+mod residency;
 mod sampler;
 mod scheduler;
 mod stop;
@@ -18,4 +19,5 @@ mod tool_prompt;
 mod tools;
 mod utf8;
 
-pub use engine::{EngineConfig, EngineError, LocalEngine};
+pub use engine::{EngineConfig, EngineError, KeepAlive, LocalEngine};
+pub use residency::{MemoryBudget, ReserveError, UnloadReason};

@@ -5,9 +5,9 @@
 
 use futures::StreamExt;
 use switchyard_core::{
-    ChatBackend, ChatMessage, ChatRequest, ErrorKind, FinishReason, Role, StreamEvent,
+    ChatBackend, ChatMessage, ChatRequest, ErrorKind, FinishReason, Residence, Role, StreamEvent,
 };
-use switchyard_engine::{EngineConfig, LocalEngine};
+use switchyard_engine::{EngineConfig, KeepAlive, LocalEngine, MemoryBudget};
 
 fn model_path() -> std::path::PathBuf {
     let store = switchyard_models::ModelStore::default_location().unwrap();
@@ -367,4 +367,139 @@ async fn a_request_sent_while_the_model_loads_waits_and_is_served() {
     // No `wait_ready`: the request arrives while the model is loading.
     let answer = engine.chat(capital_question()).await.unwrap();
     assert!(answer.content.contains("Paris"), "{:?}", answer.content);
+}
+
+fn small_settings() -> EngineConfig {
+    let mut settings = EngineConfig::new(model_path());
+    settings.context_length = 512;
+    settings.parallel = 1;
+    settings
+}
+
+/// Polls `check` for up to ten seconds; the model's state changes on
+/// engine threads and timers, not on the caller's schedule.
+async fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    check()
+}
+
+#[tokio::test]
+async fn two_models_under_a_budget_for_one_take_turns_and_both_always_answer() {
+    // The same GGUF under two names; the budget is learnt from the first
+    // load so that it holds one model and not two.
+    let unlimited = MemoryBudget::new(None);
+    let probe = LocalEngine::new(small_settings(), unlimited.clone()).unwrap();
+    probe.wait_ready().await.unwrap();
+    let footprint = probe.status().memory_bytes;
+    assert!(
+        footprint > 90_000_000,
+        "weights alone are ~94 MB: {footprint}"
+    );
+    drop(probe);
+
+    let budget = MemoryBudget::new(Some(footprint * 3 / 2));
+    let a = LocalEngine::new(small_settings(), budget.clone()).unwrap();
+    let b = LocalEngine::new(small_settings(), budget.clone()).unwrap();
+    assert_eq!(a.status().state, Residence::Unloaded);
+    for turn in 0..4 {
+        let (serving, other) = if turn % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let answer = serving.chat(capital_question()).await.unwrap();
+        assert!(
+            answer.content.contains("Paris"),
+            "turn {turn}: {:?}",
+            answer.content
+        );
+        assert_eq!(serving.status().state, Residence::Loaded);
+        assert_ne!(other.status().state, Residence::Loaded, "turn {turn}");
+        assert!(budget.used() <= footprint * 3 / 2);
+    }
+    let (a, b) = (a.status(), b.status());
+    assert_eq!((a.loads, b.loads), (2, 2));
+    // Each load after the first made room by unloading the other model.
+    assert_eq!(a.unloads_memory + b.unloads_memory, 3);
+}
+
+#[tokio::test]
+async fn a_busy_model_is_not_unloaded_and_the_newcomer_waits_for_it() {
+    let unlimited = LocalEngine::new(small_settings(), MemoryBudget::new(None)).unwrap();
+    unlimited.wait_ready().await.unwrap();
+    let footprint = unlimited.status().memory_bytes;
+    drop(unlimited);
+
+    let budget = MemoryBudget::new(Some(footprint * 3 / 2));
+    let a = std::sync::Arc::new(LocalEngine::new(small_settings(), budget.clone()).unwrap());
+    let b = LocalEngine::new(small_settings(), budget.clone()).unwrap();
+    let mut long = capital_question();
+    long.messages[0] = ChatMessage::new(Role::User, "Count from one to forty in words.");
+    long.max_tokens = Some(120);
+    let mut stream = a.chat_stream(long).await.unwrap();
+    // `a` is generating: `b` must wait for it rather than evict it.
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(matches!(first, StreamEvent::Delta(_)));
+    let waiting = tokio::spawn(async move {
+        let answer = b.chat(capital_question()).await;
+        (answer, b)
+    });
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        if let StreamEvent::Delta(piece) = event.unwrap() {
+            text.push_str(&piece);
+        }
+    }
+    assert!(text.len() > 20, "a finished its answer whole: {text:?}");
+    drop(stream);
+    let (answer, b) = waiting.await.unwrap();
+    assert!(answer.unwrap().content.contains("Paris"));
+    assert_eq!(a.status().unloads_memory, 1);
+    assert_eq!(b.status().state, Residence::Loaded);
+}
+
+#[tokio::test]
+async fn keep_alive_zero_unloads_when_idle_and_the_next_request_loads_again() {
+    let mut settings = small_settings();
+    settings.keep_alive = KeepAlive::For(std::time::Duration::ZERO);
+    let engine = LocalEngine::new(settings, MemoryBudget::new(None)).unwrap();
+    let answer = engine.chat(capital_question()).await.unwrap();
+    assert!(answer.content.contains("Paris"));
+    assert!(
+        eventually(|| engine.status().state == Residence::Unloaded).await,
+        "{:?}",
+        engine.status()
+    );
+    assert_eq!(engine.status().unloads_idle, 1);
+    let again = engine.chat(capital_question()).await.unwrap();
+    assert_eq!(again.content, answer.content);
+    assert_eq!(engine.status().loads, 2);
+}
+
+#[tokio::test]
+async fn an_operator_unload_lets_the_running_answer_finish() {
+    let engine = LocalEngine::new(small_settings(), MemoryBudget::new(None)).unwrap();
+    engine.load().await.unwrap();
+    let mut stream = engine.chat_stream(capital_question()).await.unwrap();
+    assert_eq!(engine.unload().state, Residence::Unloaded);
+    let mut text = String::new();
+    let mut finished = false;
+    while let Some(event) = stream.next().await {
+        match event.unwrap() {
+            StreamEvent::Delta(piece) => text.push_str(&piece),
+            StreamEvent::Finish(_) => finished = true,
+            _ => {}
+        }
+    }
+    assert!(finished && text.contains("Paris"), "{text:?}");
+    assert_eq!(engine.status().unloads_admin, 1);
+}
+
+#[tokio::test]
+async fn a_model_larger_than_the_whole_budget_is_refused_with_the_reason() {
+    let engine = LocalEngine::new(small_settings(), MemoryBudget::new(Some(1_000_000))).unwrap();
+    let error = engine.chat(capital_question()).await.unwrap_err();
+    assert_eq!(error.kind, ErrorKind::Internal);
+    assert!(error.message.contains("max_memory"), "{}", error.message);
 }

@@ -100,6 +100,8 @@ pub struct Listed {
     pub owned_by: String,
     /// When it was configured (Unix seconds).
     pub created: u64,
+    /// Whether it is in memory, for a name served by one local model.
+    pub residency: Option<switchyard_core::ModelStatus>,
 }
 
 /// The models and routes this gateway serves.
@@ -419,10 +421,19 @@ impl Gateway {
                     .or_else(|| d.embeddings.as_ref().map(|e| e.info().owned_by))
             })
             .unwrap_or_else(|| "switchyard".into());
+        let residency = match route.deployments.as_slice() {
+            [(only, _)] => only
+                .chat
+                .as_ref()
+                .and_then(|chat| chat.residency())
+                .map(|control| control.status()),
+            _ => None,
+        };
         Listed {
             name: route.name.clone(),
             owned_by,
             created: route.created,
+            residency,
         }
     }
 

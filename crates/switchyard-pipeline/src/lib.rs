@@ -28,6 +28,7 @@ mod embeddings;
 pub mod error;
 pub mod models;
 mod moderation;
+pub mod residency;
 pub mod stages;
 
 use std::sync::Arc;

@@ -140,6 +140,12 @@ struct DeploymentLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UnloadLabels {
+    deployment: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
 }
@@ -251,6 +257,19 @@ pub struct EngineSnapshot {
     pub constrained_requests: u64,
     /// Tokens generated since start.
     pub generated_tokens: u64,
+    /// Whether the model is in memory.
+    pub loaded: bool,
+    /// Bytes it holds under the memory budget while loaded.
+    pub memory_bytes: u64,
+    /// Times it was loaded since start.
+    pub loads: u64,
+    /// Times it was unloaded since start: after its keep-alive, to make
+    /// room for another model, by an operator.
+    pub unloads_idle: u64,
+    /// See `unloads_idle`.
+    pub unloads_memory: u64,
+    /// See `unloads_idle`.
+    pub unloads_admin: u64,
 }
 
 /// Every metric Switchyard keeps.
@@ -601,6 +620,10 @@ fn snapshot_registry(deployments: &[DeploymentSnapshot]) -> Registry {
     let cached_prompt = Family::<DeploymentLabels, Counter>::default();
     let constrained = Family::<DeploymentLabels, Counter>::default();
     let generated = Family::<DeploymentLabels, Counter>::default();
+    let loaded = Family::<DeploymentLabels, Gauge>::default();
+    let memory = Family::<DeploymentLabels, Gauge>::default();
+    let loads = Family::<DeploymentLabels, Counter>::default();
+    let unloads = Family::<UnloadLabels, Counter>::default();
     for snapshot in deployments {
         let labels = DeploymentLabels {
             deployment: snapshot.deployment.clone(),
@@ -624,6 +647,23 @@ fn snapshot_registry(deployments: &[DeploymentSnapshot]) -> Registry {
             generated
                 .get_or_create(&labels)
                 .inc_by(engine.generated_tokens);
+            loaded.get_or_create(&labels).set(i64::from(engine.loaded));
+            memory
+                .get_or_create(&labels)
+                .set(i64::try_from(engine.memory_bytes).unwrap_or(i64::MAX));
+            loads.get_or_create(&labels).inc_by(engine.loads);
+            for (reason, count) in [
+                ("idle", engine.unloads_idle),
+                ("memory", engine.unloads_memory),
+                ("admin", engine.unloads_admin),
+            ] {
+                unloads
+                    .get_or_create(&UnloadLabels {
+                        deployment: snapshot.deployment.clone(),
+                        reason,
+                    })
+                    .inc_by(count);
+            }
         }
     }
     registry.register(
@@ -665,6 +705,26 @@ fn snapshot_registry(deployments: &[DeploymentSnapshot]) -> Registry {
         "switchyard_engine_generated_tokens",
         "Tokens the embedded engine generated (rate() gives tokens/s)",
         generated,
+    );
+    registry.register(
+        "switchyard_engine_model_loaded",
+        "Whether the local model is in memory (1) or not (0)",
+        loaded,
+    );
+    registry.register(
+        "switchyard_engine_memory_bytes",
+        "Bytes the local model holds under the engine's memory budget while loaded (estimated from its file and settings)",
+        memory,
+    );
+    registry.register(
+        "switchyard_engine_loads",
+        "Times the local model was loaded",
+        loads,
+    );
+    registry.register(
+        "switchyard_engine_unloads",
+        "Times the local model was unloaded, by reason: idle (keep_alive), memory (room for another model), admin",
+        unloads,
     );
     registry
 }
@@ -767,6 +827,11 @@ mod tests {
                     cached_prompt_tokens: 30,
                     constrained_requests: 2,
                     generated_tokens: 50,
+                    loaded: true,
+                    memory_bytes: 1000,
+                    loads: 2,
+                    unloads_memory: 1,
+                    ..EngineSnapshot::default()
                 }),
             }])
             .unwrap_or_default();
@@ -798,6 +863,22 @@ mod tests {
                 &local
             ),
             Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "switchyard_engine_memory_bytes", &local),
+            Some(1000.0)
+        );
+        assert_eq!(
+            sample(&text, "switchyard_engine_loads_total", &local),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "switchyard_engine_unloads_total",
+                &["deployment=\"local\"", "reason=\"memory\""]
+            ),
+            Some(1.0)
         );
         assert_eq!(text.matches("# EOF").count(), 1);
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::future::BoxFuture;
 use switchyard_config::{CacheConfig, Config, ModelConfig};
+use switchyard_engine::MemoryBudget;
 use switchyard_orchestration::{Deployment, Gateway, MemoryCache, RedisCache, ResponseCache};
 
 /// What a running configuration built, for the next reload to reuse.
@@ -17,6 +18,8 @@ use switchyard_orchestration::{Deployment, Gateway, MemoryCache, RedisCache, Res
 pub struct Reusable {
     models: BTreeMap<String, (ModelConfig, Arc<Deployment>)>,
     cache: Option<(CacheConfig, Arc<dyn ResponseCache>)>,
+    /// The memory every local chat model shares, old and new alike.
+    budget: MemoryBudget,
 }
 
 /// A gateway, and the loads it waits on before it can serve.
@@ -47,13 +50,16 @@ pub async fn assemble(
 ) -> anyhow::Result<Assembled> {
     let mut builder = Gateway::builder((&config.resilience).into());
     let breaker = builder.breaker_settings();
-    let mut reusable = Reusable::default();
+    let mut reusable = Reusable {
+        budget: previous.budget.clone(),
+        ..Reusable::default()
+    };
     let mut loading = Vec::new();
     for (name, model) in &config.models {
         let deployment = match previous.models.get(name) {
             Some((old, deployment)) if old == model => deployment.clone(),
             _ => {
-                let backends = crate::backends::build(name, model)
+                let backends = crate::backends::build(name, model, &reusable.budget)
                     .with_context(|| format!("{origin}: field `models.{name}`"))?;
                 loading.push((name.clone(), backends.ready));
                 Arc::new(Deployment::new(
@@ -88,6 +94,9 @@ pub async fn assemble(
     let gateway = builder
         .build()
         .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    // Applies to the models loaded from now on, those of this
+    // configuration included.
+    reusable.budget.set_max(config.engine.max_memory);
     Ok(Assembled {
         gateway,
         reusable,

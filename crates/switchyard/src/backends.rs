@@ -15,7 +15,7 @@ use switchyard_config::{
 };
 use switchyard_core::{ChatBackend, EmbeddingBackend, SamplingParams};
 use switchyard_embedder::{EmbedderConfig, LocalEmbedder};
-use switchyard_engine::{EngineConfig, LocalEngine};
+use switchyard_engine::{EngineConfig, KeepAlive, LocalEngine, MemoryBudget};
 use switchyard_models::{CatalogEntry, ModelKind, ModelStore};
 
 /// A model's backends, and how to wait until they can serve.
@@ -26,18 +26,21 @@ pub struct Built {
     pub ready: BoxFuture<'static, Result<(), String>>,
 }
 
-/// Builds the backends of model `name`.
-pub fn build(name: &str, model: &ModelConfig) -> anyhow::Result<Built> {
+/// Builds the backends of model `name`; local chat models share `budget`.
+pub fn build(name: &str, model: &ModelConfig, budget: &MemoryBudget) -> anyhow::Result<Built> {
     match model {
         ModelConfig::Local(local) => {
-            let engine = Arc::new(start_local(name, local)?);
-            let waiter = engine.clone();
+            let engine = Arc::new(local_engine(name, local, budget)?);
+            let ready: BoxFuture<'static, Result<(), String>> = if engine_preloads(name, local) {
+                let waiter = engine.clone();
+                Box::pin(async move { waiter.wait_ready().await.map_err(|e| e.to_string()) })
+            } else {
+                Box::pin(async { Ok(()) })
+            };
             Ok(Built {
                 chat: Some(engine),
                 embeddings: None,
-                ready: Box::pin(
-                    async move { waiter.wait_ready().await.map_err(|e| e.to_string()) },
-                ),
+                ready,
             })
         }
         ModelConfig::LocalEmbedding(local) => {
@@ -262,14 +265,27 @@ pub fn local_path(
     Ok((path, Some(entry)))
 }
 
-fn start_local(name: &str, local: &LocalModelConfig) -> anyhow::Result<LocalEngine> {
+/// Whether a local model loads at start: as configured, else only the
+/// catalogue's default model (the one a newcomer's first request asks for).
+fn engine_preloads(name: &str, local: &LocalModelConfig) -> bool {
+    local.preload.unwrap_or_else(|| {
+        local.catalog.as_deref().unwrap_or(name) == switchyard_config::DEFAULT_MODEL
+    })
+}
+
+fn local_engine(
+    name: &str,
+    local: &LocalModelConfig,
+    budget: &MemoryBudget,
+) -> anyhow::Result<LocalEngine> {
     let (path, entry) = local_path(name, &local.path, &local.catalog, ModelKind::Chat)?;
     let default_sampling = SamplingParams {
         temperature: local.temperature.or(entry.and_then(|e| e.temperature)),
         top_p: local.top_p.or(entry.and_then(|e| e.top_p)),
         ..SamplingParams::default()
     };
-    Ok(LocalEngine::start(EngineConfig {
+    let config = EngineConfig {
+        name: name.to_owned(),
         model_path: path,
         context_length: local.context_length,
         parallel: local.parallel,
@@ -283,7 +299,13 @@ fn start_local(name: &str, local: &LocalModelConfig) -> anyhow::Result<LocalEngi
         repetition_guard: local.repetition_guard,
         prompt_cache: local.prompt_cache,
         flash_attention: local.flash_attention,
-    })?)
+        keep_alive: match local.keep_alive {
+            switchyard_config::KeepAlive::Forever => KeepAlive::Forever,
+            switchyard_config::KeepAlive::After(idle) => KeepAlive::For(idle),
+        },
+        preload: engine_preloads(name, local),
+    };
+    Ok(LocalEngine::new(config, budget.clone())?)
 }
 
 /// Answer budget of a local model's requests without `max_tokens` when

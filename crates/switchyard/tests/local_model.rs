@@ -296,3 +296,213 @@ async fn local_model_calls_tools_in_openai_shape_and_refuses_images_with_400() {
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"]["param"], "messages[0].content");
 }
+
+/// Two names for the default GGUF, neither preloaded, under `[engine]`
+/// `max_memory`, with `extra` lines for the second.
+fn two_local_models(max_memory: &str, extra: &str) -> String {
+    let path = common::default_model_path();
+    let model = |name: &str, extra: &str| {
+        format!(
+            "[models.{name}]\nbackend = \"local\"\npath = \"{}\"\ncontext_length = 512\nparallel = 1\n{extra}\n",
+            path.display()
+        )
+    };
+    format!(
+        "[engine]\nmax_memory = \"{max_memory}\"\n[governance]\nmaster_key = \"{MASTER}\"\n{}{}",
+        model("small-a", ""),
+        model("small-b", extra)
+    )
+}
+
+const MASTER: &str = "sk-master-local-models";
+
+/// Resident and peak memory of a process, in bytes (`/proc/PID/status`).
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap()
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+async fn listed_status(server: &Server, model: &str) -> Value {
+    let listing: Value = client()
+        .get(format!("{}/models", server.v1()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listing["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == model)
+        .cloned()
+        .unwrap()
+}
+
+async fn ask(server: &Server, model: &str) -> Value {
+    let mut request = capital_request(false);
+    request["model"] = json!(model);
+    let response = server.post_chat(&request).await;
+    assert_eq!(response.status(), 200, "{model}");
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn two_local_models_under_a_budget_for_one_alternate_and_memory_stays_bounded() {
+    const BUDGET: u64 = 300 * 1000 * 1000;
+    let server = Server::start(&two_local_models("300 MB", ""));
+    // Neither preloads: both load on first use.
+    assert_eq!(
+        listed_status(&server, "small-a").await["status"],
+        "unloaded"
+    );
+    let ready: Value = client()
+        .get(format!("{}/readyz", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["local_models"]["small-b"], "unloaded");
+    let (baseline, _) = memory_of(server.pid());
+
+    for turn in 0..6 {
+        let model = if turn % 2 == 0 { "small-a" } else { "small-b" };
+        let answer = ask(&server, model).await;
+        let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(text.contains("Paris"), "turn {turn}: {text:?}");
+        let status = listed_status(&server, model).await;
+        assert_eq!(status["status"], "loaded");
+        let footprint = status["memory_bytes"].as_u64().unwrap();
+        // The test means something only if two models do not fit.
+        assert!(2 * footprint > BUDGET && footprint <= BUDGET, "{footprint}");
+        let other = if model == "small-a" {
+            "small-b"
+        } else {
+            "small-a"
+        };
+        assert_ne!(listed_status(&server, other).await["status"], "loaded");
+    }
+    // Peak resident memory: what the process had before any model, plus
+    // the budget, plus 64 MiB for llama.cpp's vocabulary read while a
+    // footprint is estimated and allocator slack.
+    let (_, peak) = memory_of(server.pid());
+    assert!(
+        peak <= baseline + BUDGET + 64 * 1024 * 1024,
+        "peak {peak} over baseline {baseline} + budget"
+    );
+    let text = scrape(&server, Some(MASTER)).await.text().await.unwrap();
+    let count = |name: &str, model: &str, extra: &[&str]| {
+        let label = format!("deployment=\"{model}\"");
+        let mut labels = vec![label.as_str()];
+        labels.extend_from_slice(extra);
+        metric_sample(&text, name, &labels).unwrap_or(0.0)
+    };
+    let loads = count("switchyard_engine_loads_total", "small-a", &[])
+        + count("switchyard_engine_loads_total", "small-b", &[]);
+    assert_eq!(loads, 6.0);
+    let memory = ["reason=\"memory\""];
+    let unloads = count("switchyard_engine_unloads_total", "small-a", &memory)
+        + count("switchyard_engine_unloads_total", "small-b", &memory);
+    assert_eq!(unloads, 5.0);
+    assert_eq!(count("switchyard_engine_model_loaded", "small-b", &[]), 1.0);
+    assert_eq!(count("switchyard_engine_model_loaded", "small-a", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn the_master_key_loads_and_unloads_local_models_and_keep_alive_unloads_idle_ones() {
+    let server = Server::start(&two_local_models("4 GiB", "keep_alive = 0"));
+    let http = client();
+    let admin = |path: &str| format!("{}/admin/models{path}", server.url);
+
+    let loaded: Value = http
+        .post(admin("/load"))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "small-a"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(loaded["status"], "loaded", "{loaded}");
+    assert!(loaded["memory_bytes"].as_u64().unwrap() > 90_000_000);
+    let listing: Value = http
+        .get(admin(""))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = listing["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["small-a", "small-b"]);
+
+    let unloaded: Value = http
+        .post(admin("/unload"))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "small-a"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unloaded["status"], "unloaded");
+    assert_eq!(unloaded["unloads"]["admin"], 1);
+
+    // keep_alive = 0: a model is unloaded as soon as its request ends, and
+    // the next request loads it again.
+    ask(&server, "small-b").await;
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status = listed_status(&server, "small-b").await;
+        if status["status"] == "unloaded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["status"], "unloaded", "{status}");
+    ask(&server, "small-b").await;
+
+    // Refusals: no key, a wrong model, a model that is not local.
+    let no_key = http
+        .post(admin("/load"))
+        .json(&json!({"model": "small-a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), 401);
+    let unknown = http
+        .post(admin("/load"))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let error: Value = unknown.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "model_not_found");
+}
