@@ -24,7 +24,8 @@ pub(crate) async fn moderations(
     let texts = body.texts()?;
     let flags = state
         .pipeline
-        .moderate(&who.snapshot, model.as_deref(), &texts);
+        .moderate(&who.snapshot, &who.caller, model.as_deref(), &texts)
+        .await;
     let results = flags
         .into_iter()
         .map(|flags| {

@@ -161,8 +161,15 @@ pub struct CheckConfig {
     #[serde(default = "default_topic_threshold")]
     pub threshold: f32,
     /// `judge`: the prompt (minijinja; `text` is the conversation's user
-    /// and tool text). Default: asks for one word, safe or unsafe.
+    /// and tool text on the input, the answer on the output). Default:
+    /// asks for one word, safe or unsafe.
     pub template: Option<String>,
+    /// `judge` on the output of a streamed answer: asked again each time
+    /// this many more characters have streamed, while the stream goes on
+    /// (one at a time), besides once on the whole answer before it ends;
+    /// 0 judges the whole answer only.
+    #[serde(default = "default_judge_every_chars")]
+    pub every_chars: usize,
     /// `judge`: a regular expression that, matching the judge's answer,
     /// means unsafe. Default: the word `unsafe`.
     pub unsafe_if: Option<String>,
@@ -177,6 +184,10 @@ pub struct CheckConfig {
 
 fn default_judge_timeout() -> u64 {
     2_000
+}
+
+fn default_judge_every_chars() -> usize {
+    500
 }
 
 fn default_topic_threshold() -> f32 {
@@ -227,11 +238,6 @@ impl CheckConfig {
             }
             CheckKind::Judge if self.model.is_none() => {
                 return Err("a judge check needs `model`".into());
-            }
-            CheckKind::Judge if self.on != CheckSide::Input => {
-                return Err(
-                    "a judge check reads the input (output judges are not there yet)".into(),
-                );
             }
             CheckKind::Judge if !matches!(self.action, CheckAction::Block | CheckAction::Flag) => {
                 return Err("a judge check blocks or flags".into());

@@ -281,6 +281,89 @@ pub fn replace<S: Span>(text: &str, spans: &[S], mut with: impl FnMut(&S) -> Str
     out
 }
 
+/// Whether a word may begin a secret whose value follows after
+/// whitespace (`password: hunter2`, `Bearer eyJ…`), or joins one (`=`).
+fn leads_a_secret(word: &str) -> bool {
+    let bare = word.trim_end_matches([':', '=']);
+    bare.is_empty()
+        || [
+            "bearer", "apikey", "api_key", "api-key", "secret", "password", "passwd", "token",
+        ]
+        .iter()
+        .any(|key| bare.eq_ignore_ascii_case(key))
+}
+
+/// Whether `c` may appear inside an email address, a key, a token or an
+/// IP address as the detectors read them (a secret's value after its
+/// keyword may hold anything but whitespace, `,` and `;`).
+fn in_word_datum(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._%+-@:~/=".contains(c)
+}
+
+/// How many bytes at the end of a streamed `text` may still become (part
+/// of) a datum of `classes` as more text arrives: the only part an output
+/// check must hold back. Emails, keys, tokens and addresses contain no
+/// whitespace and few punctuation marks, so the trailing run of the
+/// characters they are made of is enough (nothing once a word ends in `!`,
+/// `?` or a space), with a secret's keyword before its value; cards,
+/// phones and IBANs are digit groups split by spaces or dashes, so the
+/// trailing run of such groups is held while it has a digit in it.
+/// Ordinary prose thus waits for one word at most.
+pub fn forming_tail(text: &str, classes: &[DataClass]) -> usize {
+    let has = |wanted: &[DataClass]| classes.iter().any(|c| wanted.contains(c));
+    let mut start = text.len();
+    if has(&[
+        DataClass::Token,
+        DataClass::ApiKey,
+        DataClass::Email,
+        DataClass::IpAddress,
+    ]) {
+        start = text
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| in_word_datum(*c))
+            .last()
+            .map_or(text.len(), |(at, _)| at);
+    }
+    if has(&[DataClass::Secret, DataClass::Token]) {
+        // A value after `password:` or `Bearer` may hold any non-space
+        // character: the last word, and the words before it that lead it.
+        let word = text
+            .rfind(char::is_whitespace)
+            .map_or(0, |space| space + text[space..].chars().next().map_or(1, char::len_utf8));
+        let mut lead = word;
+        let mut words = text[..word].split_whitespace().rev().peekable();
+        while let Some(previous) = words.next_if(|w| leads_a_secret(w)) {
+            if let Some(at) = text[..lead].rfind(previous) {
+                lead = at;
+            }
+        }
+        let led = lead < word || text[word..].contains([':', '=']);
+        if led {
+            start = start.min(lead);
+        }
+    }
+    if has(&[DataClass::Card, DataClass::Phone, DataClass::Iban]) {
+        let run = text
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| {
+                c.is_ascii_digit() || c.is_ascii_uppercase() || " -+().".contains(*c)
+            })
+            .last()
+            .map_or(text.len(), |(at, _)| at);
+        // A datum begins with a digit, `+`, `(` or a letter, never with a
+        // separator.
+        let run = text[run..]
+            .find(|c: char| !" -.)".contains(c))
+            .map_or(text.len(), |offset| run + offset);
+        if text[run..].chars().any(|c| c.is_ascii_digit()) {
+            start = start.min(run);
+        }
+    }
+    text.len() - start
+}
+
 /// How many detectors compiled (all of them, unless a pattern is broken).
 pub fn detector_count() -> usize {
     DETECTORS.len()
@@ -289,6 +372,27 @@ pub fn detector_count() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_may_still_become_a_datum_is_held() {
+        let all = DataClass::ALL;
+        // Prose: the word being written, nothing once it ends.
+        assert_eq!(forming_tail("The capital of France is Par", &all), 3);
+        assert_eq!(forming_tail("The capital of France is Paris. ", &all), 0);
+        assert_eq!(forming_tail("Hello!", &all), 0);
+        // An address or a key still arriving is held whole.
+        assert_eq!(forming_tail("write to jane.doe@exa", &all), 12);
+        assert_eq!(forming_tail("the key is sk-abc", &all), 6);
+        // A secret's keyword and separator come with its value.
+        assert_eq!(forming_tail("use password = hunter", &all), 17);
+        assert_eq!(forming_tail("send it with Bearer ", &all), 7);
+        // Digit groups across spaces, while they have a digit.
+        assert_eq!(forming_tail("card 4111 1111 ", &all), 10);
+        assert_eq!(forming_tail("call +1 (555) 123", &all), 12);
+        assert_eq!(forming_tail("I said OK ", &[DataClass::Phone]), 0);
+        // Classes not asked for hold nothing of their shape.
+        assert_eq!(forming_tail("write to jane.doe@exa", &[DataClass::Card]), 0);
+    }
 
     #[test]
     fn every_detector_compiles() {

@@ -122,6 +122,8 @@ impl Applied {
         for policy in &self.policies {
             for check in policy.checks.iter().filter(|c| c.input) {
                 let hits = match check.test {
+                    // Asked by `moderate_with_models`.
+                    Test::Judge(_) | Test::Topic(_) => continue,
                     Test::PromptSize(_) => check
                         .test
                         .oversize(estimated_tokens(text))
@@ -260,15 +262,17 @@ pub struct Flag {
 }
 
 /// The moderation categories the checks report under.
-pub const CATEGORIES: [&str; 5] = [
+pub const CATEGORIES: [&str; 7] = [
     "personal_data",
     "secrets",
     "prompt_injection",
     "denied_content",
     "prompt_size",
+    "judged_unsafe",
+    "denied_topic",
 ];
 
-fn category(test: &Test, class: Option<DataClass>) -> &'static str {
+pub(crate) fn category(test: &Test, class: Option<DataClass>) -> &'static str {
     match (test, class) {
         (Test::Data(_), Some(DataClass::Token | DataClass::ApiKey | DataClass::Secret)) => {
             "secrets"

@@ -19,11 +19,12 @@ pub mod injection;
 mod input;
 mod judge;
 mod output;
+mod partial;
 mod policy;
 mod topic;
 
 pub use input::{Blocked, CATEGORIES, Flag, InputOutcome, Restorer};
-pub use judge::DEFAULT_JUDGE_TEMPLATE;
+pub use judge::{DEFAULT_JUDGE_TEMPLATE, DEFAULT_OUTPUT_JUDGE_TEMPLATE, OutputJudges};
 pub use output::{OutputGuard, Passed};
 pub use policy::{Action, Applied, Check, Guardrails, Policy, PolicyError};
 

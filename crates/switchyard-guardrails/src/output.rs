@@ -4,6 +4,7 @@
 //! where the match begins. Pseudonymised values are restored as the text
 //! leaves the window (a placeholder split across chunks included).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use switchyard_core::Decision;
@@ -37,6 +38,9 @@ pub struct OutputGuard {
     /// in the whole answer.
     passed: usize,
     decisions: Vec<Decision>,
+    /// Streamed tool-call arguments held per call, while they end in what
+    /// may be the start of a placeholder.
+    held_arguments: BTreeMap<u32, String>,
 }
 
 impl std::fmt::Debug for OutputGuard {
@@ -76,6 +80,7 @@ impl Applied {
             pending: String::new(),
             passed: 0,
             decisions: Vec::new(),
+            held_arguments: BTreeMap::new(),
         })
     }
 }
@@ -90,6 +95,11 @@ impl OutputGuard {
     /// The answer ended: checks and releases what is still held.
     pub fn finish(&mut self) -> Passed {
         self.advance(true)
+    }
+
+    /// The judges that read this answer, if any.
+    pub fn judges(&self) -> Option<crate::OutputJudges> {
+        crate::OutputJudges::among(&self.checks)
     }
 
     /// The decisions taken so far (drained).
@@ -198,22 +208,38 @@ impl OutputGuard {
         Passed::Text(self.release(cut))
     }
 
-    /// The tail that may be a placeholder still arriving (from an unclosed
-    /// `<` no further back than the longest placeholder), held so that it
+    /// A streamed piece of tool call `index`'s arguments, with the
+    /// placeholders the model wrote restored; a placeholder split across
+    /// pieces is held until it is whole. Arguments are JSON for the
+    /// client's own code, so they are restored, never checked or cut.
+    pub fn push_tool_arguments(&mut self, index: u32, piece: &str) -> String {
+        if self.restorer.is_empty() {
+            return piece.to_owned();
+        }
+        let held = self.held_arguments.entry(index).or_default();
+        held.push_str(piece);
+        let keep = placeholder_tail(held, self.restorer.longest());
+        let out: String = held.drain(..held.len() - keep).collect();
+        self.restorer.restore(&out)
+    }
+
+    /// What is still held of each call's arguments, at the end of the
+    /// answer (a `<` that began no placeholder, say), restored.
+    pub fn finish_tool_arguments(&mut self) -> Vec<(u32, String)> {
+        std::mem::take(&mut self.held_arguments)
+            .into_iter()
+            .filter(|(_, held)| !held.is_empty())
+            .map(|(index, held)| (index, self.restorer.restore(&held)))
+            .collect()
+    }
+
+    /// The tail that may be a placeholder still arriving, held so that it
     /// is restored whole.
     fn placeholder_hold(&self) -> usize {
         if self.restorer.is_empty() {
             return 0;
         }
-        match self.pending.rfind('<') {
-            Some(open)
-                if !self.pending[open..].contains('>')
-                    && self.pending.len() - open < self.window =>
-            {
-                self.pending.len() - open
-            }
-            _ => 0,
-        }
+        placeholder_tail(&self.pending, self.window)
     }
 
     /// Passes on the held text up to `cut`, restoring placeholders.
@@ -225,5 +251,16 @@ impl OutputGuard {
         } else {
             self.restorer.restore(&out)
         }
+    }
+}
+
+/// The length of `text`'s tail from an unclosed `<` no further back than
+/// `longest` bytes: a placeholder that may still be arriving.
+fn placeholder_tail(text: &str, longest: usize) -> usize {
+    match text.rfind('<') {
+        Some(open) if !text[open..].contains('>') && text.len() - open < longest => {
+            text.len() - open
+        }
+        _ => 0,
     }
 }

@@ -9,6 +9,7 @@ use switchyard_config::{CheckAction, CheckKind, CheckSide, GuardrailsConfig};
 
 use crate::detect::{self, DataClass};
 use crate::injection;
+use crate::partial::Prefixes;
 
 /// What a check does when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +59,8 @@ pub(crate) enum Test {
         words: Vec<Regex>,
         /// The words themselves, lower-case, for the stream hold-back.
         word_texts: Vec<String>,
-        patterns: Vec<Regex>,
+        /// Each pattern, with its automaton for the stream hold-back.
+        patterns: Vec<(Regex, Option<Prefixes>)>,
     },
     Injection,
     PromptSize(u32),
@@ -116,7 +118,7 @@ impl Test {
                 let labelled = words
                     .iter()
                     .map(|re| ("word", re))
-                    .chain(patterns.iter().map(|re| ("pattern", re)));
+                    .chain(patterns.iter().map(|(re, _)| ("pattern", re)));
                 labelled
                     .flat_map(|(found, re)| {
                         re.find_iter(text).map(move |m| Hit {
@@ -155,20 +157,23 @@ impl Test {
 impl Test {
     /// How many bytes at the end of a streamed `text` must be held back
     /// because a match may still be forming there. A list of words needs
-    /// only the longest tail that begins one of them (usually nothing, so
-    /// the answer flows without delay); patterns and detectors, whose
-    /// partial matches cannot be told, need the whole `window`.
+    /// only the longest tail that begins one of them, a pattern the tail
+    /// from which its automaton is still alive, data detectors the tail
+    /// that may still become a datum (usually the word being written):
+    /// ordinary prose flows with little or no delay. Only a pattern the
+    /// lazy DFA cannot handle, and the injection heuristics, hold the whole
+    /// `window`.
     pub(crate) fn hold_back(&self, text: &str, window: usize) -> usize {
         match self {
             Test::Deny {
                 word_texts,
                 patterns,
                 ..
-            } if patterns.is_empty() => {
+            } => {
                 let lower = text.to_lowercase();
                 // Lower-casing may change byte lengths; measured on the
                 // lower-case text and then capped at the original's length.
-                let held = word_texts
+                let words = word_texts
                     .iter()
                     .filter_map(|word| {
                         (1..word.len())
@@ -177,10 +182,22 @@ impl Test {
                             .find(|&k| lower.ends_with(&word[..k]))
                     })
                     .max()
+                    .unwrap_or(0)
+                    .min(text.len());
+                let patterns = patterns
+                    .iter()
+                    .map(|(_, prefixes)| match prefixes {
+                        Some(prefixes) => prefixes.forming_tail(text, window),
+                        None => window.min(text.len()),
+                    })
+                    .max()
                     .unwrap_or(0);
-                held.min(text.len())
+                words.max(patterns)
             }
-            _ => window.min(text.len()),
+            // Judges read the answer beside the stream, never holding it.
+            Test::Judge(_) | Test::Topic(_) | Test::PromptSize(_) => 0,
+            Test::Data(classes) => detect::forming_tail(text, classes).min(window),
+            Test::Injection => window.min(text.len()),
         }
     }
 }
@@ -299,7 +316,7 @@ impl Guardrails {
                         let patterns = check
                             .patterns
                             .iter()
-                            .map(|p| compile(p, "patterns"))
+                            .map(|p| Ok((compile(p, "patterns")?, Prefixes::new(p))))
                             .collect::<Result<_, _>>()?;
                         Test::Deny {
                             words,
@@ -316,6 +333,7 @@ impl Guardrails {
                             check.unsafe_if.as_deref(),
                             std::time::Duration::from_millis(check.timeout_ms),
                             check.fail_open,
+                            check.every_chars,
                         )
                         .map_err(|(what, message)| PolicyError {
                             field: format!("{field}.{what}"),

@@ -26,6 +26,7 @@ fn check(kind: CheckKind, on: CheckSide, action: CheckAction) -> CheckConfig {
         threshold: 0.6,
         timeout_ms: 2_000,
         fail_open: false,
+        every_chars: 500,
     }
 }
 
@@ -87,6 +88,38 @@ fn pseudonyms_go_up_and_real_values_come_back_even_split_across_chunks() {
     let (text, blocked) = streamed(&mut guard, &["Sent to <EM", "AIL_1> with <CA", "RD_1>."]);
     assert!(!blocked);
     assert_eq!(text, "Sent to jane@example.com with 4111 1111 1111 1111.");
+}
+
+#[test]
+fn placeholders_split_across_streamed_tool_call_arguments_are_restored_whole() {
+    let mut data = check(CheckKind::Data, CheckSide::Input, CheckAction::Pseudonymize);
+    data.classes = vec!["email".into()];
+    let applied = guardrails(vec![data], 8).for_model("m");
+    let mut req = request("write to jane@example.com and bob@example.org");
+    let outcome = applied.check_input(&mut req).unwrap();
+    let mut guard = applied.output_guard(outcome.restorer).unwrap();
+    let mut first = String::new();
+    for piece in [
+        "{\"to\": \"<EMA",
+        "IL_1>\", \"cc\": \"<",
+        "EMAIL_2>\"",
+        ", \"note\": \"a <b",
+    ] {
+        let out = guard.push_tool_arguments(0, piece);
+        // Nothing of a placeholder ever goes out half.
+        assert!(!out.contains("<EMA") && !out.ends_with('<'), "{out:?}");
+        first.push_str(&out);
+    }
+    // A second call's pieces are held apart from the first's.
+    let second = guard.push_tool_arguments(1, "{\"to\": \"<EMAIL_2>\"}");
+    let rest = guard.finish_tool_arguments();
+    assert_eq!(rest, vec![(0, "<b".to_owned())]);
+    first.push_str(&rest[0].1);
+    assert_eq!(
+        first,
+        "{\"to\": \"jane@example.com\", \"cc\": \"bob@example.org\", \"note\": \"a <b"
+    );
+    assert_eq!(second, "{\"to\": \"bob@example.org\"}");
 }
 
 #[test]

@@ -63,6 +63,13 @@ impl Pipeline {
             }
         };
         if let Some(guard) = &mut admitted.guard {
+            guard::judge_whole(
+                guard,
+                &admitted.snapshot.gateway,
+                &mut routed.value,
+                &admitted.call.context,
+            )
+            .await;
             guard::whole(guard, &mut routed.value, &admitted.call.context);
         }
         trace::annotate_strings(
@@ -118,6 +125,7 @@ impl Pipeline {
             Some(output) => guard::streamed(
                 value,
                 output,
+                admitted.snapshot.gateway.clone(),
                 admitted.call.context.clone(),
                 u32::try_from(admit::estimate_chat(&admitted.request)).unwrap_or(u32::MAX),
             ),

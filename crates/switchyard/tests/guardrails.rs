@@ -121,8 +121,27 @@ async fn personal_data_never_reaches_the_standin_and_comes_back_restored() {
     let chunks = stream_chunks(&response.text().await.unwrap());
     assert_eq!(streamed_text(&chunks), format!("echo: {PROMPT}"));
 
+    // A streamed tool call whose arguments echo the placeholders, in three
+    // fragments that cut them: the client's arguments carry the values.
+    let mut with_tools = ask("remote", PROMPT, true);
+    with_tools["tools"] = json!([{"type": "function", "function": {
+        "name": "lookup", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]);
+    let response = post(&server, &with_tools, "pii-tool-stream").await;
+    let chunks = stream_chunks(&response.text().await.unwrap());
+    let fragments: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert!(fragments.len() >= 2, "{chunks:?}");
+    assert!(
+        fragments.iter().all(|f| !f.contains('<')),
+        "a placeholder leaked in part: {fragments:?}"
+    );
+    let arguments: Value = serde_json::from_str(&fragments.concat()).unwrap();
+    assert_eq!(arguments["query"], PROMPT);
+
     let sent = upstream.requests();
-    assert_eq!(sent.len(), 2);
+    assert_eq!(sent.len(), 3);
     for request in &sent {
         let body = request.body.to_string();
         assert!(!body.contains("jane.doe"), "{body}");
@@ -205,6 +224,37 @@ async fn a_blocked_phrase_split_across_chunks_ends_the_stream_with_content_filte
     assert_eq!(whole["choices"][0]["finish_reason"], "content_filter");
     assert_eq!(whole["choices"][0]["message"]["content"], "Sure. The ");
 
+    // Anthropic's door ends a blocked stream well-formed: the text before
+    // the phrase, stop_reason refusal, message_stop.
+    let response = client()
+        .post(format!("{}/v1/messages", server.url))
+        .header("x-request-id", "blocked-anthropic")
+        .json(
+            &json!({"model": "talkative", "max_tokens": 64, "stream": true,
+                      "messages": [{"role": "user", "content": "tell me"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("launch"), "{body}");
+    let events: Vec<Value> = common::sse_data(&body)
+        .iter()
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["delta"]["text"].as_str())
+        .collect();
+    assert_eq!(text, "Sure. The ");
+    let stop = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
+    assert_eq!(stop["delta"]["stop_reason"], "refusal", "{body}");
+    assert_eq!(events.last().unwrap()["type"], "message_stop");
+
     let metrics = scrape(&server, Some(MASTER)).await.text().await.unwrap();
     assert_eq!(
         metric_sample(
@@ -216,7 +266,7 @@ async fn a_blocked_phrase_split_across_chunks_ends_the_stream_with_content_filte
                 "action=\"block\""
             ]
         ),
-        Some(2.0),
+        Some(3.0),
         "{metrics}"
     );
 }
@@ -418,6 +468,26 @@ async fn a_judge_model_refuses_what_it_finds_unsafe_and_a_slow_one_fails_open() 
             .contains("timed out after 200 ms"),
         "{step}"
     );
+
+    // Moderation asks the same judges: the strict one flags, the slow one
+    // (failing open) does not.
+    let moderation = |model: &str| {
+        client()
+            .post(format!("{}/moderations", server.v1()))
+            .json(&json!({"model": model, "input": "a question"}))
+            .send()
+    };
+    let judged: Value = moderation("answerer").await.unwrap().json().await.unwrap();
+    let result = &judged["results"][0];
+    assert_eq!(result["flagged"], true, "{judged}");
+    assert_eq!(result["categories"]["judged_unsafe"], true);
+    assert_eq!(
+        result["switchyard_flags"][0]["found"],
+        "judge strict-judge: unsafe"
+    );
+    let lenient: Value = moderation("lenient").await.unwrap().json().await.unwrap();
+    assert_eq!(lenient["results"][0]["flagged"], false, "{lenient}");
+    assert_eq!(lenient["results"][0]["categories"]["judged_unsafe"], false);
 }
 
 /// An admin API call with `key`: (status, body).
@@ -635,4 +705,107 @@ async fn a_topic_check_refuses_questions_close_in_meaning_to_its_examples_with_t
         assert_eq!(answered.status(), 200, "{question}");
     }
     assert_eq!(upstream.requests().len(), 2);
+
+    // Moderation compares the same way, one text at a time.
+    let moderated: Value = client()
+        .post(format!("{}/moderations", server.v1()))
+        .json(&json!({"model": "answerer", "input": [
+            "Which painkiller works best against a migraine?",
+            "What is the capital of France?"
+        ]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let results = moderated["results"].as_array().unwrap();
+    assert_eq!(
+        results[0]["categories"]["denied_topic"], true,
+        "{moderated}"
+    );
+    assert_eq!(results[1]["flagged"], false, "{moderated}");
+    assert_eq!(upstream.requests().len(), 2, "moderation generates nothing");
+}
+
+#[tokio::test]
+async fn an_output_judge_reads_the_answer_beside_the_stream_and_stops_it_when_unsafe() {
+    const STORY: &str = "Once upon a time there was a lighthouse keeper who counted the waves every night until the morning came.";
+    let upstream = recording_standin().await;
+    let config = [
+        standin_model(
+            "storyteller",
+            &upstream,
+            &format!("headers = {{ \"x-standin-reply\" = \"{STORY}\", \"x-standin-token-delay-ms\" = \"40\" }}"),
+        ),
+        standin_model("plain", &upstream, ""),
+        standin_model(
+            "strict-judge",
+            &upstream,
+            "headers = { \"x-standin-reply\" = \"unsafe\" }",
+        ),
+        format!("[governance]\nmaster_key = \"{MASTER}\"\nledger_flush_ms = 50\n"),
+        "[guardrails.attach]\nstoryteller = [\"judged-output\"]\nplain = [\"judged-whole\"]\n\
+         [guardrails.policies.judged-output]\nchecks = [{ kind = \"judge\", on = \"output\", model = \"strict-judge\", every_chars = 10, action = \"block\" }]\n\
+         [guardrails.policies.judged-whole]\nchecks = [{ kind = \"judge\", on = \"output\", model = \"strict-judge\", action = \"block\" }]\n"
+            .to_owned(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+
+    // The stream flows while the judge reads its first characters; the
+    // unsafe verdict ends it there, and the upstream is let go.
+    let response = post(
+        &server,
+        &ask("storyteller", "tell a story", true),
+        "judged-stream",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let chunks = stream_chunks(&response.text().await.unwrap());
+    let text = streamed_text(&chunks);
+    assert!(
+        !text.is_empty() && STORY.starts_with(&text) && text.len() < STORY.len(),
+        "{text:?}"
+    );
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "content_filter")
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.abandoned_streams() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.abandoned_streams(), 1);
+    // The judge got the answer so far in the output template, not the
+    // user's question.
+    let judge_request = upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.body["model"] == "strict-judge")
+        .unwrap();
+    let prompt = judge_request.body["messages"][0]["content"]
+        .as_str()
+        .unwrap();
+    assert!(
+        prompt.contains("Assistant's answer:\nOnce upon"),
+        "{prompt}"
+    );
+    let step = first_step(&audit(&server, "judged-stream").await, "guardrail");
+    assert_eq!(step["side"], "output");
+    assert_eq!(step["action"], "block");
+    assert_eq!(step["found"], "judge strict-judge: unsafe");
+
+    // A whole answer is judged before the client sees any of it.
+    let whole: Value = post(&server, &ask("plain", "hello", false), "judged-whole")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        whole["choices"][0]["finish_reason"], "content_filter",
+        "{whole}"
+    );
+    assert_eq!(whole["choices"][0]["message"]["content"], "");
 }

@@ -4,13 +4,17 @@
 //! pseudonymised values). Every check that fires is noted in the
 //! request's decision trail and counted.
 
+use std::sync::Arc;
+
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use switchyard_core::{
-    ChatRequest, ChatResponse, ChatStream, Decision, FinishReason, StreamEvent, Usage,
+    BackendError, ChatRequest, ChatResponse, ChatStream, Decision, FinishReason, StreamEvent,
+    ToolCallDelta, Usage,
 };
 use switchyard_governance::Caller;
-use switchyard_guardrails::{OutputGuard, Passed};
-use switchyard_orchestration::RequestContext;
+use switchyard_guardrails::{Blocked, OutputGuard, OutputJudges, Passed};
+use switchyard_orchestration::{Gateway, RequestContext};
 use switchyard_telemetry::metrics;
 
 use tracing::Instrument;
@@ -108,24 +112,106 @@ pub fn whole(guard: &mut OutputGuard, answer: &mut ChatResponse, context: &Reque
     note(context, guard.take_decisions());
 }
 
+/// A whole answer before the client sees it: the output judges read it
+/// (as the model wrote it), and one that blocks empties it
+/// (`finish_reason: content_filter`).
+pub async fn judge_whole(
+    guard: &OutputGuard,
+    gateway: &Gateway,
+    answer: &mut ChatResponse,
+    context: &RequestContext,
+) {
+    let Some(judges) = guard.judges() else {
+        return;
+    };
+    let models = RequestModels { gateway, context };
+    let judged = judges
+        .judge(&answer.content, &models)
+        .instrument(tracing::debug_span!(
+            "guardrails.judge",
+            otel.name = "guardrails output judge"
+        ))
+        .await;
+    match judged {
+        Ok(decisions) => note(context, decisions),
+        Err(mut blocked) => {
+            note(context, std::mem::take(&mut blocked.decisions));
+            answer.content.clear();
+            answer.tool_calls.clear();
+            answer.finish_reason = FinishReason::ContentFilter;
+        }
+    }
+}
+
+/// What the streamed guard waits on next.
+enum Next {
+    Event(Option<Result<StreamEvent, BackendError>>),
+    Verdict(Result<Vec<Decision>, Blocked>),
+}
+
 /// A streamed answer through the output checks. Text is held back by the
-/// guard's window and released as it passes; a block sends what came
-/// before the match, then `content_filter`, and drops the upstream stream
-/// (which cancels the generation). A blocked stream's usage is estimated
-/// from the text produced (four characters a token), as the upstream's own
-/// count never arrives.
+/// guard's window and released as it passes; tool-call arguments have
+/// their placeholders restored (a placeholder split across pieces is held
+/// until whole); a block sends what came before the match, then
+/// `content_filter`, and drops the upstream stream (which cancels the
+/// generation). Output judges read the answer beside the stream: every
+/// `every_chars` characters (one judgement at a time) and once whole,
+/// before the finish goes out; an unsafe verdict ends the stream with
+/// `content_filter` at once (what was sent before it cannot be taken
+/// back). A blocked stream's usage is estimated from the text produced
+/// (four characters a token), as the upstream's own count never arrives.
 pub fn streamed(
     mut events: ChatStream,
     mut guard: OutputGuard,
+    gateway: Arc<Gateway>,
     context: RequestContext,
     prompt_tokens: u32,
 ) -> ChatStream {
     Box::pin(async_stream::stream! {
-        let mut produced_chars = 0usize;
-        while let Some(event) = events.next().await {
+        let judges = guard.judges();
+        let every = judges.as_ref().map_or(0, OutputJudges::every_chars);
+        let models = RequestModels { gateway: &gateway, context: &context };
+        // The model's text as it came, for the judges and the estimate.
+        let mut produced = String::new();
+        let mut judged_up_to = 0usize;
+        let mut judging: Option<BoxFuture<'_, Result<Vec<Decision>, Blocked>>> = None;
+        // Set when a check or a judge ends the answer early.
+        let mut cut = false;
+        loop {
+            let next = match judging.as_mut() {
+                Some(verdict) => tokio::select! {
+                    biased;
+                    verdict = verdict => Next::Verdict(verdict),
+                    event = events.next() => Next::Event(event),
+                },
+                None => Next::Event(events.next().await),
+            };
+            let event = match next {
+                Next::Verdict(Ok(decisions)) => {
+                    judging = None;
+                    note(&context, decisions);
+                    continue;
+                }
+                Next::Verdict(Err(mut blocked)) => {
+                    note(&context, std::mem::take(&mut blocked.decisions));
+                    cut = true;
+                    break;
+                }
+                Next::Event(None) => break,
+                Next::Event(Some(event)) => event,
+            };
             match event {
                 Ok(StreamEvent::Delta(text)) => {
-                    produced_chars += text.chars().count();
+                    produced.push_str(&text);
+                    if let Some(judges) = &judges
+                        && judging.is_none()
+                        && every > 0
+                        && produced.len() - judged_up_to >= every
+                    {
+                        judged_up_to = produced.len();
+                        let (judges, so_far, models) = (judges.clone(), produced.clone(), &models);
+                        judging = Some(Box::pin(async move { judges.judge(&so_far, models).await }));
+                    }
                     match guard.push(&text) {
                         Passed::Text(out) => {
                             if !out.is_empty() {
@@ -137,38 +223,67 @@ pub fn streamed(
                             if !text.is_empty() {
                                 yield Ok(StreamEvent::Delta(text));
                             }
-                            drop(events);
-                            yield Ok(StreamEvent::Finish(FinishReason::ContentFilter));
-                            let completion = produced_chars.div_ceil(4);
-                            yield Ok(StreamEvent::Usage(Usage {
-                                prompt_tokens,
-                                completion_tokens: u32::try_from(completion).unwrap_or(u32::MAX),
-                                ..Usage::default()
-                            }));
-                            return;
+                            cut = true;
+                            break;
                         }
+                    }
+                }
+                Ok(StreamEvent::ToolCall(mut delta)) => {
+                    delta.arguments = guard.push_tool_arguments(delta.index, &delta.arguments);
+                    if delta.id.is_some() || delta.name.is_some() || !delta.arguments.is_empty() {
+                        yield Ok(StreamEvent::ToolCall(delta));
                     }
                 }
                 Ok(StreamEvent::Finish(reason)) => {
-                    match guard.finish() {
-                        Passed::Text(out) => {
-                            if !out.is_empty() {
-                                yield Ok(StreamEvent::Delta(out));
-                            }
-                            note(&context, guard.take_decisions());
-                            yield Ok(StreamEvent::Finish(reason));
-                        }
-                        Passed::Blocked { text, .. } => {
-                            note(&context, guard.take_decisions());
-                            if !text.is_empty() {
-                                yield Ok(StreamEvent::Delta(text));
-                            }
-                            yield Ok(StreamEvent::Finish(FinishReason::ContentFilter));
-                        }
+                    for (index, arguments) in guard.finish_tool_arguments() {
+                        yield Ok(StreamEvent::ToolCall(ToolCallDelta {
+                            index,
+                            id: None,
+                            name: None,
+                            arguments,
+                        }));
                     }
+                    let released = guard.finish();
+                    note(&context, guard.take_decisions());
+                    // The whole answer is judged before its end goes out; a
+                    // judgement of part of it still running is dropped.
+                    judging = None;
+                    let judged_unsafe = match &judges {
+                        Some(judges) => match judges.judge(&produced, &models).await {
+                            Ok(decisions) => {
+                                note(&context, decisions);
+                                false
+                            }
+                            Err(mut blocked) => {
+                                note(&context, std::mem::take(&mut blocked.decisions));
+                                true
+                            }
+                        },
+                        None => false,
+                    };
+                    let (tail, reason) = match released {
+                        Passed::Text(tail) if judged_unsafe => (tail, FinishReason::ContentFilter),
+                        Passed::Text(tail) => (tail, reason),
+                        Passed::Blocked { text, .. } => (text, FinishReason::ContentFilter),
+                    };
+                    if !tail.is_empty() && !judged_unsafe {
+                        yield Ok(StreamEvent::Delta(tail));
+                    }
+                    yield Ok(StreamEvent::Finish(reason));
                 }
                 other => yield other,
             }
+        }
+        if cut {
+            drop(judging);
+            drop(events);
+            yield Ok(StreamEvent::Finish(FinishReason::ContentFilter));
+            let completion = produced.chars().count().div_ceil(4);
+            yield Ok(StreamEvent::Usage(Usage {
+                prompt_tokens,
+                completion_tokens: u32::try_from(completion).unwrap_or(u32::MAX),
+                ..Usage::default()
+            }));
         }
     })
 }
