@@ -81,7 +81,7 @@ pub(crate) async fn chat_completions(
 }
 
 /// The `retrieval` extension as the pipeline takes it.
-fn grounding_ask(options: RetrievalOptions) -> GroundingAsk {
+pub(crate) fn grounding_ask(options: RetrievalOptions) -> GroundingAsk {
     GroundingAsk {
         collection: options.collection,
         top_k: options.top_k,

@@ -23,6 +23,7 @@ pub mod extract;
 mod metrics;
 mod models;
 mod moderations;
+mod responses;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -94,6 +95,15 @@ pub fn router(pipeline: Arc<Pipeline>, config: &ApiConfig) -> Router {
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/moderations", post(moderations::moderations))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route(
             "/v1/collections",
             post(collections::create).get(collections::list),

@@ -155,6 +155,19 @@ pub enum Decision {
         /// Where it ends (bytes, exclusive).
         end: usize,
     },
+    /// The Responses API response this request produced, and the stored
+    /// response it continued.
+    Response {
+        /// `resp_…`.
+        id: String,
+        /// The response whose conversation it continues.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        previous_response_id: Option<String>,
+        /// Items of history loaded from the store.
+        history_items: usize,
+        /// Whether the response is kept.
+        stored: bool,
+    },
     /// What the request used and cost.
     Usage {
         /// Prompt tokens.

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod chat;
+pub mod conversation;
 pub mod decision;
 pub mod embed;
 pub mod error;
@@ -20,6 +21,7 @@ pub use chat::{
     JsonSchemaFormat, ResponseFormat, Role, SamplingParams, StreamEvent, ToolCall, ToolCallDelta,
     ToolChoice, ToolDefinition, Usage,
 };
+pub use conversation::{Item, items_to_messages};
 pub use decision::{Decision, WindowCheck};
 pub use embed::{EmbeddingBackend, EmbeddingRequest, EmbeddingResponse};
 pub use error::{BackendError, ErrorKind};

@@ -328,9 +328,9 @@ pub fn forming_tail(text: &str, classes: &[DataClass]) -> usize {
     if has(&[DataClass::Secret, DataClass::Token]) {
         // A value after `password:` or `Bearer` may hold any non-space
         // character: the last word, and the words before it that lead it.
-        let word = text
-            .rfind(char::is_whitespace)
-            .map_or(0, |space| space + text[space..].chars().next().map_or(1, char::len_utf8));
+        let word = text.rfind(char::is_whitespace).map_or(0, |space| {
+            space + text[space..].chars().next().map_or(1, char::len_utf8)
+        });
         let mut lead = word;
         let mut words = text[..word].split_whitespace().rev().peekable();
         while let Some(previous) = words.next_if(|w| leads_a_secret(w)) {

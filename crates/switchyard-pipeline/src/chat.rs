@@ -11,7 +11,8 @@ use switchyard_telemetry::trace;
 use crate::stages::authenticate::CallKind;
 use switchyard_guardrails::OutputGuard;
 
-use crate::stages::{admit, authenticate, finish, ground, guard, meter};
+use crate::stages::history::{self, Turn};
+use crate::stages::{DEFAULT_TENANT, admit, authenticate, finish, ground, guard, meter};
 use crate::{Answer, Call, Grounded, GroundingAsk, Pipeline, PipelineError, Snapshot};
 
 /// A chat call past admission: what the answer stages need.
@@ -26,6 +27,8 @@ struct Admitted {
     keep_answer: bool,
     /// The output checks the answer goes through, if any apply.
     guard: Option<OutputGuard>,
+    /// The tenant whose objects the call works with.
+    tenant: String,
 }
 
 impl Admitted {
@@ -45,7 +48,23 @@ impl Pipeline {
         request: ChatRequest,
         grounding: Option<GroundingAsk>,
     ) -> Result<Answer<ChatResponse>, PipelineError> {
-        let mut admitted = self.admit_chat(call, request, grounding, false).await?;
+        self.chat_turn(call, request, grounding, None)
+            .await
+            .map(|(answer, _)| answer)
+    }
+
+    /// A whole chat answer, of a Responses turn when `turn` is given; with
+    /// the caller's tenant.
+    pub(crate) async fn chat_turn(
+        &self,
+        call: Call,
+        request: ChatRequest,
+        grounding: Option<GroundingAsk>,
+        turn: Option<&Turn>,
+    ) -> Result<(Answer<ChatResponse>, String), PipelineError> {
+        let mut admitted = self
+            .admit_chat(call, request, grounding, false, turn)
+            .await?;
         let rate_limits = admitted.admission.rate_headers().pairs();
         let mut routed = match admitted
             .snapshot
@@ -81,11 +100,14 @@ impl Pipeline {
         let mut outcome = admitted.outcome(served);
         outcome.answer = admitted.keep_answer.then(|| routed.value.content.clone());
         admitted.admission.finish(outcome);
-        Ok(Answer {
-            routed,
-            rate_limits,
-            grounded: admitted.grounded,
-        })
+        Ok((
+            Answer {
+                routed,
+                rate_limits,
+                grounded: admitted.grounded,
+            },
+            admitted.tenant,
+        ))
     }
 
     /// A streamed chat answer; the call is recorded when the stream ends
@@ -96,7 +118,23 @@ impl Pipeline {
         request: ChatRequest,
         grounding: Option<GroundingAsk>,
     ) -> Result<Answer<ChatStream>, PipelineError> {
-        let mut admitted = self.admit_chat(call, request, grounding, true).await?;
+        self.chat_stream_turn(call, request, grounding, None)
+            .await
+            .map(|(answer, _)| answer)
+    }
+
+    /// A streamed chat answer, of a Responses turn when `turn` is given;
+    /// with the caller's tenant.
+    pub(crate) async fn chat_stream_turn(
+        &self,
+        call: Call,
+        request: ChatRequest,
+        grounding: Option<GroundingAsk>,
+        turn: Option<&Turn>,
+    ) -> Result<(Answer<ChatStream>, String), PipelineError> {
+        let mut admitted = self
+            .admit_chat(call, request, grounding, true, turn)
+            .await?;
         let rate_limits = admitted.admission.rate_headers().pairs();
         let routed = match admitted
             .snapshot
@@ -138,16 +176,19 @@ impl Pipeline {
             admitted.keep_answer,
             admitted.call.context.trail.clone(),
         );
-        Ok(Answer {
-            routed: switchyard_orchestration::Routed {
-                value: events,
-                route,
-                deployment,
-                cache,
+        Ok((
+            Answer {
+                routed: switchyard_orchestration::Routed {
+                    value: events,
+                    route,
+                    deployment,
+                    cache,
+                },
+                rate_limits,
+                grounded: admitted.grounded,
             },
-            rate_limits,
-            grounded: admitted.grounded,
-        })
+            admitted.tenant,
+        ))
     }
 
     /// The stages before the answer: authenticate, then admit while the
@@ -159,6 +200,7 @@ impl Pipeline {
         mut request: ChatRequest,
         grounding: Option<GroundingAsk>,
         stream: bool,
+        turn: Option<&Turn>,
     ) -> Result<Admitted, PipelineError> {
         let snapshot = self.snapshot();
         let plan = ground::plan(&snapshot, grounding, &mut request)?;
@@ -168,8 +210,15 @@ impl Pipeline {
             stream,
             estimated_tokens: admit::estimate_chat(&request),
         };
-        let (caller, facts) =
+        let (caller, mut facts) =
             authenticate::authenticate(&self.governance, &snapshot, &mut call, kind).await?;
+        let tenant = caller.tenant_id().unwrap_or(DEFAULT_TENANT).to_owned();
+        if let Some(turn) = turn {
+            // The conversation is known only once the caller is: its
+            // history is the caller's tenant's.
+            history::prepare(&self.governance, &tenant, turn, &mut request, &call.context).await?;
+            facts.estimated_tokens = admit::estimate_chat(&request);
+        }
         let policy = snapshot.policy.settings();
         let prompt = policy.store_prompts.then(|| finish::prompt_text(&request));
         let keep_answer = policy.store_answers;
@@ -202,6 +251,7 @@ impl Pipeline {
             prompt,
             keep_answer,
             guard,
+            tenant,
         })
     }
 }

@@ -29,6 +29,7 @@ pub mod error;
 pub mod models;
 mod moderation;
 pub mod residency;
+pub mod responses;
 pub mod stages;
 
 use std::sync::Arc;

@@ -8,3 +8,4 @@ pub mod anthropic;
 pub mod openai;
 pub mod openai_embeddings;
 pub mod openai_moderations;
+pub mod openai_responses;

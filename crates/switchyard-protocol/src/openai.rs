@@ -121,7 +121,7 @@ pub struct WireJsonSchema {
 
 impl WireResponseFormat {
     /// The canonical format, or which field is wrong.
-    fn into_canonical(self) -> Result<ResponseFormat, InvalidField> {
+    pub(crate) fn into_canonical(self) -> Result<ResponseFormat, InvalidField> {
         Ok(match self {
             WireResponseFormat::Text => ResponseFormat::Text,
             WireResponseFormat::JsonObject => ResponseFormat::JsonObject,
@@ -436,14 +436,14 @@ pub struct InvalidField {
     pub message: String,
 }
 
-fn invalid(param: impl Into<String>, message: impl Into<String>) -> InvalidField {
+pub(crate) fn invalid(param: impl Into<String>, message: impl Into<String>) -> InvalidField {
     InvalidField {
         param: param.into(),
         message: message.into(),
     }
 }
 
-fn check_range(
+pub(crate) fn check_range(
     param: &str,
     value: Option<f32>,
     low: f32,

@@ -2,7 +2,8 @@
 //!
 //! - [`SqlStore`]: tenants, teams, API keys, the usage ledger, the audit
 //!   trail and budget alerts, in an embedded SQLite file by default or in
-//!   PostgreSQL when `database_url` points there. Migrations run at start.
+//!   PostgreSQL when `database_url` points there; and the responses the
+//!   Responses API stores, with their items. Migrations run at start.
 //! - [`counters`]: the sliding-window rate counters, concurrency slots and
 //!   spend totals that admission control reads and writes on every
 //!   request: in process by default, in Redis when several gateway
@@ -10,9 +11,11 @@
 
 pub mod counters;
 pub mod records;
+mod responses;
 mod store;
 pub mod testing;
 
+pub use responses::{ItemRow, ResponseRow};
 pub use store::{
     DatabaseKind, SpendScope, SqlStore, TenantScope, TimeRange, redact_url, sqlite_url,
 };

@@ -34,7 +34,7 @@ pub enum TenantScope {
 
 impl TenantScope {
     /// The tenant filter as a bind value: `NULL` matches every tenant.
-    fn filter(&self) -> Option<&str> {
+    pub(crate) fn filter(&self) -> Option<&str> {
         match self {
             Self::All => None,
             Self::Tenant(id) => Some(id),
@@ -63,12 +63,12 @@ pub struct TimeRange {
 /// The store.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     kind: DatabaseKind,
 }
 
 /// The migrations, embedded: the binary carries its schema.
-const MIGRATIONS: [(i64, &str, &str); 2] = [
+const MIGRATIONS: [(i64, &str, &str); 3] = [
     (
         1,
         "governance",
@@ -78,6 +78,11 @@ const MIGRATIONS: [(i64, &str, &str); 2] = [
         2,
         "guardrails",
         include_str!("../migrations/0002_guardrails.sql"),
+    ),
+    (
+        3,
+        "responses",
+        include_str!("../migrations/0003_responses.sql"),
     ),
 ];
 

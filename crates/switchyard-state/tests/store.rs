@@ -16,7 +16,9 @@ use switchyard_state::records::{
     UsageRow,
 };
 use switchyard_state::testing::{POSTGRES_ENV, fresh_postgres_schema, service_url};
-use switchyard_state::{DatabaseKind, SpendScope, SqlStore, TenantScope, TimeRange};
+use switchyard_state::{
+    DatabaseKind, ItemRow, ResponseRow, SpendScope, SqlStore, TenantScope, TimeRange,
+};
 
 /// A store on a fresh SQLite file (kept until the test ends).
 async fn sqlite() -> (SqlStore, tempfile::TempDir) {
@@ -389,6 +391,87 @@ async fn an_alert_is_recorded_once_per_threshold_and_period(store: SqlStore) {
             .unwrap()
             .is_empty()
     );
+    store.close().await;
+}
+
+on_every_database!(a_response_chain_is_stored_once_and_read_back_in_order_within_its_tenant);
+
+fn response_row(id: &str, tenant: &str, previous: Option<&str>, at: i64) -> ResponseRow {
+    ResponseRow {
+        id: id.into(),
+        tenant_id: tenant.into(),
+        previous_response_id: previous.map(str::to_owned),
+        created_at: at,
+        model: "m".into(),
+        status: "completed".into(),
+        body: format!("{{\"id\":\"{id}\"}}"),
+    }
+}
+
+fn items(texts: &[(&str, bool)]) -> Vec<ItemRow> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, (text, is_output))| ItemRow {
+            position: i as i64,
+            is_output: *is_output,
+            item: (*text).to_owned(),
+        })
+        .collect()
+}
+
+async fn a_response_chain_is_stored_once_and_read_back_in_order_within_its_tenant(store: SqlStore) {
+    let mine = TenantScope::Tenant("ten_a".into());
+    let theirs = TenantScope::Tenant("ten_b".into());
+    store
+        .insert_response(
+            &response_row("r1", "ten_a", None, 1),
+            &items(&[("q1", false), ("a1", true)]),
+        )
+        .await
+        .unwrap();
+    store
+        .insert_response(
+            &response_row("r2", "ten_a", Some("r1"), 2),
+            &items(&[("q2", false), ("a2", true)]),
+        )
+        .await
+        .unwrap();
+    store
+        .insert_response(
+            &response_row("r3", "ten_a", Some("r2"), 3),
+            &items(&[("q3", false), ("a3", true)]),
+        )
+        .await
+        .unwrap();
+    let history: Vec<String> = store
+        .response_history(&mine, "r3")
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.item)
+        .collect();
+    assert_eq!(history, ["q1", "a1", "q2", "a2", "q3", "a3"]);
+    // Another tenant finds nothing, neither the response nor its history.
+    assert!(store.response(&theirs, "r3").await.unwrap().is_none());
+    assert!(
+        store
+            .response_history(&theirs, "r3")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let (row, own) = store.response(&mine, "r2").await.unwrap().unwrap();
+    assert_eq!(row.previous_response_id.as_deref(), Some("r1"));
+    assert_eq!(own.len(), 2);
+    assert!(own[1].is_output);
+    // Deleting is scoped too; a deleted link ends the history there.
+    assert!(!store.delete_response(&theirs, "r1").await.unwrap());
+    assert!(store.delete_response(&mine, "r1").await.unwrap());
+    assert!(store.response(&mine, "r1").await.unwrap().is_none());
+    let history = store.response_history(&mine, "r3").await.unwrap().unwrap();
+    assert_eq!(history.len(), 4);
     store.close().await;
 }
 

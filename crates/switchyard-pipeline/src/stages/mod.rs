@@ -7,6 +7,7 @@ pub mod authenticate;
 pub mod finish;
 pub mod ground;
 pub mod guard;
+pub mod history;
 pub mod meter;
 
 /// The tenant whose collections keyless callers (authentication off, the
