@@ -21,12 +21,15 @@ const DEFAULT_ANSWER_BUDGET: u64 = 512;
 
 /// The README's quick-start section.
 fn quick_start() -> String {
+    section("## Quick start")
+}
+
+/// The README's section under `heading`.
+fn section(heading: &str) -> String {
     let readme =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
             .unwrap();
-    let start = readme
-        .find("## Quick start")
-        .expect("a Quick start section");
+    let start = readme.find(heading).expect("the README's section");
     let rest = &readme[start + 3..];
     let end = rest.find("\n## ").unwrap_or(rest.len());
     rest[..end].to_owned()
@@ -152,4 +155,32 @@ async fn the_readmes_examples_give_sensible_bounded_answers_on_the_default_model
             .unwrap();
         assert!(completion_tokens(usage) < DEFAULT_ANSWER_BUDGET);
     }
+}
+
+#[tokio::test]
+async fn the_readmes_conversation_example_continues_on_the_default_model() {
+    let server = Server::start_defaults();
+    let example = blocks(&section("## Conversations"), "python");
+    assert_eq!(example.len(), 1, "the README's Responses example");
+    // The quick start made `client`; the example uses it as it is.
+    let script = format!(
+        "from openai import OpenAI\nclient = OpenAI(base_url=\"{}\", api_key=\"unused\")\n{}",
+        server.v1(),
+        example[0]
+    );
+    let output = Command::new(python())
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the README's Python failed:\n{stdout}\n{}\nserver logs:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.logs()
+    );
+    // The second turn knew what "And of Italy?" continued.
+    assert!(stdout.contains("Rome"), "{stdout}");
+    assert!(stdout.split_whitespace().count() < 64, "{stdout}");
 }
