@@ -17,6 +17,7 @@ mod calls;
 mod chat;
 mod collections;
 mod context;
+mod conversations;
 mod embeddings;
 pub mod error;
 pub mod extract;
@@ -103,6 +104,21 @@ pub fn router(pipeline: Arc<Pipeline>, config: &ApiConfig) -> Router {
         .route(
             "/v1/responses/{id}/input_items",
             get(responses::input_items),
+        )
+        .route("/v1/conversations", post(conversations::create))
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::retrieve)
+                .post(conversations::update)
+                .delete(conversations::delete),
+        )
+        .route(
+            "/v1/conversations/{id}/items",
+            get(conversations::list_items).post(conversations::add_items),
+        )
+        .route(
+            "/v1/conversations/{id}/items/{item_id}",
+            get(conversations::retrieve_item).delete(conversations::delete_item),
         )
         .route(
             "/v1/collections",

@@ -127,6 +127,7 @@ pub(crate) async fn create(
         instructions: turn.instructions,
         input: turn.input,
         previous_response_id: turn.previous_response_id,
+        conversation_id: turn.conversation_id,
         store: turn.store,
     };
 
@@ -437,15 +438,15 @@ pub(crate) async fn delete(
     )
 }
 
-/// Paging of `input_items`.
-#[derive(Debug, Deserialize)]
+/// Paging of item lists.
+#[derive(Debug, Default, Deserialize)]
 pub(crate) struct Paging {
     #[serde(default)]
-    limit: Option<usize>,
+    pub limit: Option<usize>,
     #[serde(default)]
-    order: Option<String>,
+    pub order: Option<String>,
     #[serde(default)]
-    after: Option<String>,
+    pub after: Option<String>,
 }
 
 /// `GET /v1/responses/{id}/input_items`: the items the model was given,
@@ -457,6 +458,14 @@ pub(crate) async fn input_items(
     Path(id): Path<String>,
     Query(paging): Query<Paging>,
 ) -> Result<Response, ApiError> {
+    let items = state.pipeline.response_input(&who.caller, &id).await?;
+    Ok(Json(page(items, &paging)?).into_response())
+}
+
+/// One page of `items` as OpenAI lists them: newest first unless
+/// `order=asc`, `limit` (1 to 100, default 20) at a time after the item
+/// `after`.
+pub(crate) fn page(mut items: Vec<Item>, paging: &Paging) -> Result<serde_json::Value, ApiError> {
     let limit = paging.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid_request(
@@ -464,7 +473,6 @@ pub(crate) async fn input_items(
             Some("limit".into()),
         ));
     }
-    let mut items = state.pipeline.response_input(&who.caller, &id).await?;
     match paging.order.as_deref() {
         None | Some("desc") => items.reverse(),
         Some("asc") => {}
@@ -489,12 +497,11 @@ pub(crate) async fn input_items(
     };
     let page: Vec<&Item> = items.iter().skip(start).take(limit).collect();
     let has_more = start + page.len() < items.len();
-    Ok(Json(serde_json::json!({
+    Ok(serde_json::json!({
         "object": "list",
         "data": page.iter().map(|item| input_item(item)).collect::<Vec<_>>(),
         "first_id": page.first().map(|item| item.id()),
         "last_id": page.last().map(|item| item.id()),
         "has_more": has_more,
     }))
-    .into_response())
 }

@@ -163,6 +163,9 @@ pub enum Decision {
         /// The response whose conversation it continues.
         #[serde(skip_serializing_if = "Option::is_none")]
         previous_response_id: Option<String>,
+        /// The conversation it continues and is added to.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        conversation: Option<String>,
         /// Items of history loaded from the store.
         history_items: usize,
         /// Whether the response is kept.

@@ -24,6 +24,7 @@
 
 pub mod call;
 mod chat;
+pub mod conversations;
 mod embeddings;
 pub mod error;
 pub mod models;

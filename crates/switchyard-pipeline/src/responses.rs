@@ -12,7 +12,7 @@ use switchyard_governance::switchyard_state::{ItemRow, ResponseRow, TenantScope}
 
 use crate::stages::DEFAULT_TENANT;
 pub use crate::stages::history::Turn;
-use crate::stages::history::stored_history;
+use crate::stages::history::{conversation_history, stored_history};
 use crate::{Answer, Call, GroundingAsk, Pipeline, PipelineError};
 
 /// What storing a turn's response needs, handed back by the front door
@@ -22,6 +22,7 @@ pub struct Continuation {
     tenant: String,
     response_id: String,
     previous_response_id: Option<String>,
+    conversation_id: Option<String>,
     input: Vec<Item>,
     store: bool,
 }
@@ -32,6 +33,7 @@ impl Continuation {
             tenant,
             response_id: turn.response_id,
             previous_response_id: turn.previous_response_id,
+            conversation_id: turn.conversation_id,
             input: turn.input,
             store: turn.store,
         }
@@ -127,6 +129,12 @@ impl Pipeline {
         if !continuation.store {
             return Ok(());
         }
+        let item_ids: Vec<String> = continuation
+            .input
+            .iter()
+            .chain(&finished.output)
+            .map(|item| item.id().to_owned())
+            .collect();
         let items = continuation
             .input
             .iter()
@@ -145,16 +153,30 @@ impl Pipeline {
             id: continuation.response_id,
             tenant_id: continuation.tenant,
             previous_response_id: continuation.previous_response_id,
+            conversation_id: continuation.conversation_id.clone(),
             created_at: finished.created_at,
             model: finished.model,
             status: finished.status,
             body: finished.body,
         };
-        self.governance
+        let stored = self
+            .governance
             .store()
-            .insert_response(&row, &items)
+            .insert_response(&row, &items, &item_ids)
             .await
-            .map_err(store_failed)
+            .map_err(store_failed)?;
+        match (stored, continuation.conversation_id) {
+            (false, Some(conversation)) => Err(BackendError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "the conversation {conversation:?} was deleted while the response was written"
+                ),
+            )
+            .with_param("conversation")
+            .with_code("conversation_not_found")
+            .into()),
+            _ => Ok(()),
+        }
     }
 
     /// The stored response `id`, if `caller`'s tenant has it.
@@ -191,20 +213,39 @@ impl Pipeline {
             .await
             .map_err(store_failed)?
             .ok_or_else(|| not_found(id))?;
-        let mut input = match &row.previous_response_id {
+        let own: Vec<(bool, Item)> = items.iter().map(decode).collect::<Result<_, _>>()?;
+        let mut input = match (&row.previous_response_id, &row.conversation_id) {
             // A deleted ancestor leaves the history it began out.
-            Some(previous) => match stored_history(&self.governance, tenant, previous).await {
+            (Some(previous), _) => match stored_history(&self.governance, tenant, previous).await {
                 Ok(history) => history,
                 Err(PipelineError::Backend(error)) if error.kind == ErrorKind::NotFound => {
                     Vec::new()
                 }
                 Err(error) => return Err(error),
             },
-            None => Vec::new(),
+            // In a conversation: what it held before this response's items.
+            (None, Some(conversation)) => {
+                match conversation_history(&self.governance, tenant, conversation).await {
+                    Ok(history) => {
+                        let first = own.first().map(|(_, item)| item.id().to_owned());
+                        history
+                            .into_iter()
+                            .take_while(|item| Some(item.id()) != first.as_deref())
+                            .collect()
+                    }
+                    Err(PipelineError::Backend(error)) if error.kind == ErrorKind::NotFound => {
+                        Vec::new()
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            (None, None) => Vec::new(),
         };
-        for row in items.iter().filter(|row| !row.is_output) {
-            input.push(decode(row)?.1);
-        }
+        input.extend(
+            own.into_iter()
+                .filter(|(is_output, _)| !is_output)
+                .map(|(_, item)| item),
+        );
         Ok(input)
     }
 

@@ -33,9 +33,9 @@ pub struct ResponsesRequest {
     /// The stored response this one continues.
     #[serde(default)]
     pub previous_response_id: Option<String>,
-    /// A conversation to append to.
+    /// A conversation to continue and append to.
     #[serde(default)]
-    pub conversation: Option<serde_json::Value>,
+    pub conversation: Option<ConversationParam>,
     /// Keep the response, so that it can be retrieved and continued
     /// (default true).
     #[serde(default)]
@@ -76,6 +76,19 @@ pub struct ResponsesRequest {
     /// Switchyard's extension: ground the answer in a collection.
     #[serde(default)]
     pub retrieval: Option<RetrievalOptions>,
+}
+
+/// `conversation`: an id, or `{"id": ...}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ConversationParam {
+    /// `conv_…`.
+    Id(String),
+    /// `{"id": "conv_…"}`.
+    Object {
+        /// `conv_…`.
+        id: String,
+    },
 }
 
 /// `input`: a string or items.
@@ -253,6 +266,8 @@ pub struct ResponsesTurn {
     pub input: Vec<Item>,
     /// The stored response this one continues.
     pub previous_response_id: Option<String>,
+    /// The conversation this one continues and is added to.
+    pub conversation_id: Option<String>,
     /// Keep the response.
     pub store: bool,
     /// Kept with the response and echoed.
@@ -289,17 +304,17 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
-fn parse_role(index: usize, role: Option<&str>) -> Result<Role, InvalidField> {
+fn parse_role(field: &str, index: usize, role: Option<&str>) -> Result<Role, InvalidField> {
     match role {
         Some("user") => Ok(Role::User),
         Some("assistant") => Ok(Role::Assistant),
         Some("system" | "developer") => Ok(Role::System),
         Some(other) => Err(invalid(
-            format!("input[{index}].role"),
+            format!("{field}[{index}].role"),
             format!("unknown role {other:?}; expected user, assistant, system or developer"),
         )),
         None => Err(invalid(
-            format!("input[{index}].role"),
+            format!("{field}[{index}].role"),
             "a message item needs a `role`",
         )),
     }
@@ -363,15 +378,22 @@ fn input_items(input: Option<ResponsesInput>) -> Result<Vec<Item>, InvalidField>
         }
         Some(ResponsesInput::Items(items)) => items,
     };
+    parse_items("input", items)
+}
+
+/// Items of a request (`input` of a response, `items` of a conversation),
+/// with ids for those that bring none; `field` names them in errors.
+pub fn parse_items(field: &str, items: Vec<InputItem>) -> Result<Vec<Item>, InvalidField> {
+    let list = field;
     items
         .into_iter()
         .enumerate()
         .map(|(index, item)| {
-            let field = |name: &str| format!("input[{index}].{name}");
+            let field = |name: &str| format!("{list}[{index}].{name}");
             match item.kind.as_deref().unwrap_or("message") {
                 "message" => Ok(Item::Message {
                     id: item.id.unwrap_or_else(|| new_id("msg")),
-                    role: parse_role(index, item.role.as_deref())?,
+                    role: parse_role(list, index, item.role.as_deref())?,
                     content: content_parts(&field("content"), item.content)?,
                 }),
                 "function_call" => {
@@ -425,10 +447,14 @@ impl ResponsesRequest {
         if self.model.trim().is_empty() {
             return Err(invalid("model", "`model` must name a model"));
         }
-        if self.conversation.is_some() {
+        let conversation_id = match self.conversation {
+            None => None,
+            Some(ConversationParam::Id(id)) | Some(ConversationParam::Object { id }) => Some(id),
+        };
+        if conversation_id.is_some() && self.previous_response_id.is_some() {
             return Err(invalid(
                 "conversation",
-                "conversations are not served yet; continue a response with `previous_response_id`",
+                "a response continues either a `conversation` or a `previous_response_id`, not both",
             ));
         }
         match self.truncation.as_deref() {
@@ -458,10 +484,10 @@ impl ResponsesRequest {
             return Err(invalid("metadata", "`metadata` holds at most 16 pairs"));
         }
         let input = input_items(self.input)?;
-        if input.is_empty() && self.previous_response_id.is_none() {
+        if input.is_empty() && self.previous_response_id.is_none() && conversation_id.is_none() {
             return Err(invalid(
                 "input",
-                "`input` must hold at least one item (or continue a response with `previous_response_id`)",
+                "`input` must hold at least one item (or continue a `previous_response_id` or `conversation`)",
             ));
         }
         let sampling = SamplingParams {
@@ -546,6 +572,7 @@ impl ResponsesRequest {
             instructions: self.instructions,
             input,
             previous_response_id: self.previous_response_id,
+            conversation_id,
             store: self.store.unwrap_or(true),
             metadata: self.metadata.unwrap_or_default(),
             stream: self.stream.unwrap_or(false),
@@ -591,6 +618,8 @@ pub struct ResponseObject {
     pub parallel_tool_calls: bool,
     /// The response this one continues.
     pub previous_response_id: Option<String>,
+    /// The conversation it belongs to.
+    pub conversation: Option<ConversationRef>,
     /// No reasoning settings are served.
     pub reasoning: Reasoning,
     /// Whether it is kept.
@@ -613,6 +642,13 @@ pub struct ResponseObject {
     pub user: Option<String>,
     /// As given.
     pub metadata: BTreeMap<String, String>,
+}
+
+/// `conversation` of a response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRef {
+    /// `conv_…`.
+    pub id: String,
 }
 
 /// `reasoning`: not served, echoed empty.
@@ -787,6 +823,10 @@ impl ResponseObject {
             output: Vec::new(),
             parallel_tool_calls: echo.parallel_tool_calls.unwrap_or(true),
             previous_response_id: turn.previous_response_id.clone(),
+            conversation: turn
+                .conversation_id
+                .clone()
+                .map(|id| ConversationRef { id }),
             reasoning: Reasoning::default(),
             store: turn.store,
             temperature: echo.temperature.unwrap_or(1.0),
@@ -1046,6 +1086,58 @@ pub struct Sequenced<'a> {
     pub event: &'a ResponseEvent,
     /// 0, 1, 2, ... in the order sent.
     pub sequence_number: u64,
+}
+
+/// `POST /v1/conversations` body.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ConversationCreate {
+    /// Its first items.
+    #[serde(default)]
+    pub items: Option<Vec<InputItem>>,
+    /// Up to 16 string pairs.
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /v1/conversations/{id}` body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConversationUpdate {
+    /// The new metadata, replacing the old.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `POST /v1/conversations/{id}/items` body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConversationItemsCreate {
+    /// The items to append.
+    pub items: Vec<InputItem>,
+}
+
+/// A conversation object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationObject {
+    /// `conv_…`.
+    pub id: String,
+    /// Always `conversation`.
+    pub object: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Up to 16 string pairs.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Checks the 16-pair limit on `metadata`.
+pub fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidField> {
+    if metadata.len() > 16 {
+        return Err(invalid("metadata", "`metadata` holds at most 16 pairs"));
+    }
+    if let Some((key, _)) = metadata.iter().find(|(k, v)| k.len() > 64 || v.len() > 512) {
+        return Err(invalid(
+            "metadata",
+            format!("metadata keys are at most 64 characters and values 512; {key:?} is over"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,12 +9,14 @@
 //!   request: in process by default, in Redis when several gateway
 //!   instances must share them.
 
+mod conversations;
 pub mod counters;
 pub mod records;
 mod responses;
 mod store;
 pub mod testing;
 
+pub use conversations::{ConversationItemRow, ConversationRow};
 pub use responses::{ItemRow, ResponseRow};
 pub use store::{
     DatabaseKind, SpendScope, SqlStore, TenantScope, TimeRange, redact_url, sqlite_url,

@@ -17,6 +17,9 @@ pub struct ResponseRow {
     pub tenant_id: String,
     /// The response it continues.
     pub previous_response_id: Option<String>,
+    /// The conversation it was created in; its items are appended there
+    /// too, in the same transaction.
+    pub conversation_id: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,
     /// The model (or route, or assistant) asked for.
@@ -52,21 +55,39 @@ fn item_from(row: &AnyRow) -> Result<ItemRow, StateError> {
 }
 
 impl SqlStore {
-    /// Stores a response and its items in one transaction: a response
-    /// the client was told about is never found without its items.
+    /// Stores a response and its items in one transaction, and appends
+    /// them to its conversation when it has one: a response the client was
+    /// told about is never found without its items, nor its conversation
+    /// without them. False (nothing stored) when its conversation is no
+    /// longer there (deleted meanwhile).
     pub async fn insert_response(
         &self,
         response: &ResponseRow,
         items: &[ItemRow],
-    ) -> Result<(), StateError> {
+        item_ids: &[String],
+    ) -> Result<bool, StateError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(conversation) = &response.conversation_id {
+            let scope = TenantScope::Tenant(response.tenant_id.clone());
+            let pairs: Vec<(&str, &str)> = item_ids
+                .iter()
+                .map(String::as_str)
+                .zip(items.iter().map(|i| i.item.as_str()))
+                .collect();
+            let appended =
+                crate::conversations::append_in(&mut tx, &scope, conversation, &pairs).await?;
+            if !appended {
+                return Ok(false);
+            }
+        }
         sqlx::query(
-            "INSERT INTO responses (id, tenant_id, previous_response_id, created_at, model, status, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO responses (id, tenant_id, previous_response_id, conversation_id, created_at, model, status, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&response.id)
         .bind(&response.tenant_id)
         .bind(response.previous_response_id.as_deref())
+        .bind(response.conversation_id.as_deref())
         .bind(response.created_at)
         .bind(&response.model)
         .bind(&response.status)
@@ -85,7 +106,7 @@ impl SqlStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// The response `id` and its own items, if it is in scope.
@@ -95,7 +116,7 @@ impl SqlStore {
         id: &str,
     ) -> Result<Option<(ResponseRow, Vec<ItemRow>)>, StateError> {
         let row = sqlx::query(
-            "SELECT id, tenant_id, previous_response_id, created_at, model, status, body
+            "SELECT id, tenant_id, previous_response_id, conversation_id, created_at, model, status, body
              FROM responses WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)",
         )
         .bind(id)
@@ -109,6 +130,7 @@ impl SqlStore {
             id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,
             previous_response_id: row.try_get("previous_response_id")?,
+            conversation_id: row.try_get("conversation_id")?,
             created_at: row.try_get("created_at")?,
             model: row.try_get("model")?,
             status: row.try_get("status")?,

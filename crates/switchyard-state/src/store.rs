@@ -68,7 +68,7 @@ pub struct SqlStore {
 }
 
 /// The migrations, embedded: the binary carries its schema.
-const MIGRATIONS: [(i64, &str, &str); 3] = [
+const MIGRATIONS: [(i64, &str, &str); 4] = [
     (
         1,
         "governance",
@@ -83,6 +83,11 @@ const MIGRATIONS: [(i64, &str, &str); 3] = [
         3,
         "responses",
         include_str!("../migrations/0003_responses.sql"),
+    ),
+    (
+        4,
+        "conversations",
+        include_str!("../migrations/0004_conversations.sql"),
     ),
 ];
 

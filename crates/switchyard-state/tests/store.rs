@@ -17,7 +17,8 @@ use switchyard_state::records::{
 };
 use switchyard_state::testing::{POSTGRES_ENV, fresh_postgres_schema, service_url};
 use switchyard_state::{
-    DatabaseKind, ItemRow, ResponseRow, SpendScope, SqlStore, TenantScope, TimeRange,
+    ConversationRow, DatabaseKind, ItemRow, ResponseRow, SpendScope, SqlStore, TenantScope,
+    TimeRange,
 };
 
 /// A store on a fresh SQLite file (kept until the test ends).
@@ -401,6 +402,7 @@ fn response_row(id: &str, tenant: &str, previous: Option<&str>, at: i64) -> Resp
         id: id.into(),
         tenant_id: tenant.into(),
         previous_response_id: previous.map(str::to_owned),
+        conversation_id: None,
         created_at: at,
         model: "m".into(),
         status: "completed".into(),
@@ -427,6 +429,7 @@ async fn a_response_chain_is_stored_once_and_read_back_in_order_within_its_tenan
         .insert_response(
             &response_row("r1", "ten_a", None, 1),
             &items(&[("q1", false), ("a1", true)]),
+            &[],
         )
         .await
         .unwrap();
@@ -434,6 +437,7 @@ async fn a_response_chain_is_stored_once_and_read_back_in_order_within_its_tenan
         .insert_response(
             &response_row("r2", "ten_a", Some("r1"), 2),
             &items(&[("q2", false), ("a2", true)]),
+            &[],
         )
         .await
         .unwrap();
@@ -441,6 +445,7 @@ async fn a_response_chain_is_stored_once_and_read_back_in_order_within_its_tenan
         .insert_response(
             &response_row("r3", "ten_a", Some("r2"), 3),
             &items(&[("q3", false), ("a3", true)]),
+            &[],
         )
         .await
         .unwrap();
@@ -472,6 +477,132 @@ async fn a_response_chain_is_stored_once_and_read_back_in_order_within_its_tenan
     assert!(store.response(&mine, "r1").await.unwrap().is_none());
     let history = store.response_history(&mine, "r3").await.unwrap().unwrap();
     assert_eq!(history.len(), 4);
+    store.close().await;
+}
+
+on_every_database!(a_conversation_gathers_its_items_and_its_responses_within_its_tenant);
+
+async fn a_conversation_gathers_its_items_and_its_responses_within_its_tenant(store: SqlStore) {
+    let mine = TenantScope::Tenant("ten_a".into());
+    let theirs = TenantScope::Tenant("ten_b".into());
+    let pair = |id: &str, item: &str| (id.to_owned(), item.to_owned());
+    store
+        .insert_conversation(
+            &ConversationRow {
+                id: "conv_1".into(),
+                tenant_id: "ten_a".into(),
+                created_at: 1,
+                metadata: "{}".into(),
+            },
+            &[pair("m0", "seed")],
+        )
+        .await
+        .unwrap();
+    // A response created in it appends its items in the same transaction.
+    let mut row = response_row("r1", "ten_a", None, 2);
+    row.conversation_id = Some("conv_1".into());
+    let ids = ["m1".to_owned(), "m2".to_owned()];
+    assert!(
+        store
+            .insert_response(&row, &items(&[("q", false), ("a", true)]), &ids)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .append_conversation_items(&mine, "conv_1", &[pair("m3", "note")])
+            .await
+            .unwrap()
+    );
+    let listed: Vec<(String, String)> = store
+        .conversation_items(&mine, "conv_1")
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.item_id, i.item))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            pair("m0", "seed"),
+            pair("m1", "q"),
+            pair("m2", "a"),
+            pair("m3", "note")
+        ]
+    );
+    // Another tenant sees, changes and appends nothing.
+    assert!(
+        store
+            .conversation(&theirs, "conv_1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .conversation_items(&theirs, "conv_1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !store
+            .update_conversation(&theirs, "conv_1", "{\"x\":\"y\"}")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .append_conversation_items(&theirs, "conv_1", &[pair("m9", "x")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_conversation_item(&theirs, "conv_1", "m0")
+            .await
+            .unwrap()
+    );
+    let mut foreign = response_row("r2", "ten_b", None, 3);
+    foreign.conversation_id = Some("conv_1".into());
+    assert!(
+        !store
+            .insert_response(&foreign, &items(&[("q", false)]), &["m9".to_owned()])
+            .await
+            .unwrap()
+    );
+    assert!(store.response(&theirs, "r2").await.unwrap().is_none());
+    // Its owner does.
+    assert!(
+        store
+            .update_conversation(&mine, "conv_1", "{\"topic\":\"x\"}")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .delete_conversation_item(&mine, "conv_1", "m0")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .conversation_items(&mine, "conv_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(store.delete_conversation(&mine, "conv_1").await.unwrap());
+    assert!(
+        store
+            .conversation_items(&mine, "conv_1")
+            .await
+            .unwrap()
+            .is_none()
+    );
     store.close().await;
 }
 

@@ -418,6 +418,98 @@ async fn one_tenant_cannot_read_continue_or_delete_anothers_responses() {
 }
 
 #[tokio::test]
+async fn a_conversation_is_the_history_of_the_responses_created_in_it_and_stays_in_its_tenant() {
+    let upstream = recording_standin().await;
+    let config = format!(
+        "{}[governance]\nauth = true\nmaster_key = \"{MASTER}\"\n",
+        standin_model("remote", &upstream, "")
+    );
+    let server = Server::start(&config);
+    let mut keys = Vec::new();
+    for name in ["a", "b"] {
+        let tenant: Value = client()
+            .post(format!("{}/admin/tenants", server.url))
+            .bearer_auth(MASTER)
+            .json(&json!({"name": name}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let key: Value = client()
+            .post(format!("{}/admin/keys", server.url))
+            .bearer_auth(MASTER)
+            .json(&json!({"tenant_id": tenant["id"], "name": "app", "role": "member"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys.push(key["key"].as_str().unwrap().to_owned());
+    }
+    let conversation: Value = client()
+        .post(format!("{}/conversations", server.v1()))
+        .bearer_auth(&keys[0])
+        .json(&json!({"items": [{"role": "user", "content": "The code is 42."}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = conversation["id"].as_str().unwrap();
+    assert_eq!(conversation["object"], "conversation");
+    for turn in ["What is the code?", "Say it again."] {
+        let (status, reply) = respond(
+            &server,
+            Some(&keys[0]),
+            json!({"model": "remote", "input": turn, "conversation": id}),
+        )
+        .await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply["conversation"]["id"], id);
+    }
+    let sent = upstream.requests();
+    assert_eq!(
+        received(&sent[1].body),
+        [
+            ("user".to_owned(), "The code is 42.".to_owned()),
+            ("user".to_owned(), "What is the code?".to_owned()),
+            ("assistant".to_owned(), "echo: What is the code?".to_owned()),
+            ("user".to_owned(), "Say it again.".to_owned()),
+        ]
+    );
+    // Another tenant can neither see it nor answer in it.
+    let status = client()
+        .get(format!("{}/conversations/{id}/items", server.v1()))
+        .bearer_auth(&keys[1])
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+    let (status, error) = respond(
+        &server,
+        Some(&keys[1]),
+        json!({"model": "remote", "input": "x", "conversation": id}),
+    )
+    .await;
+    assert_eq!(status, 404, "{error}");
+    assert_eq!(error["error"]["param"], "conversation");
+    // Both at once is a mistake.
+    let (status, error) = respond(
+        &server,
+        Some(&keys[0]),
+        json!({"model": "remote", "input": "x", "conversation": id, "previous_response_id": "resp_x"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(upstream.requests().len(), 2);
+}
+
+#[tokio::test]
 async fn a_response_the_client_saw_complete_survives_a_kill_9() {
     let upstream = recording_standin().await;
     let data = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! Stage: a Responses API turn's conversation. The stored history it
-//! continues (`previous_response_id`, read within the caller's tenant),
+//! continues (`previous_response_id`'s chain, or a `conversation`'s items,
+//! read within the caller's tenant),
 //! then this turn's instructions and new input, become the chat request's
 //! messages, so that any backend answers with the whole conversation and
 //! the client resends nothing.
@@ -25,6 +26,8 @@ pub struct Turn {
     pub input: Vec<Item>,
     /// The stored response this turn continues.
     pub previous_response_id: Option<String>,
+    /// The conversation this turn continues and is added to.
+    pub conversation_id: Option<String>,
     /// Whether the response is kept.
     pub store: bool,
 }
@@ -60,6 +63,37 @@ pub async fn stored_history(
         .collect()
 }
 
+/// The items of conversation `id`, in `tenant`.
+pub async fn conversation_history(
+    governance: &Governance,
+    tenant: &str,
+    id: &str,
+) -> Result<Vec<Item>, PipelineError> {
+    let scope = TenantScope::Tenant(tenant.to_owned());
+    let rows = governance
+        .store()
+        .conversation_items(&scope, id)
+        .await
+        .map_err(|error| BackendError::internal(format!("cannot read conversations: {error}")))?
+        .ok_or_else(|| {
+            BackendError::new(
+                ErrorKind::NotFound,
+                format!("no conversation {id:?} is stored for this caller"),
+            )
+            .with_param("conversation")
+            .with_code("conversation_not_found")
+        })?;
+    rows.iter()
+        .map(|row| {
+            serde_json::from_str::<Item>(&row.item).map_err(|error| {
+                PipelineError::from(BackendError::internal(format!(
+                    "a stored item of {id:?} does not decode: {error}"
+                )))
+            })
+        })
+        .collect()
+}
+
 /// Puts the conversation of `turn` into `request`: instructions first,
 /// then the stored history, then the new input. Returns how many stored
 /// items were loaded, and notes the step in the decision trail.
@@ -70,13 +104,18 @@ pub async fn prepare(
     request: &mut ChatRequest,
     context: &RequestContext,
 ) -> Result<usize, PipelineError> {
-    let history = match &turn.previous_response_id {
-        Some(previous) => {
+    let history = match (&turn.previous_response_id, &turn.conversation_id) {
+        (Some(previous), _) => {
             stored_history(governance, tenant, previous)
                 .instrument(tracing::debug_span!("history"))
                 .await?
         }
-        None => Vec::new(),
+        (None, Some(conversation)) => {
+            conversation_history(governance, tenant, conversation)
+                .instrument(tracing::debug_span!("history"))
+                .await?
+        }
+        (None, None) => Vec::new(),
     };
     let mut messages = Vec::with_capacity(history.len() + turn.input.len() + 1);
     if let Some(instructions) = &turn.instructions {
@@ -88,6 +127,7 @@ pub async fn prepare(
     context.trail.note(Decision::Response {
         id: turn.response_id.clone(),
         previous_response_id: turn.previous_response_id.clone(),
+        conversation: turn.conversation_id.clone(),
         history_items: history.len(),
         stored: turn.store,
     });

@@ -103,6 +103,35 @@ def main(base_url: str) -> None:
         assert error.code == "previous_response_not_found", error.body
     del deleted
 
+    # A conversation: items first, then responses created in it read them
+    # and add their own.
+    conversation = client.conversations.create(
+        items=[{"type": "message", "role": "user", "content": "Remember: the code is 42."}],
+        metadata={"topic": "codes"},
+    )
+    assert conversation.id.startswith("conv_"), conversation
+    assert conversation.metadata == {"topic": "codes"}, conversation
+    reply = client.responses.create(model="remote", input="What is the code?", conversation=conversation.id)
+    assert reply.conversation.id == conversation.id, reply
+    listed = client.conversations.items.list(conversation.id, order="asc")
+    texts = [item.content[0].text for item in listed.data]
+    assert texts == ["Remember: the code is 42.", "What is the code?", "echo: What is the code?"], texts
+    added = client.conversations.items.create(
+        conversation.id, items=[{"type": "message", "role": "user", "content": "One more thing."}]
+    )
+    note = added.data[0]
+    assert client.conversations.items.retrieve(note.id, conversation_id=conversation.id).id == note.id
+    client.conversations.items.delete(note.id, conversation_id=conversation.id)
+    updated = client.conversations.update(conversation.id, metadata={"topic": "changed"})
+    assert updated.metadata == {"topic": "changed"}, updated
+    assert client.conversations.retrieve(conversation.id).metadata == {"topic": "changed"}
+    client.conversations.delete(conversation.id)
+    try:
+        client.conversations.retrieve(conversation.id)
+        raise AssertionError("a deleted conversation was found")
+    except openai.NotFoundError:
+        pass
+
     # Mistakes name their field.
     try:
         client.responses.create(model="remote", input="x", tools=[{"type": "web_search"}])
