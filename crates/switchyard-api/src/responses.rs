@@ -129,6 +129,7 @@ pub(crate) async fn create(
         previous_response_id: turn.previous_response_id,
         conversation_id: turn.conversation_id,
         store: turn.store,
+        truncation_auto: turn.truncation_auto,
     };
 
     if stream {

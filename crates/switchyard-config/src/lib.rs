@@ -15,6 +15,7 @@
 //! api_key = "${OPENAI_API_KEY}"
 //! ```
 
+mod context;
 mod engine;
 mod guardrails;
 mod interpolate;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use context::{ContextConfig, ConversationsConfig, FitMode};
 pub use engine::{EngineSettings, KeepAlive};
 pub use guardrails::{
     CheckAction, CheckConfig, CheckKind, CheckSide, GuardrailsConfig, PolicyConfig,
@@ -81,6 +83,10 @@ pub struct Config {
     pub guardrails: GuardrailsConfig,
     /// What local chat models share (their memory budget).
     pub engine: EngineSettings,
+    /// How conversations longer than a model's context window are fitted.
+    pub context: ContextConfig,
+    /// What is kept of stored responses and conversations.
+    pub conversations: ConversationsConfig,
 }
 
 /// The `[telemetry]` table.
@@ -320,6 +326,10 @@ struct RawConfig {
     guardrails: GuardrailsConfig,
     #[serde(default)]
     engine: EngineSettings,
+    #[serde(default)]
+    context: ContextConfig,
+    #[serde(default)]
+    conversations: ConversationsConfig,
 }
 
 impl Default for Config {
@@ -340,6 +350,8 @@ impl Default for Config {
             retrieval: RetrievalConfig::default(),
             guardrails: GuardrailsConfig::default(),
             engine: EngineSettings::default(),
+            context: ContextConfig::default(),
+            conversations: ConversationsConfig::default(),
         }
     }
 }
@@ -358,6 +370,16 @@ pub enum ModelConfig {
 }
 
 impl ModelConfig {
+    /// Tokens of prompt and answer the model takes, where known: a local
+    /// model's `context_length`, a remote model's `context_window`.
+    pub fn context_window(&self) -> Option<u32> {
+        match self {
+            ModelConfig::Local(local) => Some(local.context_length),
+            ModelConfig::LocalEmbedding(_) => None,
+            ModelConfig::Remote(_, remote) => remote.context_window,
+        }
+    }
+
     /// The model's price, when configured.
     pub fn pricing(&self) -> Option<Pricing> {
         match self {
@@ -557,6 +579,11 @@ pub struct RemoteModelConfig {
     /// Deadline for the whole answer.
     #[serde(default = "default_total_timeout_ms")]
     pub total_timeout_ms: u64,
+    /// Tokens of prompt and answer the upstream model takes, for fitting
+    /// long conversations (`[context]`) and grounding; default: 8,192 is
+    /// assumed.
+    #[serde(default)]
+    pub context_window: Option<u32>,
     /// `openai`: a member of the OpenAI-compatible family (`mistral`,
     /// `deepseek`, `groq`, `vllm`, ...), which supplies its base URL and quirks.
     pub preset: Option<String>,
@@ -680,6 +707,7 @@ impl std::fmt::Debug for RemoteModelConfig {
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("first_byte_timeout_ms", &self.first_byte_timeout_ms)
             .field("total_timeout_ms", &self.total_timeout_ms)
+            .field("context_window", &self.context_window)
             .field("preset", &self.preset)
             .field("deployment", &self.deployment)
             .field("api_version", &self.api_version)
@@ -1094,6 +1122,8 @@ impl Config {
             retrieval: raw.retrieval,
             guardrails: raw.guardrails,
             engine: raw.engine,
+            context: raw.context,
+            conversations: raw.conversations,
         };
         config
             .validate()
@@ -1121,6 +1151,7 @@ impl Config {
         self.validate_retrieval()?;
         self.guardrails.validate()?;
         let known = |name: &str| self.models.contains_key(name) || self.routes.contains_key(name);
+        self.context.validate(known)?;
         if let Some(target) = self.guardrails.attach.keys().find(|t| !known(t)) {
             return Err((
                 format!("guardrails.attach.{target}"),

@@ -149,6 +149,13 @@ pub trait ChatBackend: Send + Sync + 'static {
         None
     }
 
+    /// Tokens `request`'s prompt takes in the backend's own tokenizer, its
+    /// chat template applied, where the backend has one at hand (a loaded
+    /// local model); `None` leaves the caller to estimate.
+    fn count_prompt_tokens(&self, _request: &ChatRequest) -> BoxFuture<'_, Option<u64>> {
+        Box::pin(async { None })
+    }
+
     /// Starts a streamed completion.
     fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, BackendError>>;
 

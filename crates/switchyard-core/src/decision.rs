@@ -171,6 +171,20 @@ pub enum Decision {
         /// Whether the response is kept.
         stored: bool,
     },
+    /// A conversation longer than its model's context window was fitted.
+    Fit {
+        /// `truncate` or `summarize`.
+        mode: &'static str,
+        /// Messages left out (or summarised), oldest first.
+        dropped_messages: usize,
+        /// Tokens of the prompt before fitting (counted or estimated).
+        prompt_tokens: u64,
+        /// Tokens the window leaves for the prompt.
+        budget: u64,
+        /// `written` or `reused`, when a summary took the turns' place.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        summary: Option<&'static str>,
+    },
     /// What the request used and cost.
     Usage {
         /// Prompt tokens.

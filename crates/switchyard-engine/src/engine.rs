@@ -225,6 +225,21 @@ impl Prompter {
         !tools.is_empty() && !self.template.supports_tools()
     }
 
+    /// The prompt's tokens: `tools` rendered by the template, or described
+    /// in the system message when the template has no place for them.
+    fn prompt(
+        &self,
+        mut messages: Vec<ChatMessage>,
+        tools: &[ToolDefinition],
+    ) -> Result<Vec<LlamaToken>, BackendError> {
+        if self.describes_tools(tools) {
+            describe_tools(&mut messages, tools);
+            self.tokenize(&messages, &[])
+        } else {
+            self.tokenize(&messages, tools)
+        }
+    }
+
     fn tokenize(
         &self,
         messages: &[ChatMessage],
@@ -394,24 +409,14 @@ impl LocalEngine {
             request.tools
         };
         let parse_tool_calls = !tools.is_empty();
-        let mut messages = request.messages;
-        if let Some(system) = &config.default_system_prompt
-            && !messages.iter().any(|m| m.role == Role::System)
-        {
-            messages.insert(0, ChatMessage::new(Role::System, system.clone()));
-        }
+        let messages = with_default_system(config, request.messages);
         let format = request.response_format;
         let choice = request.tool_choice;
         // The grammar is compiled here too, off the engine thread: a large
         // schema's grammar takes a while to build.
         let (prompt, grammar) = tokio::task::spawn_blocking(move || {
             let grammar = prompter.answer_grammar(&tools, choice.as_ref(), format.as_ref())?;
-            let prompt = if prompter.describes_tools(&tools) {
-                describe_tools(&mut messages, &tools);
-                prompter.tokenize(&messages, &[])?
-            } else {
-                prompter.tokenize(&messages, &tools)?
-            };
+            let prompt = prompter.prompt(messages, &tools)?;
             Ok::<_, BackendError>((prompt, grammar))
         })
         .await
@@ -487,6 +492,17 @@ impl LocalEngine {
         });
         Ok(parsed.boxed())
     }
+}
+
+/// `messages` with the model's default system prompt in front when they
+/// bring none.
+fn with_default_system(config: &EngineConfig, mut messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+    if let Some(system) = &config.default_system_prompt
+        && !messages.iter().any(|m| m.role == Role::System)
+    {
+        messages.insert(0, ChatMessage::new(Role::System, system.clone()));
+    }
+    messages
 }
 
 /// A request the model is serving, from its arrival until its answer is
@@ -793,6 +809,29 @@ impl ChatBackend for LocalEngine {
 
     fn residency(&self) -> Option<&dyn LocalModelControl> {
         Some(self)
+    }
+
+    /// Counted with the model's own template and tokenizer, when it is
+    /// loaded (a model is not loaded only to count).
+    fn count_prompt_tokens(&self, request: &ChatRequest) -> BoxFuture<'_, Option<u64>> {
+        let prompter = match &*self.core.state.borrow() {
+            LoadState::Ready(instance) => Some(instance.prompter.clone()),
+            _ => None,
+        };
+        let messages = with_default_system(&self.core.config, request.messages.clone());
+        let tools = if request.tool_choice == Some(ToolChoice::None) {
+            Vec::new()
+        } else {
+            request.tools.clone()
+        };
+        Box::pin(async move {
+            let prompter = prompter?;
+            tokio::task::spawn_blocking(move || prompter.prompt(messages, &tools).ok())
+                .await
+                .ok()
+                .flatten()
+                .map(|tokens| tokens.len() as u64)
+        })
     }
 
     fn chat_stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, BackendError>> {

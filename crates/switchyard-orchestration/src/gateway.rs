@@ -396,6 +396,17 @@ impl Gateway {
         self.deployments.values().all(|d| d.is_ready())
     }
 
+    /// Tokens `request`'s prompt takes in the tokenizer of the one model
+    /// behind `name`, where that model counts them (a loaded local model);
+    /// `None` for routes over several deployments and for remote models.
+    pub async fn count_prompt_tokens(&self, name: &str, request: &ChatRequest) -> Option<u64> {
+        let route = self.routes.get(name)?;
+        match route.deployments.as_slice() {
+            [(only, _)] => only.chat.as_ref()?.count_prompt_tokens(request).await,
+            _ => None,
+        }
+    }
+
     /// The public names, for `/v1/models`.
     pub fn listing(&self) -> Vec<Listed> {
         self.routes

@@ -12,8 +12,14 @@ use crate::stages::authenticate::CallKind;
 use switchyard_guardrails::OutputGuard;
 
 use crate::stages::history::{self, Turn};
-use crate::stages::{DEFAULT_TENANT, admit, authenticate, finish, ground, guard, meter};
+use crate::stages::{DEFAULT_TENANT, admit, authenticate, finish, fit, ground, guard, meter};
 use crate::{Answer, Call, Grounded, GroundingAsk, Pipeline, PipelineError, Snapshot};
+
+/// Whose a chat turn is, and what the snapshot it ran on keeps of it.
+pub(crate) struct Owner {
+    pub tenant: String,
+    pub keeping: crate::responses::Keeping,
+}
 
 /// A chat call past admission: what the answer stages need.
 struct Admitted {
@@ -61,7 +67,7 @@ impl Pipeline {
         request: ChatRequest,
         grounding: Option<GroundingAsk>,
         turn: Option<&Turn>,
-    ) -> Result<(Answer<ChatResponse>, String), PipelineError> {
+    ) -> Result<(Answer<ChatResponse>, Owner), PipelineError> {
         let mut admitted = self
             .admit_chat(call, request, grounding, false, turn)
             .await?;
@@ -106,7 +112,10 @@ impl Pipeline {
                 rate_limits,
                 grounded: admitted.grounded,
             },
-            admitted.tenant,
+            Owner {
+                tenant: admitted.tenant,
+                keeping: admitted.snapshot.keeping,
+            },
         ))
     }
 
@@ -131,7 +140,7 @@ impl Pipeline {
         request: ChatRequest,
         grounding: Option<GroundingAsk>,
         turn: Option<&Turn>,
-    ) -> Result<(Answer<ChatStream>, String), PipelineError> {
+    ) -> Result<(Answer<ChatStream>, Owner), PipelineError> {
         let mut admitted = self
             .admit_chat(call, request, grounding, true, turn)
             .await?;
@@ -187,7 +196,10 @@ impl Pipeline {
                 rate_limits,
                 grounded: admitted.grounded,
             },
-            admitted.tenant,
+            Owner {
+                tenant: admitted.tenant,
+                keeping: admitted.snapshot.keeping,
+            },
         ))
     }
 
@@ -242,6 +254,20 @@ impl Pipeline {
             Ok(guard) => guard,
             Err(error) => return Err(finish::fail(admission, error, &call.context)),
         };
+        // Last, on what will be sent: sources and masks included.
+        let fitted = fit::fit(
+            &self.governance,
+            &snapshot.gateway,
+            &snapshot.fitting,
+            &tenant,
+            &mut request,
+            turn.is_some_and(|t| t.truncation_auto),
+            &call.context,
+        )
+        .await;
+        if let Err(error) = fitted {
+            return Err(finish::fail(admission, error, &call.context));
+        }
         Ok(Admitted {
             snapshot,
             call,

@@ -9,6 +9,7 @@ use switchyard_core::{BackendError, ErrorKind, Item};
 use switchyard_governance::Caller;
 use switchyard_governance::switchyard_state::{ConversationRow, TenantScope};
 
+use crate::responses::masked;
 use crate::stages::DEFAULT_TENANT;
 use crate::stages::history::conversation_history;
 use crate::{Pipeline, PipelineError};
@@ -41,11 +42,12 @@ fn not_found(id: &str) -> PipelineError {
     .into()
 }
 
-fn encode(items: &[Item]) -> Result<Vec<(String, String)>, PipelineError> {
+fn encode(items: &[Item], mask: bool) -> Result<Vec<(String, String)>, PipelineError> {
     items
         .iter()
         .map(|item| {
-            serde_json::to_string(item)
+            let item = if mask { masked(item) } else { item.clone() };
+            serde_json::to_string(&item)
                 .map(|json| (item.id().to_owned(), json))
                 .map_err(failed)
         })
@@ -80,7 +82,7 @@ impl Pipeline {
         };
         self.governance
             .store()
-            .insert_conversation(&row, &encode(&items)?)
+            .insert_conversation(&row, &encode(&items, self.snapshot().keeping.mask)?)
             .await
             .map_err(failed)?;
         conversation_from(row)
@@ -162,7 +164,11 @@ impl Pipeline {
         let appended = self
             .governance
             .store()
-            .append_conversation_items(&TenantScope::Tenant(tenant(caller)), id, &encode(items)?)
+            .append_conversation_items(
+                &TenantScope::Tenant(tenant(caller)),
+                id,
+                &encode(items, self.snapshot().keeping.mask)?,
+            )
             .await
             .map_err(|error| {
                 // A duplicate item id is the client's mistake.

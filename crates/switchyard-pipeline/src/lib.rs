@@ -55,6 +55,10 @@ pub struct Snapshot {
     pub retrieval: Option<Arc<Retrieval>>,
     /// Policies on what goes in to models and what comes out.
     pub guardrails: Arc<Guardrails>,
+    /// How conversations longer than a model's window are fitted.
+    pub fitting: Arc<stages::fit::Fitting>,
+    /// What is kept of stored responses and conversations.
+    pub keeping: responses::Keeping,
 }
 
 /// The request pipeline: governance (which outlives reloads: its store,

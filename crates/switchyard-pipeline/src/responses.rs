@@ -6,10 +6,13 @@
 //! items before the client is told it completed. Stored responses are
 //! read, listed and deleted within the caller's tenant only.
 
-use switchyard_core::{BackendError, ChatRequest, ChatResponse, ChatStream, ErrorKind, Item};
+use switchyard_core::{
+    BackendError, ChatRequest, ChatResponse, ChatStream, ContentPart, ErrorKind, Item,
+};
 use switchyard_governance::Caller;
 use switchyard_governance::switchyard_state::{ItemRow, ResponseRow, TenantScope};
 
+use crate::chat::Owner;
 use crate::stages::DEFAULT_TENANT;
 pub use crate::stages::history::Turn;
 use crate::stages::history::{conversation_history, stored_history};
@@ -20,6 +23,7 @@ use crate::{Answer, Call, GroundingAsk, Pipeline, PipelineError};
 #[derive(Debug)]
 pub struct Continuation {
     tenant: String,
+    mask: bool,
     response_id: String,
     previous_response_id: Option<String>,
     conversation_id: Option<String>,
@@ -28,9 +32,10 @@ pub struct Continuation {
 }
 
 impl Continuation {
-    fn new(tenant: String, turn: Turn) -> Self {
+    fn new(owner: Owner, turn: Turn) -> Self {
         Self {
-            tenant,
+            tenant: owner.tenant,
+            mask: owner.keeping.mask,
             response_id: turn.response_id,
             previous_response_id: turn.previous_response_id,
             conversation_id: turn.conversation_id,
@@ -38,6 +43,74 @@ impl Continuation {
             store: turn.store,
         }
     }
+}
+
+/// What is kept of stored responses and conversations (`[conversations]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keeping {
+    /// Days they are kept; `None`: until deleted.
+    pub retention_days: Option<u32>,
+    /// Store items with personal data and secrets masked.
+    pub mask: bool,
+}
+
+/// `item` with personal data and secrets masked by the audit trail's
+/// rules.
+pub(crate) fn masked(item: &Item) -> Item {
+    let mask = |text: &str| switchyard_guardrails::detect::mask(text).into_owned();
+    match item {
+        Item::Message { id, role, content } => Item::Message {
+            id: id.clone(),
+            role: *role,
+            content: content
+                .iter()
+                .map(|part| match part {
+                    ContentPart::Text(text) => ContentPart::Text(mask(text)),
+                    image => image.clone(),
+                })
+                .collect(),
+        },
+        Item::FunctionCall {
+            id,
+            call_id,
+            name,
+            arguments,
+        } => Item::FunctionCall {
+            id: id.clone(),
+            call_id: call_id.clone(),
+            name: name.clone(),
+            arguments: mask(arguments),
+        },
+        Item::FunctionCallOutput {
+            id,
+            call_id,
+            output,
+        } => Item::FunctionCallOutput {
+            id: id.clone(),
+            call_id: call_id.clone(),
+            output: mask(output),
+        },
+    }
+}
+
+/// A JSON document with every string in it masked (keys are the API's own
+/// and stay), so that masking never breaks the JSON around a value.
+fn masked_json(json: &str) -> Result<String, PipelineError> {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) => {
+                if let std::borrow::Cow::Owned(masked) = switchyard_guardrails::detect::mask(text) {
+                    *text = masked;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            serde_json::Value::Object(fields) => fields.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_str(json).map_err(store_failed)?;
+    walk(&mut value);
+    serde_json::to_string(&value).map_err(store_failed)
 }
 
 /// A finished response, as the front door renders it.
@@ -97,10 +170,10 @@ impl Pipeline {
         grounding: Option<GroundingAsk>,
         turn: Turn,
     ) -> Result<(Answer<ChatResponse>, Continuation), PipelineError> {
-        let (answer, tenant) = self
+        let (answer, owner) = self
             .chat_turn(call, request, grounding, Some(&turn))
             .await?;
-        Ok((answer, Continuation::new(tenant, turn)))
+        Ok((answer, Continuation::new(owner, turn)))
     }
 
     /// A streamed answer to a Responses turn.
@@ -111,10 +184,10 @@ impl Pipeline {
         grounding: Option<GroundingAsk>,
         turn: Turn,
     ) -> Result<(Answer<ChatStream>, Continuation), PipelineError> {
-        let (answer, tenant) = self
+        let (answer, owner) = self
             .chat_stream_turn(call, request, grounding, Some(&turn))
             .await?;
-        Ok((answer, Continuation::new(tenant, turn)))
+        Ok((answer, Continuation::new(owner, turn)))
     }
 
     /// Stores a finished response with its input and output items (when
@@ -135,6 +208,7 @@ impl Pipeline {
             .chain(&finished.output)
             .map(|item| item.id().to_owned())
             .collect();
+        let mask = continuation.mask;
         let items = continuation
             .input
             .iter()
@@ -142,13 +216,19 @@ impl Pipeline {
             .chain(finished.output.iter().map(|item| (true, item)))
             .enumerate()
             .map(|(position, (is_output, item))| {
+                let item = if mask { masked(item) } else { item.clone() };
                 Ok(ItemRow {
                     position: i64::try_from(position).unwrap_or(i64::MAX),
                     is_output,
-                    item: serde_json::to_string(item).map_err(store_failed)?,
+                    item: serde_json::to_string(&item).map_err(store_failed)?,
                 })
             })
             .collect::<Result<Vec<_>, PipelineError>>()?;
+        let body = if mask {
+            masked_json(&finished.body)?
+        } else {
+            finished.body
+        };
         let row = ResponseRow {
             id: continuation.response_id,
             tenant_id: continuation.tenant,
@@ -157,7 +237,7 @@ impl Pipeline {
             created_at: finished.created_at,
             model: finished.model,
             status: finished.status,
-            body: finished.body,
+            body,
         };
         let stored = self
             .governance
@@ -247,6 +327,22 @@ impl Pipeline {
                 .map(|(_, item)| item),
         );
         Ok(input)
+    }
+
+    /// Deletes stored responses, conversations and summaries older than
+    /// the retention of the snapshot in force (`now` in Unix
+    /// milliseconds); nothing without one. Returns how many responses and
+    /// conversations went.
+    pub async fn purge_expired(&self, now: i64) -> Result<(u64, u64), PipelineError> {
+        let Some(days) = self.snapshot().keeping.retention_days else {
+            return Ok((0, 0));
+        };
+        let before = now.saturating_sub(i64::from(days) * 86_400_000);
+        self.governance
+            .store()
+            .purge_before(before)
+            .await
+            .map_err(store_failed)
     }
 
     /// Deletes the stored response `id`.

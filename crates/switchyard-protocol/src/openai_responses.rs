@@ -270,6 +270,9 @@ pub struct ResponsesTurn {
     pub conversation_id: Option<String>,
     /// Keep the response.
     pub store: bool,
+    /// `truncation: "auto"`: drop the oldest turns of a conversation too
+    /// long for the model.
+    pub truncation_auto: bool,
     /// Kept with the response and echoed.
     pub metadata: BTreeMap<String, String>,
     /// Whether the client asked for a stream.
@@ -457,21 +460,16 @@ impl ResponsesRequest {
                 "a response continues either a `conversation` or a `previous_response_id`, not both",
             ));
         }
-        match self.truncation.as_deref() {
-            None | Some("disabled") => {}
-            Some("auto") => {
-                return Err(invalid(
-                    "truncation",
-                    "`truncation: auto` is not served yet; a conversation longer than the model's context is refused with context_length_exceeded",
-                ));
-            }
+        let truncation_auto = match self.truncation.as_deref() {
+            None | Some("disabled") => false,
+            Some("auto") => true,
             Some(other) => {
                 return Err(invalid(
                     "truncation",
                     format!("unknown truncation {other:?}; expected disabled or auto"),
                 ));
             }
-        }
+        };
         if self.max_output_tokens == Some(0) {
             return Err(invalid(
                 "max_output_tokens",
@@ -574,6 +572,7 @@ impl ResponsesRequest {
             previous_response_id: self.previous_response_id,
             conversation_id,
             store: self.store.unwrap_or(true),
+            truncation_auto,
             metadata: self.metadata.unwrap_or_default(),
             stream: self.stream.unwrap_or(false),
             echo: Echo {
@@ -634,7 +633,7 @@ pub struct ResponseObject {
     pub tools: Vec<ResponsesTool>,
     /// As asked (1 when not).
     pub top_p: f32,
-    /// Always `disabled` for now.
+    /// `disabled` or `auto`, as asked.
     pub truncation: String,
     /// Tokens used, once known.
     pub usage: Option<ResponseUsage>,
@@ -839,7 +838,11 @@ impl ResponseObject {
                 .unwrap_or_else(|| ResponsesToolChoice::Mode("auto".into())),
             tools: echo.tools.clone(),
             top_p: echo.top_p.unwrap_or(1.0),
-            truncation: "disabled".into(),
+            truncation: if turn.truncation_auto {
+                "auto".into()
+            } else {
+                "disabled".into()
+            },
             usage: None,
             user: echo.user.clone(),
             metadata: turn.metadata.clone(),

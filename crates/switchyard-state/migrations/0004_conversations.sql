@@ -6,6 +6,8 @@ CREATE TABLE conversations (
     id TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL,
     created_at BIGINT NOT NULL,
+    -- When an item was last added (retention counts from here).
+    updated_at BIGINT NOT NULL,
     metadata TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX conversations_by_tenant ON conversations (tenant_id, created_at);

@@ -65,6 +65,14 @@ pub(crate) async fn append_in(
     if exists.is_none() {
         return Ok(false);
     }
+    if items.is_empty() {
+        return Ok(true);
+    }
+    sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2")
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
     let next: i64 = sqlx::query(
         "SELECT COALESCE(MAX(position), -1) + 1 AS next FROM conversation_items WHERE conversation_id = $1",
     )
@@ -86,6 +94,12 @@ pub(crate) async fn append_in(
     Ok(true)
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Two writers appending to one conversation at once may pick the same
 /// next position; the loser's transaction fails on the key and is tried
 /// again this many times.
@@ -100,10 +114,11 @@ impl SqlStore {
     ) -> Result<(), StateError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO conversations (id, tenant_id, created_at, metadata) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO conversations (id, tenant_id, created_at, updated_at, metadata) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&conversation.id)
         .bind(&conversation.tenant_id)
+        .bind(conversation.created_at)
         .bind(conversation.created_at)
         .bind(&conversation.metadata)
         .execute(&mut *tx)
@@ -228,6 +243,42 @@ impl SqlStore {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Deletes what is older than `before` (Unix milliseconds): responses
+    /// created before it, conversations nothing was added to since, and
+    /// summaries written before it, with their items. Returns how many
+    /// responses and conversations went.
+    pub async fn purge_before(&self, before: i64) -> Result<(u64, u64), StateError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM response_items WHERE response_id IN (SELECT id FROM responses WHERE created_at < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let responses = sqlx::query("DELETE FROM responses WHERE created_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "DELETE FROM conversation_items WHERE conversation_id IN (SELECT id FROM conversations WHERE updated_at < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let conversations = sqlx::query("DELETE FROM conversations WHERE updated_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM context_summaries WHERE created_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((responses, conversations))
     }
 
     /// Deletes item `item_id` of conversation `id`; false when either is

@@ -14,6 +14,7 @@ pub mod counters;
 pub mod records;
 mod responses;
 mod store;
+mod summaries;
 pub mod testing;
 
 pub use conversations::{ConversationItemRow, ConversationRow};

@@ -68,7 +68,7 @@ pub struct SqlStore {
 }
 
 /// The migrations, embedded: the binary carries its schema.
-const MIGRATIONS: [(i64, &str, &str); 4] = [
+const MIGRATIONS: [(i64, &str, &str); 5] = [
     (
         1,
         "governance",
@@ -88,6 +88,11 @@ const MIGRATIONS: [(i64, &str, &str); 4] = [
         4,
         "conversations",
         include_str!("../migrations/0004_conversations.sql"),
+    ),
+    (
+        5,
+        "summaries",
+        include_str!("../migrations/0005_summaries.sql"),
     ),
 ];
 

@@ -606,6 +606,60 @@ async fn a_conversation_gathers_its_items_and_its_responses_within_its_tenant(st
     store.close().await;
 }
 
+on_every_database!(what_is_older_than_the_retention_is_purged);
+
+async fn what_is_older_than_the_retention_is_purged(store: SqlStore) {
+    let mine = TenantScope::Tenant("ten_a".into());
+    for (id, at) in [("old", 1_000), ("new", 5_000)] {
+        store
+            .insert_response(
+                &response_row(id, "ten_a", None, at),
+                &items(&[("q", false)]),
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .insert_summary("ten_a", "h-old", "s", 1_000)
+        .await
+        .unwrap();
+    store
+        .insert_conversation(
+            &ConversationRow {
+                id: "conv_kept".into(),
+                tenant_id: "ten_a".into(),
+                created_at: 1_000,
+                metadata: "{}".into(),
+            },
+            &[("m1".to_owned(), "x".to_owned())],
+        )
+        .await
+        .unwrap();
+    let (responses, conversations) = store.purge_before(2_000).await.unwrap();
+    assert_eq!((responses, conversations), (1, 0));
+    assert!(store.response(&mine, "old").await.unwrap().is_none());
+    assert!(store.response(&mine, "new").await.unwrap().is_some());
+    assert!(
+        store
+            .summaries("ten_a", &["h-old".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A conversation counts from its last item, added just now.
+    assert!(
+        store
+            .conversation(&mine, "conv_kept")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let (responses, conversations) = store.purge_before(i64::MAX).await.unwrap();
+    assert_eq!((responses, conversations), (1, 1));
+    store.close().await;
+}
+
 #[tokio::test]
 async fn reopening_keeps_data_and_migrations_run_once() {
     let dir = tempfile::tempdir().unwrap();

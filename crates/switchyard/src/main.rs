@@ -3,6 +3,7 @@
 mod assembly;
 mod backends;
 mod chat;
+mod context;
 mod governance;
 mod ingest;
 mod logging;

@@ -2,7 +2,6 @@
 //! embeds through the gateway, and each model's context size for fitting
 //! sources.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::anyhow;
@@ -14,10 +13,6 @@ use switchyard_retrieval::{
     CharEstimate, ChunkSettings, Collections, Ingestor, TokenCount, TokenizerCount,
 };
 use tracing::{info, warn};
-
-/// Context assumed for remote models, whose window the configuration does
-/// not state.
-const REMOTE_CONTEXT_TOKENS: usize = 8_192;
 
 /// Retrieval for `config`, or `None` when its embeddings model is not
 /// configured (the collection endpoints then answer 503). A reload passes
@@ -58,7 +53,7 @@ pub fn build(
         collections,
         ingestor,
         settings.clone(),
-        context_windows(config),
+        crate::context::context_windows(config),
     )
     .map_err(|e| anyhow!(e))?;
     Ok(Some(Arc::new(retrieval)))
@@ -102,29 +97,4 @@ fn token_counter(config: &Config, model: &str) -> Arc<dyn TokenCount> {
         }
     }
     Arc::new(CharEstimate)
-}
-
-/// Each model's context in tokens; a route's is its smallest deployment's.
-fn context_windows(config: &Config) -> HashMap<String, usize> {
-    let mut windows: HashMap<String, usize> = config
-        .models
-        .iter()
-        .map(|(name, model)| {
-            let window = match model {
-                ModelConfig::Local(local) => local.context_length as usize,
-                _ => REMOTE_CONTEXT_TOKENS,
-            };
-            (name.clone(), window)
-        })
-        .collect();
-    for (name, route) in &config.routes {
-        let smallest = route
-            .deployments
-            .iter()
-            .filter_map(|d| windows.get(&d.model).copied())
-            .min()
-            .unwrap_or(REMOTE_CONTEXT_TOKENS);
-        windows.insert(name.clone(), smallest);
-    }
-    windows
 }

@@ -134,8 +134,11 @@ async fn serve(
             policy: governance.policy(),
             retrieval,
             guardrails: Arc::new(guardrails(&config, "the configuration")?),
+            fitting: Arc::new(crate::context::fitting(&config)),
+            keeping: crate::context::keeping(&config),
         },
     );
+    crate::context::purge_in_background(pipeline.clone());
     let _ = pipeline_cell.set(Arc::downgrade(&pipeline));
 
     let listener = TcpListener::bind(config.listen)
@@ -364,6 +367,8 @@ async fn reload(
         policy,
         retrieval,
         guardrails,
+        fitting: Arc::new(crate::context::fitting(next)),
+        keeping: crate::context::keeping(next),
     });
     Ok(assembled.reusable)
 }

@@ -627,3 +627,249 @@ async fn the_official_openai_sdk_drives_the_responses_api() {
         );
     });
 }
+
+/// A long conversation: a system message, then `turns` exchanges of about
+/// 75 tokens a message, with a tool call and its result in turns 5 and 36.
+fn long_conversation(turns: usize) -> Vec<Value> {
+    let mut messages = vec![json!({"role": "system", "content": "You are the archivist."})];
+    for turn in 0..turns {
+        let padding = "lorem ipsum dolor sit amet ".repeat(10);
+        messages.push(json!({"role": "user", "content": format!("Question {turn}: {padding}")}));
+        if turn == 5 || turn == 36 {
+            messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": format!("call_{turn}"), "type": "function",
+                 "function": {"name": "lookup", "arguments": format!("{{\"turn\":{turn}}}")}}]}));
+            messages.push(
+                json!({"role": "tool", "tool_call_id": format!("call_{turn}"),
+                                 "content": format!("result {turn}: {padding}")}),
+            );
+        }
+        messages.push(json!({"role": "assistant", "content": format!("Answer {turn}: {padding}")}));
+    }
+    messages
+}
+
+/// Every tool result an upstream received follows the assistant message
+/// that made its call.
+fn tool_pairs_whole(messages: &[Value]) -> bool {
+    messages.iter().enumerate().all(|(i, m)| {
+        m["role"] != "tool"
+            || messages[..i]
+                .iter()
+                .rev()
+                .take_while(|p| p["role"] == "tool" || p["tool_calls"].is_array())
+                .any(|p| {
+                    p["tool_calls"]
+                        .as_array()
+                        .is_some_and(|calls| calls.iter().any(|c| c["id"] == m["tool_call_id"]))
+                })
+    })
+}
+
+#[tokio::test]
+async fn a_forty_turn_conversation_is_truncated_to_a_2k_window_keeping_the_newest_turns_and_tool_pairs()
+ {
+    let upstream = recording_standin().await;
+    let config = format!(
+        "{}[context]\nfit = {{ \"small-window\" = \"truncate\" }}\n",
+        standin_model("small-window", &upstream, "context_window = 2048")
+    );
+    let server = Server::start(&config);
+    let mut messages = long_conversation(40);
+    messages.push(json!({"role": "user", "content": "And the last question?"}));
+    let response = server
+        .post_chat(&json!({"model": "small-window", "messages": messages}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let sent = upstream.requests();
+    let received = sent[0].body["messages"].as_array().unwrap().clone();
+    assert!(
+        received.len() < messages.len() / 2,
+        "{} of {}",
+        received.len(),
+        messages.len()
+    );
+    // The system message, then a user's turn, ..., the newest turns as sent.
+    assert_eq!(received[0], messages[0]);
+    assert_eq!(received[1]["role"], "user");
+    let tail = &messages[messages.len() - 6..];
+    assert_eq!(&received[received.len() - 6..], tail);
+    assert!(tool_pairs_whole(&received), "{received:?}");
+    // About what the window leaves: 2048 less a quarter for the answer.
+    let characters: usize = received.iter().map(|m| m.to_string().len()).sum();
+    assert!(characters / 4 < 1536 + 200, "{characters} characters sent");
+}
+
+#[tokio::test]
+async fn summarize_writes_one_summary_and_the_next_turn_reuses_it() {
+    let upstream = recording_standin().await;
+    let config = format!(
+        "{}{}[governance]\nmaster_key = \"{MASTER}\"\nledger_flush_ms = 50\n\
+         [context]\nfit = {{ \"archive\" = \"summarize\" }}\nsummary_model = \"summarizer\"\n",
+        standin_model("archive", &upstream, "context_window = 2048"),
+        standin_model(
+            "summarizer",
+            &upstream,
+            "headers = { \"x-standin-reply\" = \"The user asked forty questions about lorem ipsum.\" }"
+        ),
+    );
+    let server = Server::start(&config);
+    let mut messages = long_conversation(40);
+    messages.push(json!({"role": "user", "content": "And the next one?"}));
+    for turn in 0..2 {
+        let response = client()
+            .post(format!("{}/chat/completions", server.v1()))
+            .header("x-request-id", format!("summarized-{turn}"))
+            .json(&json!({"model": "archive", "messages": messages}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        messages.push(answer["choices"][0]["message"].clone());
+        messages.push(json!({"role": "user", "content": "One more?"}));
+    }
+    let sent = upstream.requests();
+    let summaries = sent
+        .iter()
+        .filter(|r| r.body["model"] == "summarizer")
+        .count();
+    assert_eq!(summaries, 1, "the second turn reuses the summary");
+    let answered: Vec<&Value> = sent
+        .iter()
+        .filter(|r| r.body["model"] == "archive")
+        .map(|r| &r.body)
+        .collect();
+    assert_eq!(answered.len(), 2);
+    for body in &answered {
+        let received = body["messages"].as_array().unwrap();
+        assert_eq!(received[0]["content"], "You are the archivist.");
+        assert_eq!(
+            received[1]["content"],
+            "Summary of the earlier conversation: The user asked forty questions about lorem ipsum."
+        );
+        assert_eq!(received[2]["role"], "user");
+        assert!(tool_pairs_whole(received));
+    }
+    // Both turns were cut at the same place: the second sent two more.
+    let lengths: Vec<usize> = answered
+        .iter()
+        .map(|b| b["messages"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(lengths[1], lengths[0] + 2, "{lengths:?}");
+    // The summary model read the dropped turns, not the newest.
+    let summarizer = sent
+        .iter()
+        .find(|r| r.body["model"] == "summarizer")
+        .unwrap();
+    let transcript = summarizer.body["messages"][1]["content"].as_str().unwrap();
+    assert!(transcript.contains("Question 0:") && !transcript.contains("Question 39:"));
+    // The audit trail says so.
+    for (turn, summary) in [(0, "written"), (1, "reused")] {
+        let mut step = Value::Null;
+        for _ in 0..100 {
+            let audit: Value = client()
+                .get(format!(
+                    "{}/admin/audit?request_id=summarized-{turn}",
+                    server.url
+                ))
+                .bearer_auth(MASTER)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(found) = audit["data"][0]["decisions"]
+                .as_array()
+                .and_then(|steps| steps.iter().find(|s| s["step"] == "fit"))
+            {
+                step = found.clone();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(step["mode"], "summarize", "{step}");
+        assert_eq!(step["summary"], summary);
+    }
+}
+
+#[tokio::test]
+async fn truncation_auto_fits_a_long_input_to_the_local_models_window_by_its_own_tokenizer() {
+    let server = Server::start(&local_model_config(""));
+    let input: Vec<Value> = long_conversation(20)
+        .into_iter()
+        .filter(|m| m["tool_calls"].is_null() && m["role"] != "tool")
+        .chain([json!({"role": "user", "content": "What is the capital of France? Answer in one word."})])
+        .collect();
+    let body = |truncation: &str| {
+        json!({"model": "smollm2-135m-instruct", "input": input, "truncation": truncation,
+               "max_output_tokens": 16, "temperature": 0})
+    };
+    let (status, error) = respond(&server, None, body("disabled")).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["code"], "context_length_exceeded");
+    let (status, fitted) = respond(&server, None, body("auto")).await;
+    assert_eq!(status, 200, "{fitted}");
+    assert_eq!(fitted["truncation"], "auto");
+    let prompt = fitted["usage"]["input_tokens"].as_u64().unwrap();
+    // The local window is 1,024 tokens; 16 are kept for the answer.
+    assert!(prompt + 16 <= 1024 && prompt > 256, "{prompt}");
+}
+
+#[tokio::test]
+async fn with_mask_on_stored_items_keep_no_personal_data() {
+    let upstream = recording_standin().await;
+    let config = format!(
+        "{}[conversations]\nmask = true\nretention_days = 30\n",
+        standin_model("remote", &upstream, "")
+    );
+    let server = Server::start(&config);
+    let (status, first) = respond(
+        &server,
+        None,
+        json!({"model": "remote", "input": "Mail jane.doe@example.com about it."}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The client's own answer is as the model wrote it...
+    assert_eq!(
+        output_text(&first),
+        "echo: Mail jane.doe@example.com about it."
+    );
+    let id = first["id"].as_str().unwrap();
+    // ...what is kept is masked, and so is the history a later turn gets.
+    let stored: Value = client()
+        .get(format!("{}/responses/{id}", server.v1()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(output_text(&stored), "echo: Mail [EMAIL] about it.");
+    let items: Value = client()
+        .get(format!("{}/responses/{id}/input_items", server.v1()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        items["data"][0]["content"][0]["text"],
+        "Mail [EMAIL] about it."
+    );
+    respond(
+        &server,
+        None,
+        json!({"model": "remote", "input": "Thanks.", "previous_response_id": id}),
+    )
+    .await;
+    let sent = upstream.requests();
+    assert!(
+        !sent[1].body.to_string().contains("jane.doe"),
+        "{}",
+        sent[1].body
+    );
+}

@@ -30,6 +30,8 @@ pub struct Turn {
     pub conversation_id: Option<String>,
     /// Whether the response is kept.
     pub store: bool,
+    /// The request asked for `truncation: "auto"`.
+    pub truncation_auto: bool,
 }
 
 /// The stored items of the conversation `previous` ends, in `tenant`.

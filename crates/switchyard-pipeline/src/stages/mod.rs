@@ -5,6 +5,7 @@
 pub mod admit;
 pub mod authenticate;
 pub mod finish;
+pub mod fit;
 pub mod ground;
 pub mod guard;
 pub mod history;
