@@ -272,14 +272,12 @@ fn semantic_events(
     async_stream::stream! {
         let mut sequence = 0u64;
         let mut emit = |event: ResponseEvent| {
-            let name = match serde_json::to_value(&event) {
-                Ok(value) => value["type"].as_str().unwrap_or_default().to_owned(),
-                Err(_) => String::new(),
-            };
+            // Serialising these plain structs cannot fail; an empty event
+            // would be ignored by clients rather than break the stream.
             let data = serde_json::to_string(&Sequenced { event: &event, sequence_number: sequence })
                 .unwrap_or_default();
             sequence += 1;
-            Ok::<_, Infallible>(Event::default().event(name).data(data))
+            Ok::<_, Infallible>(Event::default().event(event.name()).data(data))
         };
         yield emit(ResponseEvent::Created { response: Box::new(object.clone()) });
         yield emit(ResponseEvent::InProgress { response: Box::new(object.clone()) });
@@ -336,7 +334,7 @@ fn semantic_events(
                             done.push(previous);
                         }
                         let call_id = piece.id.clone().unwrap_or_else(|| new_id("call"));
-                        let id = format!("fc_{}", call_id.trim_start_matches("call_"));
+                        let id = new_id("fc");
                         let name = piece.name.clone().unwrap_or_default();
                         yield emit(ResponseEvent::OutputItemAdded {
                             output_index: done.len(),

@@ -43,9 +43,25 @@ struct Args {
     /// A label for the output line.
     #[arg(long, default_value = "")]
     label: String,
+    /// Ask through the Responses API (`/responses`) instead of chat
+    /// completions, whole answers only.
+    #[arg(long, conflicts_with = "stream")]
+    responses: bool,
+    /// With `--responses`: `store: false` (nothing kept).
+    #[arg(long, requires = "responses")]
+    no_store: bool,
 }
 
 fn body(args: &Args, stream: bool) -> Vec<u8> {
+    if args.responses {
+        return serde_json::to_vec(&serde_json::json!({
+            "model": args.model,
+            "input": "Say hello to the benchmark",
+            "max_output_tokens": 16,
+            "store": !args.no_store,
+        }))
+        .unwrap_or_default();
+    }
     serde_json::to_vec(&serde_json::json!({
         "model": args.model,
         "messages": [{"role": "user", "content": "Say hello to the benchmark"}],
@@ -100,7 +116,12 @@ async fn run_load(args: Args) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency * 2)
         .tcp_nodelay(true)
         .build()?;
-    let url = format!("{}/chat/completions", args.url.trim_end_matches('/'));
+    let path = if args.responses {
+        "responses"
+    } else {
+        "chat/completions"
+    };
+    let url = format!("{}/{path}", args.url.trim_end_matches('/'));
     let payload = body(&args, args.stream);
     let recording = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

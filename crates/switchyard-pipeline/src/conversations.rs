@@ -170,19 +170,7 @@ impl Pipeline {
                 &encode(items, self.snapshot().keeping.mask)?,
             )
             .await
-            .map_err(|error| {
-                // A duplicate item id is the client's mistake.
-                if error.to_string().to_lowercase().contains("unique") {
-                    PipelineError::from(
-                        BackendError::invalid_request(format!(
-                            "conversation {id:?} already has an item with one of these ids"
-                        ))
-                        .with_param("items"),
-                    )
-                } else {
-                    failed(error)
-                }
-            })?;
+            .map_err(failed)?;
         if appended { Ok(()) } else { Err(not_found(id)) }
     }
 

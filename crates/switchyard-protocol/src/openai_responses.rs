@@ -865,8 +865,10 @@ pub fn answer_items(
             content: vec![ContentPart::Text(text.to_owned())],
         });
     }
+    // Item ids are Switchyard's own: call ids repeat across turns (some
+    // providers number them per answer).
     items.extend(calls.iter().map(|call| Item::FunctionCall {
-        id: format!("fc_{}", call.id.trim_start_matches("call_")),
+        id: new_id("fc"),
         call_id: call.id.clone(),
         name: call.name.clone(),
         arguments: call.arguments.clone(),
@@ -1081,6 +1083,31 @@ pub enum ResponseEvent {
     },
 }
 
+impl ResponseEvent {
+    /// Its `type`, as the SSE `event:` line repeats it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ResponseEvent::Created { .. } => "response.created",
+            ResponseEvent::InProgress { .. } => "response.in_progress",
+            ResponseEvent::OutputItemAdded { .. } => "response.output_item.added",
+            ResponseEvent::ContentPartAdded { .. } => "response.content_part.added",
+            ResponseEvent::OutputTextDelta { .. } => "response.output_text.delta",
+            ResponseEvent::OutputTextDone { .. } => "response.output_text.done",
+            ResponseEvent::ContentPartDone { .. } => "response.content_part.done",
+            ResponseEvent::FunctionCallArgumentsDelta { .. } => {
+                "response.function_call_arguments.delta"
+            }
+            ResponseEvent::FunctionCallArgumentsDone { .. } => {
+                "response.function_call_arguments.done"
+            }
+            ResponseEvent::OutputItemDone { .. } => "response.output_item.done",
+            ResponseEvent::Completed { .. } => "response.completed",
+            ResponseEvent::Incomplete { .. } => "response.incomplete",
+            ResponseEvent::Failed { .. } => "response.failed",
+        }
+    }
+}
+
 /// An event with its place in the stream, as sent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sequenced<'a> {
@@ -1248,6 +1275,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(json["type"], "response.output_text.delta");
+        assert_eq!(json["type"], event.name());
         assert_eq!(json["sequence_number"], 4);
         assert_eq!(json["delta"], "Hi");
     }

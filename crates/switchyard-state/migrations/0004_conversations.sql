@@ -20,7 +20,9 @@ CREATE TABLE conversation_items (
     item TEXT NOT NULL,
     PRIMARY KEY (conversation_id, position)
 );
-CREATE UNIQUE INDEX conversation_items_by_id ON conversation_items (conversation_id, item_id);
+-- Not unique: a client may send an item again (a function call it got
+-- back as output, say); a lookup by id finds the first.
+CREATE INDEX conversation_items_by_id ON conversation_items (conversation_id, item_id);
 
 -- The conversation a response was created in.
 ALTER TABLE responses ADD COLUMN conversation_id TEXT;

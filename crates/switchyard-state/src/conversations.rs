@@ -281,8 +281,8 @@ impl SqlStore {
         Ok((responses, conversations))
     }
 
-    /// Deletes item `item_id` of conversation `id`; false when either is
-    /// not there (or not in scope).
+    /// Deletes item `item_id` of conversation `id` (every copy a client
+    /// sent); false when either is not there (or not in scope).
     pub async fn delete_conversation_item(
         &self,
         scope: &TenantScope,
@@ -299,6 +299,6 @@ impl SqlStore {
         .bind(item_id)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done.rows_affected() > 0)
     }
 }

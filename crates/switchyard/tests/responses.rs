@@ -523,6 +523,22 @@ async fn a_response_the_client_saw_complete_survives_a_kill_9() {
         json!({"model": "remote", "input": "keep this"}),
     )
     .await;
+    let conversation: Value = client()
+        .post(format!("{}/conversations", server.v1()))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (_, in_conversation) = respond(
+        &server,
+        None,
+        json!({"model": "remote", "input": "note this", "conversation": conversation["id"]}),
+    )
+    .await;
+    assert_eq!(in_conversation["status"], "completed");
     let streamed = client()
         .post(format!("{}/responses", server.v1()))
         .json(
@@ -560,6 +576,25 @@ async fn a_response_the_client_saw_complete_survives_a_kill_9() {
         .filter_map(|item| item["content"][0]["text"].as_str())
         .collect();
     assert_eq!(texts, ["keep this", "echo: keep this", "and this"]);
+    let items: Value = client()
+        .get(format!(
+            "{}/conversations/{}/items?order=asc",
+            server.v1(),
+            conversation["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let texts: Vec<&str> = items["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|item| item["content"][0]["text"].as_str())
+        .collect();
+    assert_eq!(texts, ["note this", "echo: note this"]);
 }
 
 #[tokio::test]

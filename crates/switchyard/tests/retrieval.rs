@@ -225,6 +225,32 @@ async fn grounded_answers_cite_the_page_that_holds_the_answer_and_stream() {
         "{body}"
     );
 
+    // The Responses API grounds the same way: the assistant, and the
+    // extension field; the sources come back as citations on the text.
+    for body in [
+        json!({"model": "book-assistant", "input": "How do I wait for a spawned thread to finish using join?",
+               "max_output_tokens": 16}),
+        json!({"model": "smollm2-135m-instruct", "input": "How do I wait for a spawned thread to finish using join?",
+               "max_output_tokens": 16, "retrieval": {"collection": "book", "top_k": 2}}),
+    ] {
+        let (status, response) = call(
+            &server,
+            reqwest::Method::POST,
+            "/v1/responses",
+            None,
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, 200, "{response}");
+        let annotations = &response["output"][0]["content"][0]["annotations"];
+        assert_eq!(annotations[0]["type"], "file_citation", "{response}");
+        assert_eq!(
+            annotations[0]["file_id"], "ch16-01-threads.html",
+            "{response}"
+        );
+        assert_eq!(annotations[0]["index"], 1);
+    }
+
     // Bad requests get the API's error shape.
     let response = server
         .post_chat(&json!({
