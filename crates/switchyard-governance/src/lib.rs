@@ -184,6 +184,8 @@ pub struct RequestFacts {
     /// The request's time waiting on upstreams: the rest of its time is
     /// the gateway's own overhead.
     pub upstream: UpstreamClock,
+    /// The Responses API response it produces, for its ledger row.
+    pub response_id: Option<String>,
 }
 
 impl Governance {
@@ -912,6 +914,7 @@ impl Admission {
             ttft_ms: self
                 .first_token
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            response_id: self.facts.response_id.clone(),
         };
         let audit = AuditRow {
             id: self.row_id.clone(),

@@ -230,6 +230,7 @@ impl Pipeline {
             // history is the caller's tenant's.
             history::prepare(&self.governance, &tenant, turn, &mut request, &call.context).await?;
             facts.estimated_tokens = admit::estimate_chat(&request);
+            facts.response_id = Some(turn.response_id.clone());
         }
         let policy = snapshot.policy.settings();
         let prompt = policy.store_prompts.then(|| finish::prompt_text(&request));

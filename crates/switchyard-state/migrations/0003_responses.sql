@@ -25,3 +25,6 @@ CREATE TABLE response_items (
     item TEXT NOT NULL,
     PRIMARY KEY (response_id, position)
 );
+
+-- The response a request produced, on its ledger row.
+ALTER TABLE usage_ledger ADD COLUMN response_id TEXT;

@@ -222,6 +222,10 @@ pub struct UsageRow {
     pub latency_ms: u64,
     /// Milliseconds to the first streamed token.
     pub ttft_ms: Option<u64>,
+    /// The Responses API response the request produced (its stored
+    /// response names the one it continued and its conversation).
+    #[serde(default)]
+    pub response_id: Option<String>,
 }
 
 /// One request's decision path.

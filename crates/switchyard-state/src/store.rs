@@ -442,8 +442,8 @@ impl SqlStore {
         for chunk in usage.chunks(ROWS_PER_INSERT) {
             let sql = multi_row_insert(
                 self.kind,
-                "INSERT INTO usage_ledger (id, request_id, at, tenant_id, team_id, key_id, model, deployment, route, cache_hit, status, input_tokens, output_tokens, cached_tokens, cost, latency_ms, ttft_ms) VALUES",
-                17,
+                "INSERT INTO usage_ledger (id, request_id, at, tenant_id, team_id, key_id, model, deployment, route, cache_hit, status, input_tokens, output_tokens, cached_tokens, cost, latency_ms, ttft_ms, response_id) VALUES",
+                18,
                 chunk.len(),
             );
             let mut query = sqlx::query(&sql);
@@ -465,7 +465,8 @@ impl SqlStore {
                     .bind(to_i64(row.cached_tokens))
                     .bind(row.cost)
                     .bind(to_i64(row.latency_ms))
-                    .bind(row.ttft_ms.map(to_i64));
+                    .bind(row.ttft_ms.map(to_i64))
+                    .bind(row.response_id.as_deref());
             }
             query.execute(&mut *tx).await?;
         }
@@ -506,7 +507,7 @@ impl SqlStore {
         request_id: &str,
     ) -> Result<Vec<UsageRow>, StateError> {
         let rows = sqlx::query(
-            "SELECT id, request_id, at, tenant_id, team_id, key_id, model, deployment, route, cache_hit, status, input_tokens, output_tokens, cached_tokens, cost, latency_ms, ttft_ms
+            "SELECT id, request_id, at, tenant_id, team_id, key_id, model, deployment, route, cache_hit, status, input_tokens, output_tokens, cached_tokens, cost, latency_ms, ttft_ms, response_id
              FROM usage_ledger WHERE request_id = $1 AND ($2 IS NULL OR tenant_id = $2) ORDER BY at, id",
         )
         .bind(request_id)
@@ -875,6 +876,7 @@ fn usage_from(row: &AnyRow) -> Result<UsageRow, StateError> {
         cost: row.try_get("cost")?,
         latency_ms: from_i64(row.try_get("latency_ms")?),
         ttft_ms: row.try_get::<Option<i64>, _>("ttft_ms")?.map(from_i64),
+        response_id: row.try_get("response_id")?,
     })
 }
 

@@ -142,6 +142,7 @@ fn usage(id: &str, tenant: &str, key: &str, model: &str, at: i64, cost: f64) -> 
         cost,
         latency_ms: 12,
         ttft_ms: Some(3),
+        response_id: Some(format!("resp_{id}")),
     }
 }
 
@@ -344,10 +345,12 @@ async fn the_ledger_is_idempotent_reports_group_and_spend_adds_up(store: SqlStor
         .unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].request_id, "req-4", "newest first");
+    // Every field comes back as written, the response it produced included.
     assert_eq!(
         store.usage_of_request(&a, "req-2").await.unwrap()[0],
         rows[1]
     );
+    assert_eq!(rows[1].response_id.as_deref(), Some("resp_2"));
     store.close().await;
 }
 

@@ -40,6 +40,7 @@ pub async fn authenticate(
         stream: kind.stream,
         arrived: call.arrived,
         upstream: call.context.upstream.clone(),
+        response_id: None,
     };
     let authenticated = governance
         .authenticate_under(&snapshot.policy, call.credential())
