@@ -55,6 +55,7 @@ pub(crate) fn request_context(
         cache,
         trail: Default::default(),
         upstream: Default::default(),
+        embeddings: Default::default(),
     }
 }
 

@@ -36,7 +36,8 @@ pub use guardrails::{
 pub use interpolate::{InterpolationError, interpolate};
 pub use retrieval::{AssistantConfig, RetrievalConfig};
 pub use routing::{
-    CacheConfig, DeploymentRef, FailureKind, ResilienceConfig, RouteConfig, RuleConfig, Strategy,
+    CacheConfig, DEFAULT_SIMILARITY_THRESHOLD, DeploymentRef, FailureKind, ResilienceConfig,
+    RouteConfig, RuleConfig, Strategy,
 };
 
 /// The chat model served when no configuration file is given.
@@ -924,6 +925,34 @@ impl Config {
                     return Err((
                         format!("routes.{name}.rules.{index}.metadata_value"),
                         "needs `metadata_key`".into(),
+                    ));
+                }
+                if !rule.similar_to.is_empty() {
+                    let model = rule
+                        .embedding_model
+                        .as_deref()
+                        .unwrap_or(DEFAULT_EMBEDDING_MODEL);
+                    if !exists(model) {
+                        return Err((
+                            format!("routes.{name}.rules.{index}.embedding_model"),
+                            format!("no model or route named {model:?} to embed with"),
+                        ));
+                    }
+                }
+                if let Some(threshold) = rule.threshold
+                    && !(threshold > 0.0 && threshold <= 1.0)
+                {
+                    return Err((
+                        format!("routes.{name}.rules.{index}.threshold"),
+                        "a similarity in (0, 1]".into(),
+                    ));
+                }
+                if rule.similar_to.is_empty()
+                    && (rule.threshold.is_some() || rule.embedding_model.is_some())
+                {
+                    return Err((
+                        format!("routes.{name}.rules.{index}.similar_to"),
+                        "`threshold` and `embedding_model` need `similar_to` examples".into(),
                     ));
                 }
             }

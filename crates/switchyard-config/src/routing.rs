@@ -99,7 +99,21 @@ pub struct RuleConfig {
     pub metadata_value: Option<String>,
     /// The caller's tenant (once tenants exist).
     pub tenant: Option<String>,
+    /// Routing by meaning: the last user turn is close to one of these
+    /// example utterances (the cosine similarity of `embedding_model`'s
+    /// vectors reaches `threshold`). Consecutive rules with examples are
+    /// weighed together: the closest above its threshold wins.
+    #[serde(default)]
+    pub similar_to: Vec<String>,
+    /// The similarity a `similar_to` rule needs (default 0.5).
+    pub threshold: Option<f32>,
+    /// The embeddings model `similar_to` compares with (default the local
+    /// `all-minilm-l6-v2`).
+    pub embedding_model: Option<String>,
 }
+
+/// The similarity a `similar_to` rule needs unless it says.
+pub const DEFAULT_SIMILARITY_THRESHOLD: f32 = 0.5;
 
 /// A public name served by a group of deployments.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -77,6 +77,10 @@ pub enum Decision {
         from: String,
         /// The route it handed over to.
         to: String,
+        /// For a rule by meaning: how close the last user turn came to its
+        /// closest example.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        similarity: Option<f32>,
     },
     /// A deployment was not tried.
     Skipped {
@@ -290,6 +294,7 @@ mod tests {
         let rule = Decision::Rule {
             from: "a".into(),
             to: "b".into(),
+            similarity: None,
         };
         assert_eq!(rule.clone().masked(upper), rule);
     }

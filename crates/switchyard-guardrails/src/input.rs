@@ -242,6 +242,7 @@ impl Applied {
             outcome.decisions.push(Decision::Rule {
                 from: std::mem::replace(&mut request.model, target.clone()),
                 to: target.clone(),
+                similarity: None,
             });
         }
         Ok(outcome)

@@ -231,7 +231,8 @@ fn personal_data_can_route_the_request_elsewhere() {
         outcome.decisions.last(),
         Some(&Decision::Rule {
             from: "m".into(),
-            to: "local".into()
+            to: "local".into(),
+            similarity: None,
         })
     );
     let mut clean = request("no personal data here");

@@ -22,6 +22,7 @@ use crate::deployment::Deployment;
 use crate::observe::{Answer, ObservedStream, annotate_answer, annotate_request, span_failed};
 use crate::route::{FailureKind, Resilience, RouteSpec, Strategy};
 use crate::rules::{CacheMode, RequestContext, Rule};
+use crate::semantic::{Similar, closest, last_user_text};
 
 /// Rules may lead to routes with rules of their own; config validation
 /// refuses cycles, and this bounds the walk regardless.
@@ -469,23 +470,136 @@ impl Gateway {
     }
 
     /// The route a request ends up on after its rules.
-    fn resolve(
+    async fn resolve(
         &self,
         request: &ChatRequest,
         context: &RequestContext,
     ) -> Result<&Route, BackendError> {
         let mut route = self.route(&request.model)?;
         for _ in 0..MAX_RULE_DEPTH {
-            let Some(rule) = route.rules.iter().find(|r| r.matches(request, context)) else {
+            let Some((rule, similarity)) = self.matching_rule(route, request, context).await else {
                 break;
             };
             context.trail.note(Decision::Rule {
                 from: route.name.clone(),
                 to: rule.target.clone(),
+                similarity,
             });
             route = self.route(&rule.target)?;
         }
         Ok(route)
+    }
+
+    /// The rule of `route` that takes `request`: rules in order, the first
+    /// that holds; consecutive rules by meaning weighed together, the one
+    /// whose examples come closest (above its threshold) winning.
+    async fn matching_rule<'r>(
+        &self,
+        route: &'r Route,
+        request: &ChatRequest,
+        context: &RequestContext,
+    ) -> Option<(&'r Rule, Option<f32>)> {
+        let rules = &route.rules;
+        let mut at = 0;
+        while at < rules.len() {
+            if rules[at].similar().is_none() {
+                if rules[at].matches(request, context) {
+                    return Some((&rules[at], None));
+                }
+                at += 1;
+                continue;
+            }
+            let end = at
+                + rules[at..]
+                    .iter()
+                    .take_while(|r| r.similar().is_some())
+                    .count();
+            let mut best: Option<(&Rule, f32)> = None;
+            for rule in &rules[at..end] {
+                let Some(similar) = rule.similar().filter(|_| rule.matches(request, context))
+                else {
+                    continue;
+                };
+                match self.similarity(similar, request, context).await {
+                    Ok(Some(score))
+                        if score >= similar.threshold && best.is_none_or(|(_, b)| score > b) =>
+                    {
+                        best = Some((rule, score));
+                    }
+                    Ok(_) => {}
+                    // A rule that cannot be weighed does not match; the
+                    // request goes on by the next rules.
+                    Err(error) => {
+                        info!(model = %similar.examples.model, error = %error.message, "routing by meaning skipped");
+                        context.trail.note(Decision::Skipped {
+                            deployment: rule.target.clone(),
+                            why: format!("routing by meaning failed: {}", error.message),
+                        });
+                    }
+                }
+            }
+            if let Some((rule, score)) = best {
+                return Some((rule, Some(score)));
+            }
+            at = end;
+        }
+        None
+    }
+
+    /// How close the request's last user turn comes to `similar`'s
+    /// examples; `None` without a user turn.
+    async fn similarity(
+        &self,
+        similar: &Similar,
+        request: &ChatRequest,
+        context: &RequestContext,
+    ) -> Result<Option<f32>, BackendError> {
+        let Some(text) = last_user_text(request) else {
+            return Ok(None);
+        };
+        let model = &similar.examples.model;
+        let examples = similar
+            .examples
+            .vectors(|texts| self.embed_texts(model, texts, context))
+            .await?;
+        let vector = self.embed_memoized(model, &text, context).await?;
+        Ok(closest(&vector, examples).map(|(_, score)| score))
+    }
+
+    /// The vector of `text` by `model`, computed once per request.
+    pub async fn embed_memoized(
+        &self,
+        model: &str,
+        text: &str,
+        context: &RequestContext,
+    ) -> Result<Arc<Vec<f32>>, BackendError> {
+        if let Some(vector) = context.embeddings.get(model, text) {
+            return Ok(vector);
+        }
+        let vector = self
+            .embed_texts(model, vec![text.to_owned()], context)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| BackendError::internal("the embeddings model returned no vector"))?;
+        let vector = Arc::new(vector);
+        context.embeddings.put(model, text, vector.clone());
+        Ok(vector)
+    }
+
+    async fn embed_texts(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+        context: &RequestContext,
+    ) -> Result<Vec<Vec<f32>>, BackendError> {
+        let request = EmbeddingRequest {
+            model: model.to_owned(),
+            inputs: texts,
+            dimensions: None,
+            user: None,
+        };
+        Ok(self.embed(request, context).await?.value.embeddings)
     }
 
     /// The deployments to try, in order: the route's, then its fallbacks'.
@@ -728,7 +842,7 @@ impl Gateway {
         request: ChatRequest,
         context: &RequestContext,
     ) -> Result<Routed<ChatResponse>, BackendError> {
-        let route = self.resolve(&request, context)?;
+        let route = self.resolve(&request, context).await?;
         let cached = self.cache_for(route, &request, context);
         if let Some((cache, key)) = &cached
             && let Some(hit) = lookup(route, cache.as_ref(), key).await
@@ -792,7 +906,7 @@ impl Gateway {
         request: ChatRequest,
         context: &RequestContext,
     ) -> Result<Routed<ChatStream>, BackendError> {
-        let route = self.resolve(&request, context)?;
+        let route = self.resolve(&request, context).await?;
         let cached = self.cache_for(route, &request, context);
         if let Some((cache, key)) = &cached
             && let Some(hit) = lookup(route, cache.as_ref(), key).await

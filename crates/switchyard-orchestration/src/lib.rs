@@ -12,6 +12,7 @@ mod gateway;
 mod observe;
 pub mod route;
 mod rules;
+pub mod semantic;
 
 pub use breaker::{BreakerSettings, BreakerState};
 pub use cache::{CachedAnswer, MemoryCache, RedisCache, ResponseCache};

@@ -9,6 +9,7 @@ use switchyard_config as config;
 
 use crate::breaker::BreakerSettings;
 use crate::rules::{Condition, Rule};
+use crate::semantic::{Examples, Similar};
 
 /// How a route picks among its deployments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +149,19 @@ impl From<&config::RuleConfig> for Rule {
         }
         if let Some(tenant) = &rule.tenant {
             conditions.push(Condition::Tenant(tenant.clone()));
+        }
+        if !rule.similar_to.is_empty() {
+            conditions.push(Condition::SimilarTo(std::sync::Arc::new(Similar {
+                examples: Examples::new(
+                    rule.embedding_model
+                        .clone()
+                        .unwrap_or_else(|| config::DEFAULT_EMBEDDING_MODEL.to_owned()),
+                    rule.similar_to.clone(),
+                ),
+                threshold: rule
+                    .threshold
+                    .unwrap_or(config::DEFAULT_SIMILARITY_THRESHOLD),
+            })));
         }
         Rule {
             target: rule.route.clone(),

@@ -7,6 +7,8 @@ use switchyard_telemetry::UpstreamClock;
 
 use switchyard_core::{ChatRequest, Decision, Role};
 
+use crate::semantic::{EmbeddingMemo, Similar};
+
 /// What routing may look at besides the request body.
 #[derive(Debug, Clone, Default)]
 pub struct RequestContext {
@@ -26,6 +28,9 @@ pub struct RequestContext {
     /// Time spent waiting on upstreams, so the rest of the request's time
     /// can be reported as the gateway's own.
     pub upstream: UpstreamClock,
+    /// Embeddings already computed for this request (the last user turn
+    /// routing by meaning embedded), reused by whatever asks again.
+    pub embeddings: EmbeddingMemo,
 }
 
 /// The steps routing took for one request (rules matched, attempts that
@@ -103,6 +108,10 @@ pub enum Condition {
     },
     /// The caller's tenant.
     Tenant(String),
+    /// The last user turn is close in meaning to one of the examples; the
+    /// gateway weighs it (it needs embeddings), the other conditions of
+    /// the rule are checked here.
+    SimilarTo(Arc<Similar>),
 }
 
 /// Heuristic code detection: a fenced block, or several lines that read
@@ -139,7 +148,16 @@ pub(crate) fn looks_like_code(text: &str) -> bool {
 }
 
 impl Rule {
-    /// Whether every condition holds.
+    /// The rule's `similar_to`, when it routes by meaning.
+    pub fn similar(&self) -> Option<&Similar> {
+        self.conditions.iter().find_map(|c| match c {
+            Condition::SimilarTo(similar) => Some(similar.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// Whether every condition holds (a `similar_to` condition is weighed
+    /// by the gateway, and counts as holding here).
     pub fn matches(&self, request: &ChatRequest, context: &RequestContext) -> bool {
         self.conditions
             .iter()
@@ -179,6 +197,7 @@ impl Condition {
             Condition::Header { name, value } => present_with(context.headers.get(name), value),
             Condition::Metadata { key, value } => present_with(context.metadata.get(key), value),
             Condition::Tenant(tenant) => context.tenant.as_ref() == Some(tenant),
+            Condition::SimilarTo(_) => true,
         }
     }
 }

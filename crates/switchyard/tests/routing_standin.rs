@@ -2,7 +2,12 @@
 //! deployments on stand-in upstreams (`switchyard-standin`, OpenAI wire
 //! format) with injected faults.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr
+)]
 
 mod common;
 
@@ -437,4 +442,104 @@ async fn two_instances_share_the_redis_cache() {
     let answer: Value = second.json().await.unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], marker);
     assert_eq!(upstream.requests().len(), 1);
+}
+
+/// Prompts written for the test, none among the routes' examples: the
+/// route each should take.
+const MEANING_SET: [(&str, &str); 20] = [
+    ("How do I reverse a linked list in Rust?", "coder"),
+    (
+        "My Python function raises KeyError when the dict is empty; how do I fix it?",
+        "coder",
+    ),
+    (
+        "Write a SQL query that counts orders per customer.",
+        "coder",
+    ),
+    ("Why does my JavaScript promise never resolve?", "coder"),
+    (
+        "Explain the borrow checker error E0502 in my code.",
+        "coder",
+    ),
+    ("How can I speed up this nested for loop in C++?", "coder"),
+    (
+        "Write unit tests for a function that parses dates.",
+        "coder",
+    ),
+    (
+        "What does a segmentation fault mean in my C program?",
+        "coder",
+    ),
+    ("Refactor this Java class to use an interface.", "coder"),
+    ("How do I read a CSV file with pandas?", "coder"),
+    ("What is a good name for a grey kitten?", "chatter"),
+    ("Plan a relaxed weekend in Lisbon for two.", "chatter"),
+    ("Suggest a vegetarian dinner for six people.", "chatter"),
+    (
+        "Write a short birthday message for my grandmother.",
+        "chatter",
+    ),
+    (
+        "What should I pack for a week of hiking in Norway?",
+        "chatter",
+    ),
+    ("Recommend three novels for a long train ride.", "chatter"),
+    ("How can I sleep better after night shifts?", "chatter"),
+    ("Give me ideas for a rainy Sunday with kids.", "chatter"),
+    ("What are fun facts about octopuses?", "chatter"),
+    (
+        "Help me write a polite note to my neighbour about noise.",
+        "chatter",
+    ),
+];
+
+#[tokio::test]
+async fn routing_by_meaning_sends_code_questions_to_the_code_model_with_the_local_embedder() {
+    let upstream = recording_standin().await;
+    let config = [
+        standin_model("coder", &upstream, ""),
+        standin_model("chatter", &upstream, ""),
+        common::local_embedding_config(),
+        "[routes.auto]\ndeployments = [{ model = \"chatter\" }]\nrules = [\n\
+           { route = \"coder\", threshold = 0.25, similar_to = [\"Debug this function, it throws an exception\", \
+             \"How do I implement a binary search in Python?\", \"Why does my program crash with a null pointer?\", \
+             \"Write a regular expression that matches email addresses\", \"Fix the compile error in my Rust code\", \
+             \"How do I join two tables in a database query?\", \"My web page's script throws an undefined error\", \
+             \"Make this algorithm faster, it is too slow\", \"How do I load a spreadsheet into a data frame?\", \
+             \"Write a test for this method\", \"Which design pattern fits this class hierarchy?\"] },\n\
+           { route = \"chatter\", threshold = 0.25, similar_to = [\"What should I cook for dinner tonight?\", \
+             \"Suggest a gift for my sister\", \"Where should I travel this summer?\", \
+             \"Tell me something interesting about whales\", \"Help me write a thank-you card\", \
+             \"What book should I read next?\", \"How do I relax after a stressful day?\", \
+             \"Name ideas for my new puppy\", \"Plan a picnic with friends\"] },\n]\n"
+            .to_owned(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let mut right = 0;
+    for (prompt, wanted) in MEANING_SET {
+        let response = server
+            .post_chat(&json!({"model": "auto", "messages": [{"role": "user", "content": prompt}]}))
+            .await;
+        assert_eq!(response.status(), 200);
+        let route = response.headers()["x-switchyard-route"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let served = upstream.requests().last().unwrap().body["model"].clone();
+        if served == wanted {
+            right += 1;
+        } else {
+            eprintln!("{prompt:?} went to {route}, not {wanted}");
+        }
+    }
+    let accuracy = f64::from(right) / MEANING_SET.len() as f64;
+    eprintln!(
+        "routing by meaning: {right} of {} right ({accuracy:.2})",
+        MEANING_SET.len()
+    );
+    assert!(accuracy >= 0.85, "accuracy {accuracy}");
+    // The examples were embedded once; each request embedded its turn once
+    // (the stand-in saw only chat calls: embeddings are local).
+    assert_eq!(upstream.requests().len(), MEANING_SET.len());
 }
