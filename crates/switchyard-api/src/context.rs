@@ -71,11 +71,17 @@ pub(crate) fn answer_headers<T>(
     }
     let cache = match routed.cache {
         CacheStatus::Hit => Some("hit"),
+        CacheStatus::SemanticHit => Some("semantic-hit"),
         CacheStatus::Miss => Some("miss"),
         CacheStatus::Bypass => None,
     };
     if let Some(cache) = cache {
         headers.insert("x-switchyard-cache", HeaderValue::from_static(cache));
+    }
+    if let Some(similarity) = routed.similarity
+        && let Ok(value) = HeaderValue::from_str(&format!("{similarity:.3}"))
+    {
+        headers.insert("x-switchyard-cache-similarity", value);
     }
     headers
 }

@@ -36,8 +36,8 @@ pub use guardrails::{
 pub use interpolate::{InterpolationError, interpolate};
 pub use retrieval::{AssistantConfig, RetrievalConfig};
 pub use routing::{
-    CacheConfig, DEFAULT_SIMILARITY_THRESHOLD, DeploymentRef, FailureKind, ResilienceConfig,
-    RouteConfig, RuleConfig, Strategy,
+    CacheConfig, DEFAULT_SEMANTIC_CACHE_THRESHOLD, DEFAULT_SIMILARITY_THRESHOLD, DeploymentRef,
+    FailureKind, ResilienceConfig, RouteConfig, RuleConfig, SemanticCacheConfig, Strategy,
 };
 
 /// The chat model served when no configuration file is given.
@@ -899,6 +899,26 @@ impl Config {
                     field("deployments"),
                     "every weight is 0; give at least one deployment a weight".into(),
                 ));
+            }
+            if let Some(semantic) = &route.semantic_cache {
+                let model = semantic
+                    .embedding_model
+                    .as_deref()
+                    .unwrap_or(DEFAULT_EMBEDDING_MODEL);
+                if !exists(model) {
+                    return Err((
+                        field("semantic_cache.embedding_model"),
+                        format!("no model or route named {model:?} to embed with"),
+                    ));
+                }
+                if let Some(threshold) = semantic.threshold
+                    && !(threshold > 0.0 && threshold <= 1.0)
+                {
+                    return Err((
+                        field("semantic_cache.threshold"),
+                        "a similarity in (0, 1]".into(),
+                    ));
+                }
             }
             for (index, target) in route.fallbacks.iter().enumerate() {
                 if !exists(target) || target == name {

@@ -112,6 +112,21 @@ pub struct RuleConfig {
     pub embedding_model: Option<String>,
 }
 
+/// A route's semantic cache.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticCacheConfig {
+    /// The similarity of two last user turns that counts as the same
+    /// question (default [`DEFAULT_SEMANTIC_CACHE_THRESHOLD`]).
+    pub threshold: Option<f32>,
+    /// The embeddings model that compares (default the local
+    /// `all-minilm-l6-v2`).
+    pub embedding_model: Option<String>,
+}
+
+/// The semantic cache's threshold unless a route says.
+pub const DEFAULT_SEMANTIC_CACHE_THRESHOLD: f32 = 0.9;
+
 /// The similarity a `similar_to` rule needs unless it says.
 pub const DEFAULT_SIMILARITY_THRESHOLD: f32 = 0.5;
 
@@ -148,6 +163,9 @@ pub struct RouteConfig {
     pub hedge_after_ms: Option<u64>,
     /// Cache this route's answers (default: the `[cache]` setting).
     pub cache: Option<bool>,
+    /// Answer a question that means what a cached one meant from the
+    /// cache (`{ threshold, embedding_model }`).
+    pub semantic_cache: Option<SemanticCacheConfig>,
     /// Leave this route out of `/v1/models`.
     #[serde(default)]
     pub hidden: bool,

@@ -205,13 +205,13 @@ pub(crate) fn cache_key(caller: &str, route: &str, request: &ChatRequest) -> Str
     hex::encode(Sha256::digest(&bytes))
 }
 
-/// Passes a stream through, and stores it once it has finished whole.
+/// Passes a stream through, and hands it to `keep` once it has finished
+/// whole (a stream that failed is not kept).
 pub(crate) fn fill_from_stream(
     mut inner: ChatStream,
-    cache: Arc<dyn ResponseCache>,
-    key: String,
     deployment: String,
     model: String,
+    keep: impl FnOnce(CachedAnswer) + Send + 'static,
 ) -> ChatStream {
     async_stream::stream! {
         let mut chunks = Vec::new();
@@ -250,8 +250,7 @@ pub(crate) fn fill_from_stream(
                 finish_reason,
                 usage,
             };
-            // Off the stream's path: the client is not kept waiting.
-            tokio::spawn(async move { cache.put(key, answer).await });
+            keep(answer);
         }
     }
     .boxed()
@@ -306,10 +305,12 @@ mod tests {
     async fn a_finished_stream_is_stored_and_a_broken_one_is_not() {
         let cache: Arc<dyn ResponseCache> = Arc::new(MemoryCache::new(10, Duration::from_secs(60)));
         let whole = answer().to_stream();
-        let passed: Vec<_> =
-            fill_from_stream(whole, cache.clone(), "ok".into(), "d".into(), "m".into())
-                .collect()
-                .await;
+        let sink = cache.clone();
+        let passed: Vec<_> = fill_from_stream(whole, "d".into(), "m".into(), move |answer| {
+            tokio::spawn(async move { sink.put("ok".into(), answer).await });
+        })
+        .collect()
+        .await;
         assert_eq!(passed.len(), 4);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(cache.get("ok").await.unwrap().chunks, vec!["Hel", "lo"]);
@@ -319,10 +320,12 @@ mod tests {
             Err(switchyard_core::BackendError::internal("cut")),
         ])
         .boxed();
-        let _: Vec<_> =
-            fill_from_stream(broken, cache.clone(), "bad".into(), "d".into(), "m".into())
-                .collect()
-                .await;
+        let sink = cache.clone();
+        let _: Vec<_> = fill_from_stream(broken, "d".into(), "m".into(), move |answer| {
+            tokio::spawn(async move { sink.put("bad".into(), answer).await });
+        })
+        .collect()
+        .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(cache.get("bad").await.is_none());
     }

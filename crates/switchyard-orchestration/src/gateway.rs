@@ -23,6 +23,9 @@ use crate::observe::{Answer, ObservedStream, annotate_answer, annotate_request, 
 use crate::route::{FailureKind, Resilience, RouteSpec, Strategy};
 use crate::rules::{CacheMode, RequestContext, Rule};
 use crate::semantic::{Similar, closest, last_user_text};
+use crate::semantic_cache::{
+    SemanticCacheSpec, SemanticEntry, SemanticStore, best_match, semantic_key,
+};
 
 /// Rules may lead to routes with rules of their own; config validation
 /// refuses cycles, and this bounds the walk regardless.
@@ -42,6 +45,7 @@ struct Route {
     backoff_max: Duration,
     hedge_after: Option<Duration>,
     cache: Option<bool>,
+    semantic_cache: Option<SemanticCacheSpec>,
     hidden: bool,
     created: u64,
 }
@@ -51,6 +55,9 @@ struct Route {
 pub enum CacheStatus {
     /// Served from the cache.
     Hit,
+    /// Served from the semantic cache: an earlier question that meant
+    /// the same.
+    SemanticHit,
     /// Looked up, not found; the answer is stored if it completes.
     Miss,
     /// Not cacheable (sampled request, cache off, or skipped by the caller).
@@ -62,6 +69,7 @@ impl CacheStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Hit => "hit",
+            Self::SemanticHit => "semantic-hit",
             Self::Miss => "miss",
             Self::Bypass => "bypass",
         }
@@ -79,6 +87,8 @@ pub struct Routed<T> {
     pub deployment: String,
     /// Whether the cache served it.
     pub cache: CacheStatus,
+    /// For a semantic hit: how close the question came to the cached one.
+    pub similarity: Option<f32>,
 }
 
 impl<T> Routed<T> {
@@ -112,6 +122,7 @@ pub struct Gateway {
     budget: RetryBudget,
     cache: Option<Arc<dyn ResponseCache>>,
     cache_by_default: bool,
+    semantic: Option<Arc<dyn SemanticStore>>,
 }
 
 /// Builds a [`Gateway`].
@@ -121,6 +132,7 @@ pub struct GatewayBuilder {
     resilience: Resilience,
     cache: Option<Arc<dyn ResponseCache>>,
     cache_by_default: bool,
+    semantic: Option<Arc<dyn SemanticStore>>,
 }
 
 fn now() -> u64 {
@@ -155,6 +167,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Keeps semantic cache entries in `store` (routes opt in).
+    pub fn semantic_store(mut self, store: Arc<dyn SemanticStore>) -> Self {
+        self.semantic = Some(store);
+        self
+    }
+
     /// The gateway. Unknown deployments in a route are an error.
     pub fn build(self) -> Result<Gateway, String> {
         let created = now();
@@ -174,6 +192,7 @@ impl GatewayBuilder {
                     backoff_max: Duration::ZERO,
                     hedge_after: None,
                     cache: None,
+                    semantic_cache: None,
                     hidden: false,
                     created,
                 },
@@ -204,6 +223,7 @@ impl GatewayBuilder {
                     backoff_max: spec.backoff_max,
                     hedge_after: spec.hedge_after,
                     cache: spec.cache,
+                    semantic_cache: spec.semantic_cache,
                     hidden: spec.hidden,
                     created,
                 },
@@ -218,6 +238,7 @@ impl GatewayBuilder {
             ),
             cache: self.cache,
             cache_by_default: self.cache_by_default,
+            semantic: self.semantic,
         })
     }
 }
@@ -367,6 +388,7 @@ impl Gateway {
             resilience,
             cache: None,
             cache_by_default: false,
+            semantic: None,
         }
     }
 
@@ -836,6 +858,82 @@ impl Gateway {
         })
     }
 
+    /// The semantic cache's group key and settings for `request` on
+    /// `route`, when the route keeps one and the request may use it (as
+    /// for the exact cache: deterministic, or forced; never when skipped).
+    fn semantic_for<'r>(
+        &self,
+        route: &'r Route,
+        request: &ChatRequest,
+        context: &RequestContext,
+    ) -> Option<(Arc<dyn SemanticStore>, String, &'r SemanticCacheSpec)> {
+        let spec = route.semantic_cache.as_ref()?;
+        let store = self.semantic.as_ref()?;
+        let wanted = match context.cache {
+            CacheMode::Skip => false,
+            CacheMode::Force => true,
+            CacheMode::Default => request.sampling.is_deterministic(),
+        };
+        (wanted && last_user_text(request).is_some()).then(|| {
+            (
+                store.clone(),
+                semantic_key(&context.caller, &route.name, request),
+                spec,
+            )
+        })
+    }
+
+    /// A cached answer to a question that meant the same, with how close
+    /// it came; a failed embedding is a miss.
+    async fn semantic_lookup(
+        &self,
+        route: &Route,
+        store: &dyn SemanticStore,
+        key: &str,
+        spec: &SemanticCacheSpec,
+        request: &ChatRequest,
+        context: &RequestContext,
+    ) -> Option<(CachedAnswer, f32)> {
+        let text = last_user_text(request)?;
+        let vector = match self.embed_memoized(&spec.model, &text, context).await {
+            Ok(vector) => vector,
+            Err(error) => {
+                info!(model = %spec.model, error = %error.message, "semantic cache skipped");
+                return None;
+            }
+        };
+        let hit = best_match(store.entries(key).await, &vector, spec.threshold);
+        metrics().semantic_cache_lookup(&route.name, hit.as_ref().map(|(_, s)| *s));
+        hit
+    }
+
+    /// Keeps `answer` in the semantic cache under `key`, with the vector
+    /// the lookup computed (off the request's path).
+    fn semantic_fill(
+        store: Arc<dyn SemanticStore>,
+        key: String,
+        spec: &SemanticCacheSpec,
+        request: &ChatRequest,
+        context: &RequestContext,
+        answer: CachedAnswer,
+    ) {
+        let vector =
+            last_user_text(request).and_then(|text| context.embeddings.get(&spec.model, &text));
+        if let Some(vector) = vector {
+            tokio::spawn(async move {
+                store
+                    .add(
+                        key,
+                        SemanticEntry {
+                            vector: (*vector).clone(),
+                            answer,
+                        },
+                    )
+                    .await;
+            });
+        }
+    }
+
     /// A whole completion.
     pub async fn chat(
         &self,
@@ -852,8 +950,24 @@ impl Gateway {
                 route: route.name.clone(),
                 deployment: hit.deployment,
                 cache: CacheStatus::Hit,
+                similarity: None,
             });
         }
+        let semantic = self.semantic_for(route, &request, context);
+        if let Some((store, key, spec)) = &semantic
+            && let Some((hit, similarity)) = self
+                .semantic_lookup(route, store.as_ref(), key, spec, &request, context)
+                .await
+        {
+            return Ok(Routed {
+                value: hit.to_response(),
+                route: route.name.clone(),
+                deployment: hit.deployment,
+                cache: CacheStatus::SemanticHit,
+                similarity: Some(similarity),
+            });
+        }
+        let original = semantic.is_some().then(|| request.clone());
         let plan: Vec<_> = self
             .plan(route)
             .into_iter()
@@ -883,6 +997,10 @@ impl Gateway {
             context,
         };
         let (response, deployment) = self.run(run, plan).await?;
+        if let (Some((store, key, spec)), Some(original)) = (semantic, &original) {
+            let answer = CachedAnswer::from_response(&deployment.name, &response);
+            Self::semantic_fill(store, key, spec, original, context, answer);
+        }
         let status = match cached {
             Some((cache, key)) => {
                 let answer = CachedAnswer::from_response(&deployment.name, &response);
@@ -896,6 +1014,7 @@ impl Gateway {
             route: route.name.clone(),
             deployment: deployment.name.clone(),
             cache: status,
+            similarity: None,
         })
     }
 
@@ -916,8 +1035,32 @@ impl Gateway {
                 route: route.name.clone(),
                 deployment: hit.deployment,
                 cache: CacheStatus::Hit,
+                similarity: None,
             });
         }
+        let semantic = self.semantic_for(route, &request, context);
+        if let Some((store, key, spec)) = &semantic
+            && let Some((hit, similarity)) = self
+                .semantic_lookup(route, store.as_ref(), key, spec, &request, context)
+                .await
+        {
+            return Ok(Routed {
+                value: hit.to_stream(),
+                route: route.name.clone(),
+                deployment: hit.deployment,
+                cache: CacheStatus::SemanticHit,
+                similarity: Some(similarity),
+            });
+        }
+        // What the semantic cache keeps of a finished stream.
+        let semantic_sink = semantic.map(|(store, key, spec)| {
+            let spec = spec.clone();
+            let request = request.clone();
+            let context = context.clone();
+            move |answer: CachedAnswer| {
+                Self::semantic_fill(store, key, &spec, &request, &context, answer);
+            }
+        });
         let plan: Vec<_> = self
             .plan(route)
             .into_iter()
@@ -951,18 +1094,23 @@ impl Gateway {
             context,
         };
         let (stream, deployment) = self.run(run, plan).await?;
+        let model = deployment
+            .chat
+            .as_ref()
+            .map(|c| c.info().upstream_model)
+            .unwrap_or_default();
+        let stream = match semantic_sink {
+            Some(sink) => fill_from_stream(stream, deployment.name.clone(), model.clone(), sink),
+            None => stream,
+        };
         let (stream, status) = match cached {
-            Some((cache, key)) => {
-                let model = deployment
-                    .chat
-                    .as_ref()
-                    .map(|c| c.info().upstream_model)
-                    .unwrap_or_default();
-                (
-                    fill_from_stream(stream, cache, key, deployment.name.clone(), model),
-                    CacheStatus::Miss,
-                )
-            }
+            Some((cache, key)) => (
+                fill_from_stream(stream, deployment.name.clone(), model, move |answer| {
+                    // Off the stream's path: the client is not kept waiting.
+                    tokio::spawn(async move { cache.put(key, answer).await });
+                }),
+                CacheStatus::Miss,
+            ),
             None => (stream, CacheStatus::Bypass),
         };
         Ok(Routed {
@@ -970,6 +1118,7 @@ impl Gateway {
             route: route.name.clone(),
             deployment: deployment.name.clone(),
             cache: status,
+            similarity: None,
         })
     }
 
@@ -1015,6 +1164,7 @@ impl Gateway {
             route: route.name.clone(),
             deployment: deployment.name.clone(),
             cache: CacheStatus::Bypass,
+            similarity: None,
         })
     }
 }

@@ -13,6 +13,7 @@ mod observe;
 pub mod route;
 mod rules;
 pub mod semantic;
+pub mod semantic_cache;
 
 pub use breaker::{BreakerSettings, BreakerState};
 pub use cache::{CachedAnswer, MemoryCache, RedisCache, ResponseCache};
@@ -20,3 +21,6 @@ pub use deployment::Deployment;
 pub use gateway::{CacheStatus, Gateway, GatewayBuilder, Listed, Routed};
 pub use route::{FailureKind, Price, Resilience, RouteSpec, Strategy};
 pub use rules::{CacheMode, Condition, RequestContext, Rule, Trail};
+pub use semantic_cache::{
+    MemorySemanticStore, RedisSemanticStore, SemanticCacheSpec, SemanticStore,
+};

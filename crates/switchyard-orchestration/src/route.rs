@@ -10,6 +10,7 @@ use switchyard_config as config;
 use crate::breaker::BreakerSettings;
 use crate::rules::{Condition, Rule};
 use crate::semantic::{Examples, Similar};
+use crate::semantic_cache::SemanticCacheSpec;
 
 /// How a route picks among its deployments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,8 @@ pub struct RouteSpec {
     pub hedge_after: Option<Duration>,
     /// Whether answers are cached (`None`: the gateway's default).
     pub cache: Option<bool>,
+    /// The semantic cache, when the route keeps one.
+    pub semantic_cache: Option<SemanticCacheSpec>,
     /// Left out of the model listing.
     pub hidden: bool,
 }
@@ -187,6 +190,18 @@ impl From<&config::RouteConfig> for RouteSpec {
             backoff_max: Duration::from_millis(route.retry_backoff_max_ms),
             hedge_after: route.hedge_after_ms.map(Duration::from_millis),
             cache: route.cache,
+            semantic_cache: route
+                .semantic_cache
+                .as_ref()
+                .map(|semantic| SemanticCacheSpec {
+                    model: semantic
+                        .embedding_model
+                        .clone()
+                        .unwrap_or_else(|| config::DEFAULT_EMBEDDING_MODEL.to_owned()),
+                    threshold: semantic
+                        .threshold
+                        .unwrap_or(config::DEFAULT_SEMANTIC_CACHE_THRESHOLD),
+                }),
             hidden: route.hidden,
         }
     }
@@ -253,6 +268,7 @@ mod tests {
             retry_backoff_max_ms: 5_000,
             hedge_after_ms: Some(250),
             cache: None,
+            semantic_cache: None,
             hidden: true,
         };
         let spec = RouteSpec::from(&table);

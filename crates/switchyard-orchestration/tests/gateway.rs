@@ -136,6 +136,7 @@ fn route(deployments: &[(&str, u32)]) -> RouteConfig {
         retry_backoff_max_ms: 2_000,
         hedge_after_ms: None,
         cache: None,
+        semantic_cache: None,
         hidden: false,
     }
 }

@@ -167,6 +167,7 @@ impl Pipeline {
             route,
             deployment,
             cache,
+            similarity,
         } = routed;
         let value = match admitted.guard.take() {
             Some(output) => guard::streamed(
@@ -192,6 +193,7 @@ impl Pipeline {
                     route,
                     deployment,
                     cache,
+                    similarity,
                 },
                 rate_limits,
                 grounded: admitted.grounded,

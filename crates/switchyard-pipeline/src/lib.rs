@@ -66,6 +66,9 @@ pub struct Snapshot {
 pub struct Pipeline {
     governance: Arc<Governance>,
     current: ArcSwap<Snapshot>,
+    /// Writes stored responses in groups; made on first use (it needs the
+    /// runtime).
+    responses: std::sync::OnceLock<switchyard_governance::switchyard_state::ResponseWriter>,
 }
 
 impl Pipeline {
@@ -75,6 +78,7 @@ impl Pipeline {
         Arc::new(Self {
             governance,
             current: ArcSwap::from_pointee(snapshot),
+            responses: std::sync::OnceLock::new(),
         })
     }
 

@@ -10,7 +10,9 @@ use switchyard_core::{
     BackendError, ChatRequest, ChatResponse, ChatStream, ContentPart, ErrorKind, Item,
 };
 use switchyard_governance::Caller;
-use switchyard_governance::switchyard_state::{ItemRow, ResponseRow, TenantScope};
+use switchyard_governance::switchyard_state::{
+    ItemRow, NewResponse, ResponseRow, ResponseWriter, TenantScope,
+};
 
 use crate::chat::Owner;
 use crate::stages::DEFAULT_TENANT;
@@ -239,10 +241,15 @@ impl Pipeline {
             status: finished.status,
             body,
         };
-        let stored = self
-            .governance
-            .store()
-            .insert_response(&row, &items, &item_ids)
+        let writer = self
+            .responses
+            .get_or_init(|| ResponseWriter::new(self.governance.store().clone()));
+        let stored = writer
+            .write(NewResponse {
+                row,
+                items,
+                item_ids,
+            })
             .await
             .map_err(store_failed)?;
         match (stored, continuation.conversation_id) {

@@ -1247,7 +1247,7 @@ mod tests {
                 "text.format.name",
             ),
             (
-                serde_json::json!({"model": "m", "input": "x", "truncation": "auto"}),
+                serde_json::json!({"model": "m", "input": "x", "truncation": "some"}),
                 "truncation",
             ),
             (

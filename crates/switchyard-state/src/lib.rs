@@ -18,7 +18,7 @@ mod summaries;
 pub mod testing;
 
 pub use conversations::{ConversationItemRow, ConversationRow};
-pub use responses::{ItemRow, ResponseRow};
+pub use responses::{ItemRow, NewResponse, ResponseRow, ResponseWriter};
 pub use store::{
     DatabaseKind, SpendScope, SqlStore, TenantScope, TimeRange, redact_url, sqlite_url,
 };
@@ -46,6 +46,9 @@ pub enum StateError {
     /// A setting is unusable.
     #[error("{0}")]
     Config(String),
+    /// A group write (of stored responses) failed or could not be made.
+    #[error("writing stored responses failed: {0}")]
+    Write(String),
     /// A folder could not be created.
     #[error("cannot create {path}: {source}")]
     Io {

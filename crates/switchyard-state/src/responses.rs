@@ -6,7 +6,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::StateError;
-use crate::store::{SqlStore, TenantScope};
+use crate::store::{DatabaseKind, SqlStore, TenantScope};
 
 /// A stored response, without its items.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,45 @@ pub struct ItemRow {
     pub item: String,
 }
 
+/// A response to store: its row, its items, and the items' own ids (for
+/// its conversation).
+#[derive(Debug, Clone)]
+pub struct NewResponse {
+    /// The response.
+    pub row: ResponseRow,
+    /// Its input items, then its output items.
+    pub items: Vec<ItemRow>,
+    /// The items' ids, in the same order.
+    pub item_ids: Vec<String>,
+}
+
+/// Rows per multi-row `INSERT` (a statement per row would make storing the
+/// bottleneck of a busy gateway).
+const ROWS_PER_INSERT: usize = 100;
+
+/// `prefix` followed by `rows` groups of `columns` placeholders, numbered
+/// for PostgreSQL.
+fn values(kind: DatabaseKind, prefix: &str, columns: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(prefix.len() + rows * columns * 5);
+    sql.push_str(prefix);
+    let mut n = 0;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { " (" } else { ", (" });
+        for column in 0..columns {
+            n += 1;
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            match kind {
+                DatabaseKind::Sqlite => sql.push('?'),
+                DatabaseKind::Postgres => sql.push_str(&format!("${n}")),
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 /// A chain longer than this is taken for a corrupt one (a response
 /// continues an older one, so chains cannot loop; this bounds the query
 /// even so).
@@ -55,58 +94,110 @@ fn item_from(row: &AnyRow) -> Result<ItemRow, StateError> {
 }
 
 impl SqlStore {
-    /// Stores a response and its items in one transaction, and appends
-    /// them to its conversation when it has one: a response the client was
-    /// told about is never found without its items, nor its conversation
-    /// without them. False (nothing stored) when its conversation is no
-    /// longer there (deleted meanwhile).
+    /// Stores a response and its items in one transaction (see
+    /// [`SqlStore::insert_responses`]); false when its conversation is no
+    /// longer there.
     pub async fn insert_response(
         &self,
         response: &ResponseRow,
         items: &[ItemRow],
         item_ids: &[String],
     ) -> Result<bool, StateError> {
+        let batch = [NewResponse {
+            row: response.clone(),
+            items: items.to_vec(),
+            item_ids: item_ids.to_vec(),
+        }];
+        Ok(self
+            .insert_responses(&batch)
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// Stores responses with their items in one transaction, each appended
+    /// to its conversation when it has one: a response a client was told
+    /// about is never found without its items, nor its conversation
+    /// without them. One transaction for many responses is what keeps
+    /// storing cheap under load (one commit, one sync to disk). For each,
+    /// false (nothing stored) when its conversation is no longer there.
+    pub async fn insert_responses(&self, batch: &[NewResponse]) -> Result<Vec<bool>, StateError> {
         let mut tx = self.pool.begin().await?;
-        if let Some(conversation) = &response.conversation_id {
-            let scope = TenantScope::Tenant(response.tenant_id.clone());
-            let pairs: Vec<(&str, &str)> = item_ids
-                .iter()
-                .map(String::as_str)
-                .zip(items.iter().map(|i| i.item.as_str()))
-                .collect();
-            let appended =
-                crate::conversations::append_in(&mut tx, &scope, conversation, &pairs).await?;
-            if !appended {
-                return Ok(false);
+        let mut stored = Vec::with_capacity(batch.len());
+        for new in batch {
+            let response = &new.row;
+            if let Some(conversation) = &response.conversation_id {
+                let scope = TenantScope::Tenant(response.tenant_id.clone());
+                let pairs: Vec<(&str, &str)> = new
+                    .item_ids
+                    .iter()
+                    .map(String::as_str)
+                    .zip(new.items.iter().map(|i| i.item.as_str()))
+                    .collect();
+                let appended =
+                    crate::conversations::append_in(&mut tx, &scope, conversation, &pairs).await?;
+                if !appended {
+                    stored.push(false);
+                    continue;
+                }
             }
+            stored.push(true);
         }
-        sqlx::query(
-            "INSERT INTO responses (id, tenant_id, previous_response_id, conversation_id, created_at, model, status, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&response.id)
-        .bind(&response.tenant_id)
-        .bind(response.previous_response_id.as_deref())
-        .bind(response.conversation_id.as_deref())
-        .bind(response.created_at)
-        .bind(&response.model)
-        .bind(&response.status)
-        .bind(&response.body)
-        .execute(&mut *tx)
-        .await?;
-        for item in items {
-            sqlx::query(
-                "INSERT INTO response_items (response_id, position, is_output, item) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&response.id)
-            .bind(item.position)
-            .bind(i64::from(item.is_output))
-            .bind(&item.item)
-            .execute(&mut *tx)
-            .await?;
+        let kept: Vec<&NewResponse> = batch
+            .iter()
+            .zip(&stored)
+            .filter_map(|(new, ok)| ok.then_some(new))
+            .collect();
+        for chunk in kept.chunks(ROWS_PER_INSERT) {
+            let sql = values(
+                self.kind(),
+                "INSERT INTO responses (id, tenant_id, previous_response_id, conversation_id, created_at, model, status, body) VALUES",
+                8,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(&sql);
+            for new in chunk {
+                let response = &new.row;
+                query = query
+                    .bind(&response.id)
+                    .bind(&response.tenant_id)
+                    .bind(response.previous_response_id.as_deref())
+                    .bind(response.conversation_id.as_deref())
+                    .bind(response.created_at)
+                    .bind(&response.model)
+                    .bind(&response.status)
+                    .bind(&response.body);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        let items: Vec<(&str, &ItemRow)> = kept
+            .iter()
+            .flat_map(|new| {
+                new.items
+                    .iter()
+                    .map(move |item| (new.row.id.as_str(), item))
+            })
+            .collect();
+        for chunk in items.chunks(ROWS_PER_INSERT) {
+            let sql = values(
+                self.kind(),
+                "INSERT INTO response_items (response_id, position, is_output, item) VALUES",
+                4,
+                chunk.len(),
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, item) in chunk {
+                query = query
+                    .bind(*id)
+                    .bind(item.position)
+                    .bind(i64::from(item.is_output))
+                    .bind(&item.item);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(stored)
     }
 
     /// The response `id` and its own items, if it is in scope.
@@ -207,5 +298,74 @@ impl SqlStore {
         }
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+/// One response waiting to be written, and who waits for it.
+type Pending = (
+    NewResponse,
+    tokio::sync::oneshot::Sender<Result<bool, String>>,
+);
+
+/// Writes responses in groups: whoever is waiting when a write starts goes
+/// into the next transaction together, so that under load many responses
+/// share one commit, while each caller still returns only once its own
+/// response is on disk.
+#[derive(Clone)]
+pub struct ResponseWriter {
+    queue: tokio::sync::mpsc::UnboundedSender<Pending>,
+}
+
+impl std::fmt::Debug for ResponseWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResponseWriter")
+    }
+}
+
+/// Most responses written in one transaction.
+const MAX_GROUP: usize = 256;
+
+impl ResponseWriter {
+    /// A writer to `store`; its task runs on the current tokio runtime.
+    pub fn new(store: SqlStore) -> Self {
+        let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+        tokio::spawn(async move {
+            while let Some(first) = waiting.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match waiting.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (batch, waiters): (Vec<NewResponse>, Vec<_>) = group.into_iter().unzip();
+                match store.insert_responses(&batch).await {
+                    Ok(stored) => {
+                        for (waiter, ok) in waiters.into_iter().zip(stored) {
+                            let _ = waiter.send(Ok(ok));
+                        }
+                    }
+                    Err(error) => {
+                        let message = error.to_string();
+                        for waiter in waiters {
+                            let _ = waiter.send(Err(message.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Writes `response` with the next group; true once it is committed,
+    /// false when its conversation is no longer there.
+    pub async fn write(&self, response: NewResponse) -> Result<bool, StateError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((response, done))
+            .map_err(|_| StateError::Write("the writer has stopped".into()))?;
+        wait.await
+            .map_err(|_| StateError::Write("the writer has stopped".into()))?
+            .map_err(StateError::Write)
     }
 }

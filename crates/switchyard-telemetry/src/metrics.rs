@@ -46,6 +46,8 @@ const DURATION_BUCKETS: [f64; 14] = [
 const TTFT_BUCKETS: [f64; 16] = [
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+/// Cosine similarities of semantic cache hits (thresholds sit high).
+const SIMILARITY_BUCKETS: [f64; 10] = [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99];
 const TPOT_BUCKETS: [f64; 13] = [
     0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
 ];
@@ -291,6 +293,7 @@ pub struct Metrics {
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     overhead: HistogramFamily<OverheadLabels>,
     retrieval: Histogram,
+    semantic_similarity: HistogramFamily<RouteLabels>,
     tenants: BoundedValues,
 }
 
@@ -415,6 +418,12 @@ impl Metrics {
             Unit::Seconds,
             retrieval.clone(),
         );
+        let semantic_similarity = histograms(|| Histogram::new(SIMILARITY_BUCKETS));
+        registry.register(
+            "switchyard_semantic_cache_hit_similarity",
+            "How close a request's last user turn was to the cached one that answered it, by route",
+            semantic_similarity.clone(),
+        );
         Self {
             registry,
             token_usage,
@@ -433,6 +442,7 @@ impl Metrics {
             cost,
             overhead,
             retrieval,
+            semantic_similarity,
             tenants: BoundedValues::new(TENANT_LABELS),
         }
     }
@@ -585,6 +595,27 @@ impl Metrics {
                 action,
             })
             .inc();
+    }
+
+    /// A semantic cache lookup: a hit at `similarity`, or a miss.
+    pub fn semantic_cache_lookup(&self, route: &str, similarity: Option<f32>) {
+        self.cache
+            .get_or_create(&CacheLabels {
+                route: route.to_owned(),
+                result: if similarity.is_some() {
+                    "semantic_hit"
+                } else {
+                    "semantic_miss"
+                },
+            })
+            .inc();
+        if let Some(similarity) = similarity {
+            self.semantic_similarity
+                .get_or_create(&RouteLabels {
+                    route: route.to_owned(),
+                })
+                .observe(f64::from(similarity));
+        }
     }
 
     /// A response cache lookup.

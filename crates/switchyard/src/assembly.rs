@@ -11,13 +11,17 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use switchyard_config::{CacheConfig, Config, ModelConfig};
 use switchyard_engine::MemoryBudget;
-use switchyard_orchestration::{Deployment, Gateway, MemoryCache, RedisCache, ResponseCache};
+use switchyard_orchestration::{
+    Deployment, Gateway, MemoryCache, MemorySemanticStore, RedisCache, RedisSemanticStore,
+    ResponseCache, SemanticStore,
+};
 
 /// What a running configuration built, for the next reload to reuse.
 #[derive(Default)]
 pub struct Reusable {
     models: BTreeMap<String, (ModelConfig, Arc<Deployment>)>,
     cache: Option<(CacheConfig, Arc<dyn ResponseCache>)>,
+    semantic: Option<(CacheConfig, Arc<dyn SemanticStore>)>,
     /// The memory every local chat model shares, old and new alike.
     budget: MemoryBudget,
 }
@@ -39,6 +43,20 @@ async fn build_cache(config: &CacheConfig) -> anyhow::Result<Arc<dyn ResponseCac
                 .with_context(|| format!("field `cache.redis_url`: cannot reach Redis at {url}"))?,
         ),
         None => Arc::new(MemoryCache::new(config.max_entries, ttl)),
+    })
+}
+
+/// The semantic cache's store: in Redis when the response cache is (so
+/// replicas share hits), else in memory, with the cache's TTL.
+async fn semantic_store(config: &CacheConfig) -> anyhow::Result<Arc<dyn SemanticStore>> {
+    let ttl = Duration::from_secs(config.ttl_secs);
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisSemanticStore::connect(url, ttl)
+                .await
+                .with_context(|| format!("field `cache.redis_url`: cannot reach Redis at {url}"))?,
+        ),
+        None => Arc::new(MemorySemanticStore::new(config.max_entries, ttl)),
     })
 }
 
@@ -90,6 +108,16 @@ pub async fn assemble(
         };
         builder = builder.cache(cache.clone(), config.cache.enabled);
         reusable.cache = Some((config.cache.clone(), cache));
+    }
+    if config.routes.values().any(|r| r.semantic_cache.is_some()) {
+        let store = match &previous.semantic {
+            Some((old, store)) if *old == config.cache => store.clone(),
+            _ => semantic_store(&config.cache)
+                .await
+                .with_context(|| origin.to_owned())?,
+        };
+        builder = builder.semantic_store(store.clone());
+        reusable.semantic = Some((config.cache.clone(), store));
     }
     let gateway = builder
         .build()
