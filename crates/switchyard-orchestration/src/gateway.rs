@@ -997,6 +997,7 @@ impl Gateway {
             context,
         };
         let (response, deployment) = self.run(run, plan).await?;
+        let consulted = semantic.is_some();
         if let (Some((store, key, spec)), Some(original)) = (semantic, &original) {
             let answer = CachedAnswer::from_response(&deployment.name, &response);
             Self::semantic_fill(store, key, spec, original, context, answer);
@@ -1007,6 +1008,7 @@ impl Gateway {
                 tokio::spawn(async move { cache.put(key, answer).await });
                 CacheStatus::Miss
             }
+            None if consulted => CacheStatus::Miss,
             None => CacheStatus::Bypass,
         };
         Ok(Routed {
@@ -1099,6 +1101,7 @@ impl Gateway {
             .as_ref()
             .map(|c| c.info().upstream_model)
             .unwrap_or_default();
+        let consulted = semantic_sink.is_some();
         let stream = match semantic_sink {
             Some(sink) => fill_from_stream(stream, deployment.name.clone(), model.clone(), sink),
             None => stream,
@@ -1111,6 +1114,7 @@ impl Gateway {
                 }),
                 CacheStatus::Miss,
             ),
+            None if consulted => (stream, CacheStatus::Miss),
             None => (stream, CacheStatus::Bypass),
         };
         Ok(Routed {

@@ -543,3 +543,111 @@ async fn routing_by_meaning_sends_code_questions_to_the_code_model_with_the_loca
     // (the stand-in saw only chat calls: embeddings are local).
     assert_eq!(upstream.requests().len(), MEANING_SET.len());
 }
+
+fn semantic_config(upstream: &RunningStandin, cache: &str) -> String {
+    [
+        standin_model("m", upstream, ""),
+        common::local_embedding_config(),
+        "[routes.faq]\ndeployments = [{ model = \"m\" }]\nsemantic_cache = { threshold = 0.9 }\n"
+            .to_owned(),
+        cache.to_owned(),
+    ]
+    .concat()
+}
+
+fn faq(question: &str) -> Value {
+    json!({"model": "faq", "temperature": 0, "messages": [{"role": "user", "content": question}]})
+}
+
+#[tokio::test]
+async fn the_semantic_cache_answers_a_rewording_and_not_a_different_question() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&semantic_config(&upstream, ""));
+    let first = server.post_chat(&faq("How do I reset my password?")).await;
+    assert_eq!(first.headers()["x-switchyard-cache"], "miss");
+    let first: Value = first.json().await.unwrap();
+    // Kept off the request's path: a moment to land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let reworded = server.post_chat(&faq("How can I reset my password?")).await;
+    assert_eq!(reworded.headers()["x-switchyard-cache"], "semantic-hit");
+    let similarity: f32 = reworded.headers()["x-switchyard-cache-similarity"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(similarity >= 0.9, "{similarity}");
+    let reworded: Value = reworded.json().await.unwrap();
+    assert_eq!(
+        reworded["choices"][0]["message"]["content"],
+        first["choices"][0]["message"]["content"]
+    );
+    assert_eq!(upstream.requests().len(), 1);
+
+    // A question on the same topic that asks something else is answered.
+    let other = server.post_chat(&faq("How do I reset my username?")).await;
+    assert_eq!(other.headers()["x-switchyard-cache"], "miss");
+    let _ = other.text().await.unwrap();
+    assert_eq!(upstream.requests().len(), 2);
+
+    // Streams replay the cached answer as a stream.
+    let mut streamed = faq("How can I reset my password, please?");
+    streamed["stream"] = json!(true);
+    let response = server.post_chat(&streamed).await;
+    assert_eq!(response.headers()["x-switchyard-cache"], "semantic-hit");
+    let body = response.text().await.unwrap();
+    assert_eq!(
+        common::streamed_text(&common::stream_chunks(&body)),
+        first["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+    // A sampled request neither reads nor fills it.
+    let mut sampled = faq("How can I reset my password?");
+    sampled["temperature"] = json!(0.8);
+    let response = server.post_chat(&sampled).await;
+    assert!(response.headers().get("x-switchyard-cache").is_none());
+    let _ = response.text().await.unwrap();
+    assert_eq!(upstream.requests().len(), 3);
+
+    let metrics = common::scrape(&server, None).await.text().await.unwrap();
+    let hits = common::metric_sample(
+        &metrics,
+        "switchyard_cache_lookups_total",
+        &["route=\"faq\"", "result=\"semantic_hit\""],
+    );
+    assert_eq!(hits, Some(2.0), "{metrics}");
+}
+
+/// Two replicas with one Redis: a rewording answered from what the other
+/// replica cached.
+#[tokio::test]
+#[cfg_attr(
+    not(switchyard_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS_URL (make test does)"
+)]
+async fn two_replicas_share_semantic_hits_through_redis() {
+    let redis = service_url(REDIS_ENV)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("{REDIS_ENV} is not set"));
+    let upstream = recording_standin().await;
+    // A fresh namespace per run: the conversation carries a random marker.
+    let marker = format!("Support desk {}.", fastrand::u64(..));
+    let config = semantic_config(
+        &upstream,
+        &format!("[cache]\nttl_secs = 30\nredis_url = \"{redis}\"\n"),
+    );
+    let one = Server::start(&config);
+    let two = Server::start(&config);
+    let ask = |question: &str| {
+        json!({"model": "faq", "temperature": 0, "messages": [
+            {"role": "system", "content": marker},
+            {"role": "user", "content": question}]})
+    };
+    let first = one.post_chat(&ask("How do I reset my password?")).await;
+    assert_eq!(first.headers()["x-switchyard-cache"], "miss");
+    let _ = first.text().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = two.post_chat(&ask("How can I reset my password?")).await;
+    assert_eq!(second.headers()["x-switchyard-cache"], "semantic-hit");
+    let _ = second.text().await.unwrap();
+    assert_eq!(upstream.requests().len(), 1);
+}
