@@ -363,6 +363,7 @@ pub(crate) async fn search(
             &RequestModels {
                 gateway: &who.snapshot.gateway,
                 context: &RequestContext::default(),
+                purpose: "search",
             },
             &tenant,
             &name,

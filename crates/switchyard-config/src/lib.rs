@@ -36,8 +36,9 @@ pub use guardrails::{
 pub use interpolate::{InterpolationError, interpolate};
 pub use retrieval::{AssistantConfig, RetrievalConfig};
 pub use routing::{
-    CacheConfig, DEFAULT_SEMANTIC_CACHE_THRESHOLD, DEFAULT_SIMILARITY_THRESHOLD, DeploymentRef,
-    FailureKind, ResilienceConfig, RouteConfig, RuleConfig, SemanticCacheConfig, Strategy,
+    CacheConfig, CascadeConfig, DEFAULT_SEMANTIC_CACHE_THRESHOLD, DEFAULT_SIMILARITY_THRESHOLD,
+    DeploymentRef, EnsembleConfig, FailureKind, ResilienceConfig, RouteConfig, RuleConfig,
+    SemanticCacheConfig, Strategy,
 };
 
 /// The chat model served when no configuration file is given.
@@ -653,6 +654,13 @@ impl RemoteModelConfig {
 /// A field's dotted path and what is wrong with it.
 type FieldProblem = (String, String);
 
+/// Whether `pattern` compiles as a regular expression, and why not.
+fn regex_is_valid(pattern: &str) -> Result<(), String> {
+    regex::Regex::new(pattern)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Deserialises `value`, reporting the failing field's path under `prefix`.
 fn decode<T: serde::de::DeserializeOwned>(
     value: impl Into<toml::Value>,
@@ -899,6 +907,52 @@ impl Config {
                     field("deployments"),
                     "every weight is 0; give at least one deployment a weight".into(),
                 ));
+            }
+            match route.strategy {
+                Strategy::Cascade if route.deployments.len() < 2 => {
+                    return Err((
+                        field("deployments"),
+                        "a cascade needs at least two deployments, cheapest first".into(),
+                    ));
+                }
+                Strategy::BestOf if route.ensemble.judge.is_none() => {
+                    return Err((
+                        field("ensemble.judge"),
+                        "best-of needs a judge model to pick the answer".into(),
+                    ));
+                }
+                Strategy::Mixture if route.ensemble.aggregator.is_none() => {
+                    return Err((
+                        field("ensemble.aggregator"),
+                        "mixture needs an aggregator model to write the answer".into(),
+                    ));
+                }
+                Strategy::BestOf | Strategy::Mixture
+                    if route.deployments.len() * (route.ensemble.samples.max(1) as usize) < 2 =>
+                {
+                    return Err((
+                        field("deployments"),
+                        "an ensemble needs two answers at least: two deployments, or `ensemble.samples` of one".into(),
+                    ));
+                }
+                _ => {}
+            }
+            for (what, target) in [
+                ("cascade.judge", &route.cascade.judge),
+                ("ensemble.judge", &route.ensemble.judge),
+                ("ensemble.aggregator", &route.ensemble.aggregator),
+            ] {
+                if let Some(target) = target.as_deref().filter(|t| !exists(t) || *t == name) {
+                    return Err((
+                        field(what),
+                        format!("{target:?} is not another route or model"),
+                    ));
+                }
+            }
+            if let Some(pattern) = &route.cascade.accept_if
+                && let Err(error) = regex_is_valid(pattern)
+            {
+                return Err((field("cascade.accept_if"), error));
             }
             if let Some(semantic) = &route.semantic_cache {
                 let model = semantic

@@ -37,6 +37,16 @@ pub enum Strategy {
     LowestCost,
     /// The first healthy deployment in the order listed.
     Priority,
+    /// The deployments in the order listed, cheapest first: an answer the
+    /// `cascade` checks accept is served, else the next deployment is
+    /// asked.
+    Cascade,
+    /// Every deployment (or `ensemble.samples` of one) at once; a judge
+    /// model picks the best answer.
+    BestOf,
+    /// Every deployment (or `ensemble.samples` of one) at once; an
+    /// aggregator model writes the answer from theirs.
+    Mixture,
 }
 
 /// Failures a route moves past (retrying, then falling back) instead of
@@ -170,9 +180,105 @@ pub struct RouteConfig {
     /// Answer a question that means what a cached one meant from the
     /// cache (`{ threshold, embedding_model }`).
     pub semantic_cache: Option<SemanticCacheConfig>,
+    /// `cascade`: when a step's answer is accepted.
+    #[serde(default)]
+    pub cascade: CascadeConfig,
+    /// `best-of` and `mixture`: who judges or writes, and how long members
+    /// are waited for.
+    #[serde(default)]
+    pub ensemble: EnsembleConfig,
     /// Leave this route out of `/v1/models`.
     #[serde(default)]
     pub hidden: bool,
+}
+
+/// A cascade's acceptance checks: a step's answer is served when every
+/// configured check passes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeConfig {
+    /// Escalate answers that refuse or say they do not know (and empty
+    /// ones).
+    #[serde(default = "default_true")]
+    pub refusals: bool,
+    /// Escalate answers to a JSON `response_format` that are not JSON of
+    /// the schema's shape (its type, required properties and their types).
+    #[serde(default = "default_true")]
+    pub json: bool,
+    /// A model (or route) asked whether the answer is good enough.
+    #[serde(default)]
+    pub judge: Option<String>,
+    /// The judge's prompt, with `{{question}}` and `{{answer}}`.
+    #[serde(default)]
+    pub judge_template: Option<String>,
+    /// A regular expression that, matching the judge's reply, accepts
+    /// (default: a reply that begins with yes).
+    #[serde(default)]
+    pub accept_if: Option<String>,
+    /// How long the judge may take.
+    #[serde(default = "default_judge_timeout_ms")]
+    pub judge_timeout_ms: u64,
+    /// A judge that fails or times out escalates (else the answer is
+    /// served).
+    #[serde(default = "default_true")]
+    pub escalate_on_judge_failure: bool,
+}
+
+impl Default for CascadeConfig {
+    fn default() -> Self {
+        Self {
+            refusals: true,
+            json: true,
+            judge: None,
+            judge_template: None,
+            accept_if: None,
+            judge_timeout_ms: default_judge_timeout_ms(),
+            escalate_on_judge_failure: true,
+        }
+    }
+}
+
+/// An ensemble's settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleConfig {
+    /// `best-of`: the model (or route) that picks the best answer.
+    #[serde(default)]
+    pub judge: Option<String>,
+    /// `mixture`: the model (or route) that writes the answer from theirs.
+    #[serde(default)]
+    pub aggregator: Option<String>,
+    /// Answers asked of each deployment (several samples of one model).
+    #[serde(default = "default_samples")]
+    pub samples: u32,
+    /// How long members are waited for before the judge or aggregator
+    /// works with what arrived (at least one answer is always waited for).
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+}
+
+impl Default for EnsembleConfig {
+    fn default() -> Self {
+        Self {
+            judge: None,
+            aggregator: None,
+            samples: default_samples(),
+            deadline_ms: default_deadline_ms(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_judge_timeout_ms() -> u64 {
+    5_000
+}
+fn default_samples() -> u32 {
+    1
+}
+fn default_deadline_ms() -> u64 {
+    30_000
 }
 
 pub(crate) fn default_fallback_on() -> Vec<FailureKind> {

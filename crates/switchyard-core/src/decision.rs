@@ -189,6 +189,50 @@ pub enum Decision {
         #[serde(skip_serializing_if = "Option::is_none")]
         summary: Option<&'static str>,
     },
+    /// A model call the request made besides its answer (a guardrail
+    /// judge, a summary, a query rewrite, a cascade step that was not
+    /// accepted, an ensemble member), billed with the request.
+    Call {
+        /// What it was for.
+        purpose: &'static str,
+        /// The deployment that answered.
+        deployment: String,
+        /// Prompt tokens.
+        input_tokens: u64,
+        /// Answer tokens.
+        output_tokens: u64,
+        /// Its time, in milliseconds.
+        latency_ms: u64,
+    },
+    /// A step of a cascade: its answer accepted (and served) or not.
+    CascadeStep {
+        /// The deployment.
+        deployment: String,
+        /// Its place in the cascade, from 0.
+        position: usize,
+        /// Whether its answer was served.
+        accepted: bool,
+        /// Why (the check that failed, or `accepted`).
+        why: String,
+    },
+    /// A member of an ensemble: answered in time, or failed.
+    EnsembleMember {
+        /// The deployment.
+        deployment: String,
+        /// `answered` or `failed`.
+        status: &'static str,
+        /// Its time, in milliseconds.
+        latency_ms: u64,
+    },
+    /// The answer a best-of ensemble's judge picked.
+    EnsemblePick {
+        /// The deployment whose answer was picked.
+        deployment: String,
+        /// Its number among the answers, from 0.
+        answer: usize,
+        /// How many answers there were.
+        of: usize,
+    },
     /// What the request used and cost.
     Usage {
         /// Prompt tokens.

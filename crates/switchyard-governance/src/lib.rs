@@ -853,11 +853,35 @@ impl Admission {
             .deployment
             .clone()
             .unwrap_or_else(|| self.facts.model.clone());
-        let cost = if outcome.cache_hit {
+        let answer_cost = if outcome.cache_hit {
             0.0
         } else {
             self.policy.prices.cost(&deployment, tokens)
         };
+        // The other model calls the request made (judges, summaries,
+        // cascade steps, ensemble members) are its own to pay for too.
+        let calls_cost: f64 = self
+            .decisions
+            .iter()
+            .chain(&outcome.decisions)
+            .filter_map(|step| match step {
+                Decision::Call {
+                    deployment,
+                    input_tokens,
+                    output_tokens,
+                    ..
+                } => Some(self.policy.prices.cost(
+                    deployment,
+                    Tokens {
+                        input: *input_tokens,
+                        output: *output_tokens,
+                        cached: 0,
+                    },
+                )),
+                _ => None,
+            })
+            .sum();
+        let cost = answer_cost + calls_cost;
         let latency = self.started.elapsed();
         let settings = &self.policy.settings;
         let mut decisions = std::mem::take(&mut self.decisions);

@@ -26,6 +26,9 @@ use crate::semantic::{Similar, closest, last_user_text};
 use crate::semantic_cache::{
     SemanticCacheSpec, SemanticEntry, SemanticStore, best_match, semantic_key,
 };
+use crate::strategies::{CascadeSpec, EnsembleSpec, pieces};
+
+mod composite;
 
 /// Rules may lead to routes with rules of their own; config validation
 /// refuses cycles, and this bounds the walk regardless.
@@ -46,6 +49,8 @@ struct Route {
     hedge_after: Option<Duration>,
     cache: Option<bool>,
     semantic_cache: Option<SemanticCacheSpec>,
+    cascade: CascadeSpec,
+    ensemble: EnsembleSpec,
     hidden: bool,
     created: u64,
 }
@@ -193,6 +198,8 @@ impl GatewayBuilder {
                     hedge_after: None,
                     cache: None,
                     semantic_cache: None,
+                    cascade: CascadeSpec::default(),
+                    ensemble: EnsembleSpec::default(),
                     hidden: false,
                     created,
                 },
@@ -224,6 +231,8 @@ impl GatewayBuilder {
                     hedge_after: spec.hedge_after,
                     cache: spec.cache,
                     semantic_cache: spec.semantic_cache,
+                    cascade: spec.cascade,
+                    ensemble: spec.ensemble,
                     hidden: spec.hidden,
                     created,
                 },
@@ -269,7 +278,8 @@ fn counts_against_deployment(error: &BackendError) -> bool {
 fn order(strategy: Strategy, deployments: &[(Arc<Deployment>, u32)]) -> Vec<Arc<Deployment>> {
     let mut candidates: Vec<(Arc<Deployment>, u32)> = deployments.to_vec();
     match strategy {
-        Strategy::Priority => {}
+        // Steps and members in the order listed.
+        Strategy::Priority | Strategy::Cascade | Strategy::BestOf | Strategy::Mixture => {}
         Strategy::Weighted => {
             // Weighted sampling without replacement: the first pick follows
             // the weights, the rest are the failover order.
@@ -941,6 +951,16 @@ impl Gateway {
         context: &RequestContext,
     ) -> Result<Routed<ChatResponse>, BackendError> {
         let route = self.resolve(&request, context).await?;
+        self.chat_on(route, request, context).await
+    }
+
+    /// A whole completion on `route` (its rules already applied).
+    async fn chat_on(
+        &self,
+        route: &Route,
+        request: ChatRequest,
+        context: &RequestContext,
+    ) -> Result<Routed<ChatResponse>, BackendError> {
         let cached = self.cache_for(route, &request, context);
         if let Some((cache, key)) = &cached
             && let Some(hit) = lookup(route, cache.as_ref(), key).await
@@ -977,8 +997,9 @@ impl Gateway {
             return Err(not_a_chat_model(&route.name));
         }
         let request = Arc::new(request);
+        let shared = request.clone();
         let call = move |deployment: Arc<Deployment>| -> BoxFuture<'static, Result<ChatResponse, BackendError>> {
-            let request = request.clone();
+            let request = shared.clone();
             Box::pin(async move {
                 let Some(chat) = &deployment.chat else {
                     return Err(not_a_chat_model(&deployment.name));
@@ -996,7 +1017,11 @@ impl Gateway {
             call: &call,
             context,
         };
-        let (response, deployment) = self.run(run, plan).await?;
+        let (response, deployment) = match route.strategy {
+            Strategy::Cascade => self.cascade(&run, plan, &request).await?,
+            Strategy::BestOf | Strategy::Mixture => self.ensemble(&run, plan, &request).await?,
+            _ => self.run(run, plan).await?,
+        };
         let consulted = semantic.is_some();
         if let (Some((store, key, spec)), Some(original)) = (semantic, &original) {
             let answer = CachedAnswer::from_response(&deployment.name, &response);
@@ -1028,6 +1053,23 @@ impl Gateway {
         context: &RequestContext,
     ) -> Result<Routed<ChatStream>, BackendError> {
         let route = self.resolve(&request, context).await?;
+        if route.strategy.asks_several() {
+            // Several models' answers are weighed before one is served: the
+            // answer streams once chosen.
+            let routed = self.chat_on(route, request, context).await?;
+            let held = CachedAnswer::from_response(&routed.deployment, &routed.value);
+            return Ok(Routed {
+                value: CachedAnswer {
+                    chunks: pieces(&held.chunks.concat()),
+                    ..held
+                }
+                .to_stream(),
+                route: routed.route,
+                deployment: routed.deployment,
+                cache: routed.cache,
+                similarity: routed.similarity,
+            });
+        }
         let cached = self.cache_for(route, &request, context);
         if let Some((cache, key)) = &cached
             && let Some(hit) = lookup(route, cache.as_ref(), key).await

@@ -14,6 +14,7 @@ pub mod route;
 mod rules;
 pub mod semantic;
 pub mod semantic_cache;
+pub mod strategies;
 
 pub use breaker::{BreakerSettings, BreakerState};
 pub use cache::{CachedAnswer, MemoryCache, RedisCache, ResponseCache};

@@ -11,6 +11,7 @@ use crate::breaker::BreakerSettings;
 use crate::rules::{Condition, Rule};
 use crate::semantic::{Examples, Similar};
 use crate::semantic_cache::SemanticCacheSpec;
+use crate::strategies::{CascadeSpec, EnsembleSpec};
 
 /// How a route picks among its deployments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,19 @@ pub enum Strategy {
     LowestCost,
     /// The first healthy deployment in the order listed.
     Priority,
+    /// Cheapest first, escalating while the answer is not accepted.
+    Cascade,
+    /// All at once; a judge picks the best answer.
+    BestOf,
+    /// All at once; an aggregator writes the answer from theirs.
+    Mixture,
+}
+
+impl Strategy {
+    /// Whether it asks several models before it answers.
+    pub fn asks_several(self) -> bool {
+        matches!(self, Self::Cascade | Self::BestOf | Self::Mixture)
+    }
 }
 
 /// Failures a route moves past (retrying, then falling back) instead of
@@ -70,6 +84,10 @@ pub struct RouteSpec {
     pub cache: Option<bool>,
     /// The semantic cache, when the route keeps one.
     pub semantic_cache: Option<SemanticCacheSpec>,
+    /// `cascade`: when a step's answer is accepted.
+    pub cascade: CascadeSpec,
+    /// `best-of` and `mixture`: who judges or writes.
+    pub ensemble: EnsembleSpec,
     /// Left out of the model listing.
     pub hidden: bool,
 }
@@ -103,6 +121,9 @@ impl From<config::Strategy> for Strategy {
             config::Strategy::LeastInflight => Self::LeastInflight,
             config::Strategy::LowestCost => Self::LowestCost,
             config::Strategy::Priority => Self::Priority,
+            config::Strategy::Cascade => Self::Cascade,
+            config::Strategy::BestOf => Self::BestOf,
+            config::Strategy::Mixture => Self::Mixture,
         }
     }
 }
@@ -202,6 +223,8 @@ impl From<&config::RouteConfig> for RouteSpec {
                         .threshold
                         .unwrap_or(config::DEFAULT_SEMANTIC_CACHE_THRESHOLD),
                 }),
+            cascade: (&route.cascade).into(),
+            ensemble: (&route.ensemble).into(),
             hidden: route.hidden,
         }
     }
@@ -269,6 +292,8 @@ mod tests {
             hedge_after_ms: Some(250),
             cache: None,
             semantic_cache: None,
+            cascade: Default::default(),
+            ensemble: Default::default(),
             hidden: true,
         };
         let spec = RouteSpec::from(&table);

@@ -137,6 +137,8 @@ fn route(deployments: &[(&str, u32)]) -> RouteConfig {
         hedge_after_ms: None,
         cache: None,
         semantic_cache: None,
+        cascade: Default::default(),
+        ensemble: Default::default(),
         hidden: false,
     }
 }

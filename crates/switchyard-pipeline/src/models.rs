@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use switchyard_core::{BackendError, ChatRequest, Completer, EmbeddingRequest};
+use switchyard_core::{BackendError, ChatRequest, Completer, Decision, EmbeddingRequest};
 use switchyard_orchestration::{Gateway, RequestContext};
 use switchyard_retrieval::grounding::GroundingModels;
 use switchyard_retrieval::{Embedder, RetrievalError};
@@ -16,8 +16,11 @@ use switchyard_retrieval::{Embedder, RetrievalError};
 pub struct RequestModels<'a> {
     /// The gateway of the request's snapshot.
     pub gateway: &'a Gateway,
-    /// The request's routing context.
+    /// The request's routing context; each call is noted in its trail
+    /// (and so billed with the request).
     pub context: &'a RequestContext,
+    /// What the calls are for, in the trail.
+    pub purpose: &'static str,
 }
 
 impl GroundingModels for RequestModels<'_> {
@@ -40,7 +43,19 @@ impl GroundingModels for RequestModels<'_> {
 impl Completer for RequestModels<'_> {
     fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<String, BackendError>> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let routed = self.gateway.chat(request, self.context).await?;
+            if routed.cache != switchyard_orchestration::CacheStatus::Hit
+                && routed.cache != switchyard_orchestration::CacheStatus::SemanticHit
+            {
+                self.context.trail.note(Decision::Call {
+                    purpose: self.purpose,
+                    deployment: routed.deployment.clone(),
+                    input_tokens: u64::from(routed.value.usage.prompt_tokens),
+                    output_tokens: u64::from(routed.value.usage.completion_tokens),
+                    latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                });
+            }
             Ok(routed.value.content)
         })
     }

@@ -40,6 +40,7 @@ impl Pipeline {
         let models = RequestModels {
             gateway: &snapshot.gateway,
             context: &context,
+            purpose: "moderation judge",
         };
         futures::future::join_all(
             texts

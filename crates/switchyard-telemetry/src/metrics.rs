@@ -148,6 +148,12 @@ struct UnloadLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CascadeLabels {
+    route: String,
+    deployment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
 }
@@ -294,6 +300,8 @@ pub struct Metrics {
     overhead: HistogramFamily<OverheadLabels>,
     retrieval: Histogram,
     semantic_similarity: HistogramFamily<RouteLabels>,
+    cascade_answers: Family<CascadeLabels, Counter>,
+    cascade_saved: Family<RouteLabels, Counter<f64, AtomicU64>>,
     tenants: BoundedValues,
 }
 
@@ -424,6 +432,18 @@ impl Metrics {
             "How close a request's last user turn was to the cached one that answered it, by route",
             semantic_similarity.clone(),
         );
+        let cascade_answers = Family::<CascadeLabels, Counter>::default();
+        registry.register(
+            "switchyard_cascade_answers",
+            "Answers a cascade served, by route and the deployment (step) that gave them",
+            cascade_answers.clone(),
+        );
+        let cascade_saved = Family::<RouteLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "switchyard_cascade_saved_usd",
+            "What cascades saved against asking their last (strongest) step every time, in US dollars",
+            cascade_saved.clone(),
+        );
         Self {
             registry,
             token_usage,
@@ -443,6 +463,8 @@ impl Metrics {
             overhead,
             retrieval,
             semantic_similarity,
+            cascade_answers,
+            cascade_saved,
             tenants: BoundedValues::new(TENANT_LABELS),
         }
     }
@@ -595,6 +617,24 @@ impl Metrics {
                 action,
             })
             .inc();
+    }
+
+    /// A cascade served `deployment`'s answer, `saved` dollars cheaper
+    /// than its last step would have been (negative when it cost more).
+    pub fn cascade_answered(&self, route: &str, deployment: &str, saved: f64) {
+        self.cascade_answers
+            .get_or_create(&CascadeLabels {
+                route: route.to_owned(),
+                deployment: deployment.to_owned(),
+            })
+            .inc();
+        if saved > 0.0 {
+            self.cascade_saved
+                .get_or_create(&RouteLabels {
+                    route: route.to_owned(),
+                })
+                .inc_by(saved);
+        }
     }
 
     /// A semantic cache lookup: a hit at `similarity`, or a miss.

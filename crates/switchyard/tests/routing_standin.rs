@@ -651,3 +651,267 @@ async fn two_replicas_share_semantic_hits_through_redis() {
     let _ = second.text().await.unwrap();
     assert_eq!(upstream.requests().len(), 1);
 }
+
+fn replying(name: &str, upstream: &RunningStandin, reply: &str, extra: &str) -> String {
+    standin_model(
+        name,
+        upstream,
+        &format!("headers = {{ \"x-standin-reply\" = \"{reply}\"{extra} }}"),
+    )
+}
+
+/// The steps of `request_id`'s decision path named `name`.
+async fn steps(server: &Server, request_id: &str, name: &str) -> Vec<Value> {
+    for _ in 0..100 {
+        let audit: Value = client()
+            .get(format!(
+                "{}/admin/audit?request_id={request_id}",
+                server.url
+            ))
+            .bearer_auth(MASTER_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(record) = audit["data"].get(0) {
+            return record["decisions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["step"] == name)
+                .cloned()
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no audit record for {request_id}");
+}
+
+const MASTER_KEY: &str = "sy-master-orchestration-0123456789";
+
+async fn asked(server: &Server, route: &str, id: &str, body: Value) -> Value {
+    let mut body = body;
+    body["model"] = json!(route);
+    let response = client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .header("x-request-id", id)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{id}");
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_cascade_serves_the_cheap_answer_when_accepted_and_escalates_when_not() {
+    let upstream = recording_standin().await;
+    let config = [
+        standin_model("cheap", &upstream, "pricing = { input = 0.1, output = 0.1 }"),
+        replying("unsure", &upstream, "I don't know.", ""),
+        standin_model("strong", &upstream, "pricing = { input = 10.0, output = 10.0 }"),
+        replying("json-strong", &upstream, "{\\\"city\\\": \\\"Oslo\\\"}", ""),
+        replying("judge-yes", &upstream, "Yes.", ""),
+        replying("judge-no", &upstream, "No, it misses the point.", ""),
+        replying("judge-slow", &upstream, "Yes.", ", \"x-standin-latency-ms\" = \"3000\""),
+        format!("[governance]\nmaster_key = \"{MASTER_KEY}\"\nledger_flush_ms = 50\n"),
+        "[routes.easy]\nstrategy = \"cascade\"\ndeployments = [{ model = \"cheap\" }, { model = \"strong\" }]\n\
+         [routes.refusing]\nstrategy = \"cascade\"\ndeployments = [{ model = \"unsure\" }, { model = \"strong\" }]\n\
+         [routes.picky]\nstrategy = \"cascade\"\ndeployments = [{ model = \"cheap\" }, { model = \"strong\" }]\ncascade = { judge = \"judge-no\" }\n\
+         [routes.approved]\nstrategy = \"cascade\"\ndeployments = [{ model = \"cheap\" }, { model = \"strong\" }]\ncascade = { judge = \"judge-yes\" }\n\
+         [routes.slow]\nstrategy = \"cascade\"\ndeployments = [{ model = \"cheap\" }, { model = \"strong\" }]\ncascade = { judge = \"judge-slow\", judge_timeout_ms = 200 }\n\
+         [routes.structured]\nstrategy = \"cascade\"\ndeployments = [{ model = \"cheap\" }, { model = \"json-strong\" }]\n"
+            .to_owned(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let question =
+        json!({"messages": [{"role": "user", "content": "What is the capital of Norway?"}]});
+    let served = |answer: &Value| answer["model"].as_str().unwrap().to_owned();
+    let count = |model: &str| served_by(&upstream, model);
+
+    // Accepted at the first step: the strong model is never asked.
+    let answer = asked(&server, "easy", "c-easy", question.clone()).await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "echo: What is the capital of Norway?"
+    );
+    assert_eq!(
+        (count("cheap"), count("strong")),
+        (1, 0),
+        "{}",
+        served(&answer)
+    );
+    // A refusal escalates.
+    let answer = asked(&server, "refusing", "c-refusing", question.clone()).await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "echo: What is the capital of Norway?"
+    );
+    assert_eq!((count("unsure"), count("strong")), (1, 1));
+    let path = steps(&server, "c-refusing", "cascade_step").await;
+    assert_eq!(path[0]["accepted"], false);
+    assert_eq!(path[0]["why"], "the answer refuses or does not know");
+    assert_eq!(path[1]["accepted"], true);
+    // The unaccepted step is billed with the request.
+    let calls = steps(&server, "c-refusing", "call").await;
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["purpose"], "cascade step");
+    assert_eq!(calls[0]["deployment"], "unsure");
+    // A judge that says no escalates; one that says yes accepts.
+    asked(&server, "picky", "c-picky", question.clone()).await;
+    assert_eq!(
+        (count("cheap"), count("strong"), count("judge-no")),
+        (2, 2, 1)
+    );
+    let judge_prompt = upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.body["model"] == "judge-no")
+        .unwrap();
+    let prompt = judge_prompt.body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        prompt.contains("Question: What is the capital of Norway?")
+            && prompt.contains("Answer: echo:"),
+        "{prompt}"
+    );
+    asked(&server, "approved", "c-approved", question.clone()).await;
+    assert_eq!(
+        (count("cheap"), count("strong"), count("judge-yes")),
+        (3, 2, 1)
+    );
+    // A judge that times out escalates.
+    asked(&server, "slow", "c-slow", question.clone()).await;
+    assert_eq!((count("cheap"), count("strong")), (4, 3));
+    let path = steps(&server, "c-slow", "cascade_step").await;
+    assert!(
+        path[0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 200 ms"),
+        "{path:?}"
+    );
+    // An answer that is not the JSON asked for escalates.
+    let mut structured = question.clone();
+    structured["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "place",
+        "schema": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}}});
+    let answer = asked(&server, "structured", "c-structured", structured).await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "{\"city\": \"Oslo\"}"
+    );
+    assert_eq!((count("cheap"), count("json-strong")), (5, 1));
+    // Streams carry only the accepted answer.
+    let mut streamed = question.clone();
+    streamed["model"] = json!("refusing");
+    streamed["stream"] = json!(true);
+    let body = server.post_chat(&streamed).await.text().await.unwrap();
+    let text = common::streamed_text(&common::stream_chunks(&body));
+    assert_eq!(text, "echo: What is the capital of Norway?");
+
+    let metrics = common::scrape(&server, Some(MASTER_KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let answered = |route: &str, deployment: &str| {
+        common::metric_sample(
+            &metrics,
+            "switchyard_cascade_answers_total",
+            &[
+                &format!("route=\"{route}\""),
+                &format!("deployment=\"{deployment}\""),
+            ],
+        )
+    };
+    assert_eq!(answered("easy", "cheap"), Some(1.0));
+    assert_eq!(answered("refusing", "strong"), Some(2.0));
+    let saved = common::metric_sample(
+        &metrics,
+        "switchyard_cascade_saved_usd_total",
+        &["route=\"easy\""],
+    );
+    assert!(saved.unwrap_or(0.0) > 0.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn ensembles_pick_with_a_judge_or_write_with_an_aggregator_and_leave_the_late_behind() {
+    let upstream = recording_standin().await;
+    let config = [
+        replying("a", &upstream, "Oslo is the capital.", ""),
+        replying("b", &upstream, "The capital of Norway is Oslo.", ""),
+        replying("late", &upstream, "Too late to matter.", ", \"x-standin-latency-ms\" = \"5000\""),
+        replying("picker", &upstream, "2", ""),
+        replying("writer", &upstream, "Oslo, the capital of Norway.", ""),
+        format!("[governance]\nmaster_key = \"{MASTER_KEY}\"\nledger_flush_ms = 50\n"),
+        "[routes.panel]\nstrategy = \"best-of\"\ndeployments = [{ model = \"a\" }, { model = \"b\" }, { model = \"late\" }]\n\
+         ensemble = { judge = \"picker\", deadline_ms = 500 }\n\
+         [routes.blend]\nstrategy = \"mixture\"\ndeployments = [{ model = \"a\" }, { model = \"b\" }]\n\
+         ensemble = { aggregator = \"writer\" }\n"
+            .to_owned(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let question =
+        json!({"messages": [{"role": "user", "content": "What is the capital of Norway?"}]});
+    let started = std::time::Instant::now();
+    let picked = asked(&server, "panel", "e-panel", question.clone()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the late member was waited for"
+    );
+    assert_eq!(
+        picked["choices"][0]["message"]["content"],
+        "The capital of Norway is Oslo."
+    );
+    let judge = upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.body["model"] == "picker")
+        .unwrap();
+    let prompt = judge.body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        prompt.contains("Answer 1:\nOslo is the capital.")
+            && prompt.contains("Answer 2:\nThe capital of Norway is Oslo."),
+        "{prompt}"
+    );
+    assert!(!prompt.contains("Too late"), "{prompt}");
+    let pick = steps(&server, "e-panel", "ensemble_pick").await;
+    assert_eq!(pick[0]["deployment"], "b");
+    assert_eq!(pick[0]["of"], 2);
+    let calls: Vec<String> = steps(&server, "e-panel", "call")
+        .await
+        .iter()
+        .map(|c| format!("{}:{}", c["purpose"], c["deployment"]).replace('"', ""))
+        .collect();
+    assert_eq!(calls, ["ensemble judge:picker", "ensemble member:a"]);
+
+    let blended = asked(&server, "blend", "e-blend", question.clone()).await;
+    assert_eq!(
+        blended["choices"][0]["message"]["content"],
+        "Oslo, the capital of Norway."
+    );
+    let writer = upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.body["model"] == "writer")
+        .unwrap();
+    let prompt = writer.body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        prompt.contains("Oslo is the capital.")
+            && prompt.contains("The capital of Norway is Oslo.")
+    );
+    let members = steps(&server, "e-blend", "ensemble_member").await;
+    assert_eq!(members.len(), 2);
+}

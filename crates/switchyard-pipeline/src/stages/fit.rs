@@ -313,7 +313,11 @@ async fn summarize(
         temperature: Some(0.0),
         ..SamplingParams::default()
     };
-    let models = RequestModels { gateway, context };
+    let models = RequestModels {
+        gateway,
+        context,
+        purpose: "summary",
+    };
     let summary = models.complete(request).await.map_err(|error| {
         PipelineError::from(BackendError::new(
             ErrorKind::Upstream,

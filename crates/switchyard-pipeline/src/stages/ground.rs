@@ -55,6 +55,7 @@ pub async fn ground(
     let models = RequestModels {
         gateway: &snapshot.gateway,
         context,
+        purpose: "query rewrite",
     };
     let grounded = retrieval
         .ground(&models, tenant, &mut request, spec)

@@ -56,6 +56,7 @@ pub async fn input(
         let models = RequestModels {
             gateway: &snapshot.gateway,
             context,
+            purpose: "input judge",
         };
         let judged = applied
             .judge_input(request, &models)
@@ -124,7 +125,11 @@ pub async fn judge_whole(
     let Some(judges) = guard.judges() else {
         return;
     };
-    let models = RequestModels { gateway, context };
+    let models = RequestModels {
+        gateway,
+        context,
+        purpose: "output judge",
+    };
     let judged = judges
         .judge(&answer.content, &models)
         .instrument(tracing::debug_span!(
@@ -170,7 +175,7 @@ pub fn streamed(
     Box::pin(async_stream::stream! {
         let judges = guard.judges();
         let every = judges.as_ref().map_or(0, OutputJudges::every_chars);
-        let models = RequestModels { gateway: &gateway, context: &context };
+        let models = RequestModels { gateway: &gateway, context: &context, purpose: "output judge" };
         // The model's text as it came, for the judges and the estimate.
         let mut produced = String::new();
         let mut judged_up_to = 0usize;
