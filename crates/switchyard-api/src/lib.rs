@@ -21,6 +21,7 @@ mod conversations;
 mod embeddings;
 pub mod error;
 pub mod extract;
+mod feedback;
 mod metrics;
 mod models;
 mod moderations;
@@ -139,6 +140,7 @@ pub fn router(pipeline: Arc<Pipeline>, config: &ApiConfig) -> Router {
         .route("/v1/collections/{name}/search", post(collections::search))
         .route("/v1/ingestion_jobs/{id}", get(collections::job))
         .route("/v1/usage", get(admin::own_usage))
+        .route("/v1/feedback", post(feedback::give))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::retrieve))
         .route(

@@ -12,6 +12,7 @@ pub mod admin;
 mod auth;
 mod budget;
 mod error;
+pub mod feedback;
 pub mod jwt;
 pub mod keys;
 mod ledger;

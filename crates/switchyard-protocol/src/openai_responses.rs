@@ -303,8 +303,10 @@ pub struct Echo {
 }
 
 /// A fresh id with OpenAI's prefix for its kind (`resp`, `msg`, `fc`...).
+/// Time-ordered (UUID v7), so that stored rows are appended at the end of
+/// their indexes instead of scattered through them.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
 
 fn parse_role(field: &str, index: usize, role: Option<&str>) -> Result<Role, InvalidField> {

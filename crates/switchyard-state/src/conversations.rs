@@ -51,7 +51,7 @@ fn item_from(row: &AnyRow) -> Result<ConversationItemRow, StateError> {
 /// Appends `items` (id, JSON) to conversation `id` within `tx`; false when
 /// the conversation is not in scope.
 pub(crate) async fn append_in(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     scope: &TenantScope,
     id: &str,
     items: &[(&str, &str)],

@@ -11,6 +11,7 @@
 
 mod conversations;
 pub mod counters;
+mod feedback;
 pub mod records;
 mod responses;
 mod store;

@@ -288,6 +288,10 @@ pub enum UsageGroup {
     Model,
     /// By UTC day.
     Day,
+    /// By route taken.
+    Route,
+    /// By the deployment that answered.
+    Deployment,
 }
 
 impl UsageGroup {
@@ -298,6 +302,8 @@ impl UsageGroup {
             Self::Team => "team_id",
             Self::Key => "key_id",
             Self::Model => "model",
+            Self::Route => "route",
+            Self::Deployment => "deployment",
             Self::Day => "(at / 86400000)",
         }
     }
@@ -318,4 +324,29 @@ pub struct UsageLine {
     pub cached_tokens: u64,
     /// US dollars.
     pub cost: f64,
+    /// Feedback given on the group's requests.
+    pub feedback: u64,
+    /// The mean of the scores given, when any were.
+    pub mean_score: Option<f64>,
+}
+
+/// What a user thought of an answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackRow {
+    /// Its own id.
+    pub id: String,
+    /// Whose request it is about.
+    pub tenant_id: String,
+    /// The request.
+    pub request_id: String,
+    /// The Responses API response, when given by it.
+    pub response_id: Option<String>,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// A score (the caller's scale, e.g. -1 to 1 or 1 to 5).
+    pub score: Option<f64>,
+    /// A label (`helpful`, `wrong`...).
+    pub label: Option<String>,
+    /// A comment, masked.
+    pub comment: Option<String>,
 }

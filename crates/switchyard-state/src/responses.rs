@@ -2,8 +2,8 @@
 //! its own items beside it, and a response's history read back through
 //! the chain of responses it continues.
 
-use sqlx::Row;
 use sqlx::any::AnyRow;
+use sqlx::{Any, Row};
 
 use crate::StateError;
 use crate::store::{DatabaseKind, SqlStore, TenantScope};
@@ -123,7 +123,46 @@ impl SqlStore {
     /// storing cheap under load (one commit, one sync to disk). For each,
     /// false (nothing stored) when its conversation is no longer there.
     pub async fn insert_responses(&self, batch: &[NewResponse]) -> Result<Vec<bool>, StateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut connection = self.pool.acquire().await?;
+        self.insert_responses_on(&mut connection, batch).await
+    }
+
+    /// A connection of the store's own for the response writer, which
+    /// keeps it (its page cache stays warm). On SQLite its commits are
+    /// written to the log without waiting for the disk (`synchronous =
+    /// NORMAL`): a killed process loses none of them, a power cut may lose
+    /// the last moments, where the ledger's connections wait for the disk.
+    pub async fn writer_connection(&self) -> Result<sqlx::pool::PoolConnection<Any>, StateError> {
+        let mut connection = self.pool.acquire().await?;
+        if self.kind() == DatabaseKind::Sqlite {
+            sqlx::query("PRAGMA synchronous = NORMAL")
+                .execute(&mut *connection)
+                .await?;
+        }
+        Ok(connection)
+    }
+
+    /// Gives a writer connection back to the pool as the others are.
+    async fn release_writer(&self, mut connection: sqlx::pool::PoolConnection<Any>) {
+        if self.kind() == DatabaseKind::Sqlite {
+            // A connection that cannot even be reset is closed, not pooled.
+            if sqlx::query("PRAGMA synchronous = FULL")
+                .execute(&mut *connection)
+                .await
+                .is_err()
+            {
+                let _ = connection.detach();
+            }
+        }
+    }
+
+    /// [`SqlStore::insert_responses`] on `connection`.
+    pub async fn insert_responses_on(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        batch: &[NewResponse],
+    ) -> Result<Vec<bool>, StateError> {
+        let mut tx = sqlx::Connection::begin(connection).await?;
         let mut stored = Vec::with_capacity(batch.len());
         for new in batch {
             let response = &new.row;
@@ -330,6 +369,9 @@ impl ResponseWriter {
     pub fn new(store: SqlStore) -> Self {
         let (queue, mut waiting) = tokio::sync::mpsc::unbounded_channel::<Pending>();
         tokio::spawn(async move {
+            // One connection kept for the writer while it works: its page
+            // cache holds the indexes it appends to.
+            let mut connection: Option<sqlx::pool::PoolConnection<Any>> = None;
             while let Some(first) = waiting.recv().await {
                 let mut group = vec![first];
                 while group.len() < MAX_GROUP {
@@ -339,7 +381,25 @@ impl ResponseWriter {
                     }
                 }
                 let (batch, waiters): (Vec<NewResponse>, Vec<_>) = group.into_iter().unzip();
-                match store.insert_responses(&batch).await {
+                let written = match connection.as_mut() {
+                    Some(kept) => store.insert_responses_on(kept, &batch).await,
+                    None => match store.writer_connection().await {
+                        Ok(mut fresh) => {
+                            let written = store.insert_responses_on(&mut fresh, &batch).await;
+                            connection = Some(fresh);
+                            written
+                        }
+                        Err(error) => Err(error),
+                    },
+                };
+                if written.is_err()
+                    && let Some(failed) = connection.take()
+                {
+                    // A connection that failed may be broken: the next group
+                    // takes a fresh one.
+                    store.release_writer(failed).await;
+                }
+                match written {
                     Ok(stored) => {
                         for (waiter, ok) in waiters.into_iter().zip(stored) {
                             let _ = waiter.send(Ok(ok));

@@ -68,7 +68,7 @@ pub struct SqlStore {
 }
 
 /// The migrations, embedded: the binary carries its schema.
-const MIGRATIONS: [(i64, &str, &str); 5] = [
+const MIGRATIONS: [(i64, &str, &str); 6] = [
     (
         1,
         "governance",
@@ -93,6 +93,11 @@ const MIGRATIONS: [(i64, &str, &str); 5] = [
         5,
         "summaries",
         include_str!("../migrations/0005_summaries.sql"),
+    ),
+    (
+        6,
+        "feedback",
+        include_str!("../migrations/0006_feedback.sql"),
     ),
 ];
 
@@ -558,13 +563,23 @@ impl SqlStore {
     ) -> Result<Vec<UsageLine>, StateError> {
         // The grouping column comes from a closed enum, never from input.
         let column = group.column();
+        // Feedback joins its request's row: what users thought of each
+        // group's answers.
         let sql = format!(
             "SELECT {column} AS grp, COUNT(*) AS requests,
                     CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens,
                     CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens,
                     CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS cached_tokens,
-                    CAST(COALESCE(SUM(cost), 0) AS DOUBLE PRECISION) AS cost
+                    CAST(COALESCE(SUM(cost), 0) AS DOUBLE PRECISION) AS cost,
+                    CAST(COALESCE(SUM(f.given), 0) AS BIGINT) AS feedback,
+                    CAST(COALESCE(SUM(f.scored), 0) AS BIGINT) AS scored,
+                    CAST(COALESCE(SUM(f.total), 0) AS DOUBLE PRECISION) AS score_total
              FROM usage_ledger
+             LEFT JOIN (SELECT tenant_id AS f_tenant, request_id AS f_request, COUNT(*) AS given,
+                               COUNT(score) AS scored, SUM(score) AS total
+                        FROM feedback GROUP BY tenant_id, request_id) f
+               ON f.f_request = usage_ledger.request_id
+              AND f.f_tenant = COALESCE(usage_ledger.tenant_id, '')
              WHERE ($1 IS NULL OR tenant_id = $1) AND at >= $2 AND at < $3
                AND ($4 IS NULL OR key_id = $4)
              GROUP BY {column} ORDER BY {column}"
@@ -590,6 +605,12 @@ impl SqlStore {
                     output_tokens: from_i64(row.try_get("output_tokens")?),
                     cached_tokens: from_i64(row.try_get("cached_tokens")?),
                     cost: row.try_get("cost")?,
+                    feedback: from_i64(row.try_get("feedback")?),
+                    mean_score: {
+                        let scored: i64 = row.try_get("scored")?;
+                        let total: f64 = row.try_get("score_total")?;
+                        (scored > 0).then(|| total / scored as f64)
+                    },
                 })
             })
             .collect()

@@ -1194,3 +1194,81 @@ async fn member_and_read_only_keys_read_their_own_usage_and_nothing_of_other_key
     let (status, body) = own_usage(&server, MASTER).await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test]
+async fn feedback_is_kept_beside_its_request_shown_per_model_and_kept_within_the_tenant() {
+    let upstream = standin().await;
+    let server = Server::start(&config(&upstream, "", ""));
+    let (_, mine) = tenant_with_key(&server, json!({"role": "member"})).await;
+    let (_, theirs) = tenant_with_key(&server, json!({"role": "member"})).await;
+    let mut ids = Vec::new();
+    for (n, model) in ["priced", "priced", "other"].iter().enumerate() {
+        let id = format!("fb-request-{n}");
+        let response = client()
+            .post(format!("{}/chat/completions", server.v1()))
+            .bearer_auth(&mine)
+            .header("x-request-id", &id)
+            .json(&ask(model))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        ids.push(id);
+    }
+    let give = |key: &str, body: Value| {
+        client()
+            .post(format!("{}/v1/feedback", server.url))
+            .bearer_auth(key.to_owned())
+            .json(&body)
+            .send()
+    };
+    // Straight after the answers: the ledger may not have written them yet.
+    for (id, score) in [(&ids[0], 1.0), (&ids[1], 0.0), (&ids[2], 1.0)] {
+        let response = give(
+            &mine,
+            json!({"request_id": id, "score": score, "label": "helpful",
+                                         "comment": "mail me at jane@example.com"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 201);
+        let kept: Value = response.json().await.unwrap();
+        assert_eq!(kept["object"], "feedback");
+        assert_eq!(kept["comment"], "mail me at [EMAIL]");
+    }
+    // Another tenant's request is not found; nonsense is refused.
+    let response = give(&theirs, json!({"request_id": ids[0], "score": 1}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = give(&mine, json!({"request_id": ids[0]})).await.unwrap();
+    assert_eq!(response.status(), 400);
+    let response = give(&mine, json!({"score": 1})).await.unwrap();
+    assert_eq!(response.status(), 400);
+
+    // Usage reports show it per model.
+    let report = master(&server).get("/admin/usage?group_by=model").await;
+    let line = |model: &str| {
+        report["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["group"] == model)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(line("priced")["feedback"], 2, "{report}");
+    assert_eq!(line("priced")["mean_score"], 0.5);
+    assert_eq!(line("other")["feedback"], 1);
+    let report = master(&server)
+        .get("/admin/usage?group_by=deployment")
+        .await;
+    assert!(
+        report["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["group"] == "priced"),
+        "{report}"
+    );
+}
