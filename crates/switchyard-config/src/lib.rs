@@ -15,6 +15,7 @@
 //! api_key = "${OPENAI_API_KEY}"
 //! ```
 
+mod anomalies;
 mod context;
 mod engine;
 mod guardrails;
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use anomalies::AnomaliesConfig;
 pub use context::{ContextConfig, ConversationsConfig, FitMode};
 pub use engine::{EngineSettings, KeepAlive};
 pub use guardrails::{
@@ -89,6 +91,8 @@ pub struct Config {
     pub context: ContextConfig,
     /// What is kept of stored responses and conversations.
     pub conversations: ConversationsConfig,
+    /// Drift and anomaly alarms per tenant × model.
+    pub anomalies: AnomaliesConfig,
 }
 
 /// The `[telemetry]` table.
@@ -332,6 +336,8 @@ struct RawConfig {
     context: ContextConfig,
     #[serde(default)]
     conversations: ConversationsConfig,
+    #[serde(default)]
+    anomalies: AnomaliesConfig,
 }
 
 impl Default for Config {
@@ -354,6 +360,7 @@ impl Default for Config {
             engine: EngineSettings::default(),
             context: ContextConfig::default(),
             conversations: ConversationsConfig::default(),
+            anomalies: AnomaliesConfig::default(),
         }
     }
 }
@@ -1227,6 +1234,7 @@ impl Config {
             engine: raw.engine,
             context: raw.context,
             conversations: raw.conversations,
+            anomalies: raw.anomalies,
         };
         config
             .validate()
@@ -1253,6 +1261,7 @@ impl Config {
         }
         self.validate_retrieval()?;
         self.guardrails.validate()?;
+        self.anomalies.validate()?;
         let known = |name: &str| self.models.contains_key(name) || self.routes.contains_key(name);
         self.context.validate(known)?;
         if let Some(target) = self.guardrails.attach.keys().find(|t| !known(t)) {

@@ -6,8 +6,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use switchyard_state::records::{
-    ApiKey, AuditRow, Budget, BudgetAlert, Limits, Metadata, Role, Team, Tenant, UsageGroup,
-    UsageLine,
+    AnomalyAlert, ApiKey, AuditRow, Budget, BudgetAlert, Limits, Metadata, Role, Team, Tenant,
+    UsageGroup, UsageLine,
 };
 use switchyard_state::{SpendScope, TenantScope, TimeRange};
 
@@ -629,10 +629,47 @@ impl Governance {
         Ok(self.store.audit_records(&scope, range, limit).await?)
     }
 
-    /// Budget alerts the caller may see.
-    pub async fn alerts(&self, caller: &Caller) -> Result<Vec<BudgetAlert>, GovernanceError> {
+    /// Budget alerts and drift and anomaly alarms the caller may see,
+    /// newest first (at most 1,000 alarms).
+    pub async fn alerts(&self, caller: &Caller) -> Result<Vec<Alert>, GovernanceError> {
         require_admin(caller)?;
-        Ok(self.store.alerts(&caller.scope()).await?)
+        let scope = caller.scope();
+        let mut alerts: Vec<Alert> = self
+            .store
+            .alerts(&scope)
+            .await?
+            .into_iter()
+            .map(Alert::Budget)
+            .collect();
+        alerts.extend(
+            self.store
+                .anomalies(&scope, 1000)
+                .await?
+                .into_iter()
+                .map(Alert::Anomaly),
+        );
+        alerts.sort_by_key(|alert| std::cmp::Reverse(alert.at()));
+        Ok(alerts)
+    }
+}
+
+/// An entry of `/admin/alerts`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Alert {
+    /// A budget's soft threshold crossed.
+    Budget(BudgetAlert),
+    /// A tenant × model series far outside its baseline.
+    Anomaly(AnomalyAlert),
+}
+
+impl Alert {
+    /// When it was raised, Unix milliseconds.
+    pub fn at(&self) -> i64 {
+        match self {
+            Self::Budget(alert) => alert.at,
+            Self::Anomaly(alert) => alert.at,
+        }
     }
 }
 

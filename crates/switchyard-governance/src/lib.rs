@@ -9,6 +9,8 @@
 //! leaves its record.
 
 pub mod admin;
+pub mod alarms;
+pub mod anomaly;
 mod auth;
 mod budget;
 mod error;
@@ -150,6 +152,8 @@ pub struct Governance {
     ledger: Ledger,
     /// The policy in force, for callers that hold none of their own.
     policy: arc_swap::ArcSwap<Policy>,
+    /// Drift and anomaly alarms, once watched for.
+    alarms: std::sync::OnceLock<alarms::Alarms>,
 }
 
 /// Unix milliseconds now.
@@ -209,6 +213,7 @@ impl Governance {
             counters,
             ledger,
             policy: arc_swap::ArcSwap::new(policy),
+            alarms: std::sync::OnceLock::new(),
         }))
     }
 
@@ -230,6 +235,17 @@ impl Governance {
             jwt,
             prices: Arc::new(prices),
         }))
+    }
+
+    /// Starts watching every tenant × model for drift and anomalies
+    /// (once; later calls change nothing and say so).
+    pub fn watch_anomalies(&self, settings: anomaly::AnomalySettings) -> bool {
+        let mut started = false;
+        self.alarms.get_or_init(|| {
+            started = true;
+            alarms::Alarms::start(settings, self.store.clone())
+        });
+        started
     }
 
     /// The policy in force.
@@ -778,6 +794,8 @@ pub struct Outcome {
     pub decisions: Vec<Decision>,
     /// Time spent retrieving sources for a grounded answer.
     pub retrieval: Option<Duration>,
+    /// The answer's length and whether it refused, for drift alarms.
+    pub answer_shape: Option<anomaly::AnswerShape>,
 }
 
 /// An admitted request: what it holds, until it finishes.
@@ -991,6 +1009,23 @@ impl Admission {
             retrieval_ms = outcome.retrieval.map(|d| d.as_secs_f64() * 1e3),
             "request done"
         );
+        if let Some(alarms) = governance.alarms.get()
+            && self.facts.known_model
+            // Refusals at admission and clients that left say nothing
+            // about the model.
+            && !(400..500).contains(&outcome.status)
+        {
+            alarms.observe(&anomaly::Observation {
+                tenant: usage.tenant_id.as_deref(),
+                model: &usage.model,
+                at_ms: now_ms(),
+                failed: outcome.status >= 500,
+                latency,
+                tokens: outcome.tokens.map(|t| t.input + t.output),
+                cost,
+                answer: outcome.answer_shape,
+            });
+        }
         let slot_keys = std::mem::take(&mut self.slot_keys);
         let token_charges = std::mem::take(&mut self.token_charges);
         let budget_keys = std::mem::take(&mut self.budget_keys);

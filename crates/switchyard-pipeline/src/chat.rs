@@ -105,6 +105,8 @@ impl Pipeline {
         let served = finish::served(&routed, Some(&routed.value.usage), &admitted.call.context);
         let mut outcome = admitted.outcome(served);
         outcome.answer = admitted.keep_answer.then(|| routed.value.content.clone());
+        outcome.answer_shape =
+            finish::answer_shape(&routed.value.content, !routed.value.tool_calls.is_empty());
         admitted.admission.finish(outcome);
         Ok((
             Answer {

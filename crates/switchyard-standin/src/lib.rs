@@ -31,7 +31,8 @@
 //! them, as the collector of a benchmark with span export on.
 //!
 //! Tests can also script failures directly: [`RunningStandin::queue_failures`]
-//! for the next requests, [`RunningStandin::set_outage`] for all of them.
+//! for the next requests, [`RunningStandin::set_outage`] for all of them,
+//! and slow every answer down with [`RunningStandin::set_latency`].
 //!
 //! Every request is recorded (`GET /_standin/requests`, or
 //! [`RunningStandin::requests`]), so a test can check what the gateway sent.
@@ -108,6 +109,9 @@ pub(crate) struct Standin {
     queued: Arc<Mutex<VecDeque<Failure>>>,
     /// A failure served to every request while set.
     outage: Arc<Mutex<Option<Failure>>>,
+    /// The wait before response headers while set, instead of the
+    /// config's (a deployment that slows down mid-test).
+    latency: Arc<Mutex<Option<Duration>>>,
 }
 
 /// A scripted failure: a status and, optionally, a `Retry-After`.
@@ -197,6 +201,14 @@ impl RunningStandin {
         }
     }
 
+    /// Every request waits this long before its response headers (unless
+    /// it names its own wait), until cleared with `None`.
+    pub fn set_latency(&self, latency: Option<Duration>) {
+        if let Ok(mut slot) = self.state.latency.lock() {
+            *slot = latency;
+        }
+    }
+
     /// Requests received so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state
@@ -221,6 +233,7 @@ fn router(config: StandinConfig) -> (Router, Standin) {
         cancelled: Arc::default(),
         queued: Arc::default(),
         outage: Arc::default(),
+        latency: Arc::default(),
     };
     let app = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -311,8 +324,14 @@ async fn record(State(standin): State<Standin>, request: Request, next: Next) ->
         abandoned: standin.cancelled.clone(),
         completed: false,
     };
-    let latency =
-        header_ms(&parts.headers, "x-standin-latency-ms").unwrap_or(standin.config.latency);
+    let latency = header_ms(&parts.headers, "x-standin-latency-ms").unwrap_or_else(|| {
+        standin
+            .latency
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .unwrap_or(standin.config.latency)
+    });
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }

@@ -9,6 +9,7 @@
 //!   request: in process by default, in Redis when several gateway
 //!   instances must share them.
 
+mod anomalies;
 mod conversations;
 pub mod counters;
 mod feedback;

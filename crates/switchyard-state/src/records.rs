@@ -274,6 +274,41 @@ pub struct BudgetAlert {
     pub budget_limit: f64,
 }
 
+/// A drift or anomaly alarm: one point of a tenant × model series far
+/// outside its baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyAlert {
+    /// The alert's id.
+    pub id: String,
+    /// Unix milliseconds when it was raised.
+    pub at: i64,
+    /// The tenant whose traffic it is about (`None`: requests made
+    /// without one).
+    pub tenant_id: Option<String>,
+    /// The public model name.
+    pub model: String,
+    /// Which series: `error_rate`, `latency_p50_ms`, `latency_p95_ms`,
+    /// `tokens_per_request`, `refusal_rate`, `answer_chars` or
+    /// `cost_usd_per_hour`.
+    pub signal: String,
+    /// The point that was out of bounds.
+    pub observed: f64,
+    /// The baseline's median.
+    pub baseline: f64,
+    /// The control limit it crossed.
+    pub bound: f64,
+    /// How far out it was, in standard deviations of the baseline
+    /// (robust: MAD × 1.4826; for rates, the normal deviation with the
+    /// same tail probability as the binomial count).
+    pub score: f64,
+    /// Points in the baseline it was judged against.
+    pub points: u32,
+    /// Unix milliseconds when it was resolved, if it has been.
+    pub resolved_at: Option<i64>,
+    /// How: `back_to_baseline` or `new_baseline`.
+    pub resolution: Option<String>,
+}
+
 /// How usage reports group rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

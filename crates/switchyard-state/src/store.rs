@@ -68,7 +68,7 @@ pub struct SqlStore {
 }
 
 /// The migrations, embedded: the binary carries its schema.
-const MIGRATIONS: [(i64, &str, &str); 6] = [
+const MIGRATIONS: [(i64, &str, &str); 7] = [
     (
         1,
         "governance",
@@ -98,6 +98,11 @@ const MIGRATIONS: [(i64, &str, &str); 6] = [
         6,
         "feedback",
         include_str!("../migrations/0006_feedback.sql"),
+    ),
+    (
+        7,
+        "anomalies",
+        include_str!("../migrations/0007_anomalies.sql"),
     ),
 ];
 

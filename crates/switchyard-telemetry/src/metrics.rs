@@ -154,6 +154,13 @@ struct CascadeLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AnomalyLabels {
+    tenant: String,
+    model: String,
+    signal: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RouteLabels {
     route: String,
 }
@@ -302,6 +309,8 @@ pub struct Metrics {
     semantic_similarity: HistogramFamily<RouteLabels>,
     cascade_answers: Family<CascadeLabels, Counter>,
     cascade_saved: Family<RouteLabels, Counter<f64, AtomicU64>>,
+    anomalies: Family<AnomalyLabels, Counter>,
+    anomalies_open: Family<AnomalyLabels, Gauge>,
     tenants: BoundedValues,
 }
 
@@ -444,6 +453,18 @@ impl Metrics {
             "What cascades saved against asking their last (strongest) step every time, in US dollars",
             cascade_saved.clone(),
         );
+        let anomalies = Family::<AnomalyLabels, Counter>::default();
+        registry.register(
+            "switchyard_anomaly_alerts",
+            "Drift and anomaly alarms raised, by tenant, model and signal",
+            anomalies.clone(),
+        );
+        let anomalies_open = Family::<AnomalyLabels, Gauge>::default();
+        registry.register(
+            "switchyard_anomaly_alerts_open",
+            "Drift and anomaly alarms open now, by tenant, model and signal",
+            anomalies_open.clone(),
+        );
         Self {
             registry,
             token_usage,
@@ -465,6 +486,8 @@ impl Metrics {
             semantic_similarity,
             cascade_answers,
             cascade_saved,
+            anomalies,
+            anomalies_open,
             tenants: BoundedValues::new(TENANT_LABELS),
         }
     }
@@ -634,6 +657,32 @@ impl Metrics {
                     route: route.to_owned(),
                 })
                 .inc_by(saved);
+        }
+    }
+
+    /// A drift or anomaly alarm was raised (`tenant` is `-` for requests
+    /// made without one).
+    pub fn anomaly_raised(&self, tenant: &str, model: &str, signal: &str) {
+        let labels = self.anomaly_labels(tenant, model, signal);
+        self.anomalies.get_or_create(&labels).inc();
+        self.anomalies_open.get_or_create(&labels).set(1);
+    }
+
+    /// An open drift or anomaly alarm was resolved.
+    pub fn anomaly_resolved(&self, tenant: &str, model: &str, signal: &str) {
+        let labels = self.anomaly_labels(tenant, model, signal);
+        self.anomalies_open.get_or_create(&labels).set(0);
+    }
+
+    fn anomaly_labels(&self, tenant: &str, model: &str, signal: &str) -> AnomalyLabels {
+        AnomalyLabels {
+            tenant: if tenant == "-" {
+                tenant.to_owned()
+            } else {
+                self.tenants.admit(tenant)
+            },
+            model: model.to_owned(),
+            signal: signal.to_owned(),
         }
     }
 

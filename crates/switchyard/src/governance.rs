@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use switchyard_config::Config;
+use switchyard_governance::anomaly::{AnomalySettings, WebhookSettings};
 use switchyard_governance::jwt::JwtSettings;
 use switchyard_governance::switchyard_state::{SqlStore, redact_url, sqlite_url};
 use switchyard_governance::{Counters, Governance, GovernanceSettings, Price, PriceTable};
@@ -71,6 +72,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<Governance>> {
     governance
         .set_prices(prices(config))
         .context("cannot start governance")?;
+    if let Some(settings) = anomaly_settings(config) {
+        governance.watch_anomalies(settings);
+    }
     info!(database = %redact_url(&url), shared_counters = config.redis_url.is_some(), "governance ready");
     Ok(governance)
 }
@@ -110,6 +114,23 @@ pub fn settings(config: &Config) -> GovernanceSettings {
     }
 }
 
+/// How drift and anomaly alarms are raised, when they are watched for.
+pub fn anomaly_settings(config: &Config) -> Option<AnomalySettings> {
+    let anomalies = &config.anomalies;
+    anomalies.enabled.then(|| AnomalySettings {
+        batch: anomalies.batch,
+        baseline: anomalies.baseline,
+        min_points: anomalies.min_points,
+        threshold: anomalies.threshold,
+        cost_bucket: Duration::from_secs(anomalies.cost_bucket_secs),
+        cost_floor_usd_per_hour: anomalies.cost_floor_usd_per_hour,
+        webhook: anomalies.webhook_url.clone().map(|url| WebhookSettings {
+            url,
+            attempts: anomalies.webhook_attempts,
+        }),
+    })
+}
+
 /// The governance settings a reload cannot change: the store, the shared
 /// counters, the key cache and the ledger writer are started once.
 pub fn needs_restart(before: &Config, after: &Config) -> Vec<&'static str> {
@@ -125,6 +146,9 @@ pub fn needs_restart(before: &Config, after: &Config) -> Vec<&'static str> {
     }
     if before.governance.ledger_flush_ms != after.governance.ledger_flush_ms {
         fields.push("governance.ledger_flush_ms");
+    }
+    if before.anomalies != after.anomalies {
+        fields.push("anomalies");
     }
     fields
 }

@@ -1272,3 +1272,183 @@ async fn feedback_is_kept_beside_its_request_shown_per_model_and_kept_within_the
         "{report}"
     );
 }
+
+/// A webhook receiver that refuses its first delivery with 503 and keeps
+/// the bodies of those it accepts; also counts every attempt.
+async fn flaky_webhook() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let accepted: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let attempts: Arc<AtomicUsize> = Arc::default();
+    let (kept, counted) = (accepted.clone(), attempts.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let (kept, counted) = (kept.clone(), counted.clone());
+            async move {
+                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                kept.lock().unwrap().push(body);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, accepted, attempts)
+}
+
+/// The anomaly alarms `/admin/alerts` lists for `admin`, waited for until
+/// one of `signal` shows (they are written in the background).
+async fn anomaly_alarm(admin: &Admin<'_>, signal: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alerts = admin.get("/admin/alerts").await;
+        if let Some(found) = alerts["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["kind"] == "anomaly" && a["signal"] == signal)
+        {
+            return found.clone();
+        }
+        assert!(Instant::now() < deadline, "no {signal} alarm: {alerts}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_slowed_deployment_and_an_error_burst_raise_drift_alarms_against_standin() {
+    let upstream = standin().await;
+    upstream.set_latency(Some(Duration::from_millis(20)));
+    let (hook, delivered, attempts) = flaky_webhook().await;
+    // Small batches and baselines so the test is short: a point is 5
+    // requests, judged once 5 points are known.
+    let anomalies = format!(
+        "[anomalies]\nbatch = 5\nbaseline = 10\nmin_points = 5\nwebhook_url = \"{hook}\"\n"
+    );
+    let server = Server::start(&config(&upstream, &anomalies, ""));
+    let (tenant, key) = tenant_with_key(&server, json!({})).await;
+    for _ in 0..30 {
+        assert_eq!(chat(&server, Some(&key), &ask("other")).await.status(), 200);
+    }
+    let admin = master(&server);
+    let alerts = admin.get("/admin/alerts").await;
+    assert_eq!(alerts["data"], json!([]), "steady traffic raised alarms");
+
+    // The deployment slows tenfold: raised within two batches.
+    upstream.set_latency(Some(Duration::from_millis(200)));
+    for _ in 0..10 {
+        assert_eq!(chat(&server, Some(&key), &ask("other")).await.status(), 200);
+    }
+    let slow = anomaly_alarm(&admin, "latency_p50_ms").await;
+    assert_eq!(slow["tenant_id"], json!(tenant));
+    assert_eq!(slow["model"], "other");
+    assert!(slow["observed"].as_f64().unwrap() >= 200.0, "{slow}");
+    assert!(slow["observed"].as_f64() > slow["bound"].as_f64(), "{slow}");
+    assert!(slow["baseline"].as_f64().unwrap() < 200.0, "{slow}");
+    assert_eq!(slow["resolved_at"], Value::Null);
+
+    // Back to normal: the alarm resolves.
+    upstream.set_latency(Some(Duration::from_millis(20)));
+    for _ in 0..5 {
+        assert_eq!(chat(&server, Some(&key), &ask("other")).await.status(), 200);
+    }
+    // Then the upstream fails every request: an error-rate alarm.
+    upstream.set_outage(Some(switchyard_standin::Failure {
+        status: 500,
+        retry_after: None,
+    }));
+    for _ in 0..5 {
+        assert!(
+            chat(&server, Some(&key), &ask("other"))
+                .await
+                .status()
+                .is_server_error()
+        );
+    }
+    upstream.set_outage(None);
+    let errors = anomaly_alarm(&admin, "error_rate").await;
+    assert_eq!(errors["observed"], 1.0);
+    let slow_now = admin.get("/admin/alerts").await["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == slow["id"])
+        .cloned()
+        .unwrap();
+    assert_eq!(slow_now["resolution"], "back_to_baseline", "{slow_now}");
+
+    // Another tenant's admin sees none of it.
+    let other = master(&server)
+        .post("/admin/tenants", json!({"name": "globex"}))
+        .await;
+    let other_admin = master(&server)
+        .post(
+            "/admin/keys",
+            json!({"tenant_id": other["id"], "name": "ops", "role": "admin"}),
+        )
+        .await;
+    let outsider = Admin {
+        server: &server,
+        key: other_admin["key"].as_str().unwrap().to_owned(),
+    };
+    assert_eq!(outsider.get("/admin/alerts").await["data"], json!([]));
+
+    // The webhook got the alarm although it refused the first attempt.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let bodies = delivered.lock().unwrap().clone();
+        if bodies
+            .iter()
+            .any(|b| b["type"] == "anomaly.raised" && b["alert"]["id"] == errors["id"])
+        {
+            assert!(
+                bodies
+                    .iter()
+                    .any(|b| b["type"] == "anomaly.raised" && b["alert"]["id"] == slow["id"]),
+                "{bodies:?}"
+            );
+            assert!(bodies.iter().any(|b| b["type"] == "anomaly.resolved"
+                && b["id"] == slow["id"]
+                && b["resolution"] == "back_to_baseline"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "webhook got {bodies:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(attempts.load(std::sync::atomic::Ordering::SeqCst) > bodies_len(&delivered));
+    // And the metric and the log line.
+    let metrics = client()
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_anomaly_alerts_total{")
+                && l.contains("signal=\"error_rate\"")
+                && l.contains("model=\"other\"")),
+        "{metrics}"
+    );
+    assert!(
+        server
+            .logs()
+            .contains("anomaly alarm: a series left its baseline")
+    );
+}
+
+fn bodies_len(delivered: &std::sync::Mutex<Vec<Value>>) -> usize {
+    delivered.lock().unwrap().len()
+}

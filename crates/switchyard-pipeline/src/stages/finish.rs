@@ -2,8 +2,9 @@
 //! log line keep of a call, built from how it ended.
 
 use switchyard_core::{ChatRequest, Usage};
+use switchyard_governance::anomaly::AnswerShape;
 use switchyard_governance::{Admission, Outcome, Tokens};
-use switchyard_orchestration::{CacheStatus, RequestContext, Routed};
+use switchyard_orchestration::{CacheStatus, RequestContext, Routed, strategies};
 use switchyard_telemetry::trace;
 
 use crate::PipelineError;
@@ -51,6 +52,26 @@ pub fn failed(error: &PipelineError, context: &RequestContext) -> Outcome {
         ..Outcome::default()
     }
 }
+
+/// What drift alarms watch of a text answer: its length and whether it
+/// refused. `None` for an answer that only called tools.
+pub fn answer_shape(text: &str, called_tools: bool) -> Option<AnswerShape> {
+    if called_tools && text.trim().is_empty() {
+        return None;
+    }
+    // Refusals say so at the start; a long answer is not scanned whole.
+    let head_end = text
+        .char_indices()
+        .nth(REFUSAL_WINDOW)
+        .map_or(text.len(), |(at, _)| at);
+    Some(AnswerShape {
+        chars: text.chars().count() as u64,
+        refused: strategies::refuses(&text[..head_end]),
+    })
+}
+
+/// Characters at the start of an answer searched for a refusal.
+const REFUSAL_WINDOW: usize = 300;
 
 /// Records a failure on the admission and hands the error back.
 pub fn fail(admission: Admission, error: PipelineError, context: &RequestContext) -> PipelineError {

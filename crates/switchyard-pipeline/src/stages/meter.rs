@@ -9,7 +9,11 @@ use switchyard_governance::{Admission, Outcome};
 use switchyard_orchestration::Trail;
 use switchyard_telemetry::trace;
 
-use super::finish::{annotate_usage, tokens};
+use super::finish::{annotate_usage, answer_shape, tokens};
+
+/// Bytes of a streamed answer kept for the refusal check (enough for its
+/// first few hundred characters).
+const HEAD_BYTES: usize = 1200;
 
 /// Meters `events`; `outcome` is what is known of the call so far (its
 /// route, prompt, retrieval time). The stream has a span of its own, a
@@ -30,6 +34,10 @@ pub fn metered(
     );
     Box::pin(async_stream::stream! {
         let mut answer = String::new();
+        // What drift alarms watch, kept whether or not the answer is.
+        let mut head = String::new();
+        let mut chars: u64 = 0;
+        let mut called_tools = false;
         let mut chunks: i64 = 0;
         while let Some(event) = events.next().await {
             match &event {
@@ -42,8 +50,15 @@ pub fn metered(
                     if keep_answer {
                         answer.push_str(text);
                     }
+                    chars += text.chars().count() as u64;
+                    if head.len() < HEAD_BYTES {
+                        head.push_str(text);
+                    }
                 }
-                Ok(StreamEvent::ToolCall(_)) => admission.first_token(),
+                Ok(StreamEvent::ToolCall(_)) => {
+                    called_tools = true;
+                    admission.first_token();
+                }
                 Ok(StreamEvent::Usage(usage)) => {
                     outcome.tokens = Some(tokens(usage));
                     annotate_usage(&request_span, usage);
@@ -71,6 +86,12 @@ pub fn metered(
         trace::annotate(&stream_span, || [("switchyard.stream.chunks", chunks.into())]);
         if keep_answer {
             outcome.answer = Some(answer);
+        }
+        if outcome.error.is_none() {
+            outcome.answer_shape = answer_shape(&head, called_tools).map(|mut shape| {
+                shape.chars = chars;
+                shape
+            });
         }
         outcome.decisions = trail.steps();
         admission.finish(outcome);
