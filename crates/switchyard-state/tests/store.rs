@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use switchyard_state::records::{
-    ApiKey, AuditRow, Budget, BudgetAlert, BudgetPeriod, Limits, Role, Team, Tenant, UsageGroup,
-    UsageRow,
+    AnomalyAlert, ApiKey, AuditRow, Budget, BudgetAlert, BudgetPeriod, Limits, Role, Team, Tenant,
+    UsageGroup, UsageRow,
 };
 use switchyard_state::testing::{POSTGRES_ENV, fresh_postgres_schema, service_url};
 use switchyard_state::{
@@ -395,6 +395,64 @@ async fn an_alert_is_recorded_once_per_threshold_and_period(store: SqlStore) {
             .unwrap()
             .is_empty()
     );
+    store.close().await;
+}
+
+on_every_database!(anomaly_alarms_are_kept_resolved_once_and_seen_within_their_tenant);
+
+async fn anomaly_alarms_are_kept_resolved_once_and_seen_within_their_tenant(store: SqlStore) {
+    let alarm = |id: &str, at: i64, tenant: Option<&str>| AnomalyAlert {
+        id: id.into(),
+        at,
+        tenant_id: tenant.map(str::to_owned),
+        model: "gpt".into(),
+        signal: "latency_p50_ms".into(),
+        observed: 610.0,
+        baseline: 200.0,
+        bound: 380.0,
+        score: 9.5,
+        points: 30,
+        resolved_at: None,
+        resolution: None,
+    };
+    store
+        .insert_anomaly(&alarm("an1", 10, Some("ten_a")))
+        .await
+        .unwrap();
+    store
+        .insert_anomaly(&alarm("an2", 20, Some("ten_a")))
+        .await
+        .unwrap();
+    store.insert_anomaly(&alarm("an3", 30, None)).await.unwrap();
+    store
+        .resolve_anomaly("an1", 15, "back_to_baseline")
+        .await
+        .unwrap();
+    // A second resolution changes nothing.
+    store
+        .resolve_anomaly("an1", 99, "new_baseline")
+        .await
+        .unwrap();
+
+    let own = store
+        .anomalies(&TenantScope::Tenant("ten_a".into()), 100)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = own.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["an2", "an1"], "newest first, none of another scope");
+    assert_eq!(own[1].resolved_at, Some(15));
+    assert_eq!(own[1].resolution.as_deref(), Some("back_to_baseline"));
+    assert_eq!(own[0], alarm("an2", 20, Some("ten_a")));
+    assert!(
+        store
+            .anomalies(&TenantScope::Tenant("ten_b".into()), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let all = store.anomalies(&TenantScope::All, 2).await.unwrap();
+    assert_eq!(all.len(), 2, "the limit holds");
+    assert_eq!(all[0].id, "an3");
     store.close().await;
 }
 
