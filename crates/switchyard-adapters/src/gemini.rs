@@ -633,6 +633,7 @@ impl Wire for GeminiWire {
                 tool_calls: Vec::new(),
                 finish_reason: FinishReason::ContentFilter,
                 usage,
+                logprobs: None,
             });
         };
         let (content, tool_calls) = read_parts(candidate.content.unwrap_or_default().parts, 0);
@@ -646,6 +647,7 @@ impl Wire for GeminiWire {
             tool_calls,
             finish_reason: finish,
             usage,
+            logprobs: None,
         })
     }
 

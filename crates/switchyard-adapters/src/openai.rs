@@ -205,6 +205,7 @@ impl Wire for OpenAiWire {
                 tool_calls: Vec::new(),
                 finish_reason: FinishReason::ContentFilter,
                 usage: completion.usage.map(Into::into).unwrap_or_default(),
+                logprobs: None,
             });
         }
         Ok(ChatResponse {
@@ -219,6 +220,7 @@ impl Wire for OpenAiWire {
                 .collect(),
             finish_reason: parse_finish_reason(choice.finish_reason.as_deref().unwrap_or("stop")),
             usage: completion.usage.map(Into::into).unwrap_or_default(),
+            logprobs: choice.logprobs.and_then(|l| l.into_canonical()),
         })
     }
 

@@ -222,6 +222,14 @@ pub struct CascadeConfig {
     /// served).
     #[serde(default = "default_true")]
     pub escalate_on_judge_failure: bool,
+    /// Escalate answers whose tokens' mean log-probability is below this
+    /// (e.g. -1.0), where the step's backend gives log-probabilities.
+    #[serde(default)]
+    pub min_mean_logprob: Option<f32>,
+    /// Escalate answers with any token less likely than this
+    /// log-probability (e.g. -6.0), where the backend gives them.
+    #[serde(default)]
+    pub min_token_logprob: Option<f32>,
 }
 
 impl Default for CascadeConfig {
@@ -234,6 +242,8 @@ impl Default for CascadeConfig {
             accept_if: None,
             judge_timeout_ms: default_judge_timeout_ms(),
             escalate_on_judge_failure: true,
+            min_mean_logprob: None,
+            min_token_logprob: None,
         }
     }
 }

@@ -200,6 +200,7 @@ pub async fn collect_stream(
         tool_calls,
         finish_reason,
         usage,
+        logprobs: None,
     })
 }
 

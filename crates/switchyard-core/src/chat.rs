@@ -248,6 +248,10 @@ pub struct ChatRequest {
     /// The shape the answer must take; `None` is free text.
     #[serde(default)]
     pub response_format: Option<ResponseFormat>,
+    /// Ask for each answer token's log-probability, where the backend
+    /// gives them (OpenAI-compatible upstreams).
+    #[serde(default)]
+    pub logprobs: bool,
 }
 
 /// The shape an answer must take (OpenAI's `response_format`).
@@ -288,6 +292,7 @@ impl ChatRequest {
             tool_choice: None,
             parallel_tool_calls: None,
             response_format: None,
+            logprobs: false,
         }
     }
 }
@@ -363,6 +368,18 @@ pub struct ChatResponse {
     pub finish_reason: FinishReason,
     /// Token counts.
     pub usage: Usage,
+    /// Each answer token's log-probability, when asked for and given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// One generated token and its log-probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its natural-log probability (0 is certain).
+    pub logprob: f32,
 }
 
 /// A piece of a streamed tool call: the first piece of a call carries its

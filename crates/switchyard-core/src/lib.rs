@@ -18,8 +18,8 @@ pub use backend::{
 };
 pub use chat::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource,
-    JsonSchemaFormat, ResponseFormat, Role, SamplingParams, StreamEvent, ToolCall, ToolCallDelta,
-    ToolChoice, ToolDefinition, Usage,
+    JsonSchemaFormat, ResponseFormat, Role, SamplingParams, StreamEvent, TokenLogprob, ToolCall,
+    ToolCallDelta, ToolChoice, ToolDefinition, Usage,
 };
 pub use conversation::{Item, items_to_messages};
 pub use decision::{Decision, WindowCheck};

@@ -57,6 +57,7 @@ impl CachedAnswer {
             tool_calls: self.tool_calls.clone(),
             finish_reason: self.finish_reason,
             usage: self.usage,
+            logprobs: None,
         }
     }
 

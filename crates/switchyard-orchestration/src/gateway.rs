@@ -854,6 +854,10 @@ impl Gateway {
         context: &RequestContext,
     ) -> Option<(Arc<dyn ResponseCache>, String)> {
         let cache = self.cache.as_ref()?;
+        if request.logprobs {
+            // Cached answers keep no log-probabilities.
+            return None;
+        }
         let route_caches = route.cache.unwrap_or(self.cache_by_default);
         let wanted = match context.cache {
             CacheMode::Skip => false,
@@ -879,6 +883,9 @@ impl Gateway {
     ) -> Option<(Arc<dyn SemanticStore>, String, &'r SemanticCacheSpec)> {
         let spec = route.semantic_cache.as_ref()?;
         let store = self.semantic.as_ref()?;
+        if request.logprobs {
+            return None;
+        }
         let wanted = match context.cache {
             CacheMode::Skip => false,
             CacheMode::Force => true,
@@ -996,6 +1003,13 @@ impl Gateway {
         if plan.is_empty() {
             return Err(not_a_chat_model(&route.name));
         }
+        // A cascade judging confidence asks its steps for log-probabilities;
+        // the client gets them only if it asked too.
+        let client_wants_logprobs = request.logprobs;
+        let mut request = request;
+        if route.strategy == Strategy::Cascade && route.cascade.wants_logprobs() {
+            request.logprobs = true;
+        }
         let request = Arc::new(request);
         let shared = request.clone();
         let call = move |deployment: Arc<Deployment>| -> BoxFuture<'static, Result<ChatResponse, BackendError>> {
@@ -1017,11 +1031,14 @@ impl Gateway {
             call: &call,
             context,
         };
-        let (response, deployment) = match route.strategy {
+        let (mut response, deployment) = match route.strategy {
             Strategy::Cascade => self.cascade(&run, plan, &request).await?,
             Strategy::BestOf | Strategy::Mixture => self.ensemble(&run, plan, &request).await?,
             _ => self.run(run, plan).await?,
         };
+        if !client_wants_logprobs {
+            response.logprobs = None;
+        }
         let consulted = semantic.is_some();
         if let (Some((store, key, spec)), Some(original)) = (semantic, &original) {
             let answer = CachedAnswer::from_response(&deployment.name, &response);

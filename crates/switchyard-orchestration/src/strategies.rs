@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use regex::Regex;
 use switchyard_config as config;
-use switchyard_core::ResponseFormat;
+use switchyard_core::{ResponseFormat, TokenLogprob};
 
 /// The judge's prompt unless the route brings one.
 pub const DEFAULT_CASCADE_TEMPLATE: &str = "\
@@ -36,6 +36,46 @@ pub struct CascadeSpec {
     pub judge_timeout: Duration,
     /// A failed judge escalates (else the answer is served).
     pub escalate_on_judge_failure: bool,
+    /// The least mean token log-probability accepted.
+    pub min_mean_logprob: Option<f32>,
+    /// The least log-probability of any one token accepted.
+    pub min_token_logprob: Option<f32>,
+}
+
+impl CascadeSpec {
+    /// Whether a check reads the steps' token log-probabilities (so the
+    /// steps are asked for them).
+    pub fn wants_logprobs(&self) -> bool {
+        self.min_mean_logprob.is_some() || self.min_token_logprob.is_some()
+    }
+
+    /// Why `tokens` are not confident enough; `None` when they are (or
+    /// when no log-probability check is configured).
+    pub fn doubt(&self, tokens: &[TokenLogprob]) -> Option<String> {
+        if tokens.is_empty() {
+            return None;
+        }
+        let mean = tokens.iter().map(|t| f64::from(t.logprob)).sum::<f64>() / tokens.len() as f64;
+        if let Some(least) = self.min_mean_logprob
+            && mean < f64::from(least)
+        {
+            return Some(format!(
+                "mean token log-probability {mean:.2} is below {least}"
+            ));
+        }
+        let lowest = tokens
+            .iter()
+            .map(|t| t.logprob)
+            .fold(f32::INFINITY, f32::min);
+        if let Some(least) = self.min_token_logprob
+            && lowest < least
+        {
+            return Some(format!(
+                "a token's log-probability {lowest:.2} is below {least}"
+            ));
+        }
+        None
+    }
 }
 
 impl PartialEq for CascadeSpec {
@@ -48,6 +88,8 @@ impl PartialEq for CascadeSpec {
                 == other.accept_if.as_ref().map(Regex::as_str)
             && self.judge_timeout == other.judge_timeout
             && self.escalate_on_judge_failure == other.escalate_on_judge_failure
+            && self.min_mean_logprob == other.min_mean_logprob
+            && self.min_token_logprob == other.min_token_logprob
     }
 }
 
@@ -88,6 +130,8 @@ impl From<&config::CascadeConfig> for CascadeSpec {
                 .and_then(|pattern| Regex::new(pattern).ok()),
             judge_timeout: Duration::from_millis(cascade.judge_timeout_ms),
             escalate_on_judge_failure: cascade.escalate_on_judge_failure,
+            min_mean_logprob: cascade.min_mean_logprob,
+            min_token_logprob: cascade.min_token_logprob,
         }
     }
 }
@@ -278,6 +322,36 @@ pub fn pieces(text: &str) -> Vec<String> {
 mod tests {
     use super::*;
     use switchyard_core::JsonSchemaFormat;
+
+    #[test]
+    fn low_confidence_is_doubted_by_mean_or_by_its_least_likely_token() {
+        let tokens = |logprobs: &[f32]| -> Vec<TokenLogprob> {
+            logprobs
+                .iter()
+                .map(|&logprob| TokenLogprob {
+                    token: "w".into(),
+                    logprob,
+                })
+                .collect()
+        };
+        let spec = CascadeSpec {
+            min_mean_logprob: Some(-1.0),
+            min_token_logprob: Some(-6.0),
+            ..CascadeSpec::default()
+        };
+        assert!(spec.wants_logprobs());
+        assert_eq!(spec.doubt(&tokens(&[-0.1, -0.3, -2.0])), None);
+        let mean = spec.doubt(&tokens(&[-0.5, -3.0, -2.0])).unwrap();
+        assert!(mean.contains("mean token log-probability -1.83"), "{mean}");
+        // Mean -0.71, but one token at -7.
+        let mut mostly_sure = vec![-0.01; 9];
+        mostly_sure.push(-7.0);
+        let one = spec.doubt(&tokens(&mostly_sure)).unwrap();
+        assert!(one.contains("-7.00"), "{one}");
+        // No tokens given: nothing to judge by.
+        assert_eq!(spec.doubt(&[]), None);
+        assert!(!CascadeSpec::default().wants_logprobs());
+    }
 
     #[test]
     fn refusals_and_empty_answers_are_caught() {

@@ -614,6 +614,7 @@ impl MessagesRequest {
             tool_choice,
             parallel_tool_calls: parallel.map(|disabled| !disabled),
             response_format: None,
+            logprobs: false,
         })
     }
 
@@ -780,6 +781,7 @@ impl MessagesResponse {
             tool_calls,
             finish_reason: parse_stop_reason(self.stop_reason.as_deref().unwrap_or("end_turn")),
             usage: self.usage.into(),
+            logprobs: None,
         }
     }
 }

@@ -11,8 +11,8 @@
 use serde::{Deserialize, Serialize};
 use switchyard_core::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart as CanonicalPart, FinishReason,
-    ImageSource, JsonSchemaFormat, ResponseFormat, Role, SamplingParams, ToolCall, ToolCallDelta,
-    ToolChoice, ToolDefinition, Usage,
+    ImageSource, JsonSchemaFormat, ResponseFormat, Role, SamplingParams, TokenLogprob, ToolCall,
+    ToolCallDelta, ToolChoice, ToolDefinition, Usage,
 };
 
 /// `POST /v1/chat/completions` body.
@@ -79,6 +79,9 @@ pub struct ChatCompletionRequest {
     /// `text`, `json_object` or `json_schema`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<WireResponseFormat>,
+    /// Return each answer token's log-probability (whole answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
     /// Tags for routing rules and logs; never sent upstream.
     #[serde(default, skip_serializing)]
     pub metadata: Option<std::collections::BTreeMap<String, serde_json::Value>>,
@@ -683,6 +686,7 @@ impl ChatCompletionRequest {
             tool_choice,
             parallel_tool_calls: self.parallel_tool_calls,
             response_format,
+            logprobs: self.logprobs.unwrap_or(false),
         })
     }
 
@@ -731,6 +735,7 @@ impl ChatCompletionRequest {
                 .response_format
                 .as_ref()
                 .map(WireResponseFormat::from_canonical),
+            logprobs: request.logprobs.then_some(true),
             metadata: None,
             retrieval: None,
         }
@@ -867,9 +872,92 @@ pub struct Choice {
     /// Why it ended.
     #[serde(default)]
     pub finish_reason: Option<String>,
-    /// Always null: log-probabilities are not served.
+    /// Each answer token's log-probability, when the request asked.
+    #[serde(default, deserialize_with = "lenient_logprobs")]
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+/// Reads `logprobs` as OpenAI shapes it, and as nothing when a compatible
+/// server shapes it otherwise: an answer is never refused for its
+/// log-probabilities.
+fn lenient_logprobs<'de, D>(deserializer: D) -> Result<Option<ChoiceLogprobs>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+/// `choices[].logprobs`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceLogprobs {
+    /// The answer's tokens; null when there are none.
     #[serde(default)]
-    pub logprobs: Option<serde_json::Value>,
+    pub content: Option<Vec<WireTokenLogprob>>,
+    /// The refusal's tokens (never given by Switchyard).
+    #[serde(default)]
+    pub refusal: Option<Vec<WireTokenLogprob>>,
+}
+
+/// One token of `choices[].logprobs.content`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireTokenLogprob {
+    /// The token.
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// Its UTF-8 bytes.
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
+    /// The most likely tokens at this position (Switchyard asks for
+    /// none, so always empty from it).
+    #[serde(default)]
+    pub top_logprobs: Vec<WireTopLogprob>,
+}
+
+/// One of `top_logprobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireTopLogprob {
+    /// The token.
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// Its UTF-8 bytes.
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl ChoiceLogprobs {
+    /// The wire form of canonical log-probabilities.
+    pub fn from_canonical(tokens: &[TokenLogprob]) -> Self {
+        Self {
+            content: Some(
+                tokens
+                    .iter()
+                    .map(|t| WireTokenLogprob {
+                        token: t.token.clone(),
+                        logprob: t.logprob,
+                        bytes: Some(t.token.as_bytes().to_vec()),
+                        top_logprobs: Vec::new(),
+                    })
+                    .collect(),
+            ),
+            refusal: None,
+        }
+    }
+
+    /// The canonical log-probabilities of the answer's tokens, if given.
+    pub fn into_canonical(self) -> Option<Vec<TokenLogprob>> {
+        self.content.map(|tokens| {
+            tokens
+                .into_iter()
+                .map(|t| TokenLogprob {
+                    token: t.token,
+                    logprob: t.logprob,
+                })
+                .collect()
+        })
+    }
 }
 
 /// The assistant message of a whole answer.
@@ -913,7 +1001,10 @@ impl ChatCompletion {
                         .then(|| response.tool_calls.iter().map(WireToolCall::from).collect()),
                 },
                 finish_reason: Some(response.finish_reason.as_str().to_owned()),
-                logprobs: None,
+                logprobs: response
+                    .logprobs
+                    .as_deref()
+                    .map(ChoiceLogprobs::from_canonical),
             }],
             usage: Some(response.usage.into()),
             system_fingerprint: None,
@@ -968,9 +1059,10 @@ pub struct ChunkChoice {
     /// Set on the last chunk of the choice.
     #[serde(default)]
     pub finish_reason: Option<String>,
-    /// Always null.
-    #[serde(default)]
-    pub logprobs: Option<serde_json::Value>,
+    /// Always null from Switchyard: streamed answers carry no
+    /// log-probabilities.
+    #[serde(default, deserialize_with = "lenient_logprobs")]
+    pub logprobs: Option<ChoiceLogprobs>,
 }
 
 /// The incremental part of a chunk.
@@ -1152,6 +1244,64 @@ mod tests {
 
     fn request(body: serde_json::Value) -> ChatCompletionRequest {
         serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn logprobs_are_asked_for_upstream_and_read_back_in_openais_shape() {
+        let canonical = request(json!({
+            "model": "m", "logprobs": true,
+            "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .into_canonical()
+        .unwrap();
+        assert!(canonical.logprobs);
+        let upstream = serde_json::to_value(ChatCompletionRequest::from_canonical(
+            &canonical, "up", false,
+        ))
+        .unwrap();
+        assert_eq!(upstream["logprobs"], true);
+        let plain = ChatRequest::new("m", vec![ChatMessage::new(Role::User, "hi")]);
+        let upstream =
+            serde_json::to_value(ChatCompletionRequest::from_canonical(&plain, "up", false))
+                .unwrap();
+        assert!(upstream.get("logprobs").is_none());
+
+        let answer: ChatCompletion = serde_json::from_value(json!({
+            "id": "x", "object": "chat.completion", "created": 1, "model": "up",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "Hi there"},
+                "logprobs": {"content": [
+                    {"token": "Hi", "logprob": -0.25, "bytes": [72, 105], "top_logprobs": []},
+                    {"token": " there", "logprob": -1.5, "bytes": null, "top_logprobs": []}
+                ], "refusal": null}}]
+        }))
+        .unwrap();
+        let tokens = answer.choices[0]
+            .logprobs
+            .clone()
+            .and_then(ChoiceLogprobs::into_canonical)
+            .unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(
+            (tokens[1].token.as_str(), tokens[1].logprob),
+            (" there", -1.5)
+        );
+        let encoded = serde_json::to_value(ChoiceLogprobs::from_canonical(&tokens)).unwrap();
+        assert_eq!(encoded["content"][0]["bytes"], json!([72, 105]));
+        assert_eq!(encoded["content"][1]["top_logprobs"], json!([]));
+        // Another server's shape is no reason to refuse the answer.
+        let odd: Choice = serde_json::from_value(json!({
+            "message": {"role": "assistant", "content": "a"},
+            "logprobs": {"tokens": ["a"], "token_logprobs": [null]}
+        }))
+        .unwrap();
+        assert_eq!(odd.logprobs.and_then(ChoiceLogprobs::into_canonical), None);
+        let odd: Choice = serde_json::from_value(json!({
+            "message": {"role": "assistant", "content": "a"},
+            "logprobs": {"content": [{"token": "a", "logprob": null}]}
+        }))
+        .unwrap();
+        assert!(odd.logprobs.is_none());
     }
 
     #[test]
@@ -1382,6 +1532,7 @@ mod tests {
             }],
             finish_reason: FinishReason::ToolCalls,
             usage: Usage::new(1, 2),
+            logprobs: None,
         };
         let whole = serde_json::to_value(ChatCompletion::from_canonical(
             "id".into(),

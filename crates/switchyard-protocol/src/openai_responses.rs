@@ -567,6 +567,7 @@ impl ResponsesRequest {
             tool_choice,
             parallel_tool_calls: self.parallel_tool_calls,
             response_format,
+            logprobs: false,
         };
         let turn = ResponsesTurn {
             instructions: self.instructions,

@@ -24,6 +24,7 @@
 //! | `x-standin-fault: blocked-prompt` | (Gemini) block the prompt: no candidates |
 //! | `x-standin-fault: reset` | drop the connection before any body |
 //! | `x-standin-reply: text` | answer with this text instead of the echo |
+//! | `x-standin-logprob: -0.05` | (OpenAI) each token's log-probability when `logprobs` is asked for; a last user message containing `[unsure]` gets −3.0 instead |
 //! | `x-standin-failure-rate: 0.3` | fail this share of requests at random, with... |
 //! | `x-standin-failure-mix: 500,reset,timeout` | ...one of these (a hang lasts `x-standin-timeout-ms`, default 2000) |
 //!
@@ -59,6 +60,16 @@ use axum::routing::{get, post};
 use futures::{Stream, StreamExt};
 use serde::Serialize;
 use tokio::net::TcpListener;
+
+/// Each answer token's log-probability unless a header says otherwise.
+const CONFIDENT_LOGPROB: f32 = -0.05;
+
+/// Each answer token's log-probability when the last user message
+/// contains [`UNSURE_MARK`]: a scripted answer of low confidence.
+pub const UNSURE_LOGPROB: f32 = -3.0;
+
+/// The mark that makes the OpenAI face answer with [`UNSURE_LOGPROB`].
+pub const UNSURE_MARK: &str = "[unsure]";
 
 /// The secret access key the Bedrock face checks SigV4 signatures with
 /// (any access key id is accepted).
@@ -425,6 +436,8 @@ pub(crate) struct Script {
     pub fault: Fault,
     /// Reply with this text.
     pub reply: Option<String>,
+    /// The log-probability of every answer token, when asked for.
+    pub logprob: f32,
 }
 
 /// Faults the stand-in can inject into an answer.
@@ -460,6 +473,9 @@ impl Script {
             reply: header_str(headers, "x-standin-reply")
                 .map(str::to_owned)
                 .or_else(|| config.reply.clone()),
+            logprob: header_str(headers, "x-standin-logprob")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(CONFIDENT_LOGPROB),
         }
     }
 

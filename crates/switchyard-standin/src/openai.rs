@@ -9,14 +9,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use switchyard_core::ToolCallDelta;
 use switchyard_protocol::openai::{
-    ChatCompletion, ChatCompletionRequest, Choice, ChunkFactory, ErrorBody, ErrorObject,
-    MessageContent, ResponseMessage, WireToolCall, WireToolChoice, WireUsage,
+    ChatCompletion, ChatCompletionRequest, Choice, ChoiceLogprobs, ChunkFactory, ErrorBody,
+    ErrorObject, MessageContent, ResponseMessage, WireToolCall, WireToolChoice, WireUsage,
 };
 use switchyard_protocol::openai_embeddings::{
     EmbeddingObject, EmbeddingUsage, EmbeddingVector, EmbeddingsRequest, EmbeddingsResponse,
 };
 
-use crate::answer::{Piece, Prompt, answer, count_words};
+use crate::answer::{Answer, Piece, Prompt, answer, count_words};
 use crate::{Fault, FaultFrames, Script, Standin, header_str, reset_response, sse_frame, sse_json};
 
 const CREATED: u64 = 1_700_000_000;
@@ -102,6 +102,28 @@ fn prompt_of(request: &ChatCompletionRequest) -> Prompt {
     prompt
 }
 
+/// Each text piece of `answer` as a token, at `logprob` (or the unsure
+/// one when the question carries the unsure mark).
+fn token_logprobs(answer: &Answer, question: &str, logprob: f32) -> ChoiceLogprobs {
+    let logprob = if question.contains(crate::UNSURE_MARK) {
+        crate::UNSURE_LOGPROB
+    } else {
+        logprob
+    };
+    let tokens: Vec<switchyard_core::TokenLogprob> = answer
+        .pieces
+        .iter()
+        .filter_map(|piece| match piece {
+            Piece::Text(word) => Some(switchyard_core::TokenLogprob {
+                token: word.clone(),
+                logprob,
+            }),
+            Piece::Call { .. } => None,
+        })
+        .collect();
+    ChoiceLogprobs::from_canonical(&tokens)
+}
+
 pub(crate) async fn chat_completions(
     State(standin): State<Standin>,
     headers: HeaderMap,
@@ -118,7 +140,8 @@ pub(crate) async fn chat_completions(
     if script.fault == Fault::Reset {
         return reset_response();
     }
-    let answer = answer(&prompt_of(&request), script.reply.as_deref());
+    let prompt = prompt_of(&request);
+    let answer = answer(&prompt, script.reply.as_deref());
     let model = request.model.clone();
 
     if !request.is_stream() {
@@ -147,7 +170,10 @@ pub(crate) async fn chat_completions(
                     tool_calls: (!calls.is_empty()).then_some(calls),
                 },
                 finish_reason: Some(answer.finish.as_str().into()),
-                logprobs: None,
+                logprobs: request
+                    .logprobs
+                    .unwrap_or(false)
+                    .then(|| token_logprobs(&answer, &prompt.last_user, script.logprob)),
             }],
             usage: Some(WireUsage::from(answer.usage)),
             system_fingerprint: Some("fp_standin".into()),

@@ -840,6 +840,80 @@ async fn a_cascade_serves_the_cheap_answer_when_accepted_and_escalates_when_not(
 }
 
 #[tokio::test]
+async fn a_cascade_escalates_what_its_cheap_step_was_unsure_of_by_token_logprobs_against_standin() {
+    let upstream = recording_standin().await;
+    let config = [
+        standin_model("cheap", &upstream, "pricing = { input = 0.1, output = 0.1 }"),
+        standin_model("strong", &upstream, "pricing = { input = 10.0, output = 10.0 }"),
+        format!("[governance]\nmaster_key = \"{MASTER_KEY}\"\nledger_flush_ms = 50\n"),
+        "[routes.confident]\nstrategy = \"cascade\"\ndeployments = [{ model = \"cheap\" }, { model = \"strong\" }]\n\
+         cascade = { min_mean_logprob = -1.0 }\n"
+            .to_owned(),
+    ]
+    .concat();
+    let server = Server::start(&config);
+    let count = |model: &str| served_by(&upstream, model);
+    let ask = |text: &str| json!({"messages": [{"role": "user", "content": text}]});
+
+    // The stand-in is sure of this one (every token at -0.05): step one.
+    let easy = asked(
+        &server,
+        "confident",
+        "lp-easy",
+        ask("What is the capital of Norway?"),
+    )
+    .await;
+    assert_eq!((count("cheap"), count("strong")), (1, 0));
+    let sent = upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.body["model"] == "cheap")
+        .unwrap();
+    assert_eq!(sent.body["logprobs"], true, "the step was asked for them");
+    assert_eq!(
+        easy["choices"][0]["logprobs"],
+        Value::Null,
+        "the client did not ask for them"
+    );
+    // Scripted as unsure (every token at -3.0): escalated to the strong step.
+    asked(
+        &server,
+        "confident",
+        "lp-hard",
+        ask("[unsure] What did Ibsen have for breakfast on 3 May 1880?"),
+    )
+    .await;
+    assert_eq!((count("cheap"), count("strong")), (2, 1));
+    let path = steps(&server, "lp-hard", "cascade_step").await;
+    assert!(
+        path[0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("mean token log-probability -3.00 is below -1"),
+        "{path:?}"
+    );
+    assert_eq!(path[1]["accepted"], true);
+    // A client that asks gets the served answer's, in OpenAI's shape.
+    let mut asking = ask("What is the capital of Norway?");
+    asking["logprobs"] = json!(true);
+    let answer = asked(&server, "confident", "lp-asked", asking).await;
+    let tokens = answer["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let text: String = tokens
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "echo: What is the capital of Norway?");
+    assert!(
+        tokens.iter().all(|t| t["logprob"] == json!(-0.05)),
+        "{tokens:?}"
+    );
+    assert!(tokens.iter().all(|t| t["top_logprobs"] == json!([])));
+}
+
+#[tokio::test]
 async fn ensembles_pick_with_a_judge_or_write_with_an_aggregator_and_leave_the_late_behind() {
     let upstream = recording_standin().await;
     let config = [

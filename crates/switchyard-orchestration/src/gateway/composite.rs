@@ -89,6 +89,11 @@ impl Gateway {
         if spec.refusals && !calls_tools && refuses(&answer.content) {
             return Some("the answer refuses or does not know".into());
         }
+        // A backend that gives no log-probabilities (most but the
+        // OpenAI-compatible ones) leaves this check to the others.
+        if !calls_tools && let Some(why) = answer.logprobs.as_deref().and_then(|t| spec.doubt(t)) {
+            return Some(why);
+        }
         if spec.json
             && let Some(format) = &request.response_format
             && let Some(problem) = json_problem(format, &answer.content)
