@@ -408,6 +408,11 @@ impl<'model> Scheduler<'model> {
                 seq.generated,
             )
         };
+        // The gauge drops before the client can see the end: whoever reads
+        // it after an answer never counts that answer as still running.
+        self.load
+            .running
+            .store(self.active() as u64, Ordering::Relaxed);
         seq.send(Ok(StreamEvent::Finish(reason)));
         seq.send(Ok(StreamEvent::Usage(usage)));
         log_finished(&seq, reason);

@@ -220,7 +220,10 @@ async fn full_queue_answers_503_with_retry_after() {
 
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_stream_finish() {
-    let mut server = Server::start(&local_model_config(""));
+    // A grace period no loaded CI machine runs out of: the drain is under
+    // test here, not the deadline.
+    let config = format!("shutdown_grace_secs = 300\n{}", local_model_config(""));
+    let mut server = Server::start(&config);
     let mut request = capital_request(true);
     request["max_tokens"] = json!(40);
     request["messages"][0]["content"] = json!("Count from one to twenty in words.");
@@ -228,8 +231,19 @@ async fn sigterm_lets_an_in_flight_stream_finish() {
     let first = response.chunk().await.unwrap().unwrap();
     common::signal(server.pid(), "TERM");
     let mut body = String::from_utf8_lossy(&first).into_owned();
-    while let Some(chunk) = response.chunk().await.unwrap() {
-        body.push_str(&String::from_utf8_lossy(&chunk));
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(None) => break,
+            // The server's own account says why the stream was cut.
+            Err(error) => {
+                let exit = server.wait_exit(Duration::from_secs(20));
+                panic!(
+                    "stream cut after {body:?}: {error}; exit {exit:?}\nserver log:\n{}",
+                    server.logs()
+                )
+            }
+        }
     }
     let events = sse_data(&body);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
