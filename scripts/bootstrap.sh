@@ -22,6 +22,10 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 if $want_test_env && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi
+# The TLS tests make their certificates with the openssl command.
+if $want_test_env && ! command -v openssl >/dev/null 2>&1; then
+  missing+=(openssl)
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing missing packages: ${missing[*]}" >&2

@@ -26,6 +26,7 @@ mod metrics;
 mod models;
 mod moderations;
 mod responses;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -317,7 +318,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
     // Streams are many small writes: without TCP_NODELAY, Nagle's
     // algorithm holds each one back until the client acknowledges the last.
     let listener = listener.tap_io(|tcp| {
@@ -325,6 +325,30 @@ pub async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
+    serve_on(listener, app, shutdown, grace).await
+}
+
+/// [`serve`] over TLS: `listener` hands over finished handshakes.
+pub async fn serve_tls(
+    listener: tls::TlsListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    serve_on(listener, app, shutdown, grace).await
+}
+
+async fn serve_on<L>(
+    listener: L,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         info!(

@@ -22,6 +22,7 @@ mod guardrails;
 mod interpolate;
 mod retrieval;
 mod routing;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ pub use routing::{
     DeploymentRef, EnsembleConfig, FailureKind, ResilienceConfig, RouteConfig, RuleConfig,
     SemanticCacheConfig, Strategy,
 };
+pub use tls::{ClientAuth, TlsConfig};
 
 /// The chat model served when no configuration file is given.
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
@@ -93,6 +95,8 @@ pub struct Config {
     pub conversations: ConversationsConfig,
     /// Drift and anomaly alarms per tenant × model.
     pub anomalies: AnomaliesConfig,
+    /// HTTPS on the listener (`None`: plain HTTP).
+    pub tls: Option<TlsConfig>,
 }
 
 /// The `[telemetry]` table.
@@ -338,6 +342,8 @@ struct RawConfig {
     conversations: ConversationsConfig,
     #[serde(default)]
     anomalies: AnomaliesConfig,
+    #[serde(default)]
+    tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -361,6 +367,7 @@ impl Default for Config {
             context: ContextConfig::default(),
             conversations: ConversationsConfig::default(),
             anomalies: AnomaliesConfig::default(),
+            tls: None,
         }
     }
 }
@@ -1235,6 +1242,7 @@ impl Config {
             context: raw.context,
             conversations: raw.conversations,
             anomalies: raw.anomalies,
+            tls: raw.tls,
         };
         config
             .validate()
@@ -1262,6 +1270,9 @@ impl Config {
         self.validate_retrieval()?;
         self.guardrails.validate()?;
         self.anomalies.validate()?;
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         let known = |name: &str| self.models.contains_key(name) || self.routes.contains_key(name);
         self.context.validate(known)?;
         if let Some(target) = self.guardrails.attach.keys().find(|t| !known(t)) {
@@ -1404,6 +1415,19 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_client_auth_needs_a_client_ca() {
+        let error = parse("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_auth = \"optional\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tls.client_auth"), "{error}");
+        let config =
+            parse("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\nclient_ca = \"ca.pem\"\n").unwrap();
+        let tls = config.tls.unwrap();
+        assert!(tls.client_certificate_required());
+        assert_eq!(tls.handshake_timeout_secs, 10);
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let env = |name: &str| (name == "OPENAI_KEY").then(|| "sk-test".to_string());

@@ -145,6 +145,15 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // TLS files are checked before the address is announced: a bad
+    // certificate stops start-up, naming its file.
+    let listening = match &config.tls {
+        Some(tls) => Listening::Tls(
+            switchyard_api::tls::TlsListener::new(listener, tls_files(tls))
+                .map_err(|e| anyhow!("{origin}: tls: {e}"))?,
+        ),
+        None => Listening::Plain(listener),
+    };
     let app = switchyard_api::router(
         pipeline.clone(),
         &ApiConfig {
@@ -155,7 +164,12 @@ async fn serve(
     {
         // The one line a script (or a test) waits for: where to connect.
         let mut out = std::io::stdout().lock();
-        writeln!(out, "switchyard listening on http://{addr}")?;
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        writeln!(out, "switchyard listening on {scheme}://{addr}")?;
         out.flush()?;
     }
     info!(%addr, models = config.models.len(), routes = config.routes.len(), "listening");
@@ -195,7 +209,10 @@ async fn serve(
             }
         }
     };
-    switchyard_api::serve(listener, app, shutdown, grace).await?;
+    match listening {
+        Listening::Tls(tls) => switchyard_api::serve_tls(tls, app, shutdown, grace).await?,
+        Listening::Plain(tcp) => switchyard_api::serve(tcp, app, shutdown, grace).await?,
+    }
     // Every completed request's ledger row reaches the database before exit.
     governance.ledger().close().await;
     if let Some(message) = failure_rx.borrow_and_update().clone() {
@@ -203,6 +220,23 @@ async fn serve(
     }
     info!("stopped");
     Ok(())
+}
+
+/// The socket requests arrive on.
+enum Listening {
+    Plain(TcpListener),
+    Tls(switchyard_api::tls::TlsListener),
+}
+
+/// Where `[tls]` says the listener's certificates are.
+fn tls_files(tls: &switchyard_config::TlsConfig) -> switchyard_api::tls::TlsFiles {
+    switchyard_api::tls::TlsFiles {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+        client_ca: tls.client_ca.clone(),
+        client_certificate_required: tls.client_certificate_required(),
+        handshake_timeout: Duration::from_secs(tls.handshake_timeout_secs),
+    }
 }
 
 /// The file's identity for change detection.
@@ -227,6 +261,9 @@ fn needs_restart(current: &Config, next: &Config) -> Vec<&'static str> {
     let mut fields = Vec::new();
     if next.listen != current.listen {
         fields.push("listen");
+    }
+    if next.tls != current.tls {
+        fields.push("tls");
     }
     if next.max_body_bytes != current.max_body_bytes {
         fields.push("max_body_bytes");

@@ -1,0 +1,323 @@
+//! HTTPS on the listener: rustls, TLS 1.3 and 1.2, HTTP/2 offered through
+//! ALPN, optional client certificates (mutual TLS), and certificates read
+//! again when their files change, so a rotation needs no restart and drops
+//! no open connection.
+//!
+//! Handshakes run on tasks of their own and only finished ones reach the
+//! HTTP server: a client that stalls in its handshake holds up nobody.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, info, warn};
+
+/// Where the listener's certificate, key and client CA live.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+    /// CA certificates client certificates must chain to (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: whether a client must present a certificate.
+    pub client_certificate_required: bool,
+    /// How long a client gets to finish its handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// Why the TLS settings could not be put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file is missing, unreadable or not the PEM it should be.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The files are readable but do not make a usable configuration (a
+    /// key that does not match the certificate).
+    #[error("{0}")]
+    Config(String),
+    /// The listening socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certificates.is_empty() {
+        return Err(file_error(path, "holds no PEM certificate"));
+    }
+    Ok(certificates)
+}
+
+/// The rustls server configuration the files describe.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certificates(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_error(&files.key, e))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in certificates(path)? {
+                roots.add(certificate).map_err(|e| file_error(path, e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if files.client_certificate_required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| file_error(path, format!("cannot verify clients with it: {e}")))?,
+            )
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(format!("certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The verified certificate a client presented: the service it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// The DNS names in its subject alternative names.
+    pub dns_names: Vec<String>,
+    /// SHA-256 of the certificate, hex: names it when it has no DNS name.
+    pub fingerprint: String,
+}
+
+impl ClientCertificate {
+    /// Reads the names of an already verified certificate.
+    pub fn from_der(der: &CertificateDer<'_>) -> Self {
+        let dns_names = webpki::EndEntityCert::try_from(der)
+            .map(|cert| cert.valid_dns_names().map(str::to_owned).collect())
+            .unwrap_or_default();
+        Self {
+            dns_names,
+            fingerprint: hex::encode(Sha256::digest(der.as_ref())),
+        }
+    }
+
+    /// The name the service goes by: its first DNS name, else its
+    /// fingerprint.
+    pub fn name(&self) -> &str {
+        self.dns_names.first().unwrap_or(&self.fingerprint)
+    }
+}
+
+/// A listener that hands the HTTP server finished TLS connections.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local_addr: SocketAddr,
+}
+
+impl TlsListener {
+    /// Serves TLS on `tcp` with `files`, which are watched for changes from
+    /// then on. Fails when the files do not make a usable configuration.
+    pub fn new(tcp: TcpListener, files: TlsFiles) -> Result<Self, TlsError> {
+        let current = Arc::new(RwLock::new(server_config(&files)?));
+        let local_addr = tcp.local_addr()?;
+        // Room for a burst of finished handshakes while the server is busy.
+        let (tx, ready) = mpsc::channel(256);
+        tokio::spawn(accept(
+            tcp,
+            current.clone(),
+            tx.clone(),
+            files.handshake_timeout,
+        ));
+        tokio::spawn(reload_on_change(files, current, tx));
+        Ok(Self { ready, local_addr })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(connection) => connection,
+            // The accepting task is gone only when the socket failed for
+            // good; the server then waits for its shutdown signal.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
+type Current = Arc<RwLock<Arc<ServerConfig>>>;
+
+fn in_force(current: &Current) -> Arc<ServerConfig> {
+    current
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// Accepts TCP connections and runs each handshake on a task of its own
+/// until the listener is dropped.
+async fn accept(
+    tcp: TcpListener,
+    current: Current,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    handshake_timeout: Duration,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = tcp.accept() => accepted,
+            () = ready.closed() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors and the like: pausing lets open
+                // connections finish and free some.
+                warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        // Streams are many small writes (see `serve`).
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let acceptor = TlsAcceptor::from(in_force(&current));
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(connection)) => {
+                    if let Some(certificate) = connection
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(<[_]>::first)
+                    {
+                        let client = ClientCertificate::from_der(certificate);
+                        debug!(%remote, client = client.name(), "client certificate accepted");
+                    }
+                    let _ = ready.send((connection, remote)).await;
+                }
+                Ok(Err(error)) => debug!(%remote, %error, "TLS handshake failed"),
+                Err(_) => debug!(%remote, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// The files' identities, for change detection.
+fn stamps(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
+    [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some((metadata.modified().ok()?, metadata.len()))
+    })
+    .collect()
+}
+
+/// Rereads the files once a second when they changed. A configuration
+/// that does not load (a key written before its certificate) keeps the
+/// one in force and is tried again when the files change once more.
+async fn reload_on_change<T>(files: TlsFiles, current: Current, alive: mpsc::Sender<T>) {
+    let mut seen = stamps(&files);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = alive.closed() => return,
+        }
+        let now = stamps(&files);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let files = files.clone();
+        let loaded = tokio::task::spawn_blocking(move || server_config(&files)).await;
+        match loaded {
+            Ok(Ok(config)) => {
+                *current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+                info!("TLS certificate reloaded; new connections use it");
+            }
+            Ok(Err(error)) => {
+                warn!(%error, "TLS files changed but do not load; keeping the ones in force")
+            }
+            Err(error) => warn!(%error, "TLS reload failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_certificate_is_named() {
+        let files = TlsFiles {
+            cert: PathBuf::from("/nonexistent/cert.pem"),
+            key: PathBuf::from("/nonexistent/key.pem"),
+            client_ca: None,
+            client_certificate_required: false,
+            handshake_timeout: Duration::from_secs(1),
+        };
+        let error = server_config(&files).unwrap_err().to_string();
+        assert!(error.contains("/nonexistent/cert.pem"), "{error}");
+    }
+
+    #[test]
+    fn a_file_without_pem_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: cert,
+            client_ca: None,
+            client_certificate_required: false,
+            handshake_timeout: Duration::from_secs(1),
+        };
+        let error = server_config(&files).unwrap_err().to_string();
+        assert!(error.contains("no PEM certificate"), "{error}");
+    }
+}
