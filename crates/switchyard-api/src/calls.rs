@@ -56,6 +56,7 @@ pub(crate) fn call(
         crate::arrived(),
         request_context(headers, metadata),
     )
+    .with_client_certificate(crate::client_certificate())
 }
 
 /// `x-ratelimit-*` headers from the pipeline's name/value pairs.
@@ -86,7 +87,8 @@ impl FromRequestParts<AppState> for Authenticated {
             request_id(&parts.headers),
             None,
             Default::default(),
-        );
+        )
+        .with_client_certificate(crate::client_certificate());
         let caller = state.pipeline.caller(&snapshot, &call).await?;
         Ok(Self { caller, snapshot })
     }

@@ -249,23 +249,47 @@ fn server_span<B>(request: &Request<B>) -> tracing::Span {
     span
 }
 
+/// What is known of the request being handled before its handler runs.
+struct Arrival {
+    /// When it arrived.
+    at: std::time::Instant,
+    /// The name of the client certificate its TLS connection verified.
+    client_certificate: Option<Arc<str>>,
+}
+
 tokio::task_local! {
-    /// When the request being handled arrived.
-    static ARRIVED: std::time::Instant;
+    static ARRIVAL: Arrival;
 }
 
 /// When the current request arrived, if a request is being handled.
 pub(crate) fn arrived() -> Option<std::time::Instant> {
-    ARRIVED.try_with(|at| *at).ok()
+    ARRIVAL.try_with(|arrival| arrival.at).ok()
 }
 
-/// Notes when the request arrived and keeps its trace context at hand for
-/// upstream calls.
+/// The verified client certificate of the current request's connection.
+pub(crate) fn client_certificate() -> Option<String> {
+    ARRIVAL
+        .try_with(|arrival| arrival.client_certificate.as_deref().map(str::to_owned))
+        .ok()
+        .flatten()
+}
+
+/// Notes when the request arrived and the client certificate its
+/// connection showed, and keeps its trace context at hand for upstream
+/// calls.
 async fn with_trace_context(request: axum::extract::Request, next: Next) -> Response {
-    let arrived = std::time::Instant::now();
+    let at = std::time::Instant::now();
+    let client_certificate = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<tls::TlsPeer>>()
+        .and_then(|peer| peer.0.client_certificate.clone());
     let context = trace::request_trace(request.headers());
-    ARRIVED
-        .scope(arrived, trace::in_request_trace(context, next.run(request)))
+    let arrival = Arrival {
+        at,
+        client_certificate,
+    };
+    ARRIVAL
+        .scope(arrival, trace::in_request_trace(context, next.run(request)))
         .await
 }
 
@@ -328,25 +352,42 @@ pub async fn serve(
     serve_on(listener, app, shutdown, grace).await
 }
 
-/// [`serve`] over TLS: `listener` hands over finished handshakes.
+/// [`serve`] over TLS: `listener` hands over finished handshakes, and
+/// each request knows the client certificate its connection verified.
 pub async fn serve_tls(
     listener: tls::TlsListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
+    let app = app.into_make_service_with_connect_info::<tls::TlsPeer>();
     serve_on(listener, app, shutdown, grace).await
 }
 
-async fn serve_on<L>(
+async fn serve_on<L, M, S>(
     listener: L,
-    app: Router,
+    app: M,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
+    M: for<'a> tower::Service<
+            axum::serve::IncomingStream<'a, L>,
+            Error = std::convert::Infallible,
+            Response = S,
+        > + Send
+        + 'static,
+    for<'a> <M as tower::Service<axum::serve::IncomingStream<'a, L>>>::Future: Send,
+    S: tower::Service<
+            axum::extract::Request,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
 {
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

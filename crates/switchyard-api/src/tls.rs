@@ -138,6 +138,28 @@ impl ClientCertificate {
     }
 }
 
+/// What a request knows of its TLS connection.
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    /// The name of the client certificate verified in the handshake.
+    pub client_certificate: Option<Arc<str>>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for TlsPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        let client_certificate = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .map(|der| Arc::from(ClientCertificate::from_der(der).name()));
+        Self { client_certificate }
+    }
+}
+
 /// A listener that hands the HTTP server finished TLS connections.
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,

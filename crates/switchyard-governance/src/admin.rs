@@ -138,6 +138,9 @@ pub struct NewKey {
     /// Guardrail policies its requests run (names from the configuration).
     #[serde(default)]
     pub guardrails: Vec<String>,
+    /// A client certificate (its DNS name, else its SHA-256 fingerprint)
+    /// whose holder is this key over mutual TLS without sending it.
+    pub client_certificate: Option<String>,
 }
 
 fn member() -> Role {
@@ -169,6 +172,9 @@ pub struct KeyPatch {
     pub disabled: Option<bool>,
     /// New guardrail policies (names from the configuration).
     pub guardrails: Option<Vec<String>>,
+    /// New client certificate; `null` removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    pub client_certificate: Option<Option<String>>,
 }
 
 /// A key just made: the record and, once, the key itself.
@@ -453,6 +459,9 @@ impl Governance {
             ),
             (None, None) => None,
         };
+        if let Some(name) = &input.client_certificate {
+            self.check_certificate_free(name, None).await?;
+        }
         let made = keys::generate().map_err(|e| GovernanceError::Unavailable(e.to_string()))?;
         let record = ApiKey {
             id: made.id.clone(),
@@ -470,12 +479,34 @@ impl Governance {
             created_at: now,
             updated_at: now,
             guardrails: self.known_policies(input.guardrails)?,
+            client_certificate: input.client_certificate,
         };
         self.store.insert_key(&record).await?;
         Ok(CreatedKey {
             key: made.secret_text,
             record,
         })
+    }
+
+    /// Refuses a certificate name that is malformed or already given to a
+    /// key other than `except`. The database's unique index backs this up
+    /// against two admins at once.
+    async fn check_certificate_free(
+        &self,
+        name: &str,
+        except: Option<&str>,
+    ) -> Result<(), GovernanceError> {
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_whitespace) {
+            return Err(GovernanceError::Invalid(
+                "client_certificate must be the certificate's DNS name or SHA-256 fingerprint: 1 to 255 characters, no spaces".to_owned(),
+            ));
+        }
+        match self.store.key_for_client_certificate(name).await? {
+            Some(other) if Some(other.id.as_str()) != except => Err(GovernanceError::Invalid(
+                format!("the client certificate {name:?} is already given to another key"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The keys the caller may see (never their secrets).
@@ -522,9 +553,23 @@ impl Governance {
         if let Some(names) = patch.guardrails {
             key.guardrails = self.known_policies(names)?;
         }
+        let mut certificates_changed = Vec::new();
+        if let Some(certificate) = patch.client_certificate {
+            if let Some(name) = &certificate {
+                self.check_certificate_free(name, Some(&key.id)).await?;
+            }
+            certificates_changed.extend(key.client_certificate.take());
+            key.client_certificate = certificate;
+        }
         key.updated_at = now_ms();
         self.store.update_key(&caller.scope(), &key).await?;
         self.forget_key(&key.id).await;
+        // The cache keeps certificate callers under the certificate's name:
+        // a revoked or re-pointed key stops there at once too.
+        certificates_changed.extend(key.client_certificate.clone());
+        for name in &certificates_changed {
+            self.forget_certificate(name).await;
+        }
         Ok(key)
     }
 

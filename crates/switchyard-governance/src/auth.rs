@@ -19,6 +19,8 @@ pub struct KeyContext {
     pub tenant: Tenant,
     /// Its team, if any.
     pub team: Option<Team>,
+    /// The client certificate the caller showed instead of the key.
+    pub by_certificate: Option<String>,
 }
 
 /// The authenticated caller.
@@ -79,12 +81,20 @@ impl Caller {
         match self {
             Self::Anonymous => "anonymous (authentication off)".to_owned(),
             Self::Master => "master key".to_owned(),
-            Self::Key(context) => format!(
-                "key {} ({}) of tenant {}",
-                context.key.id,
-                context.key.role.as_str(),
-                context.tenant.id
-            ),
+            Self::Key(context) => match &context.by_certificate {
+                Some(name) => format!(
+                    "key {} ({}) of tenant {}, by client certificate {name}",
+                    context.key.id,
+                    context.key.role.as_str(),
+                    context.tenant.id
+                ),
+                None => format!(
+                    "key {} ({}) of tenant {}",
+                    context.key.id,
+                    context.key.role.as_str(),
+                    context.tenant.id
+                ),
+            },
         }
     }
 }
@@ -112,9 +122,42 @@ pub(crate) async fn load_key(
         Some(team_id) => Some(store.team(&scope, team_id).await?.ok_or_else(invalid)?),
         None => None,
     };
-    let context = KeyContext { key, tenant, team };
+    let context = KeyContext {
+        key,
+        tenant,
+        team,
+        by_certificate: None,
+    };
     usable(&context, now_ms)?;
     Ok(Arc::new(context))
+}
+
+/// Loads the key a client certificate was given to, its tenant and team;
+/// `None` when it was given to no key.
+pub(crate) async fn load_certificate_key(
+    store: &SqlStore,
+    name: &str,
+) -> Result<Option<Arc<KeyContext>>, GovernanceError> {
+    let Some(key) = store.key_for_client_certificate(name).await? else {
+        return Ok(None);
+    };
+    let scope = TenantScope::Tenant(key.tenant_id.clone());
+    let gone =
+        || GovernanceError::Unauthenticated("this API key's tenant or team is gone".to_owned());
+    let tenant = store
+        .tenant(&scope, &key.tenant_id)
+        .await?
+        .ok_or_else(gone)?;
+    let team = match &key.team_id {
+        Some(team_id) => Some(store.team(&scope, team_id).await?.ok_or_else(gone)?),
+        None => None,
+    };
+    Ok(Some(Arc::new(KeyContext {
+        key,
+        tenant,
+        team,
+        by_certificate: Some(name.to_owned()),
+    })))
 }
 
 /// Refuses revoked or expired keys and keys of disabled tenants or teams.

@@ -296,6 +296,11 @@ impl Governance {
         self.key_cache.invalidate(key_id).await;
     }
 
+    /// Forgets the cached key a client certificate stood for.
+    pub async fn forget_certificate(&self, name: &str) {
+        self.key_cache.invalidate(&format!("cert:{name}")).await;
+    }
+
     /// Forgets every cached key (after a tenant or team changed).
     pub fn forget_all_keys(&self) {
         self.key_cache.invalidate_all();
@@ -304,17 +309,25 @@ impl Governance {
     /// Who presents `token` (a bearer token or `x-api-key` value), under
     /// the policy in force.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Caller, GovernanceError> {
-        self.authenticate_under(&self.policy(), token).await
+        self.authenticate_under(&self.policy(), token, None).await
     }
 
-    /// Who presents `token`, under `policy`.
+    /// Who presents `token`, under `policy`. Without a token, a verified
+    /// client certificate (its name, from the TLS handshake) stands for the
+    /// key it was given to; a token, when sent, always decides.
     pub async fn authenticate_under(
         &self,
         policy: &Policy,
         token: Option<&str>,
+        client_certificate: Option<&str>,
     ) -> Result<Caller, GovernanceError> {
         let settings = &policy.settings;
         let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            if let Some(name) = client_certificate {
+                return self
+                    .authenticate_certificate(name, settings.auth_enabled)
+                    .await;
+            }
             return if settings.auth_enabled {
                 Err(GovernanceError::Unauthenticated(
                     "no API key: send Authorization: Bearer <key> or x-api-key: <key>".to_owned(),
@@ -411,6 +424,35 @@ impl Governance {
         admission.refuse(error);
     }
 
+    /// The key a verified client certificate was given to. A certificate
+    /// given to no key is refused when authentication is on; with it off,
+    /// the handshake alone was the gate and the caller is anonymous.
+    async fn authenticate_certificate(
+        &self,
+        name: &str,
+        auth_enabled: bool,
+    ) -> Result<Caller, GovernanceError> {
+        let cache_key = format!("cert:{name}");
+        let now = now_ms();
+        let context = match self.key_cache.get(&cache_key).await {
+            Some(context) => context,
+            None => match auth::load_certificate_key(&self.store, name).await? {
+                Some(context) => {
+                    self.key_cache.insert(cache_key, context.clone()).await;
+                    context
+                }
+                None if auth_enabled => {
+                    return Err(GovernanceError::Unauthenticated(format!(
+                        "the client certificate {name:?} is not given to any key; send an API key or ask an admin to set client_certificate on one"
+                    )));
+                }
+                None => return Ok(Caller::Anonymous),
+            },
+        };
+        auth::usable(&context, now)?;
+        Ok(Caller::Key(context))
+    }
+
     /// A caller from a verified JWT: its tenant (and team) must exist and
     /// be enabled; limits and budgets are the tenant's and team's.
     async fn authenticate_jwt(
@@ -474,8 +516,14 @@ impl Governance {
             created_at: now,
             updated_at: now,
             guardrails: Vec::new(),
+            client_certificate: None,
         };
-        let context = Arc::new(KeyContext { key, tenant, team });
+        let context = Arc::new(KeyContext {
+            key,
+            tenant,
+            team,
+            by_certificate: None,
+        });
         auth::usable(&context, now)?;
         self.key_cache.insert(cache_key, context.clone()).await;
         Ok(Caller::Key(context))

@@ -20,6 +20,9 @@ pub struct Call {
     /// Headers, metadata, cache wishes, the routing trail and the
     /// upstream clock.
     pub context: RequestContext,
+    /// The name of the client certificate verified in the TLS handshake
+    /// that carried the call (mutual TLS), if any.
+    pub client_certificate: Option<String>,
 }
 
 impl std::fmt::Debug for Call {
@@ -47,7 +50,14 @@ impl Call {
             request_id: request_id.into(),
             arrived,
             context,
+            client_certificate: None,
         }
+    }
+
+    /// The call, arrived with the verified client certificate `name`.
+    pub fn with_client_certificate(mut self, name: Option<String>) -> Self {
+        self.client_certificate = name;
+        self
     }
 
     /// The presented credential, for the one check that reads it.

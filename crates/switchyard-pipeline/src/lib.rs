@@ -105,7 +105,11 @@ impl Pipeline {
     pub async fn caller(&self, snapshot: &Snapshot, call: &Call) -> Result<Caller, PipelineError> {
         Ok(self
             .governance
-            .authenticate_under(&snapshot.policy, call.credential())
+            .authenticate_under(
+                &snapshot.policy,
+                call.credential(),
+                call.client_certificate.as_deref(),
+            )
             .await?)
     }
 }

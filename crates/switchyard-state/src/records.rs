@@ -183,6 +183,10 @@ pub struct ApiKey {
     /// Guardrail policies its requests run.
     #[serde(default)]
     pub guardrails: Vec<String>,
+    /// The client certificate (its DNS name, else its SHA-256 fingerprint)
+    /// whose holder is this key over mutual TLS, without sending it.
+    #[serde(default)]
+    pub client_certificate: Option<String>,
 }
 
 /// One request in the usage ledger.

@@ -68,7 +68,7 @@ pub struct SqlStore {
 }
 
 /// The migrations, embedded: the binary carries its schema.
-const MIGRATIONS: [(i64, &str, &str); 7] = [
+const MIGRATIONS: [(i64, &str, &str); 8] = [
     (
         1,
         "governance",
@@ -103,6 +103,11 @@ const MIGRATIONS: [(i64, &str, &str); 7] = [
         7,
         "anomalies",
         include_str!("../migrations/0007_anomalies.sql"),
+    ),
+    (
+        8,
+        "client certificates",
+        include_str!("../migrations/0008_client_certificates.sql"),
     ),
 ];
 
@@ -369,8 +374,8 @@ impl SqlStore {
     /// Stores a new key.
     pub async fn insert_key(&self, key: &ApiKey) -> Result<(), StateError> {
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at, guardrails)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "INSERT INTO api_keys (id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at, guardrails, client_certificate)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&key.id)
         .bind(&key.tenant_id)
@@ -387,6 +392,7 @@ impl SqlStore {
         .bind(key.created_at)
         .bind(key.updated_at)
         .bind(to_json(&key.guardrails)?)
+        .bind(key.client_certificate.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -395,7 +401,7 @@ impl SqlStore {
     /// Writes a key's mutable fields; false when it is not in scope.
     pub async fn update_key(&self, scope: &TenantScope, key: &ApiKey) -> Result<bool, StateError> {
         let done = sqlx::query(
-            "UPDATE api_keys SET name = $1, role = $2, allowed_models = $3, limits = $4, budget = $5, metadata = $6, expires_at = $7, disabled = $8, updated_at = $9, guardrails = $12
+            "UPDATE api_keys SET name = $1, role = $2, allowed_models = $3, limits = $4, budget = $5, metadata = $6, expires_at = $7, disabled = $8, updated_at = $9, guardrails = $12, client_certificate = $13
              WHERE id = $10 AND ($11 IS NULL OR tenant_id = $11)",
         )
         .bind(&key.name)
@@ -410,6 +416,7 @@ impl SqlStore {
         .bind(&key.id)
         .bind(scope.filter())
         .bind(to_json(&key.guardrails)?)
+        .bind(key.client_certificate.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -418,7 +425,7 @@ impl SqlStore {
     /// The key `id`, if it is in scope.
     pub async fn key(&self, scope: &TenantScope, id: &str) -> Result<Option<ApiKey>, StateError> {
         let row = sqlx::query(
-            "SELECT id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at, guardrails
+            "SELECT id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at, guardrails, client_certificate
              FROM api_keys WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)",
         )
         .bind(id)
@@ -428,10 +435,25 @@ impl SqlStore {
         row.map(|row| key_from(&row)).transpose()
     }
 
+    /// The key that client certificate `name` stands for, in any tenant.
+    pub async fn key_for_client_certificate(
+        &self,
+        name: &str,
+    ) -> Result<Option<ApiKey>, StateError> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at, guardrails, client_certificate
+             FROM api_keys WHERE client_certificate = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| key_from(&row)).transpose()
+    }
+
     /// The keys in scope, oldest first.
     pub async fn keys(&self, scope: &TenantScope) -> Result<Vec<ApiKey>, StateError> {
         let rows = sqlx::query(
-            "SELECT id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at, guardrails
+            "SELECT id, tenant_id, team_id, name, secret_hash, role, allowed_models, limits, budget, metadata, expires_at, disabled, created_at, updated_at, guardrails, client_certificate
              FROM api_keys WHERE ($1 IS NULL OR tenant_id = $1) ORDER BY created_at, id",
         )
         .bind(scope.filter())
@@ -880,6 +902,7 @@ fn key_from(row: &AnyRow) -> Result<ApiKey, StateError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         guardrails: from_json(&row.try_get::<String, _>("guardrails")?, "guardrails")?,
+        client_certificate: row.try_get("client_certificate")?,
     })
 }
 

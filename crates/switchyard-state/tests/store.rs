@@ -120,6 +120,7 @@ fn key(id: &str, tenant_id: &str, team_id: Option<&str>) -> ApiKey {
         created_at: 3,
         updated_at: 3,
         guardrails: vec!["no-personal-data".into(), "strict".into()],
+        client_certificate: None,
     }
 }
 
@@ -744,4 +745,46 @@ async fn a_bad_url_is_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert!(!error.contains("secret"), "{error}");
+}
+
+on_every_database!(a_client_certificate_names_one_key_in_any_tenant);
+
+async fn a_client_certificate_names_one_key_in_any_tenant(store: SqlStore) {
+    store.insert_tenant(&tenant("ten_a")).await.unwrap();
+    store.insert_tenant(&tenant("ten_b")).await.unwrap();
+    let mut billing = key("key_billing", "ten_a", None);
+    billing.client_certificate = Some("billing.internal".into());
+    store.insert_key(&billing).await.unwrap();
+    store
+        .insert_key(&key("key_plain", "ten_a", None))
+        .await
+        .unwrap();
+    let found = store
+        .key_for_client_certificate("billing.internal")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found, billing);
+    assert!(
+        store
+            .key_for_client_certificate("other.internal")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A second key for the same certificate, even in another tenant, is
+    // refused by the database itself.
+    let mut twin = key("key_twin", "ten_b", None);
+    twin.client_certificate = Some("billing.internal".into());
+    assert!(store.insert_key(&twin).await.is_err());
+    // Taken off the key, the certificate names nothing.
+    billing.client_certificate = None;
+    assert!(store.update_key(&TenantScope::All, &billing).await.unwrap());
+    assert!(
+        store
+            .key_for_client_certificate("billing.internal")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -358,3 +358,158 @@ async fn a_client_that_never_finishes_its_handshake_is_dropped_and_holds_up_nobo
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
 }
+
+const MASTER: &str = "sy-master-for-tls-tests";
+
+/// `METHOD path` with `body`, as `client` with the master key.
+async fn as_master(
+    client: &reqwest::Client,
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client
+        .request(method, format!("{}{path}", server.url))
+        .bearer_auth(MASTER);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_client_certificate_stands_for_the_key_it_was_given_to_in_the_audit_trail() {
+    let upstream = recording_standin().await;
+    let pki = Pki::with_server("ca");
+    pki.ca("clients");
+    pki.leaf(
+        "clients",
+        "billing",
+        "DNS:billing.internal",
+        "clientAuth",
+        2,
+    );
+    pki.leaf(
+        "clients",
+        "stranger",
+        "DNS:stranger.internal",
+        "clientAuth",
+        3,
+    );
+    let extra = format!(
+        "client_ca = \"{}\"\nclient_auth = \"optional\"\n\n[governance]\nauth = true\nmaster_key = \"{MASTER}\"\nledger_flush_ms = 100\n",
+        pki.path("clients.pem").display()
+    );
+    let server = Server::start(&tls_config(&pki, &upstream, &extra));
+    let bare = https_client(&pki, "ca", None).build().unwrap();
+    let billing = https_client(&pki, "ca", Some("billing")).build().unwrap();
+    let stranger = https_client(&pki, "ca", Some("stranger")).build().unwrap();
+
+    let (status, tenant) = as_master(
+        &bare,
+        &server,
+        reqwest::Method::POST,
+        "/admin/tenants",
+        Some(json!({"name": "acme"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{tenant}");
+    let tenant_id = tenant["id"].as_str().unwrap().to_owned();
+    let key_body = json!({"tenant_id": tenant_id, "name": "billing service", "client_certificate": "billing.internal"});
+    let (status, key) = as_master(
+        &bare,
+        &server,
+        reqwest::Method::POST,
+        "/admin/keys",
+        Some(key_body.clone()),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    assert_eq!(key["client_certificate"], "billing.internal");
+    let key_id = key["id"].as_str().unwrap().to_owned();
+    // One certificate names one key.
+    let (status, refused) = as_master(
+        &bare,
+        &server,
+        reqwest::Method::POST,
+        "/admin/keys",
+        Some(key_body),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+
+    // The certificate alone is the key: no Authorization header.
+    let answer = billing
+        .post(format!("{}/chat/completions", server.v1()))
+        .header("x-request-id", "by-certificate")
+        .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "Hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // No certificate and no key, or a certificate given to no key: 401.
+    let refused = ask(&bare, &server).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let refused = ask(&stranger, &server).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let error: Value = refused.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stranger.internal"),
+        "{error}"
+    );
+
+    // The audit trail names the key, its tenant and the certificate.
+    let mut record = Value::Null;
+    for _ in 0..100 {
+        let (_, audit) = as_master(
+            &bare,
+            &server,
+            reqwest::Method::GET,
+            "/admin/audit?request_id=by-certificate",
+            None,
+        )
+        .await;
+        record = audit["data"][0].clone();
+        if !record.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(record["key_id"], key_id.as_str(), "{record}");
+    assert_eq!(record["tenant_id"], tenant_id.as_str());
+    let caller = record["decisions"][0]["as"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{record}"));
+    assert!(
+        caller.contains("by client certificate billing.internal"),
+        "{caller}"
+    );
+
+    // A key sent over the same connection decides over the certificate.
+    let (status, _) = as_master(
+        &billing,
+        &server,
+        reqwest::Method::GET,
+        "/admin/tenants",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Revoking the key stops its certificate at once.
+    let (status, _) = as_master(
+        &bare,
+        &server,
+        reqwest::Method::PATCH,
+        &format!("/admin/keys/{key_id}"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(ask(&billing, &server).await.unwrap().status(), 401);
+}

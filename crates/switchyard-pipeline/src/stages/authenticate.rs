@@ -43,7 +43,11 @@ pub async fn authenticate(
         response_id: None,
     };
     let authenticated = governance
-        .authenticate_under(&snapshot.policy, call.credential())
+        .authenticate_under(
+            &snapshot.policy,
+            call.credential(),
+            call.client_certificate.as_deref(),
+        )
         .instrument(tracing::debug_span!("authenticate"))
         .await;
     let caller = match authenticated {
