@@ -22,7 +22,7 @@ use switchyard_core::{
 use tokio::time::Instant;
 
 use crate::AdapterBuildError;
-use crate::http::{HttpUpstream, Timeouts};
+use crate::http::{HttpUpstream, Timeouts, UpstreamTls};
 use crate::stream::{Translate, drive};
 
 /// One provider's wire translation: everything that differs between
@@ -105,15 +105,16 @@ impl<W: fmt::Debug> fmt::Debug for HttpAdapter<W> {
 
 impl<W: Wire> HttpAdapter<W> {
     /// An adapter for `wire`, whose every request carries `headers` (marked
-    /// sensitive) under `timeouts`.
+    /// sensitive) under `timeouts`, over `tls`.
     pub fn with_wire(
         wire: W,
         timeouts: Timeouts,
         headers: HeaderMap,
+        tls: &UpstreamTls,
     ) -> Result<Self, AdapterBuildError> {
         Ok(Self {
             shared: Arc::new(Shared {
-                http: HttpUpstream::new(timeouts, headers)?,
+                http: HttpUpstream::new(timeouts, headers, tls)?,
                 wire,
             }),
         })

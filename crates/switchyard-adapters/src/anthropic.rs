@@ -22,8 +22,8 @@ use switchyard_protocol::anthropic::{
 
 use crate::adapter::{HttpAdapter, Wire, encode, refuse_json_format};
 use crate::http::{
-    Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after, status_error,
-    unreadable,
+    Timeouts, UpstreamTls, header_map, kind_of_status, parse_url, plain_message, retry_after,
+    status_error, unreadable,
 };
 use crate::stream::{SseEvent, Step, Translate, cut_short, sse_events};
 use crate::{AdapterBuildError, Credential};
@@ -48,6 +48,8 @@ pub struct AnthropicConfig {
     pub headers: Vec<(String, String)>,
     /// Deadlines.
     pub timeouts: Timeouts,
+    /// TLS toward the upstream beyond the defaults.
+    pub tls: UpstreamTls,
 }
 
 // Extra headers may carry credentials of their own: only their names
@@ -80,6 +82,7 @@ impl AnthropicConfig {
             default_max_tokens: 4096,
             headers: Vec::new(),
             timeouts: Timeouts::default(),
+            tls: UpstreamTls::default(),
         }
     }
 }
@@ -106,7 +109,8 @@ impl AnthropicAdapter {
             config.base_url.trim_end_matches('/')
         ))?;
         let timeouts = config.timeouts;
-        HttpAdapter::with_wire(AnthropicWire { url, config }, timeouts, headers)
+        let tls = config.tls.clone();
+        HttpAdapter::with_wire(AnthropicWire { url, config }, timeouts, headers, &tls)
     }
 }
 

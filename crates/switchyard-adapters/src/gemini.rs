@@ -23,8 +23,8 @@ use switchyard_core::{
 
 use crate::adapter::{EmbeddingWire, HttpAdapter, Wire, call_arguments, encode};
 use crate::http::{
-    Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after, status_error,
-    unreadable,
+    Timeouts, UpstreamTls, header_map, kind_of_status, parse_url, plain_message, retry_after,
+    status_error, unreadable,
 };
 use crate::stream::{SseEvent, Step, Translate, cut_short, sse_events};
 use crate::{AdapterBuildError, Credential};
@@ -42,6 +42,8 @@ pub struct GeminiConfig {
     pub headers: Vec<(String, String)>,
     /// Deadlines.
     pub timeouts: Timeouts,
+    /// TLS toward the upstream beyond the defaults.
+    pub tls: UpstreamTls,
 }
 
 // Extra headers may carry credentials of their own: only their names
@@ -70,6 +72,7 @@ impl GeminiConfig {
             upstream_model: upstream_model.into(),
             headers: Vec::new(),
             timeouts: Timeouts::default(),
+            tls: UpstreamTls::default(),
         }
     }
 }
@@ -579,13 +582,14 @@ impl GeminiAdapter {
             config.upstream_model
         );
         let timeouts = config.timeouts;
+        let tls = config.tls.clone();
         let wire = GeminiWire {
             generate_url: parse_url(&format!("{model_url}:generateContent"))?,
             stream_url: parse_url(&format!("{model_url}:streamGenerateContent?alt=sse"))?,
             embed_url: parse_url(&format!("{model_url}:batchEmbedContents"))?,
             config,
         };
-        HttpAdapter::with_wire(wire, timeouts, headers)
+        HttpAdapter::with_wire(wire, timeouts, headers, &tls)
     }
 }
 

@@ -47,6 +47,33 @@ impl Default for Timeouts {
     }
 }
 
+/// TLS toward one upstream beyond the defaults: its own CA, a client
+/// certificate for mutual TLS, and the name to reach it by when the
+/// configured address is an IP.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// CA certificates (PEM) trusted instead of the public roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate and private key (PEM, one after the other).
+    pub identity_pem: Option<Vec<u8>>,
+    /// A DNS name and the address it stands for: requests go to the name
+    /// (SNI, certificate check, `Host`), connections to the address.
+    pub resolve: Option<(String, std::net::SocketAddr)>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<set>"))
+            .field(
+                "identity_pem",
+                &self.identity_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .field("resolve", &self.resolve)
+            .finish()
+    }
+}
+
 /// Builds a header map from configured pairs. Every value is marked
 /// sensitive: configured headers often carry credentials (`api-key`,
 /// `x-api-key`), and sensitive values never appear in `Debug` output.
@@ -81,20 +108,39 @@ pub(crate) struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    pub fn new(timeouts: Timeouts, mut headers: HeaderMap) -> Result<Self, AdapterBuildError> {
+    pub fn new(
+        timeouts: Timeouts,
+        mut headers: HeaderMap,
+        tls: &UpstreamTls,
+    ) -> Result<Self, AdapterBuildError> {
         ensure_crypto_provider();
         headers
             .entry(CONTENT_TYPE)
             .or_insert(HeaderValue::from_static("application/json"));
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             // A provider API answers; it does not redirect. Following one
             // would resend the prompt (and any credential in a custom
             // header) to wherever the upstream points, so a 3xx is an error.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = &tls.ca_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem)?;
+            if roots.is_empty() {
+                return Err(AdapterBuildError::Config(
+                    "tls_ca holds no PEM certificate".to_owned(),
+                ));
+            }
+            builder = builder.tls_certs_only(roots);
+        }
+        if let Some(pem) = &tls.identity_pem {
+            builder = builder.identity(reqwest::Identity::from_pem(pem)?);
+        }
+        if let Some((name, address)) = &tls.resolve {
+            builder = builder.resolve(name, *address);
+        }
+        let client = builder.build()?;
         Ok(Self {
             client,
             headers,
@@ -354,7 +400,12 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
 
-        let upstream = HttpUpstream::new(Timeouts::default(), HeaderMap::new()).unwrap();
+        let upstream = HttpUpstream::new(
+            Timeouts::default(),
+            HeaderMap::new(),
+            &UpstreamTls::default(),
+        )
+        .unwrap();
         let url = parse_url(&format!("http://{addr}/v1/chat/completions")).unwrap();
         let classify: Classifier =
             |status, _, body| status_error(status, kind_of_status(status), body, None, None);

@@ -19,7 +19,7 @@ pub use anthropic::{AnthropicAdapter, AnthropicConfig};
 pub use bedrock::{AwsCredentials, BedrockAdapter, BedrockConfig};
 pub use credential::Credential;
 pub use gemini::{GeminiAdapter, GeminiConfig};
-pub use http::{Timeouts, ensure_crypto_provider};
+pub use http::{Timeouts, UpstreamTls, ensure_crypto_provider};
 pub use openai::{Auth, OpenAiAdapter, OpenAiConfig};
 pub use presets::{PRESETS, Preset, Quirks, preset};
 

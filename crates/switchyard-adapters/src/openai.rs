@@ -19,8 +19,8 @@ use switchyard_protocol::openai_embeddings::{EmbeddingsRequest, EmbeddingsRespon
 
 use crate::adapter::{EmbeddingWire, HttpAdapter, Wire, encode};
 use crate::http::{
-    Timeouts, header_map, kind_of_status, parse_url, plain_message, retry_after, status_error,
-    unreadable,
+    Timeouts, UpstreamTls, header_map, kind_of_status, parse_url, plain_message, retry_after,
+    status_error, unreadable,
 };
 use crate::presets::Quirks;
 use crate::stream::{SseEvent, Step, Translate, cut_short, sse_events};
@@ -57,6 +57,8 @@ pub struct OpenAiConfig {
     pub headers: Vec<(String, String)>,
     /// Deadlines.
     pub timeouts: Timeouts,
+    /// TLS toward the upstream beyond the defaults.
+    pub tls: UpstreamTls,
     /// What this upstream does differently from OpenAI.
     pub quirks: Quirks,
 }
@@ -89,6 +91,7 @@ impl OpenAiConfig {
             upstream_model: upstream_model.into(),
             headers: Vec::new(),
             timeouts: Timeouts::default(),
+            tls: UpstreamTls::default(),
             quirks: Quirks::OPENAI,
         }
     }
@@ -135,7 +138,8 @@ impl OpenAiAdapter {
             config,
         };
         let timeouts = wire.config.timeouts;
-        HttpAdapter::with_wire(wire, timeouts, headers)
+        let tls = wire.config.tls.clone();
+        HttpAdapter::with_wire(wire, timeouts, headers, &tls)
     }
 }
 

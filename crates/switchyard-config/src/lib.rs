@@ -621,6 +621,17 @@ pub struct RemoteModelConfig {
     pub session_token: Option<String>,
     /// Price, for cost-based routing and spend.
     pub pricing: Option<Pricing>,
+    /// CA certificates (PEM) the upstream's certificate must chain to,
+    /// instead of the public roots: an internal model server's own CA.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) shown to an upstream that asks for one
+    /// (mutual TLS); with `tls_client_key`.
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub tls_client_key: Option<std::path::PathBuf>,
+    /// The name the upstream's certificate is checked against and sent as
+    /// SNI (and `Host`) when `base_url` reaches it by IP address.
+    pub tls_server_name: Option<String>,
 }
 
 impl RemoteModelConfig {
@@ -741,6 +752,10 @@ impl std::fmt::Debug for RemoteModelConfig {
             .field("secret_access_key", &secret(&self.secret_access_key))
             .field("session_token", &secret(&self.session_token))
             .field("pricing", &self.pricing)
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_client_cert", &self.tls_client_cert)
+            .field("tls_client_key", &self.tls_client_key)
+            .field("tls_server_name", &self.tls_server_name)
             .finish()
     }
 }
@@ -1096,6 +1111,50 @@ impl Config {
     }
 }
 
+/// The TLS settings toward an upstream hang together: a client key with
+/// its certificate, a server name only for an https `base_url` that
+/// names an IP address (the name then stands in for it).
+fn validate_upstream_tls(
+    remote: &RemoteModelConfig,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(), FieldProblem> {
+    match (&remote.tls_client_cert, &remote.tls_client_key) {
+        (Some(_), None) => {
+            return Err((
+                field("tls_client_key"),
+                "required with tls_client_cert".into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err((
+                field("tls_client_cert"),
+                "required with tls_client_key".into(),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(name) = &remote.tls_server_name {
+        let url = remote
+            .base_url
+            .as_deref()
+            .and_then(|base| url::Url::parse(base).ok());
+        let by_address = url.as_ref().is_some_and(|url| {
+            url.scheme() == "https"
+                && matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)))
+        });
+        if !by_address {
+            return Err((
+                field("tls_server_name"),
+                "needs an https base_url that names the upstream by IP address".into(),
+            ));
+        }
+        if url::Host::parse(name).map_or(true, |host| !matches!(host, url::Host::Domain(_))) {
+            return Err((field("tls_server_name"), "must be a DNS name".into()));
+        }
+    }
+    Ok(())
+}
+
 fn validate_remote(
     provider: Provider,
     remote: &RemoteModelConfig,
@@ -1120,6 +1179,7 @@ fn validate_remote(
             return Err((field("base_url"), "must be an http or https URL".into()));
         }
     }
+    validate_upstream_tls(remote, field)?;
     let required = |present: bool, name: &str, why: &str| {
         if present {
             Ok(())
@@ -1415,6 +1475,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_tls_settings_hang_together() {
+        let model = |extra: &str| {
+            parse(&format!(
+                "[models.inner]\nbackend = \"openai\"\nbase_url = \"https://10.0.0.5:8443/v1\"\n{extra}\n"
+            ))
+        };
+        let error = model("tls_client_cert = \"c.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tls_client_key"), "{error}");
+        assert!(model("tls_server_name = \"models.internal\"").is_ok());
+        let error = model("tls_server_name = \"10.0.0.6\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must be a DNS name"), "{error}");
+        let by_name = parse(
+            "[models.inner]\nbackend = \"openai\"\nbase_url = \"https://models.internal/v1\"\ntls_server_name = \"other.internal\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(by_name.contains("by IP address"), "{by_name}");
+    }
 
     #[test]
     fn tls_client_auth_needs_a_client_ca() {

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use switchyard_adapters::{
     AnthropicAdapter, AnthropicConfig, Auth, AwsCredentials, BedrockAdapter, BedrockConfig,
     Credential, GeminiAdapter, GeminiConfig, OpenAiAdapter, OpenAiConfig, Quirks, Timeouts,
+    UpstreamTls,
 };
 use switchyard_config::{
     LocalEmbeddingConfig, LocalModelConfig, ModelConfig, Provider, RemoteModelConfig,
@@ -74,22 +75,58 @@ fn headers(remote: &RemoteModelConfig) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The TLS settings of `remote` toward its upstream, read from their
+/// files, and its settings with `base_url` naming the server by
+/// `tls_server_name` (the address it gave is where connections go).
+fn upstream_tls(remote: &RemoteModelConfig) -> anyhow::Result<(RemoteModelConfig, UpstreamTls)> {
+    let read = |path: &std::path::Path, field: &str| {
+        std::fs::read(path)
+            .with_context(|| format!("field `{field}`: cannot read {}", path.display()))
+    };
+    let mut remote = remote.clone();
+    let mut tls = UpstreamTls::default();
+    if let Some(path) = &remote.tls_ca {
+        tls.ca_pem = Some(read(path, "tls_ca")?);
+    }
+    if let (Some(cert), Some(key)) = (&remote.tls_client_cert, &remote.tls_client_key) {
+        let mut pem = read(cert, "tls_client_cert")?;
+        pem.push(b'\n');
+        pem.extend(read(key, "tls_client_key")?);
+        tls.identity_pem = Some(pem);
+    }
+    if let (Some(name), Some(base)) = (&remote.tls_server_name, &remote.base_url) {
+        // Checked when the configuration loaded: https, an IP address.
+        let mut url = reqwest::Url::parse(base).context("field `base_url`")?;
+        let address = url
+            .socket_addrs(|| Some(443))
+            .context("field `base_url`")?
+            .into_iter()
+            .next()
+            .context("field `base_url`: no address")?;
+        url.set_host(Some(name))
+            .context("field `tls_server_name`")?;
+        tls.resolve = Some((name.clone(), address));
+        remote.base_url = Some(url.to_string().trim_end_matches('/').to_owned());
+    }
+    Ok((remote, tls))
+}
+
 fn build_remote(
     name: &str,
     provider: Provider,
     remote: &RemoteModelConfig,
 ) -> anyhow::Result<Built> {
+    let (remote, tls) = upstream_tls(remote)?;
+    let remote = &remote;
     let upstream_model = remote
         .upstream_model
         .clone()
         .unwrap_or_else(|| name.to_owned());
     match provider {
         Provider::Openai | Provider::Azure => {
-            let adapter = Arc::new(OpenAiAdapter::new(openai_config(
-                provider,
-                remote,
-                upstream_model,
-            )?)?);
+            let mut config = openai_config(provider, remote, upstream_model)?;
+            config.tls = tls;
+            let adapter = Arc::new(OpenAiAdapter::new(config)?);
             Ok(Built {
                 chat: Some(adapter.clone()),
                 embeddings: Some(adapter),
@@ -110,6 +147,7 @@ fn build_remote(
             }
             config.headers = headers(remote);
             config.timeouts = timeouts(remote);
+            config.tls = tls.clone();
             Ok(chat_only(Arc::new(AnthropicAdapter::new(config)?)))
         }
         Provider::Gemini => {
@@ -120,6 +158,7 @@ fn build_remote(
             }
             config.headers = headers(remote);
             config.timeouts = timeouts(remote);
+            config.tls = tls.clone();
             let adapter = Arc::new(GeminiAdapter::new(config)?);
             Ok(Built {
                 chat: Some(adapter.clone()),
@@ -155,6 +194,7 @@ fn build_remote(
             }
             config.headers = headers(remote);
             config.timeouts = timeouts(remote);
+            config.tls = tls.clone();
             Ok(chat_only(Arc::new(BedrockAdapter::new(config)?)))
         }
     }
@@ -232,6 +272,7 @@ fn openai_config(
         upstream_model,
         headers: headers(remote),
         timeouts: timeouts(remote),
+        tls: UpstreamTls::default(),
         quirks,
     })
 }

@@ -513,3 +513,58 @@ async fn a_client_certificate_stands_for_the_key_it_was_given_to_in_the_audit_tr
     assert_eq!(status, 200);
     assert_eq!(ask(&billing, &server).await.unwrap().status(), 401);
 }
+
+#[tokio::test]
+async fn an_upstream_that_requires_a_client_certificate_is_reached_by_its_own_ca_and_name() {
+    let upstream = recording_standin().await;
+    // The upstream: a Switchyard under mutual TLS whose certificate names
+    // models.internal only, reached by IP address.
+    let pki = Pki::new();
+    pki.ca("internal");
+    pki.leaf("internal", "inner", "DNS:models.internal", "serverAuth", 5);
+    pki.ca("gateways");
+    pki.leaf(
+        "gateways",
+        "gateway",
+        "DNS:gateway.internal",
+        "clientAuth",
+        6,
+    );
+    let inner = Server::start(&format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{}",
+        pki.path("inner.pem").display(),
+        pki.path("inner.key").display(),
+        pki.path("gateways.pem").display(),
+        standin_model("chat", &upstream, ""),
+    ));
+    let address = inner.url.strip_prefix("https://").unwrap();
+    let deployment = |extra: &str| {
+        format!(
+            "[models.inner]\nbackend = \"openai\"\nbase_url = \"https://{address}/v1\"\nupstream_model = \"chat\"\n\
+             tls_ca = \"{}\"\ntls_server_name = \"models.internal\"\n{extra}\n",
+            pki.path("internal.pem").display(),
+        )
+    };
+    let identity = format!(
+        "tls_client_cert = \"{}\"\ntls_client_key = \"{}\"",
+        pki.path("gateway.pem").display(),
+        pki.path("gateway.key").display()
+    );
+    let outer = Server::start(&deployment(&identity));
+    let answer = outer
+        .post_chat(&json!({"model": "inner", "messages": [{"role": "user", "content": "Hello"}]}))
+        .await;
+    assert_eq!(answer.status(), 200, "{}", outer.logs());
+    let body: Value = answer.json().await.unwrap();
+    assert!(body["choices"][0]["message"]["content"].is_string());
+    assert_eq!(upstream.requests().len(), 1);
+
+    // Without the client certificate the upstream refuses the handshake,
+    // and the client gets a gateway error, not a hang.
+    let bare = Server::start(&deployment(""));
+    let refused = bare
+        .post_chat(&json!({"model": "inner", "messages": [{"role": "user", "content": "Hello"}]}))
+        .await;
+    assert!(refused.status().is_server_error(), "{}", refused.status());
+    assert_eq!(upstream.requests().len(), 1);
+}

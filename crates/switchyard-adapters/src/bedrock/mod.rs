@@ -24,7 +24,9 @@ pub use converse::EventTranslator;
 pub use eventstream::Frame;
 
 use crate::adapter::{HttpAdapter, Wire, encode, refuse_json_format};
-use crate::http::{Timeouts, header_map, kind_of_status, plain_message, retry_after, status_error};
+use crate::http::{
+    Timeouts, UpstreamTls, header_map, kind_of_status, plain_message, retry_after, status_error,
+};
 use crate::{AdapterBuildError, Credential};
 /// AWS credentials for signing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,8 @@ pub struct BedrockConfig {
     pub headers: Vec<(String, String)>,
     /// Deadlines.
     pub timeouts: Timeouts,
+    /// TLS toward the upstream beyond the defaults.
+    pub tls: UpstreamTls,
 }
 
 impl BedrockConfig {
@@ -69,6 +73,7 @@ impl BedrockConfig {
             upstream_model: upstream_model.into(),
             headers: Vec::new(),
             timeouts: Timeouts::default(),
+            tls: UpstreamTls::default(),
         }
     }
 }
@@ -150,6 +155,7 @@ impl BedrockAdapter {
             Ok(url)
         };
         let timeouts = config.timeouts;
+        let tls = config.tls.clone();
         let wire = BedrockWire {
             converse_url: url("converse")?,
             stream_url: url("converse-stream")?,
@@ -157,7 +163,7 @@ impl BedrockAdapter {
             config,
         };
         // Every header, credentials included, is part of the signature.
-        HttpAdapter::with_wire(wire, timeouts, HeaderMap::new())
+        HttpAdapter::with_wire(wire, timeouts, HeaderMap::new(), &tls)
     }
 }
 
