@@ -129,10 +129,27 @@ const REDIS_PREFIX: &str = "switchyard:cache:";
 impl RedisCache {
     /// Connects to `url`; fails if Redis cannot be reached now.
     pub async fn connect(url: &str, ttl: Duration) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let connection = redis::aio::ConnectionManager::new(client).await?;
-        Ok(Self { connection, ttl })
+        Ok(Self {
+            connection: redis_connection(url).await?,
+            ttl,
+        })
     }
+}
+
+/// A connection to the shared cache at `url` that gives up at once while
+/// Redis is gone (a cache that cannot answer is a miss, and a miss must
+/// not cost seconds: the client's defaults retry a lost connection six
+/// times with growing pauses). The manager reconnects on the next call.
+pub(crate) async fn redis_connection(
+    url: &str,
+) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(200))
+        .set_connection_timeout(Some(Duration::from_millis(250)))
+        .set_response_timeout(Some(Duration::from_millis(500)));
+    redis::aio::ConnectionManager::new_with_config(redis::Client::open(url)?, config).await
 }
 
 impl ResponseCache for RedisCache {

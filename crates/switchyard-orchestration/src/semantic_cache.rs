@@ -138,9 +138,10 @@ const REDIS_PREFIX: &str = "switchyard:semantic:";
 impl RedisSemanticStore {
     /// Connects to `url`; fails if Redis cannot be reached now.
     pub async fn connect(url: &str, ttl: Duration) -> Result<Self, redis::RedisError> {
-        let client = redis::Client::open(url)?;
-        let connection = redis::aio::ConnectionManager::new(client).await?;
-        Ok(Self { connection, ttl })
+        Ok(Self {
+            connection: crate::cache::redis_connection(url).await?,
+            ttl,
+        })
     }
 }
 

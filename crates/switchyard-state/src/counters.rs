@@ -547,7 +547,7 @@ impl RedisCounters {
     /// Connects to `url`.
     pub async fn connect(url: &str, prefix: &str, lease: Duration) -> Result<Self, StateError> {
         let client = redis::Client::open(url)?;
-        let connection = ConnectionManager::new(client).await?;
+        let connection = ConnectionManager::new_with_config(client, fail_fast()).await?;
         Ok(Self {
             connection,
             prefix: prefix.to_owned(),
@@ -562,6 +562,19 @@ impl RedisCounters {
     fn name(&self, key: &str, part: &str) -> String {
         format!("{}{key}{part}", self.prefix)
     }
+}
+
+/// While Redis is gone every request is refused (fail closed), so each
+/// refusal must come at once: the client's defaults retry a lost
+/// connection six times with growing pauses, about ten seconds a request.
+/// One quick attempt per command; the manager reconnects on the next one.
+fn fail_fast() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(200))
+        .set_connection_timeout(Some(Duration::from_millis(250)))
+        .set_response_timeout(Some(Duration::from_millis(500)))
 }
 
 fn millis(duration: Duration) -> u64 {

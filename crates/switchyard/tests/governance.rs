@@ -1452,3 +1452,78 @@ async fn a_slowed_deployment_and_an_error_burst_raise_drift_alarms_against_stand
 fn bodies_len(delivered: &std::sync::Mutex<Vec<Value>>) -> usize {
     delivered.lock().unwrap().len()
 }
+
+/// A Redis server of the test's own, so stopping it harms no other test;
+/// dropping it stops it.
+struct PrivateRedis(std::process::Child);
+
+impl PrivateRedis {
+    /// Starts one on `port` and waits until it accepts connections.
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server, which the machine's Redis comes with");
+        let redis = Self(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the private redis-server did not start on {port}");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(all(switchyard_postgres, switchyard_redis)),
+    ignore = "needs PostgreSQL and Redis: set SWITCHYARD_TEST_DATABASE_URL and SWITCHYARD_TEST_REDIS_URL (make test does)"
+)]
+async fn two_gateways_refuse_with_503_while_their_redis_is_gone_and_recover_without_a_restart() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = PrivateRedis::start(port);
+    let database = postgres_url().await;
+    let upstream = standin().await;
+    let top = format!("database_url = \"{database}\"\nredis_url = \"redis://127.0.0.1:{port}\"");
+    let first = Server::start(&config(&upstream, &top, ""));
+    let second = Server::start(&config(&upstream, &top, ""));
+    let (_, key) = tenant_with_key(&first, json!({"limits": {"rpm": 10000}})).await;
+    let servers = [&first, &second];
+    let before = statuses_of(&servers, &key, "priced", 20, 4).await;
+    assert!(before.iter().all(|&s| s == 200), "{before:?}");
+
+    drop(redis);
+    // Refused at once, in OpenAI's shape, by both instances.
+    let during = statuses_of(&servers, &key, "priced", 20, 4).await;
+    assert!(during.iter().all(|&s| s == 503), "{during:?}");
+    let refused = chat(&first, Some(&key), &ask("priced")).await;
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "governance_unavailable");
+
+    let _redis = PrivateRedis::start(port);
+    let mut after = Vec::new();
+    for _ in 0..100 {
+        after = statuses_of(&servers, &key, "priced", 10, 2).await;
+        if after.iter().all(|&s| s == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(after.iter().all(|&s| s == 200), "{after:?}");
+}
