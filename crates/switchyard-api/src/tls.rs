@@ -156,6 +156,9 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
             .peer_certificates()
             .and_then(<[_]>::first)
             .map(|der| Arc::from(ClientCertificate::from_der(der).name()));
+        if let Some(name) = &client_certificate {
+            debug!(remote = %stream.remote_addr(), client = &**name, "client certificate accepted");
+        }
         Self { client_certificate }
     }
 }
@@ -244,15 +247,6 @@ async fn accept(
         tokio::spawn(async move {
             match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(connection)) => {
-                    if let Some(certificate) = connection
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(<[_]>::first)
-                    {
-                        let client = ClientCertificate::from_der(certificate);
-                        debug!(%remote, client = client.name(), "client certificate accepted");
-                    }
                     let _ = ready.send((connection, remote)).await;
                 }
                 Ok(Err(error)) => debug!(%remote, %error, "TLS handshake failed"),
@@ -280,32 +274,46 @@ fn stamps(files: &TlsFiles) -> Vec<Option<(SystemTime, u64)>> {
 
 /// Rereads the files once a second when they changed. A configuration
 /// that does not load (a key written before its certificate) keeps the
-/// one in force and is tried again when the files change once more.
+/// one in force and is tried again when the files change once more. The
+/// files are looked at on the blocking pool, never on the runtime.
 async fn reload_on_change<T>(files: TlsFiles, current: Current, alive: mpsc::Sender<T>) {
-    let mut seen = stamps(&files);
+    let files = Arc::new(files);
+    let watched = files.clone();
+    let Ok(mut seen) = tokio::task::spawn_blocking(move || stamps(&watched)).await else {
+        return;
+    };
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = alive.closed() => return,
         }
-        let now = stamps(&files);
-        if now == seen {
-            continue;
-        }
+        let watched = files.clone();
+        let last = seen.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let now = stamps(&watched);
+            let loaded = (now != last).then(|| server_config(&watched));
+            (now, loaded)
+        })
+        .await;
+        let (now, loaded) = match checked {
+            Ok(checked) => checked,
+            Err(error) => {
+                warn!(%error, "TLS reload failed");
+                continue;
+            }
+        };
         seen = now;
-        let files = files.clone();
-        let loaded = tokio::task::spawn_blocking(move || server_config(&files)).await;
         match loaded {
-            Ok(Ok(config)) => {
+            None => {}
+            Some(Ok(config)) => {
                 *current
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
                 info!("TLS certificate reloaded; new connections use it");
             }
-            Ok(Err(error)) => {
+            Some(Err(error)) => {
                 warn!(%error, "TLS files changed but do not load; keeping the ones in force")
             }
-            Err(error) => warn!(%error, "TLS reload failed"),
         }
     }
 }

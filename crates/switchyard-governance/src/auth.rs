@@ -113,21 +113,7 @@ pub(crate) async fn load_key(
     if !keys::verify(presented.secret, &key.secret_hash) {
         return Err(invalid());
     }
-    let scope = TenantScope::Tenant(key.tenant_id.clone());
-    let tenant = store
-        .tenant(&scope, &key.tenant_id)
-        .await?
-        .ok_or_else(invalid)?;
-    let team = match &key.team_id {
-        Some(team_id) => Some(store.team(&scope, team_id).await?.ok_or_else(invalid)?),
-        None => None,
-    };
-    let context = KeyContext {
-        key,
-        tenant,
-        team,
-        by_certificate: None,
-    };
+    let context = with_owners(store, key, None, invalid).await?;
     usable(&context, now_ms)?;
     Ok(Arc::new(context))
 }
@@ -141,23 +127,35 @@ pub(crate) async fn load_certificate_key(
     let Some(key) = store.key_for_client_certificate(name).await? else {
         return Ok(None);
     };
-    let scope = TenantScope::Tenant(key.tenant_id.clone());
     let gone =
         || GovernanceError::Unauthenticated("this API key's tenant or team is gone".to_owned());
+    let context = with_owners(store, key, Some(name.to_owned()), gone).await?;
+    Ok(Some(Arc::new(context)))
+}
+
+/// `key` with the tenant and team it belongs to; `missing` when either is
+/// gone.
+async fn with_owners(
+    store: &SqlStore,
+    key: ApiKey,
+    by_certificate: Option<String>,
+    missing: impl Fn() -> GovernanceError,
+) -> Result<KeyContext, GovernanceError> {
+    let scope = TenantScope::Tenant(key.tenant_id.clone());
     let tenant = store
         .tenant(&scope, &key.tenant_id)
         .await?
-        .ok_or_else(gone)?;
+        .ok_or_else(&missing)?;
     let team = match &key.team_id {
-        Some(team_id) => Some(store.team(&scope, team_id).await?.ok_or_else(gone)?),
+        Some(team_id) => Some(store.team(&scope, team_id).await?.ok_or_else(&missing)?),
         None => None,
     };
-    Ok(Some(Arc::new(KeyContext {
+    Ok(KeyContext {
         key,
         tenant,
         team,
-        by_certificate: Some(name.to_owned()),
-    })))
+        by_certificate,
+    })
 }
 
 /// Refuses revoked or expired keys and keys of disabled tenants or teams.

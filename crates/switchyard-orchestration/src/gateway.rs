@@ -902,6 +902,28 @@ impl Gateway {
 
     /// A cached answer to a question that meant the same, with how close
     /// it came; a failed embedding is a miss.
+    /// The answer the exact cache, then the semantic cache, holds for
+    /// `request`, with which one answered and the semantic similarity.
+    async fn cached_answer(
+        &self,
+        route: &Route,
+        request: &ChatRequest,
+        context: &RequestContext,
+        cached: &Option<(Arc<dyn ResponseCache>, String)>,
+        semantic: &Option<(Arc<dyn SemanticStore>, String, &SemanticCacheSpec)>,
+    ) -> Option<(CachedAnswer, CacheStatus, Option<f32>)> {
+        if let Some((cache, key)) = cached
+            && let Some(hit) = lookup(route, cache.as_ref(), key).await
+        {
+            return Some((hit, CacheStatus::Hit, None));
+        }
+        let (store, key, spec) = semantic.as_ref()?;
+        let (hit, similarity) = self
+            .semantic_lookup(route, store.as_ref(), key, spec, request, context)
+            .await?;
+        Some((hit, CacheStatus::SemanticHit, Some(similarity)))
+    }
+
     async fn semantic_lookup(
         &self,
         route: &Route,
@@ -969,29 +991,17 @@ impl Gateway {
         context: &RequestContext,
     ) -> Result<Routed<ChatResponse>, BackendError> {
         let cached = self.cache_for(route, &request, context);
-        if let Some((cache, key)) = &cached
-            && let Some(hit) = lookup(route, cache.as_ref(), key).await
-        {
-            return Ok(Routed {
-                value: hit.to_response(),
-                route: route.name.clone(),
-                deployment: hit.deployment,
-                cache: CacheStatus::Hit,
-                similarity: None,
-            });
-        }
         let semantic = self.semantic_for(route, &request, context);
-        if let Some((store, key, spec)) = &semantic
-            && let Some((hit, similarity)) = self
-                .semantic_lookup(route, store.as_ref(), key, spec, &request, context)
-                .await
+        if let Some((hit, cache, similarity)) = self
+            .cached_answer(route, &request, context, &cached, &semantic)
+            .await
         {
             return Ok(Routed {
                 value: hit.to_response(),
                 route: route.name.clone(),
                 deployment: hit.deployment,
-                cache: CacheStatus::SemanticHit,
-                similarity: Some(similarity),
+                cache,
+                similarity,
             });
         }
         let original = semantic.is_some().then(|| request.clone());
@@ -1088,29 +1098,17 @@ impl Gateway {
             });
         }
         let cached = self.cache_for(route, &request, context);
-        if let Some((cache, key)) = &cached
-            && let Some(hit) = lookup(route, cache.as_ref(), key).await
-        {
-            return Ok(Routed {
-                value: hit.to_stream(),
-                route: route.name.clone(),
-                deployment: hit.deployment,
-                cache: CacheStatus::Hit,
-                similarity: None,
-            });
-        }
         let semantic = self.semantic_for(route, &request, context);
-        if let Some((store, key, spec)) = &semantic
-            && let Some((hit, similarity)) = self
-                .semantic_lookup(route, store.as_ref(), key, spec, &request, context)
-                .await
+        if let Some((hit, cache, similarity)) = self
+            .cached_answer(route, &request, context, &cached, &semantic)
+            .await
         {
             return Ok(Routed {
                 value: hit.to_stream(),
                 route: route.name.clone(),
                 deployment: hit.deployment,
-                cache: CacheStatus::SemanticHit,
-                similarity: Some(similarity),
+                cache,
+                similarity,
             });
         }
         // What the semantic cache keeps of a finished stream.

@@ -6,7 +6,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row};
 
 use crate::StateError;
-use crate::store::{DatabaseKind, SqlStore, TenantScope};
+use crate::store::{DatabaseKind, ROWS_PER_INSERT, SqlStore, TenantScope, placeholder_rows};
 
 /// A stored response, without its items.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,33 +51,6 @@ pub struct NewResponse {
     pub items: Vec<ItemRow>,
     /// The items' ids, in the same order.
     pub item_ids: Vec<String>,
-}
-
-/// Rows per multi-row `INSERT` (a statement per row would make storing the
-/// bottleneck of a busy gateway).
-const ROWS_PER_INSERT: usize = 100;
-
-/// `prefix` followed by `rows` groups of `columns` placeholders, numbered
-/// for PostgreSQL.
-fn values(kind: DatabaseKind, prefix: &str, columns: usize, rows: usize) -> String {
-    let mut sql = String::with_capacity(prefix.len() + rows * columns * 5);
-    sql.push_str(prefix);
-    let mut n = 0;
-    for row in 0..rows {
-        sql.push_str(if row == 0 { " (" } else { ", (" });
-        for column in 0..columns {
-            n += 1;
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            match kind {
-                DatabaseKind::Sqlite => sql.push('?'),
-                DatabaseKind::Postgres => sql.push_str(&format!("${n}")),
-            }
-        }
-        sql.push(')');
-    }
-    sql
 }
 
 /// A chain longer than this is taken for a corrupt one (a response
@@ -189,7 +162,7 @@ impl SqlStore {
             .filter_map(|(new, ok)| ok.then_some(new))
             .collect();
         for chunk in kept.chunks(ROWS_PER_INSERT) {
-            let sql = values(
+            let sql = placeholder_rows(
                 self.kind(),
                 "INSERT INTO responses (id, tenant_id, previous_response_id, conversation_id, created_at, model, status, body) VALUES",
                 8,
@@ -219,7 +192,7 @@ impl SqlStore {
             })
             .collect();
         for chunk in items.chunks(ROWS_PER_INSERT) {
-            let sql = values(
+            let sql = placeholder_rows(
                 self.kind(),
                 "INSERT INTO response_items (response_id, position, is_output, item) VALUES",
                 4,

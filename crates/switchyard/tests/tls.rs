@@ -92,6 +92,19 @@ impl Pki {
         reqwest::Identity::from_pem(&pem).unwrap()
     }
 
+    /// The CA `clients` and the certificate of the billing service from it.
+    fn with_billing_client(self) -> Self {
+        self.ca("clients");
+        self.leaf(
+            "clients",
+            "billing",
+            "DNS:billing.internal",
+            "clientAuth",
+            2,
+        );
+        self
+    }
+
     /// The CA `ca` and a server certificate from it for 127.0.0.1.
     fn with_server(ca: &str) -> Self {
         let pki = Self::new();
@@ -228,15 +241,7 @@ async fn https_serves_http2_by_alpn_http1_tls_1_2_and_the_official_sdks_against_
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_refuses_clients_without_a_certificate_or_from_another_ca() {
     let upstream = recording_standin().await;
-    let pki = Pki::with_server("ca");
-    pki.ca("clients");
-    pki.leaf(
-        "clients",
-        "billing",
-        "DNS:billing.internal",
-        "clientAuth",
-        2,
-    );
+    let pki = Pki::with_server("ca").with_billing_client();
     pki.ca("elsewhere");
     pki.leaf(
         "elsewhere",
@@ -383,15 +388,7 @@ async fn as_master(
 #[tokio::test]
 async fn a_client_certificate_stands_for_the_key_it_was_given_to_in_the_audit_trail() {
     let upstream = recording_standin().await;
-    let pki = Pki::with_server("ca");
-    pki.ca("clients");
-    pki.leaf(
-        "clients",
-        "billing",
-        "DNS:billing.internal",
-        "clientAuth",
-        2,
-    );
+    let pki = Pki::with_server("ca").with_billing_client();
     pki.leaf(
         "clients",
         "stranger",
