@@ -22,6 +22,7 @@ mod embeddings;
 pub mod error;
 pub mod extract;
 mod feedback;
+mod listener;
 mod metrics;
 mod models;
 mod moderations;
@@ -38,7 +39,6 @@ use axum::http::{Method, Request, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::serve::ListenerExt;
 use switchyard_governance::Governance;
 use switchyard_pipeline::Pipeline;
 use switchyard_telemetry::trace;
@@ -49,9 +49,9 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
-use tracing::{info, warn};
 
 use crate::error::ApiError;
+pub use crate::listener::Limits;
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -335,81 +335,31 @@ fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops
-/// accepting and gives in-flight requests up to `grace` to finish.
+/// accepting and gives in-flight requests up to `grace` to finish; each
+/// connection held to `limits`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
-) -> std::io::Result<()> {
-    // Streams are many small writes: without TCP_NODELAY, Nagle's
-    // algorithm holds each one back until the client acknowledges the last.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    serve_on(listener, app, shutdown, grace).await
+    limits: Limits,
+) {
+    let listener = listener::PlainListener {
+        tcp: listener,
+        slots: listener::Slots::new(limits.max_connections),
+    };
+    listener::serve_connections(listener, app, shutdown, grace, limits).await;
 }
 
-/// [`serve`] over TLS: `listener` hands over finished handshakes, and
-/// each request knows the client certificate its connection verified.
+/// [`serve`] over TLS: `listener` hands over finished handshakes (and
+/// holds the connection limit it was made with), and each request knows
+/// the client certificate its connection verified.
 pub async fn serve_tls(
     listener: tls::TlsListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
-) -> std::io::Result<()> {
-    let app = app.into_make_service_with_connect_info::<tls::TlsPeer>();
-    serve_on(listener, app, shutdown, grace).await
-}
-
-async fn serve_on<L, M, S>(
-    listener: L,
-    app: M,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-    M: for<'a> tower::Service<
-            axum::serve::IncomingStream<'a, L>,
-            Error = std::convert::Infallible,
-            Response = S,
-        > + Send
-        + 'static,
-    for<'a> <M as tower::Service<axum::serve::IncomingStream<'a, L>>>::Future: Send,
-    S: tower::Service<
-            axum::extract::Request,
-            Response = Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        info!(
-            grace_secs = grace.as_secs(),
-            "shutting down: no new connections; finishing in-flight requests"
-        );
-        let _ = stopping_tx.send(true);
-    });
-    let grace_over = async move {
-        // Only a fired signal starts the clock; a dropped sender never does.
-        if stopping_rx.wait_for(|stopping| *stopping).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server => result,
-        () = grace_over => {
-            warn!("grace period over; closing the remaining connections");
-            Ok(())
-        }
-    }
+    limits: Limits,
+) {
+    listener::serve_connections(listener, app, shutdown, grace, limits).await;
 }

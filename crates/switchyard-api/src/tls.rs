@@ -18,6 +18,8 @@ use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+use crate::listener::{Accept, Connection, Limits, Slots, accept_tcp};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
@@ -145,19 +147,16 @@ pub struct TlsPeer {
     pub client_certificate: Option<Arc<str>>,
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
-    for TlsPeer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        let client_certificate = stream
-            .io()
+impl TlsPeer {
+    fn of(connection: &TlsStream<TcpStream>, remote: SocketAddr) -> Self {
+        let client_certificate = connection
             .get_ref()
             .1
             .peer_certificates()
             .and_then(<[_]>::first)
             .map(|der| Arc::from(ClientCertificate::from_der(der).name()));
         if let Some(name) = &client_certificate {
-            debug!(remote = %stream.remote_addr(), client = &**name, "client certificate accepted");
+            debug!(%remote, client = &**name, "client certificate accepted");
         }
         Self { client_certificate }
     }
@@ -165,44 +164,36 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
 
 /// A listener that hands the HTTP server finished TLS connections.
 pub struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local_addr: SocketAddr,
+    ready: mpsc::Receiver<Connection<TlsStream<TcpStream>>>,
 }
 
 impl TlsListener {
     /// Serves TLS on `tcp` with `files`, which are watched for changes from
-    /// then on. Fails when the files do not make a usable configuration.
-    pub fn new(tcp: TcpListener, files: TlsFiles) -> Result<Self, TlsError> {
+    /// then on, holding at most `limits.max_connections` connections
+    /// (handshakes in progress included). Fails when the files do not make
+    /// a usable configuration.
+    pub fn new(tcp: TcpListener, files: TlsFiles, limits: &Limits) -> Result<Self, TlsError> {
         let current = Arc::new(RwLock::new(server_config(&files)?));
-        let local_addr = tcp.local_addr()?;
         // Room for a burst of finished handshakes while the server is busy.
         let (tx, ready) = mpsc::channel(256);
+        let slots = Slots::new(limits.max_connections);
         tokio::spawn(accept(
             tcp,
+            slots,
             current.clone(),
             tx.clone(),
             files.handshake_timeout,
         ));
         tokio::spawn(reload_on_change(files, current, tx));
-        Ok(Self { ready, local_addr })
+        Ok(Self { ready })
     }
 }
 
-impl axum::serve::Listener for TlsListener {
+impl Accept for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(connection) => connection,
-            // The accepting task is gone only when the socket failed for
-            // good; the server then waits for its shutdown signal.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local_addr)
+    async fn accept(&mut self) -> Option<Connection<Self::Io>> {
+        self.ready.recv().await
     }
 }
 
@@ -219,35 +210,32 @@ fn in_force(current: &Current) -> Arc<ServerConfig> {
 /// until the listener is dropped.
 async fn accept(
     tcp: TcpListener,
+    slots: Arc<Slots>,
     current: Current,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Sender<Connection<TlsStream<TcpStream>>>,
     handshake_timeout: Duration,
 ) {
     loop {
         let accepted = tokio::select! {
-            accepted = tcp.accept() => accepted,
+            accepted = accept_tcp(&tcp, &slots) => accepted,
             () = ready.closed() => return,
         };
-        let (stream, remote) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of descriptors and the like: pausing lets open
-                // connections finish and free some.
-                warn!(%error, "cannot accept a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        let Some((stream, remote, slot)) = accepted else {
+            return;
         };
-        // Streams are many small writes (see `serve`).
-        if let Err(error) = stream.set_nodelay(true) {
-            debug!(%error, "cannot set TCP_NODELAY");
-        }
         let acceptor = TlsAcceptor::from(in_force(&current));
         let ready = ready.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(connection)) => {
-                    let _ = ready.send((connection, remote)).await;
+                Ok(Ok(io)) => {
+                    let peer = Some(TlsPeer::of(&io, remote));
+                    let connection = Connection {
+                        io,
+                        remote,
+                        slot,
+                        peer,
+                    };
+                    let _ = ready.send(connection).await;
                 }
                 Ok(Err(error)) => debug!(%remote, %error, "TLS handshake failed"),
                 Err(_) => debug!(%remote, "TLS handshake timed out"),

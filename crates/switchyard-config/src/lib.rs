@@ -20,6 +20,7 @@ mod context;
 mod engine;
 mod guardrails;
 mod interpolate;
+mod listener;
 mod retrieval;
 mod routing;
 mod tls;
@@ -37,6 +38,7 @@ pub use guardrails::{
     CheckAction, CheckConfig, CheckKind, CheckSide, GuardrailsConfig, PolicyConfig,
 };
 pub use interpolate::{InterpolationError, interpolate};
+pub use listener::ListenerConfig;
 pub use retrieval::{AssistantConfig, RetrievalConfig};
 pub use routing::{
     CacheConfig, CascadeConfig, DEFAULT_SEMANTIC_CACHE_THRESHOLD, DEFAULT_SIMILARITY_THRESHOLD,
@@ -97,6 +99,8 @@ pub struct Config {
     pub anomalies: AnomaliesConfig,
     /// HTTPS on the listener (`None`: plain HTTP).
     pub tls: Option<TlsConfig>,
+    /// Connection limits and timeouts on the listener.
+    pub listener: ListenerConfig,
 }
 
 /// The `[telemetry]` table.
@@ -344,6 +348,8 @@ struct RawConfig {
     anomalies: AnomaliesConfig,
     #[serde(default)]
     tls: Option<TlsConfig>,
+    #[serde(default)]
+    listener: ListenerConfig,
 }
 
 impl Default for Config {
@@ -368,6 +374,7 @@ impl Default for Config {
             conversations: ConversationsConfig::default(),
             anomalies: AnomaliesConfig::default(),
             tls: None,
+            listener: ListenerConfig::default(),
         }
     }
 }
@@ -1303,6 +1310,7 @@ impl Config {
             conversations: raw.conversations,
             anomalies: raw.anomalies,
             tls: raw.tls,
+            listener: raw.listener,
         };
         config
             .validate()
@@ -1330,6 +1338,7 @@ impl Config {
         self.validate_retrieval()?;
         self.guardrails.validate()?;
         self.anomalies.validate()?;
+        self.listener.validate()?;
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }

@@ -145,11 +145,12 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let limits = listener_limits(&config.listener);
     // TLS files are checked before the address is announced: a bad
     // certificate stops start-up, naming its file.
     let listening = match &config.tls {
         Some(tls) => Listening::Tls(
-            switchyard_api::tls::TlsListener::new(listener, tls_files(tls))
+            switchyard_api::tls::TlsListener::new(listener, tls_files(tls), &limits)
                 .map_err(|e| anyhow!("{origin}: tls: {e}"))?,
         ),
         None => Listening::Plain(listener),
@@ -210,8 +211,8 @@ async fn serve(
         }
     };
     match listening {
-        Listening::Tls(tls) => switchyard_api::serve_tls(tls, app, shutdown, grace).await?,
-        Listening::Plain(tcp) => switchyard_api::serve(tcp, app, shutdown, grace).await?,
+        Listening::Tls(tls) => switchyard_api::serve_tls(tls, app, shutdown, grace, limits).await,
+        Listening::Plain(tcp) => switchyard_api::serve(tcp, app, shutdown, grace, limits).await,
     }
     // Every completed request's ledger row reaches the database before exit.
     governance.ledger().close().await;
@@ -226,6 +227,17 @@ async fn serve(
 enum Listening {
     Plain(TcpListener),
     Tls(switchyard_api::tls::TlsListener),
+}
+
+/// What `[listener]` allows a connection.
+fn listener_limits(listener: &switchyard_config::ListenerConfig) -> switchyard_api::Limits {
+    switchyard_api::Limits {
+        max_connections: listener.max_connections,
+        header_read_timeout: Duration::from_secs(listener.header_read_timeout_secs),
+        idle_timeout: Duration::from_secs(listener.idle_timeout_secs),
+        http2_max_streams: listener.http2_max_streams,
+        write_timeout: Duration::from_secs(listener.write_timeout_secs),
+    }
 }
 
 /// Where `[tls]` says the listener's certificates are.
@@ -264,6 +276,9 @@ fn needs_restart(current: &Config, next: &Config) -> Vec<&'static str> {
     }
     if next.tls != current.tls {
         fields.push("tls");
+    }
+    if next.listener != current.listener {
+        fields.push("[listener]");
     }
     if next.max_body_bytes != current.max_body_bytes {
         fields.push("max_body_bytes");
