@@ -19,6 +19,7 @@ pub mod jwt;
 pub mod keys;
 mod ledger;
 pub mod limits;
+mod owed;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -86,6 +87,8 @@ pub struct Counters {
     windows: Arc<dyn WindowCounters>,
     slots: Arc<dyn ConcurrencySlots>,
     spend: Arc<dyn SpendTotals>,
+    /// Costs `spend` could not take when they were made.
+    owed: owed::OwedSpend,
 }
 
 impl Counters {
@@ -95,6 +98,7 @@ impl Counters {
             windows: Arc::new(MemoryWindows::new()),
             slots: Arc::new(MemorySlots::new()),
             spend: Arc::new(MemorySpend::new()),
+            owed: owed::OwedSpend::default(),
         }
     }
 
@@ -109,6 +113,7 @@ impl Counters {
             windows: shared.clone(),
             slots: shared.clone(),
             spend: shared,
+            owed: owed::OwedSpend::default(),
         })
     }
 }
@@ -729,6 +734,7 @@ impl Governance {
         now: i64,
     ) -> Result<f64, GovernanceError> {
         let keys = [key.to_owned()];
+        self.counters.owed.settle(&*self.counters.spend).await;
         if let Some(Some(total)) = self.counters.spend.get(&keys).await?.first() {
             return Ok(*total);
         }
@@ -1136,10 +1142,12 @@ impl Drop for Admission {
 impl Governance {
     async fn add_spend(&self, budget_keys: &[BudgetKey], cost: f64) {
         let keys: Vec<String> = budget_keys.iter().map(|b| b.key.clone()).collect();
+        self.counters.owed.settle(&*self.counters.spend).await;
         let totals = match self.counters.spend.add(&keys, cost).await {
             Ok(totals) => totals,
             Err(error) => {
-                warn!(%error, "cannot add to spend totals; budgets re-read the ledger");
+                warn!(%error, cost, "cannot add to spend totals; owed until they can be");
+                self.counters.owed.owe(&keys, cost);
                 return;
             }
         };

@@ -19,6 +19,9 @@ use sqlx::{AnyPool, Row};
 use tracing::info;
 
 use crate::StateError;
+
+/// How long a request waits for a PostgreSQL connection (see `open`).
+const POSTGRES_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 use crate::records::{
     ApiKey, AuditRow, BudgetAlert, Team, Tenant, UsageGroup, UsageLine, UsageRow,
 };
@@ -202,9 +205,14 @@ impl SqlStore {
                     .await
             }
             DatabaseKind::Postgres => {
+                // While PostgreSQL is gone the pool keeps retrying refused
+                // connections until this deadline: it is how long a
+                // request that needs the database waits before its 503.
+                // Queries take milliseconds, so a healthy pool never
+                // makes anyone wait this long for a connection.
                 AnyPoolOptions::new()
                     .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
+                    .acquire_timeout(POSTGRES_ACQUIRE_TIMEOUT)
                     .connect(url)
                     .await
             }

@@ -1502,7 +1502,11 @@ async fn two_gateways_refuse_with_503_while_their_redis_is_gone_and_recover_with
     let top = format!("database_url = \"{database}\"\nredis_url = \"redis://127.0.0.1:{port}\"");
     let first = Server::start(&config(&upstream, &top, ""));
     let second = Server::start(&config(&upstream, &top, ""));
-    let (_, key) = tenant_with_key(&first, json!({"limits": {"rpm": 10000}})).await;
+    let (tenant, key) = tenant_with_key(
+        &first,
+        json!({"limits": {"rpm": 10000}, "budget": {"limit_usd": 100000.0, "period": "monthly"}}),
+    )
+    .await;
     let servers = [&first, &second];
     let before = statuses_of(&servers, &key, "priced", 20, 4).await;
     assert!(before.iter().all(|&s| s == 200), "{before:?}");
@@ -1526,4 +1530,307 @@ async fn two_gateways_refuse_with_503_while_their_redis_is_gone_and_recover_with
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(after.iter().all(|&s| s == 200), "{after:?}");
+    // The restarted Redis was empty: the key's spend was seeded again from
+    // the ledger, and agrees with it.
+    assert_shared_spend_matches_the_ledger(&first, &tenant, port).await;
+}
+
+/// Waits for the ledger to hold every served request of `tenant`'s one
+/// key, then compares its cost with the key's spend total in Redis.
+async fn assert_shared_spend_matches_the_ledger(server: &Server, tenant: &str, redis_port: u16) {
+    let admin = master(server);
+    let key_id = admin.get(&format!("/admin/keys?tenant_id={tenant}")).await["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = admin
+            .get(&format!("/admin/usage?group_by=tenant&tenant_id={tenant}"))
+            .await;
+        let cost = report["data"][0]["cost"].as_f64().unwrap_or(0.0);
+        let spend = redis_spend(redis_port, &key_id).expect("a shared spend total for the key");
+        if (spend - cost).abs() < 1e-6 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shared spend {spend} vs ledger {cost}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A PostgreSQL server of the test's own, made with `initdb` in a
+/// temporary folder, which the test stops and starts again. As root (CI)
+/// the server runs as the `postgres` user, since PostgreSQL refuses root.
+struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: std::path::PathBuf,
+    owner: Option<(u32, u32)>,
+    server: Option<std::process::Child>,
+}
+
+impl PrivatePostgres {
+    fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries under /usr/lib/postgresql")
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("bin"))
+            .filter(|bin| bin.join("initdb").exists())
+            .max()
+            .expect("initdb under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().unwrap();
+        let is_root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+        let owner = is_root.then(|| {
+            let id = |flag: &str| -> u32 {
+                let out = std::process::Command::new("id")
+                    .args([flag, "postgres"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+            };
+            let owner = (id("-u"), id("-g"));
+            std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).unwrap();
+            owner
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut postgres = Self {
+            dir,
+            port,
+            bin,
+            owner,
+            server: None,
+        };
+        let data = postgres.data();
+        let out = postgres
+            .command("initdb")
+            .args(["-D", &data, "-U", "postgres", "--auth=trust", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        postgres.resume();
+        postgres
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").to_str().unwrap().to_owned()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn command(&self, program: &str) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut command = std::process::Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.owner {
+            command.uid(uid).gid(gid);
+        }
+        command
+            .current_dir(self.dir.path())
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
+    /// Starts the server and waits until it takes queries.
+    fn resume(&mut self) {
+        let data = self.data();
+        let socket_dir = self.dir.path().to_str().unwrap().to_owned();
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(self.dir.path().join("server.log"), Some(uid), Some(gid))
+                .unwrap();
+        }
+        let child = self
+            .command("postgres")
+            .args(["-D", &data, "-p", &self.port.to_string(), "-k", &socket_dir])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        for _ in 0..400 {
+            let ready = self
+                .command("pg_isready")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|status| status.success());
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the private PostgreSQL did not start: {}", self.log());
+    }
+
+    /// Stops the server the way an operator's restart does (fast shutdown:
+    /// open sessions are ended).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            signal(child.id(), "INT");
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What `redis-cli` says the shared spend total of `scope_id` is.
+fn redis_spend(port: u16, scope_id: &str) -> Option<f64> {
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli, which comes with redis-server");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let name = cli(&["--scan", "--pattern", &format!("*spend*{scope_id}*")]);
+    let name = name.lines().next()?.to_owned();
+    cli(&["GET", &name]).parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(all(switchyard_postgres, switchyard_redis)),
+    ignore = "needs PostgreSQL and Redis: set SWITCHYARD_TEST_DATABASE_URL and SWITCHYARD_TEST_REDIS_URL (make test does)"
+)]
+async fn two_gateways_ride_out_a_postgres_restart_under_load_and_lose_no_charge() {
+    let mut postgres = tokio::task::block_in_place(PrivatePostgres::start);
+    let redis_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _redis = PrivateRedis::start(redis_port);
+    let upstream = standin().await;
+    let top = format!(
+        "database_url = \"{}\"\nredis_url = \"redis://127.0.0.1:{redis_port}\"",
+        postgres.url()
+    );
+    // Keys are looked up again after a second, so the outage reaches them.
+    let config = config(&upstream, &top, "key_cache_ms = 1000");
+    let first = Server::start(&config);
+    let second = Server::start(&config);
+    let (tenant, key) = tenant_with_key(
+        &first,
+        json!({"limits": {"rpm": 100000}, "budget": {"limit_usd": 100000.0, "period": "monthly"}}),
+    )
+    .await;
+
+    // Load through both gateways until told to stop: each answer's status
+    // and error code.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u16, String)>::new()));
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let url = format!("{}/chat/completions", [&first, &second][worker % 2].v1());
+        let (key, stop, seen) = (key.clone(), stop.clone(), seen.clone());
+        workers.push(tokio::spawn(async move {
+            let http = client();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&ask("priced"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+                // Refused within the 2 s a request waits for PostgreSQL.
+                assert!(
+                    started.elapsed() < Duration::from_secs(4),
+                    "a request hung for {:?} ({status} {code})",
+                    started.elapsed()
+                );
+                seen.lock().unwrap().push((status, code));
+                if status != 200 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::block_in_place(|| postgres.stop());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during_outage = seen.lock().unwrap().len();
+    tokio::task::block_in_place(|| postgres.resume());
+    // Recovered: both gateways answer again, without a restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let statuses = statuses_of(&[&first, &second], &key, "priced", 4, 2).await;
+        if statuses.iter().all(|&s| s == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    let served = seen.iter().filter(|(s, _)| *s == 200).count() + 4;
+    let refused: Vec<_> = seen.iter().filter(|(s, _)| *s != 200).collect();
+    eprintln!(
+        "{} answers ({during_outage} by the end of the outage): {served} served, {} refused",
+        seen.len(),
+        refused.len()
+    );
+    // Fail closed: what was not served was refused with a 503 that says why.
+    assert!(
+        refused
+            .iter()
+            .all(|(s, code)| *s == 503 && code == "governance_unavailable"),
+        "{refused:?}"
+    );
+    assert!(!refused.is_empty(), "the outage never reached a request");
+
+    // The ledger writers retried: every served request is in the ledger,
+    // once, with its cost; and the shared spend total agrees.
+    let admin = master(&first);
+    let expected = served as f64 * 0.3;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let report = admin
+            .get(&format!("/admin/usage?group_by=tenant&tenant_id={tenant}"))
+            .await;
+        let requests = report["data"][0]["requests"].as_u64().unwrap_or(0) as usize;
+        let cost = report["data"][0]["cost"].as_f64().unwrap_or(0.0);
+        if requests >= served || Instant::now() > deadline {
+            assert_eq!(requests, served, "ledger rows vs served requests: {report}");
+            assert!((cost - expected).abs() < 1e-6, "{cost} vs {expected}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_shared_spend_matches_the_ledger(&first, &tenant, redis_port).await;
 }
