@@ -129,9 +129,20 @@ where
 pub(crate) fn sse_events(
     response: reqwest::Response,
 ) -> BoxStream<'static, Result<SseEvent, BackendError>> {
+    decode_sse(response.bytes_stream())
+}
+
+/// Server-sent events of a body arriving as `chunks` (split anywhere).
+/// The adapters decode responses with it; the fuzz targets feed it
+/// hostile bytes.
+pub fn decode_sse<S, B, E>(chunks: S) -> BoxStream<'static, Result<SseEvent, BackendError>>
+where
+    S: Stream<Item = Result<B, E>> + Send + 'static,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display + Send + 'static,
+{
     use eventsource_stream::Eventsource;
-    response
-        .bytes_stream()
+    chunks
         .eventsource()
         .map(|item| {
             item.map(|event| SseEvent {

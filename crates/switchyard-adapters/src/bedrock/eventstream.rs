@@ -51,16 +51,29 @@ fn frame_of(message: &Message) -> Frame {
 pub(super) fn frames(
     response: reqwest::Response,
 ) -> BoxStream<'static, Result<Frame, BackendError>> {
-    let body = response.bytes_stream();
+    decode_frames(
+        response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|error| transport_error(&error))),
+    )
+}
+
+/// AWS event-stream frames of a body arriving as `chunks` (split
+/// anywhere). [`frames`] decodes responses with it; the fuzz targets feed
+/// it hostile bytes.
+pub fn decode_frames<S>(chunks: S) -> BoxStream<'static, Result<Frame, BackendError>>
+where
+    S: futures::Stream<Item = Result<Bytes, BackendError>> + Send + 'static,
+{
     let stream = async_stream::stream! {
-        let mut body = body;
+        let mut body = std::pin::pin!(chunks);
         let mut buffer = BytesMut::new();
         let mut decoder = MessageFrameDecoder::new();
         while let Some(chunk) = body.next().await {
             match chunk {
                 Ok(bytes) => buffer.extend_from_slice(&bytes),
                 Err(error) => {
-                    yield Err(transport_error(&error));
+                    yield Err(error);
                     return;
                 }
             }

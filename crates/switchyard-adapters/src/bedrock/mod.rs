@@ -21,7 +21,7 @@ use serde::Deserialize;
 use switchyard_core::{BackendError, BackendInfo, ChatRequest, ChatResponse, ErrorKind};
 
 pub use converse::EventTranslator;
-pub use eventstream::Frame;
+pub use eventstream::{Frame, decode_frames};
 
 use crate::adapter::{HttpAdapter, Wire, encode, refuse_json_format};
 use crate::http::{
