@@ -10,6 +10,7 @@
 #   bench/soak.sh                          # 30 min, release build
 #   DURATION=600 SAMPLE=30 bench/soak.sh   # a shorter look
 #   BIN_DIR=target/debug bench/soak.sh     # binaries already built
+#   DATABASE_URL=postgres://postgres@127.0.0.1/soak bench/soak.sh   # ledger on PostgreSQL
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +30,11 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 "$BIN_DIR/switchyard-standin" --listen "$STANDIN" 2>"$work/standin.log" &
+database_line=""
+[ -n "${DATABASE_URL:-}" ] && database_line="database_url = \"$DATABASE_URL\""
 cat >"$work/gateway.toml" <<TOML
 listen = "$GATEWAY"
+$database_line
 [governance]
 auth = true
 master_key = "$MASTER"

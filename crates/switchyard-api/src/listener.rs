@@ -50,8 +50,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
             http2_max_streams: 128,
             write_timeout: Duration::from_secs(30),
         }
@@ -280,6 +280,7 @@ async fn serve_connection<Io>(
     // a request's headers finishes reading them first, so it is given a
     // moment and then dropped (it has nothing in flight to lose).
     let mut drop_at = None;
+    let mut listening = true;
     loop {
         tokio::select! {
             served = connection.as_mut() => {
@@ -294,8 +295,11 @@ async fn serve_connection<Io>(
                 closing = true;
                 drop_at = Some(tokio::time::Instant::now() + DROP_IDLE_AFTER);
             }
-            _ = pressure.changed(), if !closing => {
-                if activity.borrow().idle_for(RECLAIMABLE_AFTER) {
+            asked = pressure.changed(), if !closing && listening => {
+                // The listener is gone (shutting down): nobody will ask.
+                if asked.is_err() {
+                    listening = false;
+                } else if activity.borrow().idle_for(RECLAIMABLE_AFTER) {
                     debug!(%remote, "idle connection closed to make room");
                     connection.as_mut().graceful_shutdown();
                     closing = true;
@@ -312,6 +316,7 @@ async fn serve_connection<Io>(
             _ = stopping.wait_for(|stopping| *stopping), if !closing => {
                 connection.as_mut().graceful_shutdown();
                 closing = true;
+                drop_at = Some(tokio::time::Instant::now() + DROP_IDLE_AFTER);
             }
         }
     }

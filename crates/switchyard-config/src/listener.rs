@@ -77,11 +77,15 @@ impl ListenerConfig {
 fn default_max_connections() -> usize {
     4096
 }
+// nginx's defaults (client_header_timeout 60 s, keepalive_timeout 75 s).
+// Closing kept-alive connections sooner races clients that reuse pooled
+// connections after a pause (a request sent as the close arrives fails);
+// floods are handled at the cap, not by short timeouts.
 fn default_header_read_timeout_secs() -> u64 {
-    10
+    60
 }
 fn default_idle_timeout_secs() -> u64 {
-    60
+    75
 }
 fn default_http2_max_streams() -> u32 {
     128
