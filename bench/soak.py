@@ -25,6 +25,24 @@ import time
 PROMPTS = [f"cached question number {i}" for i in range(20)]
 
 
+def ask(text, **extra):
+    return {"messages": [{"role": "user", "content": text}], **extra}
+
+
+# (share of requests, model, body beyond the model, hang up after the
+# first piece)
+MIX = [
+    (30, "echo", lambda rng: ask(rng.choice(PROMPTS), temperature=0), False),  # cache hits
+    (15, "echo", lambda rng: ask(f"fresh {rng.random()}"), False),
+    (20, "echo", lambda rng: ask("tell me a long story " * 8, stream=True,
+                                 stream_options={"include_usage": True}), False),
+    (7, "slow", lambda rng: ask("one two three four five six", stream=True), True),
+    (10, "flaky", lambda rng: ask(f"maybe {rng.random()}"), False),
+    (5, "slow", lambda rng: ask("slow but complete", stream=True), False),
+    (13, "embed", lambda rng: {"input": [f"text {rng.random()}", "second text"]}, False),
+]
+
+
 def proc_stats(pid):
     rss_kb = threads = 0
     with open(f"/proc/{pid}/status") as status:
@@ -66,38 +84,10 @@ class Traffic:
         return response.status, False
 
     def one(self, connection, rng):
-        kind = rng.random()
-        messages = lambda text: [{"role": "user", "content": text}]
-        if kind < 0.30:
-            model, path = "echo", "/v1/chat/completions"
-            body = {"model": model, "messages": messages(rng.choice(PROMPTS)), "temperature": 0}
-            mode = None
-        elif kind < 0.45:
-            model, path = "echo", "/v1/chat/completions"
-            body = {"model": model, "messages": messages(f"fresh {rng.random()}")}
-            mode = None
-        elif kind < 0.65:
-            model, path = "echo", "/v1/chat/completions"
-            body = {"model": model, "stream": True, "stream_options": {"include_usage": True},
-                    "messages": messages("tell me a long story " * 8)}
-            mode = None
-        elif kind < 0.72:
-            model, path = "slow", "/v1/chat/completions"
-            body = {"model": model, "stream": True, "messages": messages("one two three four five six")}
-            mode = "hang-up"
-        elif kind < 0.82:
-            model, path = "flaky", "/v1/chat/completions"
-            body = {"model": model, "messages": messages(f"maybe {rng.random()}")}
-            mode = None
-        elif kind < 0.87:
-            model, path = "slow", "/v1/chat/completions"
-            body = {"model": model, "stream": True, "messages": messages("slow but complete")}
-            mode = None
-        else:
-            model, path = "embed", "/v1/embeddings"
-            body = {"model": model, "input": [f"text {rng.random()}", "second text"]}
-            mode = None
-        status, closed = self.request(connection, path, body, mode)
+        _, model, make, hang_up = rng.choices(MIX, weights=[m[0] for m in MIX])[0]
+        path = "/v1/embeddings" if model == "embed" else "/v1/chat/completions"
+        body = {"model": model, **make(rng)}
+        status, closed = self.request(connection, path, body, "hang-up" if hang_up else None)
         self.count(model, status)
         return closed
 

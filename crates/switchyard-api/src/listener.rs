@@ -46,18 +46,6 @@ pub struct Limits {
     pub write_timeout: Duration,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections: 4096,
-            header_read_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(75),
-            http2_max_streams: 128,
-            write_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
 /// An accepted connection holding one of the listener's slots.
 pub(crate) struct Connection<Io> {
     pub(crate) io: Io,

@@ -58,10 +58,8 @@ impl OwedSpend {
                 }
             }
         }
-        if !unpaid.is_empty() {
-            for (key, amount) in unpaid {
-                self.owe(&[key], amount);
-            }
+        for (key, amount) in unpaid {
+            self.owe(&[key], amount);
         }
     }
 

@@ -1455,6 +1455,15 @@ fn bodies_len(delivered: &std::sync::Mutex<Vec<Value>>) -> usize {
 
 /// A Redis server of the test's own, so stopping it harms no other test;
 /// dropping it stops it.
+/// A port nothing listens on now, for a server the test starts itself.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 struct PrivateRedis(std::process::Child);
 
 impl PrivateRedis {
@@ -1491,11 +1500,7 @@ impl Drop for PrivateRedis {
     ignore = "needs PostgreSQL and Redis: set SWITCHYARD_TEST_DATABASE_URL and SWITCHYARD_TEST_REDIS_URL (make test does)"
 )]
 async fn two_gateways_refuse_with_503_while_their_redis_is_gone_and_recover_without_a_restart() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let redis = PrivateRedis::start(port);
     let database = postgres_url().await;
     let upstream = standin().await;
@@ -1598,11 +1603,7 @@ impl PrivatePostgres {
             std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).unwrap();
             owner
         });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut postgres = Self {
             dir,
             port,
@@ -1722,11 +1723,7 @@ fn redis_spend(port: u16, scope_id: &str) -> Option<f64> {
 )]
 async fn two_gateways_ride_out_a_postgres_restart_under_load_and_lose_no_charge() {
     let mut postgres = tokio::task::block_in_place(PrivatePostgres::start);
-    let redis_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let redis_port = free_port();
     let _redis = PrivateRedis::start(redis_port);
     let upstream = standin().await;
     let top = format!(
