@@ -112,7 +112,8 @@ impl SqlStore {
         conversation: &ConversationRow,
         items: &[(String, String)],
     ) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut connection = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut connection).await?;
         sqlx::query(
             "INSERT INTO conversations (id, tenant_id, created_at, updated_at, metadata) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -174,7 +175,8 @@ impl SqlStore {
         scope: &TenantScope,
         id: &str,
     ) -> Result<bool, StateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut connection = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut connection).await?;
         let done = sqlx::query(
             "DELETE FROM conversations WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)",
         )
@@ -230,7 +232,8 @@ impl SqlStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = self.pool.begin().await?;
+            let mut connection = self.pool.acquire().await?;
+            let mut tx = self.begin_write(&mut connection).await?;
             let appended = append_in(&mut tx, scope, id, &items).await;
             match appended {
                 Ok(found) => {
@@ -250,7 +253,8 @@ impl SqlStore {
     /// summaries written before it, with their items. Returns how many
     /// responses and conversations went.
     pub async fn purge_before(&self, before: i64) -> Result<(u64, u64), StateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut connection = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut connection).await?;
         sqlx::query(
             "DELETE FROM response_items WHERE response_id IN (SELECT id FROM responses WHERE created_at < $1)",
         )

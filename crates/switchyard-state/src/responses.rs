@@ -135,7 +135,7 @@ impl SqlStore {
         connection: &mut sqlx::AnyConnection,
         batch: &[NewResponse],
     ) -> Result<Vec<bool>, StateError> {
-        let mut tx = sqlx::Connection::begin(connection).await?;
+        let mut tx = self.begin_write(connection).await?;
         let mut stored = Vec::with_capacity(batch.len());
         for new in batch {
             let response = &new.row;
@@ -293,7 +293,8 @@ impl SqlStore {
 
     /// Deletes response `id` and its items; false when it is not in scope.
     pub async fn delete_response(&self, scope: &TenantScope, id: &str) -> Result<bool, StateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut connection = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut connection).await?;
         let done =
             sqlx::query("DELETE FROM responses WHERE id = $1 AND ($2 IS NULL OR tenant_id = $2)")
                 .bind(id)

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Row, Transaction};
 use tracing::info;
 
 use crate::StateError;
@@ -224,6 +224,22 @@ impl SqlStore {
         migrator().run(&pool).await?;
         info!(database = ?kind, "state store ready; migrations applied");
         Ok(Self { pool, kind })
+    }
+
+    /// Begins a transaction that writes, on `connection`. On SQLite it
+    /// takes the write lock at once (`BEGIN IMMEDIATE`): a deferred
+    /// transaction that reads first and writes later fails at once with
+    /// "database is locked" when another connection commits in between (in
+    /// WAL mode its snapshot is stale, and the busy timeout does not apply),
+    /// where an immediate one waits its turn under the busy timeout.
+    pub(crate) async fn begin_write<'c>(
+        &self,
+        connection: &'c mut AnyConnection,
+    ) -> Result<Transaction<'c, Any>, sqlx::Error> {
+        match self.kind {
+            DatabaseKind::Sqlite => connection.begin_with("BEGIN IMMEDIATE").await,
+            DatabaseKind::Postgres => connection.begin().await,
+        }
     }
 
     /// Which database this is.
@@ -478,7 +494,8 @@ impl SqlStore {
     /// `INSERT`s: one statement per row would make the writer the
     /// bottleneck of a busy gateway.
     pub async fn append(&self, usage: &[UsageRow], audit: &[AuditRow]) -> Result<(), StateError> {
-        let mut tx = self.pool.begin().await?;
+        let mut connection = self.pool.acquire().await?;
+        let mut tx = self.begin_write(&mut connection).await?;
         for chunk in usage.chunks(ROWS_PER_INSERT) {
             let sql = multi_row_insert(
                 self.kind,

@@ -668,6 +668,82 @@ async fn a_conversation_gathers_its_items_and_its_responses_within_its_tenant(st
     store.close().await;
 }
 
+on_every_database!(writers_on_separate_connections_wait_for_each_other_instead_of_failing);
+
+/// Responses appended to a conversation (a read, then writes, in one
+/// transaction), items added to it and ledger batches, all at once from
+/// separate connections: every write lands. A transaction that read before
+/// it wrote used to fail with "database is locked" on SQLite when another
+/// connection committed in between.
+async fn writers_on_separate_connections_wait_for_each_other_instead_of_failing(store: SqlStore) {
+    const ROUNDS: usize = 30;
+    let mine = TenantScope::Tenant("ten_a".into());
+    store
+        .insert_conversation(
+            &ConversationRow {
+                id: "conv_busy".into(),
+                tenant_id: "ten_a".into(),
+                created_at: 1,
+                metadata: "{}".into(),
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    let responses = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let mut row = response_row(&format!("rb{round}"), "ten_a", None, 2);
+                row.conversation_id = Some("conv_busy".into());
+                let ids = [format!("rq{round}"), format!("ra{round}")];
+                let stored = store
+                    .insert_response(&row, &items(&[("q", false), ("a", true)]), &ids)
+                    .await
+                    .unwrap();
+                assert!(stored);
+            }
+        })
+    };
+    let notes = {
+        let store = store.clone();
+        let mine = mine.clone();
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let item = [(format!("n{round}"), "note".to_owned())];
+                let added = store
+                    .append_conversation_items(&mine, "conv_busy", &item)
+                    .await
+                    .unwrap();
+                assert!(added);
+            }
+        })
+    };
+    let ledger = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for round in 0..ROUNDS {
+                let rows = [usage(&format!("u{round}"), "ten_a", "k", "m", 5, 0.01)];
+                store.append(&rows, &[]).await.unwrap();
+            }
+        })
+    };
+    for task in [responses, notes, ledger] {
+        task.await.unwrap();
+    }
+    let listed = store
+        .conversation_items(&mine, "conv_busy")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        3 * ROUNDS,
+        "two items per response, one per note"
+    );
+    store.close().await;
+}
+
 on_every_database!(what_is_older_than_the_retention_is_purged);
 
 async fn what_is_older_than_the_retention_is_purged(store: SqlStore) {
