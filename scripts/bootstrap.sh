@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what building Switchyard needs and is missing: cmake and libclang
-# (llama.cpp's build), and, with --test, a Python virtual environment with
-# the official client SDKs the end-to-end tests drive.
+# Installs what building and serving Switchyard need and is missing: cmake
+# and libclang (llama.cpp's build), bubblewrap (the code sandbox), and,
+# with --test, a Python virtual environment with the official client SDKs
+# the end-to-end tests drive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,10 @@ if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
   missing+=(libclang-dev)
 fi
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+# run_code isolates generated code with bubblewrap; prlimit and setpriv
+# (util-linux) set its limits and drop it to an unprivileged user.
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+{ command -v prlimit && command -v setpriv; } >/dev/null 2>&1 || missing+=(util-linux)
 if $want_test_env && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi

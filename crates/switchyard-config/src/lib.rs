@@ -24,6 +24,7 @@ mod listener;
 mod retrieval;
 mod routing;
 mod tls;
+mod tools;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,6 +47,7 @@ pub use routing::{
     SemanticCacheConfig, Strategy,
 };
 pub use tls::{ClientAuth, TlsConfig};
+pub use tools::{BUILTIN_TOOLS, RunCodeConfig, SandboxLanguage, ToolsConfig};
 
 /// The chat model served when no configuration file is given.
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
@@ -101,6 +103,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Connection limits and timeouts on the listener.
     pub listener: ListenerConfig,
+    /// Tools Switchyard runs itself, and the tool loop's limits.
+    pub tools: ToolsConfig,
 }
 
 /// The `[telemetry]` table.
@@ -350,6 +354,8 @@ struct RawConfig {
     tls: Option<TlsConfig>,
     #[serde(default)]
     listener: ListenerConfig,
+    #[serde(default)]
+    tools: ToolsConfig,
 }
 
 impl Default for Config {
@@ -375,6 +381,7 @@ impl Default for Config {
             anomalies: AnomaliesConfig::default(),
             tls: None,
             listener: ListenerConfig::default(),
+            tools: ToolsConfig::default(),
         }
     }
 }
@@ -1311,6 +1318,7 @@ impl Config {
             anomalies: raw.anomalies,
             tls: raw.tls,
             listener: raw.listener,
+            tools: raw.tools,
         };
         config
             .validate()
@@ -1339,11 +1347,13 @@ impl Config {
         self.guardrails.validate()?;
         self.anomalies.validate()?;
         self.listener.validate()?;
+        self.tools.validate()?;
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
         let known = |name: &str| self.models.contains_key(name) || self.routes.contains_key(name);
         self.context.validate(known)?;
+        self.tools.validate_attach(known)?;
         if let Some(target) = self.guardrails.attach.keys().find(|t| !known(t)) {
             return Err((
                 format!("guardrails.attach.{target}"),
@@ -1765,5 +1775,24 @@ mod tests {
                 .to_string()
                 .contains("`worker_threads`: must be at least 1")
         );
+    }
+
+    #[test]
+    fn tools_are_checked_against_the_models_and_the_tools_there_are() {
+        let config = parse(&format!(
+            "{TWO_MODELS}[tools]\nmax_steps = 4\n[tools.attach]\na = [\"calculator\"]\n[tools.run_code]\nlanguages = [\"python\", \"shell\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(config.tools.max_steps, 4);
+        assert_eq!(config.tools.attach["a"], ["calculator"]);
+        assert_eq!(config.tools.run_code.languages.len(), 2);
+        let (field, _) = field_error(&format!("{TWO_MODELS}[tools.attach]\nnope = [\"clock\"]\n"));
+        assert_eq!(field, "tools.attach.nope");
+        let (field, message) =
+            field_error(&format!("{TWO_MODELS}[tools.attach]\na = [\"teleport\"]\n"));
+        assert_eq!(field, "tools.attach.a");
+        assert!(message.contains("calculator, clock, run_code"), "{message}");
+        let (field, _) = field_error(&format!("{TWO_MODELS}[tools.run_code]\nwall_secs = 0\n"));
+        assert_eq!(field, "tools.run_code.wall_secs");
     }
 }

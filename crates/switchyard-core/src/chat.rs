@@ -252,6 +252,12 @@ pub struct ChatRequest {
     /// gives them (OpenAI-compatible upstreams).
     #[serde(default)]
     pub logprobs: bool,
+    /// Tools Switchyard runs itself, by name, that the request asked for
+    /// (`{"type": "switchyard", "name": ...}` among its tools). The tool
+    /// stage offers their definitions to the model and runs their calls;
+    /// backends never see this list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_tools: Vec<String>,
 }
 
 /// The shape an answer must take (OpenAI's `response_format`).
@@ -293,6 +299,7 @@ impl ChatRequest {
             parallel_tool_calls: None,
             response_format: None,
             logprobs: false,
+            gateway_tools: Vec::new(),
         }
     }
 }

@@ -233,6 +233,35 @@ pub enum Decision {
         /// How many answers there were.
         of: usize,
     },
+    /// A step of the tool loop whose answer called tools Switchyard ran:
+    /// its tokens are part of the request's usage, priced at this
+    /// deployment.
+    ToolStep {
+        /// Its number, from 0.
+        round: usize,
+        /// The deployment that answered.
+        deployment: String,
+        /// Prompt tokens.
+        input_tokens: u64,
+        /// Answer tokens.
+        output_tokens: u64,
+        /// Its time, in milliseconds.
+        latency_ms: u64,
+    },
+    /// A tool Switchyard ran for the model.
+    Tool {
+        /// The round of the tool loop whose answer called it, from 0.
+        round: usize,
+        /// The tool.
+        tool: String,
+        /// Its arguments as the model wrote them (masked in the audit
+        /// record).
+        arguments: String,
+        /// `ok`, `error` or `timeout`.
+        outcome: &'static str,
+        /// Its time, in milliseconds.
+        duration_ms: u64,
+    },
     /// What the request used and cost.
     Usage {
         /// Prompt tokens.
@@ -276,6 +305,19 @@ impl Decision {
             Self::Error { status, message } => Self::Error {
                 status,
                 message: mask(&message),
+            },
+            Self::Tool {
+                round,
+                tool,
+                arguments,
+                outcome,
+                duration_ms,
+            } => Self::Tool {
+                round,
+                tool,
+                arguments: mask(&arguments),
+                outcome,
+                duration_ms,
             },
             other => other,
         }

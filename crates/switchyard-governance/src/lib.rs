@@ -926,10 +926,47 @@ impl Admission {
             .deployment
             .clone()
             .unwrap_or_else(|| self.facts.model.clone());
+        // A tool loop's earlier steps are part of the request's tokens,
+        // each priced at the deployment that answered it; the rest are the
+        // final answer's.
+        let steps: Vec<(&str, Tokens)> = self
+            .decisions
+            .iter()
+            .chain(&outcome.decisions)
+            .filter_map(|step| match step {
+                Decision::ToolStep {
+                    deployment,
+                    input_tokens,
+                    output_tokens,
+                    ..
+                } => Some((
+                    deployment.as_str(),
+                    Tokens {
+                        input: *input_tokens,
+                        output: *output_tokens,
+                        cached: 0,
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        let steps_cost: f64 = steps
+            .iter()
+            .map(|(deployment, used)| self.policy.prices.cost(deployment, *used))
+            .sum();
+        let answer_tokens = Tokens {
+            input: steps.iter().fold(tokens.input, |left, (_, used)| {
+                left.saturating_sub(used.input)
+            }),
+            output: steps.iter().fold(tokens.output, |left, (_, used)| {
+                left.saturating_sub(used.output)
+            }),
+            cached: tokens.cached,
+        };
         let answer_cost = if outcome.cache_hit {
             0.0
         } else {
-            self.policy.prices.cost(&deployment, tokens)
+            self.policy.prices.cost(&deployment, answer_tokens)
         };
         // The other model calls the request made (judges, summaries,
         // cascade steps, ensemble members) are its own to pay for too.
@@ -954,7 +991,7 @@ impl Admission {
                 _ => None,
             })
             .sum();
-        let cost = answer_cost + calls_cost;
+        let cost = answer_cost + steps_cost + calls_cost;
         let latency = self.started.elapsed();
         let settings = &self.policy.settings;
         let mut decisions = std::mem::take(&mut self.decisions);

@@ -12,6 +12,7 @@ use crate::stages::authenticate::CallKind;
 use switchyard_guardrails::OutputGuard;
 
 use crate::stages::history::{self, Turn};
+use crate::stages::tools::{self, ToolPlan};
 use crate::stages::{DEFAULT_TENANT, admit, authenticate, finish, fit, ground, guard, meter};
 use crate::{Answer, Call, Grounded, GroundingAsk, Pipeline, PipelineError, Snapshot};
 
@@ -35,6 +36,8 @@ struct Admitted {
     guard: Option<OutputGuard>,
     /// The tenant whose objects the call works with.
     tenant: String,
+    /// The tools Switchyard runs for the model in this call, if any.
+    tools: Option<Arc<ToolPlan>>,
 }
 
 impl Admitted {
@@ -72,12 +75,24 @@ impl Pipeline {
             .admit_chat(call, request, grounding, false, turn)
             .await?;
         let rate_limits = admitted.admission.rate_headers().pairs();
-        let mut routed = match admitted
-            .snapshot
-            .gateway
-            .chat(admitted.request.clone(), &admitted.call.context)
-            .await
-        {
+        let gateway = &admitted.snapshot.gateway;
+        let answered = match &admitted.tools {
+            None => {
+                gateway
+                    .chat(admitted.request.clone(), &admitted.call.context)
+                    .await
+            }
+            Some(plan) => {
+                tools::whole(
+                    plan,
+                    gateway,
+                    admitted.request.clone(),
+                    &admitted.call.context,
+                )
+                .await
+            }
+        };
+        let mut routed = match answered {
             Ok(routed) => routed,
             Err(error) => {
                 return Err(finish::fail(
@@ -147,12 +162,24 @@ impl Pipeline {
             .admit_chat(call, request, grounding, true, turn)
             .await?;
         let rate_limits = admitted.admission.rate_headers().pairs();
-        let routed = match admitted
-            .snapshot
-            .gateway
-            .chat_stream(admitted.request.clone(), &admitted.call.context)
-            .await
-        {
+        let gateway = &admitted.snapshot.gateway;
+        let answered = match &admitted.tools {
+            None => {
+                gateway
+                    .chat_stream(admitted.request.clone(), &admitted.call.context)
+                    .await
+            }
+            Some(plan) => {
+                tools::streamed(
+                    plan.clone(),
+                    gateway.clone(),
+                    admitted.request.clone(),
+                    admitted.call.context.clone(),
+                )
+                .await
+            }
+        };
+        let routed = match answered {
             Ok(routed) => routed,
             Err(error) => {
                 return Err(finish::fail(
@@ -220,6 +247,7 @@ impl Pipeline {
     ) -> Result<Admitted, PipelineError> {
         let snapshot = self.snapshot();
         let plan = ground::plan(&snapshot, grounding, &mut request)?;
+        let tools = tools::plan(&snapshot.tools, &mut request)?.map(Arc::new);
         let kind = CallKind {
             model: &request.model,
             operation: Operation::Chat,
@@ -283,6 +311,7 @@ impl Pipeline {
             keep_answer,
             guard,
             tenant,
+            tools,
         })
     }
 }

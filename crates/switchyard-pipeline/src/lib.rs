@@ -10,7 +10,8 @@
 //! 3. [`stages::guard`]: the guardrail policies' input checks (block,
 //!    mask, pseudonymise, flag) on what will be sent;
 //! 4. [`stages::route`]: the gateway's routes, fallbacks, retries, hedges
-//!    and cache;
+//!    and cache, inside [`stages::tools`]' loop when the request has tools
+//!    Switchyard runs itself;
 //! 5. [`stages::guard`] again on the answer (whole, or as it streams,
 //!    through a hold-back window), then [`stages::meter`]: a streamed
 //!    answer, watched as it passes;
@@ -59,6 +60,8 @@ pub struct Snapshot {
     pub fitting: Arc<stages::fit::Fitting>,
     /// What is kept of stored responses and conversations.
     pub keeping: responses::Keeping,
+    /// The tools Switchyard runs for models, and the tool loop's limits.
+    pub tools: Arc<switchyard_tools::Toolbox>,
 }
 
 /// The request pipeline: governance (which outlives reloads: its store,

@@ -164,16 +164,21 @@ pub enum ToolResultContent {
     Blocks(Vec<ContentBlock>),
 }
 
-/// A tool definition.
+/// A tool definition, or (`"type": "switchyard"`) a tool Switchyard runs
+/// itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tool {
+    /// `custom` (the default) or `switchyard`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// Its name.
     pub name: String,
     /// What it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// JSON Schema of its input.
-    pub input_schema: serde_json::Value,
+    /// JSON Schema of its input (not needed for a `switchyard` tool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
 }
 
 /// `tool_choice`.
@@ -574,16 +579,30 @@ impl MessagesRequest {
                 messages.push(turn);
             }
         }
-        let tools: Vec<ToolDefinition> = self
-            .tools
-            .unwrap_or_default()
-            .into_iter()
-            .map(|tool| ToolDefinition {
-                name: tool.name,
-                description: tool.description,
-                parameters: tool.input_schema,
-            })
-            .collect();
+        let mut gateway_tools = Vec::new();
+        let mut tools = Vec::new();
+        for (index, tool) in self.tools.unwrap_or_default().into_iter().enumerate() {
+            match (tool.kind.as_deref(), tool.input_schema) {
+                (Some(crate::GATEWAY_TOOL_TYPE), _) => gateway_tools.push(tool.name),
+                (None | Some("custom"), Some(input_schema)) => tools.push(ToolDefinition {
+                    name: tool.name,
+                    description: tool.description,
+                    parameters: input_schema,
+                }),
+                (None | Some("custom"), None) => {
+                    return Err(invalid(
+                        format!("tools.{index}.input_schema"),
+                        "a tool needs its `input_schema`",
+                    ));
+                }
+                (Some(kind), _) => {
+                    return Err(invalid(
+                        format!("tools.{index}.type"),
+                        format!("only custom and switchyard tools are served; got {kind:?}"),
+                    ));
+                }
+            }
+        }
         let (tool_choice, parallel) = match self.tool_choice {
             None => (None, None),
             Some(AnthropicToolChoice::Auto {
@@ -615,6 +634,7 @@ impl MessagesRequest {
             parallel_tool_calls: parallel.map(|disabled| !disabled),
             response_format: None,
             logprobs: false,
+            gateway_tools,
         })
     }
 
@@ -714,9 +734,10 @@ impl MessagesRequest {
                     .tools
                     .iter()
                     .map(|tool| Tool {
+                        kind: None,
                         name: tool.name.clone(),
                         description: tool.description.clone(),
-                        input_schema: tool.parameters.clone(),
+                        input_schema: Some(tool.parameters.clone()),
                     })
                     .collect()
             }),

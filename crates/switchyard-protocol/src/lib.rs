@@ -9,3 +9,8 @@ pub mod openai;
 pub mod openai_embeddings;
 pub mod openai_moderations;
 pub mod openai_responses;
+
+/// The `type` of a tool entry that names a tool Switchyard runs itself
+/// (`{"type": "switchyard", "name": "calculator"}`), in every front door's
+/// `tools` list. The official SDKs pass such entries through unchanged.
+pub const GATEWAY_TOOL_TYPE: &str = "switchyard";

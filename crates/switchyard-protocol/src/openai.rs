@@ -222,14 +222,19 @@ pub struct Citation {
     pub text: String,
 }
 
-/// A tool definition: `{"type": "function", "function": {...}}`.
+/// A tool definition: `{"type": "function", "function": {...}}`, or a
+/// tool Switchyard runs itself: `{"type": "switchyard", "name": ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireTool {
-    /// Always `function`.
+    /// `function`, or `switchyard`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// The function.
-    pub function: WireFunction,
+    /// The function, for `function` tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<WireFunction>,
+    /// The tool's name, for `switchyard` tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A function definition.
@@ -632,36 +637,50 @@ impl ChatCompletionRequest {
                 })
             })
             .collect::<Result<Vec<_>, InvalidField>>()?;
-        let tools =
-            self.tools
-                .unwrap_or_default()
-                .into_iter()
-                .enumerate()
-                .map(|(index, tool)| {
-                    if tool.kind != "function" {
-                        return Err(invalid(
-                            format!("tools[{index}].type"),
-                            format!(
-                                "only tools of type function are supported; got {:?}",
-                                tool.kind
-                            ),
-                        ));
-                    }
-                    if tool.function.name.is_empty() {
+        let mut gateway_tools = Vec::new();
+        let mut tools = Vec::new();
+        for (index, tool) in self.tools.unwrap_or_default().into_iter().enumerate() {
+            match (tool.kind.as_str(), tool.function, tool.name) {
+                (crate::GATEWAY_TOOL_TYPE, _, Some(name)) if !name.is_empty() => {
+                    gateway_tools.push(name);
+                }
+                (crate::GATEWAY_TOOL_TYPE, _, _) => {
+                    return Err(invalid(
+                        format!("tools[{index}].name"),
+                        "a switchyard tool needs the name of the tool to run",
+                    ));
+                }
+                ("function", Some(function), _) => {
+                    if function.name.is_empty() {
                         return Err(invalid(
                             format!("tools[{index}].function.name"),
                             "every tool needs a name",
                         ));
                     }
-                    Ok(ToolDefinition {
-                        name: tool.function.name,
-                        description: tool.function.description,
-                        parameters: tool.function.parameters.unwrap_or_else(
+                    tools.push(ToolDefinition {
+                        name: function.name,
+                        description: function.description,
+                        parameters: function.parameters.unwrap_or_else(
                             || serde_json::json!({"type": "object", "properties": {}}),
                         ),
-                    })
-                })
-                .collect::<Result<Vec<_>, InvalidField>>()?;
+                    });
+                }
+                ("function", None, _) => {
+                    return Err(invalid(
+                        format!("tools[{index}].function"),
+                        "a function tool needs its `function`",
+                    ));
+                }
+                (kind, _, _) => {
+                    return Err(invalid(
+                        format!("tools[{index}].type"),
+                        format!(
+                            "only tools of type function or switchyard are supported; got {kind:?}"
+                        ),
+                    ));
+                }
+            }
+        }
         let tool_choice = self.tool_choice.map(parse_tool_choice).transpose()?;
         if let Some(ToolChoice::Tool(name)) = &tool_choice
             && !tools.iter().any(|t| &t.name == name)
@@ -687,6 +706,7 @@ impl ChatCompletionRequest {
             parallel_tool_calls: self.parallel_tool_calls,
             response_format,
             logprobs: self.logprobs.unwrap_or(false),
+            gateway_tools,
         })
     }
 
@@ -720,12 +740,13 @@ impl ChatCompletionRequest {
                     .iter()
                     .map(|tool| WireTool {
                         kind: function_type(),
-                        function: WireFunction {
+                        function: Some(WireFunction {
                             name: tool.name.clone(),
                             description: tool.description.clone(),
                             parameters: Some(tool.parameters.clone()),
                             strict: None,
-                        },
+                        }),
+                        name: None,
                     })
                     .collect()
             }),
@@ -1406,6 +1427,33 @@ mod tests {
                                          "tool_choice": {"type": "function", "function": {"name": "g"}}}),
         );
         assert_eq!(rejected(unknown_choice).param, "tool_choice");
+        let nameless = base(json!({"tools": [{"type": "switchyard"}]}));
+        assert_eq!(rejected(nameless).param, "tools[0].name");
+        let bodiless = base(json!({"tools": [{"type": "function"}]}));
+        assert_eq!(rejected(bodiless).param, "tools[0].function");
+        let foreign = base(json!({"tools": [{"type": "web_search"}]}));
+        assert_eq!(rejected(foreign).param, "tools[0].type");
+    }
+
+    #[test]
+    fn switchyard_tools_are_named_apart_from_the_functions_the_model_is_sent() {
+        let parsed = request(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "lookup"}},
+                      {"type": "switchyard", "name": "calculator"}]}),
+        )
+        .into_canonical()
+        .unwrap();
+        assert_eq!(parsed.gateway_tools, ["calculator"]);
+        assert_eq!(parsed.tools.len(), 1);
+        let upstream =
+            serde_json::to_value(ChatCompletionRequest::from_canonical(&parsed, "u", false))
+                .unwrap();
+        assert_eq!(
+            upstream["tools"],
+            json!([{"type": "function", "function": {
+            "name": "lookup", "parameters": {"type": "object", "properties": {}}}}])
+        );
     }
 
     #[test]

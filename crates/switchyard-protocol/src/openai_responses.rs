@@ -163,7 +163,8 @@ pub struct InputPart {
 /// A tool of a Responses request: `{"type": "function", "name", ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResponsesTool {
-    /// `function` (other tool types are refused).
+    /// `function`, or `switchyard` for a tool Switchyard runs itself
+    /// (other tool types are refused).
     #[serde(rename = "type")]
     pub kind: String,
     /// The function's name.
@@ -496,35 +497,40 @@ impl ResponsesRequest {
             ..SamplingParams::default()
         };
         let wire_tools = self.tools.unwrap_or_default();
-        let tools = wire_tools
-            .iter()
-            .enumerate()
-            .map(|(index, tool)| {
-                if tool.kind != "function" {
+        let mut gateway_tools = Vec::new();
+        let mut tools = Vec::new();
+        for (index, tool) in wire_tools.iter().enumerate() {
+            let gateway_tool = match tool.kind.as_str() {
+                crate::GATEWAY_TOOL_TYPE => true,
+                "function" => false,
+                kind => {
                     return Err(invalid(
                         format!("tools[{index}].type"),
                         format!(
-                            "only tools of type function are served; got {:?}",
-                            tool.kind
+                            "only tools of type function or switchyard are served; got {kind:?}"
                         ),
                     ));
                 }
-                if tool.name.is_empty() {
-                    return Err(invalid(
-                        format!("tools[{index}].name"),
-                        "every tool needs a name",
-                    ));
-                }
-                Ok(ToolDefinition {
-                    name: tool.name.clone(),
-                    description: tool.description.clone(),
-                    parameters: tool
-                        .parameters
-                        .clone()
-                        .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            };
+            if tool.name.is_empty() {
+                return Err(invalid(
+                    format!("tools[{index}].name"),
+                    "every tool needs a name",
+                ));
+            }
+            if gateway_tool {
+                gateway_tools.push(tool.name.clone());
+                continue;
+            }
+            tools.push(ToolDefinition {
+                name: tool.name.clone(),
+                description: tool.description.clone(),
+                parameters: tool
+                    .parameters
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+            });
+        }
         let tool_choice = match &self.tool_choice {
             None => None,
             Some(ResponsesToolChoice::Mode(mode)) => Some(match mode.as_str() {
@@ -568,6 +574,7 @@ impl ResponsesRequest {
             parallel_tool_calls: self.parallel_tool_calls,
             response_format,
             logprobs: false,
+            gateway_tools,
         };
         let turn = ResponsesTurn {
             instructions: self.instructions,

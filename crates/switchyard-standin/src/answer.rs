@@ -23,6 +23,14 @@ pub(crate) struct Prompt {
     pub tools_allowed: bool,
     /// Token limit.
     pub max_tokens: Option<u32>,
+    /// Rounds of tool calls the conversation already holds (assistant
+    /// turns that called tools).
+    pub tool_rounds: u32,
+    /// Scripted calls (name, arguments) and for how many rounds to make
+    /// them.
+    pub scripted_calls: Vec<(String, String)>,
+    /// See `scripted_calls`.
+    pub scripted_rounds: u32,
 }
 
 /// One piece of an answer, streamed as one event.
@@ -90,6 +98,23 @@ fn fragments(text: &str) -> Vec<String> {
 
 /// The script.
 pub(crate) fn answer(prompt: &Prompt, reply: Option<&str>) -> Answer {
+    if !prompt.scripted_calls.is_empty() && prompt.tool_rounds < prompt.scripted_rounds {
+        let pieces = prompt
+            .scripted_calls
+            .iter()
+            .enumerate()
+            .map(|(index, (name, arguments))| Piece::Call {
+                id: format!("call_standin_{}_{index}", prompt.tool_rounds),
+                name: name.clone(),
+                fragments: fragments(arguments),
+            })
+            .collect();
+        return Answer {
+            pieces,
+            finish: FinishReason::ToolCalls,
+            usage: Usage::new(prompt.words, 1),
+        };
+    }
     let tool = prompt
         .forced_tool
         .clone()
@@ -168,6 +193,33 @@ mod tests {
 
         prompt.tool_result = Some("42".into());
         assert_eq!(answer(&prompt, None).text(), "tool said: 42");
+    }
+
+    #[test]
+    fn scripted_calls_come_for_their_rounds_then_the_answer() {
+        let mut prompt = Prompt {
+            last_user: "add".into(),
+            words: 1,
+            tools_allowed: true,
+            scripted_calls: vec![
+                ("calculator".into(), "{\"expression\":\"1+1\"}".into()),
+                ("clock".into(), "{}".into()),
+            ],
+            scripted_rounds: 2,
+            ..Prompt::default()
+        };
+        let first = answer(&prompt, None);
+        assert_eq!(first.finish, FinishReason::ToolCalls);
+        let calls = first.calls();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].1, "calculator");
+        assert_eq!(calls[0].2, "{\"expression\":\"1+1\"}");
+        assert_eq!(calls[1].0, "call_standin_0_1");
+        prompt.tool_rounds = 1;
+        prompt.tool_result = Some("2 | noon".into());
+        assert_eq!(answer(&prompt, None).finish, FinishReason::ToolCalls);
+        prompt.tool_rounds = 2;
+        assert_eq!(answer(&prompt, None).text(), "tool said: 2 | noon");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! Answers are deterministic: the reply echoes the last user message
 //! (`echo: ...`, noting attached images), answers a tool result with
-//! `tool said: ...`, and calls a tool when the request offers tools (the
+//! `tool said: ...` (the results of the last round of calls, joined with
+//! ` | `), and calls a tool when the request offers tools (the
 //! named one, else the first) with `{"query": <last user message>}`.
 //!
 //! Faults are asked for with request headers, which a Switchyard model
@@ -24,6 +25,8 @@
 //! | `x-standin-fault: blocked-prompt` | (Gemini) block the prompt: no candidates |
 //! | `x-standin-fault: reset` | drop the connection before any body |
 //! | `x-standin-reply: text` | answer with this text instead of the echo |
+//! | `x-standin-tool-calls: [{"name": "calculator", "arguments": {...}}]` | (OpenAI) call these tools (in parallel) instead of answering... |
+//! | `x-standin-tool-rounds: 2` | ...for this many rounds of calls (default 1; `forever` never answers) |
 //! | `x-standin-logprob: -0.05` | (OpenAI) each token's log-probability when `logprobs` is asked for; a last user message containing `[unsure]` gets −3.0 instead |
 //! | `x-standin-failure-rate: 0.3` | fail this share of requests at random, with... |
 //! | `x-standin-failure-mix: 500,reset,timeout` | ...one of these (a hang lasts `x-standin-timeout-ms`, default 2000) |
@@ -438,6 +441,13 @@ pub(crate) struct Script {
     pub reply: Option<String>,
     /// The log-probability of every answer token, when asked for.
     pub logprob: f32,
+    /// Tool calls to make (name, arguments JSON) instead of answering,
+    /// while the conversation has had fewer than `tool_rounds` rounds of
+    /// calls.
+    pub tool_calls: Vec<(String, String)>,
+    /// Rounds of scripted calls before answering (`u32::MAX`: never
+    /// answer).
+    pub tool_rounds: u32,
 }
 
 /// Faults the stand-in can inject into an answer.
@@ -476,6 +486,14 @@ impl Script {
             logprob: header_str(headers, "x-standin-logprob")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(CONFIDENT_LOGPROB),
+            tool_calls: header_str(headers, "x-standin-tool-calls")
+                .map(scripted_calls)
+                .unwrap_or_default(),
+            tool_rounds: match header_str(headers, "x-standin-tool-rounds") {
+                Some("forever") => u32::MAX,
+                Some(rounds) => rounds.parse().unwrap_or(1),
+                None => 1,
+            },
         }
     }
 
@@ -486,6 +504,25 @@ impl Script {
         }
         response
     }
+}
+
+/// The calls of `x-standin-tool-calls`: a JSON list of `{"name": ...,
+/// "arguments": {...}}`; anything else scripts no calls.
+fn scripted_calls(header: &str) -> Vec<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct ScriptedCall {
+        name: String,
+        #[serde(default)]
+        arguments: serde_json::Value,
+    }
+    serde_json::from_str::<Vec<ScriptedCall>>(header)
+        .map(|calls| {
+            calls
+                .into_iter()
+                .map(|call| (call.name, call.arguments.to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A body that fails before sending anything: the connection drops.

@@ -81,16 +81,34 @@ fn prompt_of(request: &ChatCompletionRequest) -> Prompt {
             prompt.last_user = text.clone();
         }
     }
-    if let Some(last) = request.messages.last()
-        && last.role == "tool"
-    {
-        prompt.tool_result = Some(text_of(&last.content).0);
+    // The results of the last round of calls: the tool messages the
+    // conversation ends with.
+    let results: Vec<String> = request
+        .messages
+        .iter()
+        .rev()
+        .take_while(|message| message.role == "tool")
+        .map(|message| text_of(&message.content).0)
+        .collect();
+    if !results.is_empty() {
+        let in_order: Vec<String> = results.into_iter().rev().collect();
+        prompt.tool_result = Some(in_order.join(" | "));
     }
+    prompt.tool_rounds = u32::try_from(
+        request
+            .messages
+            .iter()
+            .filter(|m| {
+                m.role == "assistant" && m.tool_calls.as_ref().is_some_and(|c| !c.is_empty())
+            })
+            .count(),
+    )
+    .unwrap_or(u32::MAX);
     prompt.tools = request
         .tools
         .iter()
         .flatten()
-        .map(|t| t.function.name.clone())
+        .filter_map(|t| t.function.as_ref().map(|f| f.name.clone()))
         .collect();
     match &request.tool_choice {
         Some(WireToolChoice::Mode(mode)) if mode == "none" => prompt.tools_allowed = false,
@@ -140,7 +158,9 @@ pub(crate) async fn chat_completions(
     if script.fault == Fault::Reset {
         return reset_response();
     }
-    let prompt = prompt_of(&request);
+    let mut prompt = prompt_of(&request);
+    prompt.scripted_calls = script.tool_calls.clone();
+    prompt.scripted_rounds = script.tool_rounds;
     let answer = answer(&prompt, script.reply.as_deref());
     let model = request.model.clone();
 

@@ -185,6 +185,17 @@ struct GuardrailLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ToolLabels {
+    tool: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ToolNameLabels {
+    tool: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CostLabels {
     tenant: String,
     model: String,
@@ -303,6 +314,8 @@ pub struct Metrics {
     hedges: Family<RouteLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
     guardrails: Family<GuardrailLabels, Counter>,
+    tool_calls: Family<ToolLabels, Counter>,
+    tool_duration: HistogramFamily<ToolNameLabels>,
     cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     overhead: HistogramFamily<OverheadLabels>,
     retrieval: Histogram,
@@ -415,6 +428,19 @@ impl Metrics {
             "Guardrail checks that fired, by policy, check and action",
             guardrails.clone(),
         );
+        let tool_calls = Family::<ToolLabels, Counter>::default();
+        registry.register(
+            "switchyard_tool_calls",
+            "Tool calls Switchyard ran for models, by tool and outcome (ok, error, timeout)",
+            tool_calls.clone(),
+        );
+        let tool_duration = histograms(|| Histogram::new(DURATION_BUCKETS));
+        registry.register_with_unit(
+            "switchyard_tool_call_duration",
+            "Time each tool call Switchyard ran took, by tool",
+            Unit::Seconds,
+            tool_duration.clone(),
+        );
         let cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
         registry.register(
             "switchyard_cost_usd",
@@ -480,6 +506,8 @@ impl Metrics {
             hedges,
             cache,
             guardrails,
+            tool_calls,
+            tool_duration,
             cost,
             overhead,
             retrieval,
@@ -640,6 +668,22 @@ impl Metrics {
                 action,
             })
             .inc();
+    }
+
+    /// A tool Switchyard ran for a model ended (`outcome`: ok, error,
+    /// timeout) after `elapsed`.
+    pub fn tool_call(&self, tool: &str, outcome: &'static str, elapsed: Duration) {
+        self.tool_calls
+            .get_or_create(&ToolLabels {
+                tool: tool.to_owned(),
+                outcome,
+            })
+            .inc();
+        self.tool_duration
+            .get_or_create(&ToolNameLabels {
+                tool: tool.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// A cascade served `deployment`'s answer, `saved` dollars cheaper

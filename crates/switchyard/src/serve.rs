@@ -136,6 +136,7 @@ async fn serve(
             guardrails: Arc::new(guardrails(&config, "the configuration")?),
             fitting: Arc::new(crate::context::fitting(&config)),
             keeping: crate::context::keeping(&config),
+            tools: Arc::new(switchyard_tools::Toolbox::from_config(&config.tools)),
         },
     );
     crate::context::purge_in_background(pipeline.clone());
@@ -421,6 +422,7 @@ async fn reload(
         guardrails,
         fitting: Arc::new(crate::context::fitting(next)),
         keeping: crate::context::keeping(next),
+        tools: Arc::new(switchyard_tools::Toolbox::from_config(&next.tools)),
     });
     Ok(assembled.reusable)
 }

@@ -1,0 +1,204 @@
+//! The `[tools]` table: the tools Switchyard runs itself for models, and
+//! the limits of the tool loop and of the code sandbox.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::FieldProblem;
+
+/// The tool loop and the built-in tools.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// Rounds of tool calls one request may run before the loop stops and
+    /// answers with what it has.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: usize,
+    /// Seconds one tool call may take before the model is told it timed
+    /// out.
+    #[serde(default = "default_call_timeout_secs")]
+    pub call_timeout_secs: u64,
+    /// Tools offered on every request to a model or route, by its public
+    /// name, as if the request had named them.
+    #[serde(default)]
+    pub attach: BTreeMap<String, Vec<String>>,
+    /// The code sandbox behind `run_code`.
+    #[serde(default)]
+    pub run_code: RunCodeConfig,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            max_steps: default_max_steps(),
+            call_timeout_secs: default_call_timeout_secs(),
+            attach: BTreeMap::new(),
+            run_code: RunCodeConfig::default(),
+        }
+    }
+}
+
+/// Languages `run_code` may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxLanguage {
+    /// The system's `python3`.
+    Python,
+    /// POSIX `sh`.
+    Shell,
+}
+
+/// `[tools.run_code]`: limits of the sandbox generated code runs in.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunCodeConfig {
+    /// Whether the tool is offered at all (it is only where the host can
+    /// isolate it).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// What it may run.
+    #[serde(default = "default_languages")]
+    pub languages: Vec<SandboxLanguage>,
+    /// CPU seconds a run may use.
+    #[serde(default = "default_cpu_secs")]
+    pub cpu_secs: u64,
+    /// Seconds a run may take from start to end.
+    #[serde(default = "default_wall_secs")]
+    pub wall_secs: u64,
+    /// Address space a run may map, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// Processes and threads a run may have at once.
+    #[serde(default = "default_max_processes")]
+    pub max_processes: u64,
+    /// Bytes of stdout and of stderr kept; a run that writes more is
+    /// stopped.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: usize,
+    /// Largest file a run may write, in MiB.
+    #[serde(default = "default_max_file_mb")]
+    pub max_file_mb: u64,
+    /// Bytes of code accepted.
+    #[serde(default = "default_max_code_bytes")]
+    pub max_code_bytes: usize,
+    /// Runs at once; more wait their turn.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for RunCodeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            languages: default_languages(),
+            cpu_secs: default_cpu_secs(),
+            wall_secs: default_wall_secs(),
+            memory_mb: default_memory_mb(),
+            max_processes: default_max_processes(),
+            max_output_bytes: default_max_output_bytes(),
+            max_file_mb: default_max_file_mb(),
+            max_code_bytes: default_max_code_bytes(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+impl ToolsConfig {
+    pub(crate) fn validate(&self) -> Result<(), FieldProblem> {
+        let run_code = &self.run_code;
+        let at_least_one = [
+            ("max_steps", self.max_steps as u64),
+            ("call_timeout_secs", self.call_timeout_secs),
+            ("run_code.cpu_secs", run_code.cpu_secs),
+            ("run_code.wall_secs", run_code.wall_secs),
+            ("run_code.memory_mb", run_code.memory_mb),
+            ("run_code.max_processes", run_code.max_processes),
+            (
+                "run_code.max_output_bytes",
+                run_code.max_output_bytes as u64,
+            ),
+            ("run_code.max_file_mb", run_code.max_file_mb),
+            ("run_code.max_code_bytes", run_code.max_code_bytes as u64),
+            ("run_code.concurrency", run_code.concurrency as u64),
+        ];
+        for (name, value) in at_least_one {
+            if value == 0 {
+                return Err((format!("tools.{name}"), "must be at least 1".into()));
+            }
+        }
+        if run_code.enabled && run_code.languages.is_empty() {
+            return Err((
+                "tools.run_code.languages".into(),
+                "name at least one language, or set enabled = false".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The tools Switchyard has, by the names requests and `attach` use.
+pub const BUILTIN_TOOLS: [&str; 3] = ["calculator", "clock", "run_code"];
+
+impl ToolsConfig {
+    /// `attach` names models or routes that exist, and tools Switchyard has.
+    pub(crate) fn validate_attach(&self, known: impl Fn(&str) -> bool) -> Result<(), FieldProblem> {
+        for (target, tools) in &self.attach {
+            if !known(target) {
+                return Err((
+                    format!("tools.attach.{target}"),
+                    "no model or route by this name".into(),
+                ));
+            }
+            if let Some(unknown) = tools.iter().find(|t| !BUILTIN_TOOLS.contains(&t.as_str())) {
+                return Err((
+                    format!("tools.attach.{target}"),
+                    format!(
+                        "no tool named {unknown:?}; the tools are {}",
+                        BUILTIN_TOOLS.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_steps() -> usize {
+    8
+}
+fn default_call_timeout_secs() -> u64 {
+    30
+}
+fn default_languages() -> Vec<SandboxLanguage> {
+    vec![SandboxLanguage::Python]
+}
+fn default_cpu_secs() -> u64 {
+    5
+}
+fn default_wall_secs() -> u64 {
+    10
+}
+// Python alone maps about 30 MiB; 256 MiB leaves room for real work.
+fn default_memory_mb() -> u64 {
+    256
+}
+fn default_max_processes() -> u64 {
+    32
+}
+fn default_max_output_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_file_mb() -> u64 {
+    16
+}
+fn default_max_code_bytes() -> usize {
+    64 * 1024
+}
+// Two runs at once on a small machine; a run is mostly CPU.
+fn default_concurrency() -> usize {
+    2
+}

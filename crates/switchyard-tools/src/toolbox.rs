@@ -1,0 +1,165 @@
+//! The tool interface and the set of tools a configuration offers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use switchyard_config::ToolsConfig;
+use switchyard_core::ToolDefinition;
+
+use crate::calculator::Calculator;
+use crate::clock::Clock;
+use crate::sandbox::RunCode;
+
+/// Why a tool call gave no result. The tool loop hands the message to the
+/// model as the call's result, so it can correct itself or answer without.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    /// The model's arguments do not fit the tool's schema or make no sense.
+    #[error("invalid arguments: {0}")]
+    Arguments(String),
+    /// The tool cannot run here (its isolation is missing, say).
+    #[error("the tool is unavailable: {0}")]
+    Unavailable(String),
+    /// It ran and failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A tool Switchyard runs for a model.
+pub trait Tool: Send + Sync {
+    /// Its name, description and JSON Schema of arguments, as offered to
+    /// models.
+    fn definition(&self) -> ToolDefinition;
+
+    /// Runs it on `arguments` (the JSON text the model wrote); the result
+    /// is the JSON text given back to the model.
+    fn call<'a>(&'a self, arguments: &'a str) -> BoxFuture<'a, Result<String, ToolError>>;
+}
+
+/// The tools a configuration offers, the loop's limits, and the tools
+/// attached to models and routes.
+pub struct Toolbox {
+    tools: BTreeMap<String, Arc<dyn Tool>>,
+    /// Tools that exist but cannot run here, and why.
+    unavailable: BTreeMap<String, String>,
+    attach: BTreeMap<String, Vec<String>>,
+    /// Rounds of tool calls before the loop stops.
+    pub max_steps: usize,
+    /// How long one call may take.
+    pub call_timeout: Duration,
+}
+
+impl std::fmt::Debug for Toolbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Toolbox")
+            .field("tools", &self.tools.keys().collect::<Vec<_>>())
+            .field("unavailable", &self.unavailable)
+            .field("max_steps", &self.max_steps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Toolbox {
+    /// The built-in tools `config` enables. `run_code` is offered only
+    /// where its sandbox works on this host; elsewhere it is listed as
+    /// unavailable with the reason.
+    pub fn from_config(config: &ToolsConfig) -> Self {
+        let mut toolbox = Self::empty(config);
+        toolbox.add(Arc::new(Calculator::new()));
+        toolbox.add(Arc::new(Clock::system()));
+        if config.run_code.enabled {
+            match RunCode::detect(&config.run_code) {
+                Ok(run_code) => toolbox.add(Arc::new(run_code)),
+                Err(why) => {
+                    tracing::warn!(%why, "run_code is unavailable: generated code is never run outside a sandbox");
+                    toolbox.unavailable.insert("run_code".into(), why);
+                }
+            }
+        } else {
+            toolbox.unavailable.insert(
+                "run_code".into(),
+                "it is disabled ([tools.run_code] enabled = false)".into(),
+            );
+        }
+        toolbox
+    }
+
+    /// No tools, with `config`'s limits and attachments.
+    pub fn empty(config: &ToolsConfig) -> Self {
+        Self {
+            tools: BTreeMap::new(),
+            unavailable: BTreeMap::new(),
+            attach: config.attach.clone(),
+            max_steps: config.max_steps,
+            call_timeout: Duration::from_secs(config.call_timeout_secs),
+        }
+    }
+
+    /// Offers `tool` under its definition's name.
+    pub fn add(&mut self, tool: Arc<dyn Tool>) {
+        let name = tool.definition().name;
+        self.unavailable.remove(&name);
+        self.tools.insert(name, tool);
+    }
+
+    /// The tool called `name`; an error saying why when there is none here.
+    pub fn get(&self, name: &str) -> Result<Arc<dyn Tool>, String> {
+        if let Some(tool) = self.tools.get(name) {
+            return Ok(tool.clone());
+        }
+        Err(match self.unavailable.get(name) {
+            Some(why) => format!("the tool {name:?} is unavailable on this server: {why}"),
+            None => format!(
+                "there is no tool named {name:?}; the tools are {}",
+                self.tools.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    /// Tools attached to the model or route `name` by the configuration.
+    pub fn attached(&self, name: &str) -> &[String] {
+        self.attach.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// The names of the tools offered here.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.keys().map(String::as_str)
+    }
+}
+
+/// Parses a tool's arguments, with a message for the model when they do
+/// not fit.
+pub(crate) fn parse_arguments<T: serde::de::DeserializeOwned>(
+    arguments: &str,
+) -> Result<T, ToolError> {
+    let text = if arguments.trim().is_empty() {
+        "{}"
+    } else {
+        arguments
+    };
+    serde_json::from_str(text).map_err(|e| ToolError::Arguments(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_unavailable_tools_say_why() {
+        let config = ToolsConfig {
+            run_code: switchyard_config::RunCodeConfig {
+                enabled: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let toolbox = Toolbox::from_config(&config);
+        assert!(toolbox.get("calculator").is_ok());
+        let missing = toolbox.get("teleport").err().unwrap_or_default();
+        assert!(missing.contains("calculator, clock"), "{missing}");
+        let disabled = toolbox.get("run_code").err().unwrap_or_default();
+        assert!(disabled.contains("disabled"), "{disabled}");
+    }
+}

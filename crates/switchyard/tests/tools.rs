@@ -1,0 +1,464 @@
+//! The tool loop end to end: the real gateway process runs its own tools
+//! (`{"type": "switchyard", "name": ...}`) for a model on the stand-in
+//! upstream's OpenAI face, scripted to call them (`x-standin-tool-calls`)
+//! and to answer `tool said: <results>` once it has their results.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    Server, client, metric_sample, recording_standin, run_check, scrape, standin_model,
+    stream_chunks, streamed_text,
+};
+use serde_json::{Value, json};
+
+const MASTER: &str = "sy-master-tools-test-0123456789";
+
+/// `2^100 + 1`, which a double cannot hold.
+const EXACT: &str = "1267650600228229401496703205377";
+
+fn calls(calls: Value) -> String {
+    format!("headers = {{ \"x-standin-tool-calls\" = '{calls}' }}")
+}
+
+fn config(upstream: &switchyard_standin::RunningStandin) -> String {
+    // $1 per token in and out: costs are token counts.
+    let priced = "pricing = { input = 1000000.0, output = 1000000.0 }";
+    [
+        standin_model(
+            "calc",
+            upstream,
+            &format!(
+                "{}\n{priced}",
+                calls(json!([{"name": "calculator", "arguments": {"expression": "2^100 + 1"}}]))
+            ),
+        ),
+        standin_model(
+            "pair",
+            upstream,
+            &calls(json!([
+                {"name": "calculator", "arguments": {"expression": "6 * 7"}},
+                {"name": "clock", "arguments": {"timezone": "Asia/Tokyo"}}
+            ])),
+        ),
+        standin_model(
+            "sleepy",
+            upstream,
+            &calls(json!([{"name": "run_code", "arguments": {"code": "import time\ntime.sleep(30)"}}])),
+        ),
+        standin_model(
+            "forever",
+            upstream,
+            &format!(
+                "headers = {{ \"x-standin-tool-calls\" = '{}', \"x-standin-tool-rounds\" = \"forever\" }}\n{priced}",
+                json!([{"name": "calculator", "arguments": {"expression": "1 + 1"}}])
+            ),
+        ),
+        standin_model("plain", upstream, ""),
+        standin_model(
+            "attached",
+            upstream,
+            &calls(json!([{"name": "calculator", "arguments": {"expression": "3^3"}}])),
+        ),
+        format!(
+            "[governance]\nmaster_key = \"{MASTER}\"\nledger_flush_ms = 50\n\
+             [tools]\nmax_steps = 3\ncall_timeout_secs = 2\n\
+             [tools.attach]\nattached = [\"calculator\"]\n"
+        ),
+    ]
+    .concat()
+}
+
+fn ask(model: &str, tools: &[&str], stream: bool) -> Value {
+    let tools: Vec<Value> = tools
+        .iter()
+        .map(|name| json!({"type": "switchyard", "name": name}))
+        .collect();
+    json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Work it out for me"}],
+        "tools": tools,
+    })
+}
+
+async fn post(server: &Server, body: &Value, request_id: &str) -> reqwest::Response {
+    client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .header("x-request-id", request_id)
+        .bearer_auth(MASTER)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The audit record of `request_id`, once the ledger has written it.
+async fn audit(server: &Server, request_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer: Value = client()
+            .get(format!(
+                "{}/admin/audit?request_id={request_id}",
+                server.url
+            ))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(record) = answer["data"].get(0) {
+            return record.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit record for {request_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn steps(record: &Value, name: &str) -> Vec<Value> {
+    record["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["step"] == name)
+        .cloned()
+        .collect()
+}
+
+/// The prompt tokens the stand-in reported over every request it got: it
+/// counts the words of every message as tokens.
+fn upstream_prompt_tokens(upstream: &switchyard_standin::RunningStandin) -> u64 {
+    let mut words = 0;
+    for request in upstream.requests() {
+        for message in request.body["messages"].as_array().unwrap() {
+            let text = match &message["content"] {
+                Value::String(text) => text.clone(),
+                Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(""),
+                _ => String::new(),
+            };
+            words += text.split_whitespace().count() as u64;
+        }
+    }
+    words
+}
+
+#[tokio::test]
+async fn the_calculators_exact_result_reaches_the_final_answer_through_the_standin() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+
+    let response = post(&server, &ask("calc", &["calculator"], false), "calc-whole").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(answer.contains(EXACT), "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert!(
+        body["choices"][0]["message"]
+            .get("tool_calls")
+            .is_none_or(Value::is_null)
+    );
+
+    // Two rounds upstream: the first offered the calculator, the second
+    // carried its call and result.
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 2);
+    let offered = &sent[0].body["tools"][0]["function"];
+    assert_eq!(offered["name"], "calculator");
+    assert!(offered["parameters"]["properties"]["expression"].is_object());
+    let history = sent[1].body["messages"].as_array().unwrap();
+    assert_eq!(history[1]["role"], "assistant");
+    assert_eq!(
+        history[1]["tool_calls"][0]["function"]["name"],
+        "calculator"
+    );
+    assert_eq!(history[2]["role"], "tool");
+    assert_eq!(
+        history[2]["tool_call_id"],
+        history[1]["tool_calls"][0]["id"]
+    );
+    let result: Value = serde_json::from_str(history[2]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(result["result"], EXACT);
+
+    // Both rounds are the request's usage and its bill ($1 a token).
+    let prompt_words = upstream_prompt_tokens(&upstream);
+    let usage = &body["usage"];
+    assert_eq!(usage["prompt_tokens"].as_u64().unwrap(), prompt_words);
+    let total = usage["total_tokens"].as_f64().unwrap();
+    let record = audit(&server, "calc-whole").await;
+    let tool = &steps(&record, "tool")[0];
+    assert_eq!(tool["tool"], "calculator");
+    assert_eq!(tool["outcome"], "ok");
+    assert_eq!(tool["round"], 0);
+    assert!(tool["arguments"].as_str().unwrap().contains("2^100"));
+    let round = &steps(&record, "tool_step")[0];
+    assert_eq!(round["deployment"], "calc");
+    let billed = &steps(&record, "usage")[0];
+    assert_eq!(billed["cost_usd"].as_f64().unwrap(), total, "{record}");
+
+    let metrics = scrape(&server, Some(MASTER)).await.text().await.unwrap();
+    let ok = metric_sample(
+        &metrics,
+        "switchyard_tool_calls_total",
+        &["tool=\"calculator\"", "outcome=\"ok\""],
+    );
+    assert!(ok.unwrap_or(0.0) >= 1.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_streamed_answer_carries_the_final_round_and_one_usage_for_all_rounds() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let mut body = ask("calc", &["calculator"], true);
+    body["stream_options"] = json!({"include_usage": true});
+    let response = post(&server, &body, "calc-stream").await;
+    assert_eq!(response.status(), 200);
+    let chunks = stream_chunks(&response.text().await.unwrap());
+    assert!(streamed_text(&chunks).contains(EXACT));
+    let finishes: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0).map(|choice| &choice["finish_reason"]))
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finishes, vec![&json!("stop")]);
+    // No call of Switchyard's leaks to the client.
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none())
+    );
+    let usage = chunks.iter().rev().find(|c| !c["usage"].is_null()).unwrap();
+    let prompt_words = upstream_prompt_tokens(&upstream);
+    assert_eq!(
+        usage["usage"]["prompt_tokens"].as_u64().unwrap(),
+        prompt_words
+    );
+    let record = audit(&server, "calc-stream").await;
+    assert_eq!(steps(&record, "tool").len(), 1);
+    let billed = steps(&record, "usage")[0]["cost_usd"].as_f64().unwrap();
+    assert_eq!(billed, usage["usage"]["total_tokens"].as_f64().unwrap());
+}
+
+#[tokio::test]
+async fn two_calls_of_one_round_both_reach_the_model() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let response = post(
+        &server,
+        &ask("pair", &["calculator", "clock"], false),
+        "pair",
+    )
+    .await;
+    let body: Value = response.json().await.unwrap();
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    // `tool said: <calculator> | <clock>`, in the order of the calls.
+    let results = answer.strip_prefix("tool said: ").unwrap();
+    let (calculated, clock) = results.split_once(" | ").unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(calculated).unwrap()["result"],
+        "42"
+    );
+    let clock: Value = serde_json::from_str(clock).unwrap();
+    assert_eq!(clock["timezone"], "Asia/Tokyo");
+    assert_eq!(clock["utc_offset"], "+09:00");
+    let record = audit(&server, "pair").await;
+    let tools: Vec<Value> = steps(&record, "tool");
+    assert_eq!(tools.len(), 2);
+    assert!(
+        tools
+            .iter()
+            .all(|t| t["round"] == 0 && t["outcome"] == "ok")
+    );
+}
+
+#[tokio::test]
+async fn a_tool_that_times_out_is_reported_to_the_model_and_the_answer_still_arrives() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let response = post(&server, &ask("sleepy", &["run_code"], false), "sleepy").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(answer.contains("did not answer within 2 s"), "{answer}");
+    let record = audit(&server, "sleepy").await;
+    assert_eq!(steps(&record, "tool")[0]["outcome"], "timeout");
+}
+
+#[tokio::test]
+async fn max_steps_stops_a_model_that_calls_forever_and_every_round_is_billed() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let response = post(&server, &ask("forever", &["calculator"], false), "forever").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(answer.contains("Stopped after 3 rounds"), "{answer}");
+    // Three rounds ran their calls; the fourth answer still called.
+    assert_eq!(upstream.requests().len(), 4);
+    let record = audit(&server, "forever").await;
+    assert_eq!(steps(&record, "tool_step").len(), 3);
+    assert_eq!(steps(&record, "tool").len(), 3);
+    let prompt_words = upstream_prompt_tokens(&upstream);
+    assert_eq!(
+        body["usage"]["prompt_tokens"].as_u64().unwrap(),
+        prompt_words
+    );
+    assert_eq!(
+        body["usage"]["completion_tokens"], 4,
+        "one token per round's call"
+    );
+    let billed = steps(&record, "usage")[0]["cost_usd"].as_f64().unwrap();
+    assert_eq!(billed, body["usage"]["total_tokens"].as_f64().unwrap());
+}
+
+#[tokio::test]
+async fn client_function_tools_still_go_back_to_the_client() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    // The stand-in calls the first tool offered: the client's own.
+    let mut body = ask("plain", &["calculator"], false);
+    body["tools"] = json!([
+        {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}},
+        {"type": "switchyard", "name": "calculator"}
+    ]);
+    let response = post(&server, &body, "client-tool").await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "lookup"
+    );
+    let sent = upstream.requests();
+    assert_eq!(sent.len(), 1);
+    let offered: Vec<&str> = sent[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(offered, ["lookup", "calculator"]);
+}
+
+#[tokio::test]
+async fn tools_attached_to_a_model_run_without_being_asked_for() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let mut body = ask("attached", &[], false);
+    body.as_object_mut().unwrap().remove("tools");
+    let response = post(&server, &body, "attached").await;
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("\"27\""),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_tool_is_a_clear_400_in_each_apis_shape() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let response = post(&server, &ask("plain", &["teleport"], false), "unknown").await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "tools");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("calculator"),
+        "{error}"
+    );
+    let nameless = json!({"model": "plain", "messages": [{"role": "user", "content": "x"}],
+                          "tools": [{"type": "switchyard"}]});
+    let response = post(&server, &nameless, "nameless").await;
+    assert_eq!(response.status(), 400);
+    let anthropic = client()
+        .post(format!("{}/messages", server.v1()))
+        .header("x-api-key", MASTER)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "plain", "max_tokens": 50,
+                      "messages": [{"role": "user", "content": "x"}],
+                      "tools": [{"type": "switchyard", "name": "teleport"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anthropic.status(), 400);
+    let error: Value = anthropic.json().await.unwrap();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert_eq!(upstream.requests().len(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn the_anthropic_and_responses_front_doors_run_switchyard_tools_too() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let message: Value = client()
+        .post(format!("{}/messages", server.v1()))
+        .header("x-api-key", MASTER)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "calc", "max_tokens": 200,
+                      "messages": [{"role": "user", "content": "Work it out"}],
+                      "tools": [{"type": "switchyard", "name": "calculator"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(message["stop_reason"], "end_turn", "{message}");
+    assert!(
+        message["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains(EXACT)
+    );
+    let response: Value = client()
+        .post(format!("{}/responses", server.v1()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "calc", "input": "Work it out",
+                      "tools": [{"type": "switchyard", "name": "calculator"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(response["status"], "completed", "{response}");
+    assert!(
+        response["output"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains(EXACT)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_openai_sdk_runs_a_switchyard_tool_and_round_trips_its_own() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    tokio::task::block_in_place(|| {
+        run_check(
+            &server,
+            "openai_sdk_tools_check.py",
+            server.v1(),
+            "TOOLS OK",
+        );
+    });
+}
