@@ -47,7 +47,7 @@ pub use routing::{
     SemanticCacheConfig, Strategy,
 };
 pub use tls::{ClientAuth, TlsConfig};
-pub use tools::{BUILTIN_TOOLS, RunCodeConfig, SandboxLanguage, ToolsConfig};
+pub use tools::{BUILTIN_TOOLS, HttpFetchConfig, RunCodeConfig, SandboxLanguage, ToolsConfig};
 
 /// The chat model served when no configuration file is given.
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
@@ -1791,7 +1791,10 @@ mod tests {
         let (field, message) =
             field_error(&format!("{TWO_MODELS}[tools.attach]\na = [\"teleport\"]\n"));
         assert_eq!(field, "tools.attach.a");
-        assert!(message.contains("calculator, clock, run_code"), "{message}");
+        assert!(
+            message.contains("calculator, clock, http_fetch, run_code"),
+            "{message}"
+        );
         let (field, _) = field_error(&format!("{TWO_MODELS}[tools.run_code]\nwall_secs = 0\n"));
         assert_eq!(field, "tools.run_code.wall_secs");
     }

@@ -26,6 +26,9 @@ pub struct ToolsConfig {
     /// The code sandbox behind `run_code`.
     #[serde(default)]
     pub run_code: RunCodeConfig,
+    /// `http_fetch`: off unless hosts are allowed.
+    #[serde(default)]
+    pub http_fetch: HttpFetchConfig,
 }
 
 impl Default for ToolsConfig {
@@ -35,6 +38,37 @@ impl Default for ToolsConfig {
             call_timeout_secs: default_call_timeout_secs(),
             attach: BTreeMap::new(),
             run_code: RunCodeConfig::default(),
+            http_fetch: HttpFetchConfig::default(),
+        }
+    }
+}
+
+/// `[tools.http_fetch]`: GET requests a model may make.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFetchConfig {
+    /// Hosts it may fetch from: exact names, or `*.example.com` for the
+    /// subdomains of one. Empty (the default): the tool is off.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// Bytes of a response read at most; the rest is cut.
+    #[serde(default = "default_fetch_max_bytes")]
+    pub max_bytes: usize,
+    /// Seconds a fetch may take, redirects included.
+    #[serde(default = "default_fetch_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Characters of extracted text given to the model at most.
+    #[serde(default = "default_fetch_max_chars")]
+    pub max_chars: usize,
+}
+
+impl Default for HttpFetchConfig {
+    fn default() -> Self {
+        Self {
+            allow_hosts: Vec::new(),
+            max_bytes: default_fetch_max_bytes(),
+            timeout_secs: default_fetch_timeout_secs(),
+            max_chars: default_fetch_max_chars(),
         }
     }
 }
@@ -121,11 +155,23 @@ impl ToolsConfig {
             ("run_code.max_file_mb", run_code.max_file_mb),
             ("run_code.max_code_bytes", run_code.max_code_bytes as u64),
             ("run_code.concurrency", run_code.concurrency as u64),
+            ("http_fetch.max_bytes", self.http_fetch.max_bytes as u64),
+            ("http_fetch.timeout_secs", self.http_fetch.timeout_secs),
+            ("http_fetch.max_chars", self.http_fetch.max_chars as u64),
         ];
         for (name, value) in at_least_one {
             if value == 0 {
                 return Err((format!("tools.{name}"), "must be at least 1".into()));
             }
+        }
+        if let Some(host) = self.http_fetch.allow_hosts.iter().find(|host| {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            name.is_empty() || name.contains(['/', ':', '*', ' ', '@'])
+        }) {
+            return Err((
+                "tools.http_fetch.allow_hosts".into(),
+                format!("{host:?} is not a host name (or *.domain)"),
+            ));
         }
         if run_code.enabled && run_code.languages.is_empty() {
             return Err((
@@ -138,7 +184,7 @@ impl ToolsConfig {
 }
 
 /// The tools Switchyard has, by the names requests and `attach` use.
-pub const BUILTIN_TOOLS: [&str; 3] = ["calculator", "clock", "run_code"];
+pub const BUILTIN_TOOLS: [&str; 4] = ["calculator", "clock", "http_fetch", "run_code"];
 
 impl ToolsConfig {
     /// `attach` names models or routes that exist, and tools Switchyard has.
@@ -197,6 +243,17 @@ fn default_max_file_mb() -> u64 {
 }
 fn default_max_code_bytes() -> usize {
     64 * 1024
+}
+// A long manual page is a few hundred KiB of HTML.
+fn default_fetch_max_bytes() -> usize {
+    2 * 1024 * 1024
+}
+fn default_fetch_timeout_secs() -> u64 {
+    10
+}
+// About 5,000 tokens: room for a page, not a book.
+fn default_fetch_max_chars() -> usize {
+    20_000
 }
 // Two runs at once on a small machine; a run is mostly CPU.
 fn default_concurrency() -> usize {

@@ -10,6 +10,7 @@ use switchyard_core::ToolDefinition;
 
 use crate::calculator::Calculator;
 use crate::clock::Clock;
+use crate::http_fetch::HttpFetch;
 use crate::sandbox::RunCode;
 
 /// Why a tool call gave no result. The tool loop hands the message to the
@@ -69,6 +70,19 @@ impl Toolbox {
         let mut toolbox = Self::empty(config);
         toolbox.add(Arc::new(Calculator::new()));
         toolbox.add(Arc::new(Clock::system()));
+        match HttpFetch::new(&config.http_fetch) {
+            Ok(Some(fetch)) => toolbox.add(Arc::new(fetch)),
+            Ok(None) => {
+                toolbox.unavailable.insert(
+                    "http_fetch".into(),
+                    "no hosts are allowed ([tools.http_fetch] allow_hosts)".into(),
+                );
+            }
+            Err(why) => {
+                tracing::warn!(%why, "http_fetch is unavailable");
+                toolbox.unavailable.insert("http_fetch".into(), why);
+            }
+        }
         if config.run_code.enabled {
             match RunCode::detect(&config.run_code) {
                 Ok(run_code) => toolbox.add(Arc::new(run_code)),

@@ -57,6 +57,13 @@ fn config(upstream: &switchyard_standin::RunningStandin) -> String {
                 json!([{"name": "calculator", "arguments": {"expression": "1 + 1"}}])
             ),
         ),
+        standin_model(
+            "fetcher",
+            upstream,
+            &calls(json!([{"name": "http_fetch", "arguments": {
+                "url": format!("{}/_standin/requests", upstream.root_url())
+            }}])),
+        ),
         standin_model("plain", upstream, ""),
         standin_model(
             "attached",
@@ -66,7 +73,8 @@ fn config(upstream: &switchyard_standin::RunningStandin) -> String {
         format!(
             "[governance]\nmaster_key = \"{MASTER}\"\nledger_flush_ms = 50\n\
              [tools]\nmax_steps = 3\ncall_timeout_secs = 2\n\
-             [tools.attach]\nattached = [\"calculator\"]\n"
+             [tools.attach]\nattached = [\"calculator\"]\n\
+             [tools.http_fetch]\nallow_hosts = [\"127.0.0.1\"]\n"
         ),
     ]
     .concat()
@@ -294,6 +302,30 @@ async fn a_tool_that_times_out_is_reported_to_the_model_and_the_answer_still_arr
     assert!(answer.contains("did not answer within 2 s"), "{answer}");
     let record = audit(&server, "sleepy").await;
     assert_eq!(steps(&record, "tool")[0]["outcome"], "timeout");
+}
+
+#[tokio::test]
+async fn http_fetch_reads_an_allowed_host_for_the_model() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let response = post(&server, &ask("fetcher", &["http_fetch"], false), "fetch").await;
+    let body: Value = response.json().await.unwrap();
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    let page: Value = serde_json::from_str(answer.strip_prefix("tool said: ").unwrap()).unwrap();
+    assert_eq!(page["status"], 200, "{page}");
+    assert!(
+        page["content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    // The stand-in's record of what it received: the first round's request.
+    assert!(
+        page["text"].as_str().unwrap().contains("http_fetch"),
+        "{page}"
+    );
+    let record = audit(&server, "fetch").await;
+    assert_eq!(steps(&record, "tool")[0]["outcome"], "ok");
 }
 
 #[tokio::test]
