@@ -10,8 +10,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, client, metric_sample, recording_standin, run_check, scrape, standin_model,
-    stream_chunks, streamed_text,
+    Server, client, local_model_config, metric_sample, recording_standin, run_check, scrape,
+    standin_model, stream_chunks, streamed_text,
 };
 use serde_json::{Value, json};
 
@@ -382,6 +382,28 @@ async fn client_function_tools_still_go_back_to_the_client() {
         .map(|t| t["function"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(offered, ["lookup", "calculator"]);
+
+    // Streamed: the client's call streams through as it comes.
+    let mut streamed = ask("plain", &[], true);
+    streamed["tools"] = json!([
+        {"type": "switchyard", "name": "clock"},
+        {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    ]);
+    let response = post(&server, &streamed, "client-tool-stream").await;
+    let chunks = stream_chunks(&response.text().await.unwrap());
+    let pieces: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0)?["delta"].get("tool_calls"))
+        .collect();
+    assert!(!pieces.is_empty(), "{chunks:?}");
+    assert_eq!(pieces[0][0]["function"]["name"], "lookup");
+    assert!(pieces.iter().all(|p| p[0]["index"] == 0));
+    let finish = chunks.iter().find_map(|c| {
+        c["choices"].get(0)?["finish_reason"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    assert_eq!(finish.as_deref(), Some("tool_calls"));
 }
 
 #[tokio::test]
@@ -493,4 +515,36 @@ async fn the_official_openai_sdk_runs_a_switchyard_tool_and_round_trips_its_own(
             "TOOLS OK",
         );
     });
+}
+
+#[tokio::test]
+async fn the_local_model_calls_a_switchyard_tool_and_the_loop_completes() {
+    // The embedded engine constrains a required call to the offered
+    // tools' schema; what the 135M model computes is not asserted, only
+    // that the loop runs its call and ends with an answer.
+    let server = Server::start(&format!(
+        "{}[governance]\nmaster_key = \"{MASTER}\"\nledger_flush_ms = 50\n",
+        local_model_config("")
+    ));
+    let body = json!({
+        "model": "smollm2-135m-instruct",
+        "messages": [{"role": "user", "content": "What is 1234 * 5678? Use the calculator."}],
+        "tools": [{"type": "switchyard", "name": "calculator"}],
+        "tool_choice": "required",
+        "temperature": 0,
+        "max_tokens": 60,
+    });
+    let response = post(&server, &body, "local-tools").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let finish = body["choices"][0]["finish_reason"].as_str().unwrap();
+    assert!(finish == "stop" || finish == "length", "{body}");
+    let record = audit(&server, "local-tools").await;
+    let calls = steps(&record, "tool");
+    assert!(!calls.is_empty(), "{record}");
+    assert_eq!(calls[0]["tool"], "calculator");
+    assert_eq!(
+        steps(&record, "tool_step")[0]["deployment"],
+        "smollm2-135m-instruct"
+    );
 }
