@@ -1792,7 +1792,7 @@ mod tests {
             field_error(&format!("{TWO_MODELS}[tools.attach]\na = [\"teleport\"]\n"));
         assert_eq!(field, "tools.attach.a");
         assert!(
-            message.contains("calculator, clock, http_fetch, run_code"),
+            message.contains("calculator, clock, http_fetch, run_code, search"),
             "{message}"
         );
         let (field, _) = field_error(&format!("{TWO_MODELS}[tools.run_code]\nwall_secs = 0\n"));

@@ -184,7 +184,7 @@ impl ToolsConfig {
 }
 
 /// The tools Switchyard has, by the names requests and `attach` use.
-pub const BUILTIN_TOOLS: [&str; 4] = ["calculator", "clock", "http_fetch", "run_code"];
+pub const BUILTIN_TOOLS: [&str; 5] = ["calculator", "clock", "http_fetch", "run_code", "search"];
 
 impl ToolsConfig {
     /// `attach` names models or routes that exist, and tools Switchyard has.

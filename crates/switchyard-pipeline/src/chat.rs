@@ -102,6 +102,13 @@ impl Pipeline {
                 ));
             }
         };
+        // Passages the search tool gave the model are the answer's
+        // sources, as grounding's are.
+        if admitted.grounded.is_none()
+            && let Some(plan) = &admitted.tools
+        {
+            admitted.grounded = plan.grounded();
+        }
         if let Some(guard) = &mut admitted.guard {
             guard::judge_whole(
                 guard,
@@ -247,7 +254,6 @@ impl Pipeline {
     ) -> Result<Admitted, PipelineError> {
         let snapshot = self.snapshot();
         let plan = ground::plan(&snapshot, grounding, &mut request)?;
-        let tools = tools::plan(&snapshot.tools, &mut request)?.map(Arc::new);
         let kind = CallKind {
             model: &request.model,
             operation: Operation::Chat,
@@ -264,6 +270,9 @@ impl Pipeline {
             facts.estimated_tokens = admit::estimate_chat(&request);
             facts.response_id = Some(turn.response_id.clone());
         }
+        let tools = tools::plan(&snapshot, &tenant, &call.context, &mut request)
+            .await?
+            .map(Arc::new);
         let policy = snapshot.policy.settings();
         let prompt = policy.store_prompts.then(|| finish::prompt_text(&request));
         let keep_answer = policy.store_answers;

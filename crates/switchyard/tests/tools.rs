@@ -10,8 +10,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, client, local_model_config, metric_sample, recording_standin, run_check, scrape,
-    standin_model, stream_chunks, streamed_text,
+    Server, client, local_embedding_config, local_model_config, metric_sample, recording_standin,
+    run_check, scrape, standin_model, stream_chunks, streamed_text,
 };
 use serde_json::{Value, json};
 
@@ -546,5 +546,90 @@ async fn the_local_model_calls_a_switchyard_tool_and_the_loop_completes() {
     assert_eq!(
         steps(&record, "tool_step")[0]["deployment"],
         "smollm2-135m-instruct"
+    );
+}
+
+#[tokio::test]
+async fn search_finds_the_tenants_passages_and_they_become_the_answers_citations() {
+    let upstream = recording_standin().await;
+    let searcher = standin_model(
+        "searcher",
+        &upstream,
+        &calls(json!([{"name": "search", "arguments": {"query": "how are refunds paid back"}}])),
+    );
+    let server = Server::start(&format!(
+        "{}{searcher}{}",
+        config(&upstream),
+        local_embedding_config()
+    ));
+    let created = client()
+        .post(format!("{}/collections", server.v1()))
+        .bearer_auth(MASTER)
+        .json(&json!({"name": "docs"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let job: Value = client()
+        .post(format!("{}/collections/docs/documents", server.v1()))
+        .bearer_auth(MASTER)
+        .json(&json!({"documents": [
+            {"id": "refunds", "format": "markdown", "content": "# Refunds\n\nRefunds are paid back to the original card within fourteen days of the return."},
+            {"id": "shipping", "format": "markdown", "content": "# Shipping\n\nParcels ship from the Rotterdam warehouse every weekday before noon."}
+        ]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state: Value = client()
+            .get(format!(
+                "{}/ingestion_jobs/{}",
+                server.v1(),
+                job["id"].as_str().unwrap()
+            ))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if state["status"] == "succeeded" {
+            break;
+        }
+        assert!(
+            state["status"] != "failed" && Instant::now() < deadline,
+            "{state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let response = post(&server, &ask("searcher", &["search"], false), "search").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    let result: Value = serde_json::from_str(answer.strip_prefix("tool said: ").unwrap()).unwrap();
+    assert_eq!(result["collection"], "docs");
+    assert_eq!(result["passages"][0]["index"], 1);
+    assert!(
+        result["passages"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("original card"),
+        "{result}"
+    );
+    let citations = body["citations"].as_array().unwrap();
+    assert_eq!(citations[0]["document_id"], "refunds", "{body}");
+    assert_eq!(citations[0]["index"], 1);
+    // The tool was offered the tenant's collections by name.
+    let offered = &upstream.requests()[0].body["tools"][0]["function"];
+    assert_eq!(offered["name"], "search");
+    assert_eq!(
+        offered["parameters"]["properties"]["collection"]["enum"],
+        json!(["docs"])
     );
 }

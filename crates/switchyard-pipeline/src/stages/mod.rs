@@ -10,6 +10,7 @@ pub mod ground;
 pub mod guard;
 pub mod history;
 pub mod meter;
+mod search_tool;
 pub mod tools;
 
 /// The tenant whose collections keyless callers (authentication off, the

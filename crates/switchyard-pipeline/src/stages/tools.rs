@@ -26,25 +26,32 @@ use switchyard_core::{
 };
 use switchyard_orchestration::{CacheStatus, Gateway, RequestContext, Routed};
 use switchyard_telemetry::metrics::metrics;
-use switchyard_tools::{Tool, Toolbox};
+use switchyard_tools::Tool;
 use tracing::Instrument;
 
-use crate::PipelineError;
+use super::search_tool::SearchTool;
+use crate::{PipelineError, Snapshot};
+use switchyard_retrieval::grounding::Grounded;
 
 /// The Switchyard tools one request may call, and the loop's limits.
 pub(crate) struct ToolPlan {
     tools: BTreeMap<String, Arc<dyn Tool>>,
+    /// The request's `search` tool, whose passages become citations.
+    search: Option<Arc<SearchTool>>,
     max_steps: usize,
     call_timeout: Duration,
 }
 
 /// The request's Switchyard tools (asked for, and attached to its model),
 /// their definitions added to what the model is offered; `None` when it
-/// has none.
-pub(crate) fn plan(
-    toolbox: &Toolbox,
+/// has none. Runs once the caller is known: `search` is its tenant's.
+pub(crate) async fn plan(
+    snapshot: &Snapshot,
+    tenant: &str,
+    context: &RequestContext,
     request: &mut ChatRequest,
 ) -> Result<Option<ToolPlan>, PipelineError> {
+    let toolbox = &snapshot.tools;
     let mut names = std::mem::take(&mut request.gateway_tools);
     for attached in toolbox.attached(&request.model) {
         if !names.contains(attached) {
@@ -55,10 +62,24 @@ pub(crate) fn plan(
         return Ok(None);
     }
     let mut tools = BTreeMap::new();
+    let mut search = None;
     for name in names {
-        let tool = toolbox
-            .get(&name)
-            .map_err(|message| BackendError::invalid_request(message).with_param("tools"))?;
+        let tool: Arc<dyn Tool> = if name == SEARCH {
+            let retrieval = snapshot
+                .retrieval
+                .clone()
+                .ok_or(PipelineError::RetrievalUnavailable)?;
+            let tool = Arc::new(
+                SearchTool::new(retrieval, snapshot.gateway.clone(), context.clone(), tenant)
+                    .await?,
+            );
+            search = Some(tool.clone());
+            tool
+        } else {
+            toolbox
+                .get(&name)
+                .map_err(|message| BackendError::invalid_request(message).with_param("tools"))?
+        };
         if request.tools.iter().any(|t| t.name == name) {
             return Err(BackendError::invalid_request(format!(
                 "a function tool of the request is called {name:?}, like the switchyard tool it also asks for"
@@ -71,12 +92,22 @@ pub(crate) fn plan(
     }
     Ok(Some(ToolPlan {
         tools,
+        search,
         max_steps: toolbox.max_steps,
         call_timeout: toolbox.call_timeout,
     }))
 }
 
+/// The tool that searches the caller's collections; the pipeline makes it
+/// per request, as it needs the caller's tenant.
+const SEARCH: &str = "search";
+
 impl ToolPlan {
+    /// The passages `search` gave the model, as the answer's sources.
+    pub(crate) fn grounded(&self) -> Option<Grounded> {
+        self.search.as_ref().and_then(|search| search.grounded())
+    }
+
     fn is_ours(&self, name: &str) -> bool {
         self.tools.contains_key(name)
     }
