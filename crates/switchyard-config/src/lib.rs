@@ -47,7 +47,9 @@ pub use routing::{
     SemanticCacheConfig, Strategy,
 };
 pub use tls::{ClientAuth, TlsConfig};
-pub use tools::{BUILTIN_TOOLS, HttpFetchConfig, RunCodeConfig, SandboxLanguage, ToolsConfig};
+pub use tools::{
+    BUILTIN_TOOLS, HttpFetchConfig, McpServerConfig, RunCodeConfig, SandboxLanguage, ToolsConfig,
+};
 
 /// The chat model served when no configuration file is given.
 pub const DEFAULT_MODEL: &str = "smollm2-135m-instruct";
@@ -1795,6 +1797,19 @@ mod tests {
             message.contains("calculator, clock, http_fetch, run_code, search"),
             "{message}"
         );
+        let (field, _) = field_error(&format!(
+            "{TWO_MODELS}[tools.mcp.files]\ncommand = [\"srv\"]\nurl = \"http://x\"\n"
+        ));
+        assert_eq!(field, "tools.mcp.files");
+        let (field, _) = field_error(&format!(
+            "{TWO_MODELS}[tools.mcp.a__b]\nurl = \"http://x\"\n"
+        ));
+        assert_eq!(field, "tools.mcp.a__b");
+        let config = parse(&format!(
+            "{TWO_MODELS}[tools.mcp.files]\ncommand = [\"srv\", \"--stdio\"]\n[tools.attach]\na = [\"files__read\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(config.tools.mcp["files"].command, ["srv", "--stdio"]);
         let (field, _) = field_error(&format!("{TWO_MODELS}[tools.run_code]\nwall_secs = 0\n"));
         assert_eq!(field, "tools.run_code.wall_secs");
     }

@@ -29,6 +29,36 @@ pub struct ToolsConfig {
     /// `http_fetch`: off unless hosts are allowed.
     #[serde(default)]
     pub http_fetch: HttpFetchConfig,
+    /// MCP servers whose tools models may call, by name: a request names
+    /// `NAME` (all its tools) or `NAME__TOOL` (one).
+    #[serde(default)]
+    pub mcp: BTreeMap<String, McpServerConfig>,
+}
+
+/// `[tools.mcp.NAME]`: an MCP server, started as a command (stdio) or
+/// reached at a URL (streamable HTTP).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// The program and its arguments, spoken to over stdin and stdout.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment variables for the command (values may be `${VAR}`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A streamable HTTP endpoint, instead of a command.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Headers sent to the endpoint (values may be `${VAR}`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Tenants whose callers may use it (keyless and master-key callers
+    /// are the `default` tenant); empty: every tenant.
+    #[serde(default)]
+    pub allow_tenants: Vec<String>,
+    /// Its tools offered to models; empty: all it lists.
+    #[serde(default)]
+    pub allow_tools: Vec<String>,
 }
 
 impl Default for ToolsConfig {
@@ -39,6 +69,7 @@ impl Default for ToolsConfig {
             attach: BTreeMap::new(),
             run_code: RunCodeConfig::default(),
             http_fetch: HttpFetchConfig::default(),
+            mcp: BTreeMap::new(),
         }
     }
 }
@@ -173,6 +204,28 @@ impl ToolsConfig {
                 format!("{host:?} is not a host name (or *.domain)"),
             ));
         }
+        for (name, server) in &self.mcp {
+            let field = format!("tools.mcp.{name}");
+            if name.is_empty()
+                || name.contains("__")
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                || BUILTIN_TOOLS.contains(&name.as_str())
+            {
+                return Err((
+                    field,
+                    "a server's name is letters, digits, - and _ (no __), and not a built-in tool's"
+                        .into(),
+                ));
+            }
+            match (server.command.is_empty(), &server.url) {
+                (false, None) | (true, Some(_)) => {}
+                _ => {
+                    return Err((field, "give either `command` or `url`".into()));
+                }
+            }
+        }
         if run_code.enabled && run_code.languages.is_empty() {
             return Err((
                 "tools.run_code.languages".into(),
@@ -196,7 +249,13 @@ impl ToolsConfig {
                     "no model or route by this name".into(),
                 ));
             }
-            if let Some(unknown) = tools.iter().find(|t| !BUILTIN_TOOLS.contains(&t.as_str())) {
+            let known = |tool: &str| {
+                BUILTIN_TOOLS.contains(&tool)
+                    || self
+                        .mcp
+                        .contains_key(tool.split("__").next().unwrap_or(tool))
+            };
+            if let Some(unknown) = tools.iter().find(|t| !known(t)) {
                 return Err((
                     format!("tools.attach.{target}"),
                     format!(

@@ -6,6 +6,7 @@
 pub mod calculator;
 pub mod clock;
 pub mod http_fetch;
+pub mod mcp;
 pub mod sandbox;
 mod toolbox;
 

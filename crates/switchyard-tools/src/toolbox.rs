@@ -11,6 +11,7 @@ use switchyard_core::ToolDefinition;
 use crate::calculator::Calculator;
 use crate::clock::Clock;
 use crate::http_fetch::HttpFetch;
+use crate::mcp::{McpServer, SEPARATOR};
 use crate::sandbox::RunCode;
 
 /// Why a tool call gave no result. The tool loop hands the message to the
@@ -46,6 +47,8 @@ pub struct Toolbox {
     /// Tools that exist but cannot run here, and why.
     unavailable: BTreeMap<String, String>,
     attach: BTreeMap<String, Vec<String>>,
+    /// MCP servers, by name.
+    mcp: BTreeMap<String, Arc<McpServer>>,
     /// Rounds of tool calls before the loop stops.
     pub max_steps: usize,
     /// How long one call may take.
@@ -66,8 +69,20 @@ impl Toolbox {
     /// The built-in tools `config` enables. `run_code` is offered only
     /// where its sandbox works on this host; elsewhere it is listed as
     /// unavailable with the reason.
-    pub fn from_config(config: &ToolsConfig) -> Self {
+    ///
+    /// MCP servers are started (on the current runtime), except those
+    /// `previous` (the toolbox in force before a reload) already runs with
+    /// the same settings, which carry over.
+    pub fn from_config(config: &ToolsConfig, previous: Option<&Toolbox>) -> Self {
         let mut toolbox = Self::empty(config);
+        for (name, server) in &config.mcp {
+            let running = previous
+                .and_then(|p| p.mcp.get(name))
+                .filter(|running| running.runs(server))
+                .cloned()
+                .unwrap_or_else(|| McpServer::start(name, server));
+            toolbox.mcp.insert(name.clone(), running);
+        }
         toolbox.add(Arc::new(Calculator::new()));
         toolbox.add(Arc::new(Clock::system()));
         match HttpFetch::new(&config.http_fetch) {
@@ -106,6 +121,7 @@ impl Toolbox {
             tools: BTreeMap::new(),
             unavailable: BTreeMap::new(),
             attach: config.attach.clone(),
+            mcp: BTreeMap::new(),
             max_steps: config.max_steps,
             call_timeout: Duration::from_secs(config.call_timeout_secs),
         }
@@ -127,9 +143,39 @@ impl Toolbox {
             Some(why) => format!("the tool {name:?} is unavailable on this server: {why}"),
             None => format!(
                 "there is no tool named {name:?}; the tools are {}",
-                self.tools.keys().cloned().collect::<Vec<_>>().join(", ")
+                self.tools
+                    .keys()
+                    .chain(self.mcp.keys())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         })
+    }
+
+    /// The tools a request's `{"type": "switchyard", "name": name}` stands
+    /// for: a built-in tool, every tool of the MCP server `name`, or the one
+    /// tool `SERVER__TOOL`.
+    /// MCP tools are those `tenant` may use.
+    /// An `Unavailable` error is one worth retrying (a server that has not
+    /// connected yet).
+    pub fn resolve(&self, name: &str, tenant: &str) -> Result<Vec<Arc<dyn Tool>>, ToolError> {
+        if let Some(server) = self.mcp.get(name) {
+            return server.tools(tenant, None);
+        }
+        if let Some((server, tool)) = name.split_once(SEPARATOR)
+            && let Some(server) = self.mcp.get(server)
+        {
+            return server.tools(tenant, Some(tool));
+        }
+        self.get(name)
+            .map(|tool| vec![tool])
+            .map_err(ToolError::Arguments)
+    }
+
+    /// The MCP server called `name`, if one is configured.
+    pub fn mcp_server(&self, name: &str) -> Option<&Arc<McpServer>> {
+        self.mcp.get(name)
     }
 
     /// Tools attached to the model or route `name` by the configuration.
@@ -169,7 +215,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let toolbox = Toolbox::from_config(&config);
+        let toolbox = Toolbox::from_config(&config, None);
         assert!(toolbox.get("calculator").is_ok());
         let missing = toolbox.get("teleport").err().unwrap_or_default();
         assert!(missing.contains("calculator, clock"), "{missing}");

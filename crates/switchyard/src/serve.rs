@@ -136,7 +136,7 @@ async fn serve(
             guardrails: Arc::new(guardrails(&config, "the configuration")?),
             fitting: Arc::new(crate::context::fitting(&config)),
             keeping: crate::context::keeping(&config),
-            tools: Arc::new(switchyard_tools::Toolbox::from_config(&config.tools)),
+            tools: Arc::new(switchyard_tools::Toolbox::from_config(&config.tools, None)),
         },
     );
     crate::context::purge_in_background(pipeline.clone());
@@ -422,7 +422,10 @@ async fn reload(
         guardrails,
         fitting: Arc::new(crate::context::fitting(next)),
         keeping: crate::context::keeping(next),
-        tools: Arc::new(switchyard_tools::Toolbox::from_config(&next.tools)),
+        tools: Arc::new(switchyard_tools::Toolbox::from_config(
+            &next.tools,
+            Some(&in_force.tools),
+        )),
     });
     Ok(assembled.reusable)
 }

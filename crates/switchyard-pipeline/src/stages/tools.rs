@@ -22,11 +22,11 @@ use futures::StreamExt;
 use serde_json::json;
 use switchyard_core::{
     BackendError, ChatMessage, ChatRequest, ChatResponse, ChatStream, ContentPart, Decision,
-    FinishReason, Role, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, Usage,
+    ErrorKind, FinishReason, Role, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, Usage,
 };
 use switchyard_orchestration::{CacheStatus, Gateway, RequestContext, Routed};
 use switchyard_telemetry::metrics::metrics;
-use switchyard_tools::Tool;
+use switchyard_tools::{Tool, ToolError};
 use tracing::Instrument;
 
 use super::search_tool::SearchTool;
@@ -64,7 +64,7 @@ pub(crate) async fn plan(
     let mut tools = BTreeMap::new();
     let mut search = None;
     for name in names {
-        let tool: Arc<dyn Tool> = if name == SEARCH {
+        let resolved: Vec<Arc<dyn Tool>> = if name == SEARCH {
             let retrieval = snapshot
                 .retrieval
                 .clone()
@@ -74,21 +74,36 @@ pub(crate) async fn plan(
                     .await?,
             );
             search = Some(tool.clone());
-            tool
+            vec![tool]
         } else {
             toolbox
-                .get(&name)
-                .map_err(|message| BackendError::invalid_request(message).with_param("tools"))?
+                .resolve(&name, tenant)
+                .map_err(|error| match error {
+                    ToolError::Unavailable(message) => {
+                        BackendError::new(ErrorKind::Overloaded, message)
+                            .with_retry_after(Some(Duration::from_secs(1)))
+                    }
+                    ToolError::Arguments(message) | ToolError::Failed(message) => {
+                        BackendError::invalid_request(message).with_param("tools")
+                    }
+                })?
         };
-        if request.tools.iter().any(|t| t.name == name) {
-            return Err(BackendError::invalid_request(format!(
-                "a function tool of the request is called {name:?}, like the switchyard tool it also asks for"
-            ))
-            .with_param("tools")
-            .into());
+        for tool in resolved {
+            let definition = tool.definition();
+            if tools.contains_key(&definition.name) {
+                continue;
+            }
+            if request.tools.iter().any(|t| t.name == definition.name) {
+                return Err(BackendError::invalid_request(format!(
+                    "a function tool of the request is called {:?}, like a switchyard tool it also asks for",
+                    definition.name
+                ))
+                .with_param("tools")
+                .into());
+            }
+            tools.insert(definition.name.clone(), tool);
+            request.tools.push(definition);
         }
-        request.tools.push(tool.definition());
-        tools.insert(name, tool);
     }
     Ok(Some(ToolPlan {
         tools,
