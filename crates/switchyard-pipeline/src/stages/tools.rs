@@ -257,12 +257,18 @@ pub(crate) async fn streamed(
 #[derive(Default)]
 struct Round {
     text: String,
-    /// Calls by the model's index: id, name, arguments so far, and the
-    /// index the client sees (`None`: Switchyard's own).
-    calls: BTreeMap<u32, (String, String, String, Option<u32>)>,
+    /// Calls by the model's index.
+    calls: BTreeMap<u32, Called>,
     theirs: u32,
     finish: Option<FinishReason>,
     usage: Usage,
+}
+
+/// A call of a streamed round, as its pieces arrive.
+struct Called {
+    call: ToolCall,
+    /// The index the client sees it under; `None`: Switchyard's own.
+    client_index: Option<u32>,
 }
 
 impl Round {
@@ -275,21 +281,24 @@ impl Round {
             }
             StreamEvent::ToolCall(piece) => {
                 let theirs = &mut self.theirs;
-                let call = self.calls.entry(piece.index).or_insert_with(|| {
+                let called = self.calls.entry(piece.index).or_insert_with(|| {
                     let name = piece.name.clone().unwrap_or_default();
                     let client_index = (!plan.is_ours(&name)).then(|| {
                         *theirs += 1;
                         *theirs - 1
                     });
-                    (
-                        piece.id.clone().unwrap_or_default(),
-                        name,
-                        String::new(),
+                    Called {
+                        call: ToolCall {
+                            id: piece.id.clone().unwrap_or_default(),
+                            name,
+                            arguments: String::new(),
+                        },
                         client_index,
-                    )
+                    }
                 });
-                call.2.push_str(&piece.arguments);
-                call.3
+                called.call.arguments.push_str(&piece.arguments);
+                called
+                    .client_index
                     .map(|index| StreamEvent::ToolCall(ToolCallDelta { index, ..piece }))
             }
             StreamEvent::Finish(reason) => {
@@ -307,12 +316,8 @@ impl Round {
     fn ours(&self) -> Vec<ToolCall> {
         self.calls
             .values()
-            .filter(|(_, _, _, client_index)| client_index.is_none())
-            .map(|(id, name, arguments, _)| ToolCall {
-                id: id.clone(),
-                name: name.clone(),
-                arguments: arguments.clone(),
-            })
+            .filter(|called| called.client_index.is_none())
+            .map(|called| called.call.clone())
             .collect()
     }
 }
