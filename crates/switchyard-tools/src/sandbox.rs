@@ -396,6 +396,9 @@ impl RunCode {
 fn limit_from(exit_code: Option<i32>, stderr: &str) -> Option<Limit> {
     match exit_code {
         Some(0) => None,
+        // SIGXCPU at the soft limit, or SIGKILL (128 + 9) at the hard one
+        // for a run that ignored it (the kernel's OOM killer aside, nothing
+        // else kills a run the gateway did not stop itself).
         Some(EXIT_CPU_LIMIT | 137) => Some(Limit::CpuTime),
         _ if stderr.contains("MemoryError") || stderr.contains("Cannot allocate memory") => {
             Some(Limit::Memory)
