@@ -1,11 +1,11 @@
 //! MCP servers as tool sources, through the official Rust SDK (`rmcp`): a
 //! configured server is started as a command (stdio) or reached at a URL
-//! (streamable HTTP), its tools are listed when it connects, and models
-//! call them as `SERVER__TOOL` (those of its tools `allow_tools` names, for
-//! the tenants `allow_tenants` names). A supervisor keeps each server up: one that
-//! dies is restarted with backoff, and while it is down its tools answer
-//! the model with an error saying so (the loop's call timeout bounds a
-//! server that hangs).
+//! (streamable HTTP); its tools are listed when it connects and again when
+//! it says they changed, and models call them as `SERVER__TOOL` (those of
+//! its tools `allow_tools` names, for the tenants `allow_tenants` names).
+//! A supervisor keeps each server up: one that dies is restarted with
+//! backoff, and while it is down its tools answer the model with an error
+//! saying so (the loop's call timeout bounds a server that hangs).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use rmcp::model::{CallToolRequestParams, JsonObject};
-use rmcp::service::RunningService;
+use rmcp::service::{NotificationContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{Peer, RoleClient, ServiceExt};
@@ -173,7 +173,7 @@ async fn supervise(name: String, config: McpServerConfig, state: Arc<Mutex<State
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
-        match connect(&name, &config).await {
+        match connect(&name, &config, &state).await {
             Ok(running) => {
                 let peer = running.peer().clone();
                 match peer.list_all_tools().await {
@@ -214,11 +214,40 @@ async fn supervise(name: String, config: McpServerConfig, state: Arc<Mutex<State
     }
 }
 
+/// The gateway's side of a session: it follows the server's notice that
+/// its tools changed by listing them again.
+struct Session {
+    name: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl rmcp::ClientHandler for Session {
+    async fn on_tool_list_changed(&self, context: NotificationContext<RoleClient>) {
+        match context.peer.list_all_tools().await {
+            Ok(tools) => {
+                tracing::info!(server = %self.name, tools = tools.len(), "MCP server's tools changed");
+                self.state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .tools = tools;
+            }
+            Err(error) => {
+                tracing::warn!(server = %self.name, %error, "MCP server's changed tools could not be listed");
+            }
+        }
+    }
+}
+
 /// One session with the server.
 async fn connect(
     name: &str,
     config: &McpServerConfig,
-) -> Result<RunningService<RoleClient, ()>, String> {
+    state: &Arc<Mutex<State>>,
+) -> Result<RunningService<RoleClient, Session>, String> {
+    let session = Session {
+        name: name.to_owned(),
+        state: state.clone(),
+    };
     if let Some(url) = &config.url {
         let mut headers = HashMap::new();
         for (key, value) in &config.headers {
@@ -231,7 +260,7 @@ async fn connect(
         let mut transport_config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
         transport_config.custom_headers = headers;
         let transport = StreamableHttpClientTransport::from_config(transport_config);
-        return ().serve(transport).await.map_err(|e| e.to_string());
+        return session.serve(transport).await.map_err(|e| e.to_string());
     }
     let (program, arguments) = config
         .command
@@ -253,7 +282,7 @@ async fn connect(
             }
         });
     }
-    ().serve(transport).await.map_err(|e| e.to_string())
+    session.serve(transport).await.map_err(|e| e.to_string())
 }
 
 /// One tool of an MCP server.

@@ -77,6 +77,8 @@ fn config(upstream: &switchyard_standin::RunningStandin, http: &HttpMcp) -> Stri
         calling("asks-pid", upstream, "calc__whoami", json!({})),
         calling("crashes", upstream, "calc__crash", json!({})),
         calling("adds-narrowly", upstream, "narrow__add", json!({"a": 1, "b": 1})),
+        calling("grows", upstream, "calc__grow", json!({})),
+        calling("triples", upstream, "calc__triple", json!({"n": 14})),
         calling(
             "adds-over-http",
             upstream,
@@ -191,6 +193,18 @@ async fn mcp_tools_over_stdio_and_http_are_offered_called_and_a_crashed_server_r
             .logs()
             .contains("MCP server session ended; restarting")
     );
+
+    // A server that says its tools changed is listed again: a tool it
+    // added is offered and called.
+    let (status, text) = ask(&gateway, "triples", "calc__triple").await;
+    assert_eq!(status, 400, "no such tool yet: {text}");
+    let grown = ask_until(&gateway, "grows", "calc", |t| t.starts_with("tool said:")).await;
+    assert_eq!(grown, "tool said: grown");
+    let tripled = ask_until(&gateway, "triples", "calc__triple", |t| {
+        t.starts_with("tool said:")
+    })
+    .await;
+    assert_eq!(tripled, "tool said: 42");
 }
 
 #[tokio::test]

@@ -2,13 +2,15 @@
 
 Usage: mcp_server.py stdio | mcp_server.py http PORT
 Tools: `add` (two integers), `whoami` (this process's id, so a test can see
-a restart), `crash` (the process exits at once).
+a restart), `crash` (the process exits at once), `grow` (adds the tool
+`triple` and tells the client its tools changed).
 """
 
+import inspect
 import os
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("switchyard-test-tools")
 
@@ -29,6 +31,23 @@ def whoami() -> str:
 def crash() -> str:
     """Ends the server process at once, as a crash would."""
     os._exit(3)
+
+
+def triple(n: int) -> str:
+    """Three times n."""
+    return str(3 * n)
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Adds the tool `triple` and tells the client the tools changed."""
+    server.add_tool(triple)
+    # The notification of the 2025-11-25 protocol that the gateway speaks
+    # (newer clients subscribe instead).
+    notified = ctx.session.send_tool_list_changed()
+    if inspect.isawaitable(notified):
+        await notified
+    return "grown"
 
 
 if __name__ == "__main__":
