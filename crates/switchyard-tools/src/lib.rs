@@ -10,4 +10,4 @@ pub mod mcp;
 pub mod sandbox;
 mod toolbox;
 
-pub use toolbox::{Tool, ToolError, Toolbox};
+pub use toolbox::{Tool, ToolError, Toolbox, parse_arguments};

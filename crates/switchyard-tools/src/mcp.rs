@@ -22,7 +22,7 @@ use switchyard_config::McpServerConfig;
 use switchyard_core::ToolDefinition;
 use tokio::io::AsyncBufReadExt;
 
-use crate::toolbox::{Tool, ToolError};
+use crate::toolbox::{Tool, ToolError, parse_arguments};
 
 /// How an MCP tool is named to models: `SERVER__TOOL`.
 pub const SEPARATOR: &str = "__";
@@ -299,14 +299,7 @@ impl Tool for McpTool {
 
     fn call<'a>(&'a self, arguments: &'a str) -> BoxFuture<'a, Result<String, ToolError>> {
         Box::pin(async move {
-            let text = if arguments.trim().is_empty() {
-                "{}"
-            } else {
-                arguments
-            };
-            let arguments: JsonObject = serde_json::from_str(text).map_err(|e| {
-                ToolError::Arguments(format!("the arguments must be a JSON object: {e}"))
-            })?;
+            let arguments: JsonObject = parse_arguments(arguments)?;
             let peer = {
                 let state = self.server.lock();
                 state.peer.clone().ok_or_else(|| {

@@ -189,11 +189,9 @@ impl Toolbox {
     }
 }
 
-/// Parses a tool's arguments, with a message for the model when they do
-/// not fit.
-pub(crate) fn parse_arguments<T: serde::de::DeserializeOwned>(
-    arguments: &str,
-) -> Result<T, ToolError> {
+/// Parses a tool's arguments (the model's JSON text; empty counts as
+/// `{}`), with a message for the model when they do not fit.
+pub fn parse_arguments<T: serde::de::DeserializeOwned>(arguments: &str) -> Result<T, ToolError> {
     let text = if arguments.trim().is_empty() {
         "{}"
     } else {

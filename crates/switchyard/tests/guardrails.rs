@@ -13,8 +13,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, client, metric_sample, recording_standin, scrape, standin_model, stream_chunks,
-    streamed_text,
+    Server, audit_record, client, decision_steps, metric_sample, recording_standin, scrape,
+    standin_model, stream_chunks, streamed_text,
 };
 use serde_json::{Value, json};
 
@@ -53,41 +53,16 @@ fn ask(model: &str, text: &str, stream: bool) -> Value {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]})
 }
 
-/// The audit record of `request_id`, once the ledger has written it.
+/// The audit record of `request_id`.
 async fn audit(server: &Server, request_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer: Value = client()
-            .get(format!(
-                "{}/admin/audit?request_id={request_id}",
-                server.url
-            ))
-            .bearer_auth(MASTER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(record) = answer["data"].get(0) {
-            return record.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no audit record for {request_id}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    audit_record(server, MASTER, request_id).await
 }
 
 /// The first step of the audit record's decision path named `name`.
 fn first_step(record: &Value, name: &str) -> Value {
-    record["decisions"]
-        .as_array()
+    decision_steps(record, name)
         .into_iter()
-        .flatten()
-        .find(|d| d["step"] == name)
-        .cloned()
+        .next()
         .unwrap_or_else(|| panic!("no {name} step in {record}"))
 }
 

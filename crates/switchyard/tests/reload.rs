@@ -120,25 +120,7 @@ async fn a_reload_adds_an_assistant_and_names_what_needs_a_restart() {
 
 /// The audit record of one request, once the ledger has written it.
 async fn audit_of(server: &Server, request_id: &str) -> Value {
-    for _ in 0..100 {
-        let records: Value = client()
-            .get(format!(
-                "{}/admin/audit?request_id={request_id}",
-                server.url
-            ))
-            .bearer_auth(MASTER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(record) = records["data"].as_array().and_then(|d| d.first()) {
-            return record.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no audit record for {request_id}");
+    common::audit_record(server, MASTER, request_id).await
 }
 
 fn route_step(record: &Value) -> Value {

@@ -10,8 +10,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, client, local_embedding_config, local_model_config, metric_sample, recording_standin,
-    run_check, scrape, standin_model, stream_chunks, streamed_text,
+    Server, audit_record, client, decision_steps, local_embedding_config, local_model_config,
+    metric_sample, recording_standin, run_check, scrape, standin_model, stream_chunks,
+    streamed_text,
 };
 use serde_json::{Value, json};
 
@@ -104,41 +105,9 @@ async fn post(server: &Server, body: &Value, request_id: &str) -> reqwest::Respo
         .unwrap()
 }
 
-/// The audit record of `request_id`, once the ledger has written it.
+/// The audit record of `request_id`.
 async fn audit(server: &Server, request_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let answer: Value = client()
-            .get(format!(
-                "{}/admin/audit?request_id={request_id}",
-                server.url
-            ))
-            .bearer_auth(MASTER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if let Some(record) = answer["data"].get(0) {
-            return record.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no audit record for {request_id}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn steps(record: &Value, name: &str) -> Vec<Value> {
-    record["decisions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|d| d["step"] == name)
-        .cloned()
-        .collect()
+    audit_record(server, MASTER, request_id).await
 }
 
 /// The prompt tokens the stand-in reported over every request it got: it
@@ -206,14 +175,14 @@ async fn the_calculators_exact_result_reaches_the_final_answer_through_the_stand
     assert_eq!(usage["prompt_tokens"].as_u64().unwrap(), prompt_words);
     let total = usage["total_tokens"].as_f64().unwrap();
     let record = audit(&server, "calc-whole").await;
-    let tool = &steps(&record, "tool")[0];
+    let tool = &decision_steps(&record, "tool")[0];
     assert_eq!(tool["tool"], "calculator");
     assert_eq!(tool["outcome"], "ok");
     assert_eq!(tool["round"], 0);
     assert!(tool["arguments"].as_str().unwrap().contains("2^100"));
-    let round = &steps(&record, "tool_step")[0];
+    let round = &decision_steps(&record, "tool_step")[0];
     assert_eq!(round["deployment"], "calc");
-    let billed = &steps(&record, "usage")[0];
+    let billed = &decision_steps(&record, "usage")[0];
     assert_eq!(billed["cost_usd"].as_f64().unwrap(), total, "{record}");
 
     let metrics = scrape(&server, Some(MASTER)).await.text().await.unwrap();
@@ -254,8 +223,10 @@ async fn a_streamed_answer_carries_the_final_round_and_one_usage_for_all_rounds(
         prompt_words
     );
     let record = audit(&server, "calc-stream").await;
-    assert_eq!(steps(&record, "tool").len(), 1);
-    let billed = steps(&record, "usage")[0]["cost_usd"].as_f64().unwrap();
+    assert_eq!(decision_steps(&record, "tool").len(), 1);
+    let billed = decision_steps(&record, "usage")[0]["cost_usd"]
+        .as_f64()
+        .unwrap();
     assert_eq!(billed, usage["usage"]["total_tokens"].as_f64().unwrap());
 }
 
@@ -282,7 +253,7 @@ async fn two_calls_of_one_round_both_reach_the_model() {
     assert_eq!(clock["timezone"], "Asia/Tokyo");
     assert_eq!(clock["utc_offset"], "+09:00");
     let record = audit(&server, "pair").await;
-    let tools: Vec<Value> = steps(&record, "tool");
+    let tools: Vec<Value> = decision_steps(&record, "tool");
     assert_eq!(tools.len(), 2);
     assert!(
         tools
@@ -301,7 +272,7 @@ async fn a_tool_that_times_out_is_reported_to_the_model_and_the_answer_still_arr
     let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(answer.contains("did not answer within 2 s"), "{answer}");
     let record = audit(&server, "sleepy").await;
-    assert_eq!(steps(&record, "tool")[0]["outcome"], "timeout");
+    assert_eq!(decision_steps(&record, "tool")[0]["outcome"], "timeout");
 }
 
 #[tokio::test]
@@ -325,7 +296,7 @@ async fn http_fetch_reads_an_allowed_host_for_the_model() {
         "{page}"
     );
     let record = audit(&server, "fetch").await;
-    assert_eq!(steps(&record, "tool")[0]["outcome"], "ok");
+    assert_eq!(decision_steps(&record, "tool")[0]["outcome"], "ok");
 }
 
 #[tokio::test]
@@ -341,8 +312,8 @@ async fn max_steps_stops_a_model_that_calls_forever_and_every_round_is_billed() 
     // Three rounds ran their calls; the fourth answer still called.
     assert_eq!(upstream.requests().len(), 4);
     let record = audit(&server, "forever").await;
-    assert_eq!(steps(&record, "tool_step").len(), 3);
-    assert_eq!(steps(&record, "tool").len(), 3);
+    assert_eq!(decision_steps(&record, "tool_step").len(), 3);
+    assert_eq!(decision_steps(&record, "tool").len(), 3);
     let prompt_words = upstream_prompt_tokens(&upstream);
     assert_eq!(
         body["usage"]["prompt_tokens"].as_u64().unwrap(),
@@ -352,7 +323,9 @@ async fn max_steps_stops_a_model_that_calls_forever_and_every_round_is_billed() 
         body["usage"]["completion_tokens"], 4,
         "one token per round's call"
     );
-    let billed = steps(&record, "usage")[0]["cost_usd"].as_f64().unwrap();
+    let billed = decision_steps(&record, "usage")[0]["cost_usd"]
+        .as_f64()
+        .unwrap();
     assert_eq!(billed, body["usage"]["total_tokens"].as_f64().unwrap());
 }
 
@@ -540,11 +513,11 @@ async fn the_local_model_calls_a_switchyard_tool_and_the_loop_completes() {
     let finish = body["choices"][0]["finish_reason"].as_str().unwrap();
     assert!(finish == "stop" || finish == "length", "{body}");
     let record = audit(&server, "local-tools").await;
-    let calls = steps(&record, "tool");
+    let calls = decision_steps(&record, "tool");
     assert!(!calls.is_empty(), "{record}");
     assert_eq!(calls[0]["tool"], "calculator");
     assert_eq!(
-        steps(&record, "tool_step")[0]["deployment"],
+        decision_steps(&record, "tool_step")[0]["deployment"],
         "smollm2-135m-instruct"
     );
 }

@@ -14,7 +14,7 @@ use switchyard_core::ToolDefinition;
 use switchyard_orchestration::{Gateway, RequestContext};
 use switchyard_retrieval::SearchQuery;
 use switchyard_retrieval::grounding::{Grounded, Retrieval, Source};
-use switchyard_tools::{Tool, ToolError};
+use switchyard_tools::{Tool, ToolError, parse_arguments};
 
 use crate::models::RequestModels;
 
@@ -184,15 +184,6 @@ impl Tool for SearchTool {
     }
 
     fn call<'a>(&'a self, arguments: &'a str) -> BoxFuture<'a, Result<String, ToolError>> {
-        Box::pin(async move {
-            let text = if arguments.trim().is_empty() {
-                "{}"
-            } else {
-                arguments
-            };
-            let arguments: Arguments =
-                serde_json::from_str(text).map_err(|e| ToolError::Arguments(e.to_string()))?;
-            self.search(arguments).await
-        })
+        Box::pin(async move { self.search(parse_arguments(arguments)?).await })
     }
 }

@@ -414,3 +414,42 @@ pub fn run_check_with(server: &Server, script: &str, args: &[&str], passed: &str
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains(passed));
 }
+
+/// The audit record of `request_id`, read with the admin key `key`, once
+/// the ledger has written it (at most 10 s).
+pub async fn audit_record(server: &Server, key: &str, request_id: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer: serde_json::Value = client()
+            .get(format!(
+                "{}/admin/audit?request_id={request_id}",
+                server.url
+            ))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(record) = answer["data"].get(0) {
+            return record.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit record for {request_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The steps of an audit record's decision path named `name`, in order.
+pub fn decision_steps(record: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
+    record["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["step"] == name)
+        .cloned()
+        .collect()
+}
