@@ -230,6 +230,8 @@ fn sse_events(
                 }
                 Ok(StreamEvent::Finish(reason)) => finish = reason,
                 Ok(StreamEvent::Usage(counts)) => usage = counts,
+                // Messages have no shape for a tool the gateway runs.
+                Ok(StreamEvent::ToolRun(_)) => {}
                 Err(error) => {
                     warn!(message = %error.message, "stream failed after it started");
                     let body = error_body(&ApiError::from(error));

@@ -136,6 +136,9 @@ fn sse_events(
                 Ok(StreamEvent::Delta(text)) => yield Ok(data(&chunks.content(text))),
                 Ok(StreamEvent::ToolCall(piece)) => yield Ok(data(&chunks.tool_call(piece))),
                 Ok(StreamEvent::Finish(reason)) => yield Ok(data(&chunks.finish(reason))),
+                // Chat completions have no shape for a tool the gateway
+                // runs: the client sees the answer it leads to.
+                Ok(StreamEvent::ToolRun(_)) => {}
                 Ok(StreamEvent::Usage(usage)) => {
                     completion_tokens = Some(usage.completion_tokens);
                     if include_usage {

@@ -15,12 +15,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use switchyard_core::{ChatStream, ContentPart, Item, Role, StreamEvent, Usage};
+use switchyard_core::{ChatStream, ContentPart, Item, Role, StreamEvent, ToolRun, Usage};
 use switchyard_pipeline::responses::{Continuation, Finished, Turn};
 use switchyard_pipeline::{Grounded, Pipeline};
 use switchyard_protocol::openai_responses::{
     Annotation, OutputContent, OutputItem, ResponseError, ResponseEvent, ResponseObject,
     ResponsesRequest, Sequenced, answer_items, input_item, new_id, output_item, status_of,
+    tool_run_item,
 };
 use tracing::warn;
 
@@ -70,8 +71,9 @@ fn render(items: &[Item], annotations: &[Annotation]) -> Vec<OutputItem> {
         .collect()
 }
 
-/// Settles `object` from the answer's end and stores it (with `output`)
-/// when the turn asked to be stored.
+/// Settles `object` from the answer's end (`shown`: its output as the
+/// client sees it) and stores it (with `output`, the items a later turn
+/// continues from) when the turn asked to be stored.
 async fn finish(
     pipeline: &Pipeline,
     continuation: Continuation,
@@ -79,14 +81,14 @@ async fn finish(
     finish_reason: Option<switchyard_core::FinishReason>,
     usage: Usage,
     output: Vec<Item>,
-    annotations: &[Annotation],
+    shown: Vec<OutputItem>,
 ) -> Result<(), ApiError> {
     let (status, incomplete) =
         status_of(finish_reason.unwrap_or(switchyard_core::FinishReason::Stop));
     object.status = status.to_owned();
     object.incomplete_details = incomplete;
     object.usage = Some(usage.into());
-    object.output = render(&output, annotations);
+    object.output = shown;
     let body = serde_json::to_string(&*object).map_err(|error| {
         ApiError::from(switchyard_core::BackendError::internal(format!(
             "cannot encode the response: {error}"
@@ -164,6 +166,7 @@ pub(crate) async fn create(
     let whole = &answer.routed.value;
     let notes = annotations(answer.grounded.as_ref());
     let output = answer_items(&new_id("msg"), &whole.content, &whole.tool_calls);
+    let shown = render(&output, &notes);
     let mut object = object;
     finish(
         &state.pipeline,
@@ -172,7 +175,7 @@ pub(crate) async fn create(
         Some(whole.finish_reason),
         whole.usage,
         output,
-        &notes,
+        shown,
     )
     .await?;
     let mut response = Json(object).into_response();
@@ -194,34 +197,52 @@ enum Open {
         arguments: String,
         index: u32,
     },
+    /// A tool Switchyard runs for the model: shown, but not an item a
+    /// later turn continues from (its result is in the answer).
+    Run {
+        id: String,
+        run: ToolRun,
+    },
 }
 
 impl Open {
-    fn item(&self) -> Item {
+    /// The item a later turn continues from, if it is one.
+    fn item(&self) -> Option<Item> {
         match self {
-            Open::Message { id, text } => Item::Message {
+            Open::Message { id, text } => Some(Item::Message {
                 id: id.clone(),
                 role: Role::Assistant,
                 content: vec![ContentPart::Text(text.clone())],
-            },
+            }),
             Open::Call {
                 id,
                 call_id,
                 name,
                 arguments,
                 ..
-            } => Item::FunctionCall {
+            } => Some(Item::FunctionCall {
                 id: id.clone(),
                 call_id: call_id.clone(),
                 name: name.clone(),
                 arguments: arguments.clone(),
-            },
+            }),
+            Open::Run { .. } => None,
+        }
+    }
+
+    /// The item as the client sees it.
+    fn shown(&self, annotations: &[Annotation]) -> Option<OutputItem> {
+        match self {
+            Open::Run { id, run } => Some(tool_run_item(id, run)),
+            other => other
+                .item()
+                .and_then(|item| output_item(&item, annotations)),
         }
     }
 
     /// The events that close this item, at `output_index`.
     fn close(&self, output_index: usize, annotations: &[Annotation]) -> Vec<ResponseEvent> {
-        let item = output_item(&self.item(), annotations);
+        let item = self.shown(annotations);
         let mut events = match self {
             Open::Message { id, text } => vec![
                 ResponseEvent::OutputTextDone {
@@ -249,6 +270,19 @@ impl Open {
                 name: name.clone(),
                 arguments: arguments.clone(),
             }],
+            Open::Run { id, run } => {
+                let item_id = id.clone();
+                vec![match &run.ended {
+                    Some(end) if end.failed => ResponseEvent::McpCallFailed {
+                        item_id,
+                        output_index,
+                    },
+                    _ => ResponseEvent::McpCallCompleted {
+                        item_id,
+                        output_index,
+                    },
+                }]
+            }
         };
         if let Some(item) = item {
             events.push(ResponseEvent::OutputItemDone { output_index, item });
@@ -283,6 +317,9 @@ fn semantic_events(
         yield emit(ResponseEvent::InProgress { response: Box::new(object.clone()) });
         let mut done: Vec<Open> = Vec::new();
         let mut open: Option<Open> = None;
+        // Tool calls the gateway runs, started and not yet ended, in
+        // order (they end in that order; their places follow `done`).
+        let mut running: Vec<Open> = Vec::new();
         let mut finish_reason = None;
         let mut usage = Usage::default();
         while let Some(event) = events.next().await {
@@ -359,6 +396,40 @@ fn semantic_events(
                         });
                     }
                 }
+                Ok(StreamEvent::ToolRun(run)) if run.ended.is_none() => {
+                    if let Some(previous) = open.take() {
+                        for event in previous.close(done.len(), &annotations) {
+                            yield emit(event);
+                        }
+                        done.push(previous);
+                    }
+                    let id = new_id("mcp");
+                    let output_index = done.len() + running.len();
+                    let arguments = run.arguments.clone();
+                    yield emit(ResponseEvent::OutputItemAdded { output_index, item: tool_run_item(&id, &run) });
+                    yield emit(ResponseEvent::McpCallInProgress { item_id: id.clone(), output_index });
+                    yield emit(ResponseEvent::McpCallArgumentsDelta { item_id: id.clone(), output_index, delta: arguments.clone() });
+                    yield emit(ResponseEvent::McpCallArgumentsDone { item_id: id.clone(), output_index, arguments });
+                    running.push(Open::Run { id, run });
+                }
+                Ok(StreamEvent::ToolRun(ended)) => {
+                    for waiting in &mut running {
+                        if let Open::Run { run, .. } = waiting
+                            && run.call_id == ended.call_id
+                            && run.ended.is_none()
+                        {
+                            run.ended = ended.ended.clone();
+                            break;
+                        }
+                    }
+                    while running.first().is_some_and(|first| matches!(first, Open::Run { run, .. } if run.ended.is_some())) {
+                        let finished = running.remove(0);
+                        for event in finished.close(done.len(), &annotations) {
+                            yield emit(event);
+                        }
+                        done.push(finished);
+                    }
+                }
                 Ok(StreamEvent::Finish(reason)) => finish_reason = Some(reason),
                 Ok(StreamEvent::Usage(counts)) => usage = counts,
                 Err(error) => {
@@ -389,8 +460,9 @@ fn semantic_events(
             yield emit(ResponseEvent::Failed { response: Box::new(object) });
             return;
         }
-        let output: Vec<Item> = done.iter().map(Open::item).collect();
-        let stored = finish(&pipeline, continuation, &mut object, finish_reason, usage, output, &annotations).await;
+        let output: Vec<Item> = done.iter().filter_map(Open::item).collect();
+        let shown: Vec<OutputItem> = done.iter().filter_map(|item| item.shown(&annotations)).collect();
+        let stored = finish(&pipeline, continuation, &mut object, finish_reason, usage, output, shown).await;
         if let Err(error) = stored {
             object.status = "failed".into();
             object.error = Some(ResponseError {

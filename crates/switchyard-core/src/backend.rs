@@ -186,6 +186,7 @@ pub async fn collect_stream(
             StreamEvent::ToolCall(delta) => append_tool_call(&mut tool_calls, delta),
             StreamEvent::Finish(reason) => finish_reason = Some(reason),
             StreamEvent::Usage(counts) => usage = counts,
+            StreamEvent::ToolRun(_) => {}
         }
     }
     let finish_reason = finish_reason.ok_or_else(|| {

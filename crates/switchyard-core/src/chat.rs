@@ -405,16 +405,43 @@ pub struct ToolCallDelta {
 
 /// One event of a streamed answer, in the order a backend emits them:
 /// any number of `Delta`s and `ToolCall`s, then `Finish`, then `Usage`.
+/// The tool loop adds `ToolRun`s between its rounds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum StreamEvent {
     /// More generated text (always whole UTF-8 characters).
     Delta(String),
     /// A piece of a tool call.
     ToolCall(ToolCallDelta),
+    /// A tool Switchyard runs for the model started or ended (front doors
+    /// that have no shape for it leave it out).
+    ToolRun(ToolRun),
     /// Generation ended.
     Finish(FinishReason),
     /// Final token counts.
     Usage(Usage),
+}
+
+/// A call of a tool Switchyard runs itself, as a streamed answer reports
+/// it: once when it starts, once when it ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolRun {
+    /// The model's id for the call.
+    pub call_id: String,
+    /// The tool, as the model was offered it.
+    pub name: String,
+    /// The arguments the model wrote.
+    pub arguments: String,
+    /// `None` while it runs; then what the model was given.
+    pub ended: Option<ToolRunEnd>,
+}
+
+/// How a tool call ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolRunEnd {
+    /// The result, or the error, as handed to the model.
+    pub output: String,
+    /// Whether it failed (an error or a timeout).
+    pub failed: bool,
 }
 
 #[cfg(test)]

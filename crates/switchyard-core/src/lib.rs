@@ -19,7 +19,7 @@ pub use backend::{
 pub use chat::{
     ChatMessage, ChatRequest, ChatResponse, ContentPart, FinishReason, ImageSource,
     JsonSchemaFormat, ResponseFormat, Role, SamplingParams, StreamEvent, TokenLogprob, ToolCall,
-    ToolCallDelta, ToolChoice, ToolDefinition, Usage,
+    ToolCallDelta, ToolChoice, ToolDefinition, ToolRun, ToolRunEnd, Usage,
 };
 pub use conversation::{Item, items_to_messages};
 pub use decision::{Decision, WindowCheck};

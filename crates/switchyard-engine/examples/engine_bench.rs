@@ -179,7 +179,7 @@ async fn timed(engine: &LocalEngine, request: ChatRequest) -> (f64, f64, u32, u3
                 prompt_len = usage.prompt_tokens;
                 generated = usage.completion_tokens;
             }
-            StreamEvent::Finish(_) | StreamEvent::ToolCall(_) => {}
+            StreamEvent::Finish(_) | StreamEvent::ToolCall(_) | StreamEvent::ToolRun(_) => {}
         }
     }
     let first = first.unwrap();
@@ -315,7 +315,7 @@ async fn first_token(
                 prompt = usage.prompt_tokens;
                 cached = usage.cache_read_tokens;
             }
-            StreamEvent::Finish(_) | StreamEvent::ToolCall(_) => {}
+            StreamEvent::Finish(_) | StreamEvent::ToolCall(_) | StreamEvent::ToolRun(_) => {}
         }
     }
     (

@@ -255,6 +255,8 @@ pub(crate) fn fill_from_stream(
                 }
                 Ok(StreamEvent::Finish(reason)) => finish = Some(*reason),
                 Ok(StreamEvent::Usage(counts)) => usage = *counts,
+                // The tool loop runs above the cache: none reach it.
+                Ok(StreamEvent::ToolRun(_)) => {}
                 Err(_) => failed = true,
             }
             yield event;

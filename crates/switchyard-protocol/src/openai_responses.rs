@@ -713,6 +713,85 @@ pub enum OutputItem {
         /// `in_progress` or `completed`.
         status: String,
     },
+    /// A call of a tool Switchyard ran for the model. OpenAI's shape for a
+    /// tool the server runs through MCP fits it (and its SDKs know it):
+    /// an MCP tool under its server's label, a built-in one under
+    /// `switchyard`.
+    McpCall {
+        /// `mcp_…`.
+        id: String,
+        /// The MCP server, or `switchyard`.
+        server_label: String,
+        /// The tool.
+        name: String,
+        /// JSON arguments.
+        arguments: String,
+        /// `in_progress`, `completed` or `failed`.
+        status: String,
+        /// What it returned.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+        /// Why it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ToolRunError>,
+    },
+}
+
+/// Why a tool call failed: OpenAI's `mcp_tool_execution_error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolRunError {
+    /// Always `mcp_tool_execution_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The error, as text parts.
+    pub content: Vec<ToolRunErrorText>,
+}
+
+/// A text part of [`ToolRunError`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolRunErrorText {
+    /// Always `text`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The error.
+    pub text: String,
+}
+
+/// The label Switchyard's built-in tools go under in `mcp_call` items.
+pub const BUILT_IN_TOOLS_LABEL: &str = "switchyard";
+
+/// The `mcp_call` item of `run` (`id` is the item's), as it stands:
+/// in progress, or ended with its output or error. A tool offered as
+/// `SERVER__TOOL` is its MCP server's.
+pub fn tool_run_item(id: &str, run: &switchyard_core::ToolRun) -> OutputItem {
+    let (server_label, name) = run
+        .name
+        .split_once("__")
+        .unwrap_or((BUILT_IN_TOOLS_LABEL, run.name.as_str()));
+    let (status, output, error) = match &run.ended {
+        None => ("in_progress", None, None),
+        Some(end) if end.failed => (
+            "failed",
+            None,
+            Some(ToolRunError {
+                kind: "mcp_tool_execution_error".into(),
+                content: vec![ToolRunErrorText {
+                    kind: "text".into(),
+                    text: end.output.clone(),
+                }],
+            }),
+        ),
+        Some(end) => ("completed", Some(end.output.clone()), None),
+    };
+    OutputItem::McpCall {
+        id: id.to_owned(),
+        server_label: server_label.to_owned(),
+        name: name.to_owned(),
+        arguments: run.arguments.clone(),
+        status: status.into(),
+        output,
+        error,
+    }
 }
 
 /// One part of an output message.
@@ -1065,6 +1144,51 @@ pub enum ResponseEvent {
         /// All of them.
         arguments: String,
     },
+    /// Arguments of a tool call Switchyard runs (all at once: the call
+    /// is run only once they are whole).
+    #[serde(rename = "response.mcp_call_arguments.delta")]
+    McpCallArgumentsDelta {
+        /// The call's item.
+        item_id: String,
+        /// Its place in `output`.
+        output_index: usize,
+        /// The arguments.
+        delta: String,
+    },
+    /// The arguments are whole.
+    #[serde(rename = "response.mcp_call_arguments.done")]
+    McpCallArgumentsDone {
+        /// The call's item.
+        item_id: String,
+        /// Its place in `output`.
+        output_index: usize,
+        /// All of them.
+        arguments: String,
+    },
+    /// The call runs.
+    #[serde(rename = "response.mcp_call.in_progress")]
+    McpCallInProgress {
+        /// The call's item.
+        item_id: String,
+        /// Its place in `output`.
+        output_index: usize,
+    },
+    /// The call returned; its output is in the item.
+    #[serde(rename = "response.mcp_call.completed")]
+    McpCallCompleted {
+        /// The call's item.
+        item_id: String,
+        /// Its place in `output`.
+        output_index: usize,
+    },
+    /// The call failed; its error is in the item.
+    #[serde(rename = "response.mcp_call.failed")]
+    McpCallFailed {
+        /// The call's item.
+        item_id: String,
+        /// Its place in `output`.
+        output_index: usize,
+    },
     /// An output item is whole.
     #[serde(rename = "response.output_item.done")]
     OutputItemDone {
@@ -1110,6 +1234,11 @@ impl ResponseEvent {
             ResponseEvent::FunctionCallArgumentsDone { .. } => {
                 "response.function_call_arguments.done"
             }
+            ResponseEvent::McpCallArgumentsDelta { .. } => "response.mcp_call_arguments.delta",
+            ResponseEvent::McpCallArgumentsDone { .. } => "response.mcp_call_arguments.done",
+            ResponseEvent::McpCallInProgress { .. } => "response.mcp_call.in_progress",
+            ResponseEvent::McpCallCompleted { .. } => "response.mcp_call.completed",
+            ResponseEvent::McpCallFailed { .. } => "response.mcp_call.failed",
             ResponseEvent::OutputItemDone { .. } => "response.output_item.done",
             ResponseEvent::Completed { .. } => "response.completed",
             ResponseEvent::Incomplete { .. } => "response.incomplete",

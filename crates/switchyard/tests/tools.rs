@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     Server, audit_record, client, decision_steps, local_embedding_config, local_model_config,
-    metric_sample, recording_standin, run_check, scrape, standin_model, stream_chunks,
-    streamed_text,
+    metric_sample, recording_standin, run_check, scrape, sse_data, standin_model, stream_chunks,
+    streamed_text, upstream_prompt_tokens,
 };
 use serde_json::{Value, json};
 
@@ -108,27 +108,6 @@ async fn post(server: &Server, body: &Value, request_id: &str) -> reqwest::Respo
 /// The audit record of `request_id`.
 async fn audit(server: &Server, request_id: &str) -> Value {
     audit_record(server, MASTER, request_id).await
-}
-
-/// The prompt tokens the stand-in reported over every request it got: it
-/// counts the words of every message as tokens.
-fn upstream_prompt_tokens(upstream: &switchyard_standin::RunningStandin) -> u64 {
-    let mut words = 0;
-    for request in upstream.requests() {
-        for message in request.body["messages"].as_array().unwrap() {
-            let text = match &message["content"] {
-                Value::String(text) => text.clone(),
-                Value::Array(parts) => parts
-                    .iter()
-                    .filter_map(|p| p["text"].as_str())
-                    .collect::<Vec<_>>()
-                    .join(""),
-                _ => String::new(),
-            };
-            words += text.split_whitespace().count() as u64;
-        }
-    }
-    words
 }
 
 #[tokio::test]
@@ -273,6 +252,119 @@ async fn a_tool_that_times_out_is_reported_to_the_model_and_the_answer_still_arr
     assert!(answer.contains("did not answer within 2 s"), "{answer}");
     let record = audit(&server, "sleepy").await;
     assert_eq!(decision_steps(&record, "tool")[0]["outcome"], "timeout");
+}
+
+/// The events of a streamed Responses answer to `model` with Switchyard's
+/// `tools`.
+async fn streamed_response(server: &Server, model: &str, tools: &[&str]) -> Vec<Value> {
+    let tools: Vec<Value> = tools
+        .iter()
+        .map(|name| json!({"type": "switchyard", "name": name}))
+        .collect();
+    let body = client()
+        .post(format!("{}/responses", server.v1()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": model, "input": "Work it out", "tools": tools, "stream": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    sse_data(&body)
+        .iter()
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_streamed_response_shows_each_switchyard_call_as_an_item_as_it_runs() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let events = streamed_response(&server, "pair", &["calculator", "clock"]).await;
+    let of_type =
+        |kind: &str| -> Vec<&Value> { events.iter().filter(|e| e["type"] == kind).collect() };
+    // Both calls start (places 0 and 1) before either ends; the answer
+    // that used them is the third item.
+    let added = of_type("response.output_item.added");
+    assert_eq!(added[0]["item"]["type"], "mcp_call");
+    assert_eq!(added[0]["item"]["name"], "calculator");
+    assert_eq!(added[0]["item"]["server_label"], "switchyard");
+    assert_eq!(added[0]["item"]["status"], "in_progress");
+    assert_eq!(added[1]["item"]["name"], "clock");
+    assert_eq!(added[1]["output_index"], 1);
+    assert_eq!(added[2]["item"]["type"], "message");
+    assert_eq!(added[2]["output_index"], 2);
+    let position = |kind: &str, index: u64| {
+        events
+            .iter()
+            .position(|e| e["type"] == kind && e["output_index"] == index)
+            .unwrap()
+    };
+    assert!(position("response.output_item.added", 1) < position("response.mcp_call.completed", 0));
+    let arguments = of_type("response.mcp_call_arguments.done")[0]["arguments"]
+        .as_str()
+        .unwrap();
+    assert!(arguments.contains("6 * 7"), "{arguments}");
+    let done = of_type("response.output_item.done");
+    assert_eq!(done[0]["item"]["status"], "completed");
+    assert!(done[0]["item"]["output"].as_str().unwrap().contains("42"));
+
+    // The completed response lists them, and so does the stored one; a
+    // next turn continues from the answer alone.
+    let completed = &of_type("response.completed")[0]["response"];
+    let kinds: Vec<&Value> = completed["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["type"])
+        .collect();
+    assert_eq!(
+        kinds,
+        [&json!("mcp_call"), &json!("mcp_call"), &json!("message")]
+    );
+    let id = completed["id"].as_str().unwrap();
+    let stored: Value = client()
+        .get(format!("{}/responses/{id}", server.v1()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["output"], completed["output"]);
+    let next = client()
+        .post(format!("{}/responses", server.v1()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "plain", "input": "And then?", "previous_response_id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(next.status(), 200);
+
+    // A call that times out is a failed item, its error the one the model
+    // was given.
+    let events = streamed_response(&server, "sleepy", &["run_code"]).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "response.mcp_call.failed")
+    );
+    let completed = &events
+        .iter()
+        .find(|e| e["type"] == "response.completed")
+        .unwrap()["response"];
+    let call = &completed["output"][0];
+    assert_eq!(call["status"], "failed", "{call}");
+    assert_eq!(call["error"]["type"], "mcp_tool_execution_error");
+    assert!(
+        call["error"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 2 s"),
+        "{call}"
+    );
 }
 
 #[tokio::test]

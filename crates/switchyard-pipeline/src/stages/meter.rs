@@ -59,6 +59,7 @@ pub fn metered(
                     called_tools = true;
                     admission.first_token();
                 }
+                Ok(StreamEvent::ToolRun(_)) => {}
                 Ok(StreamEvent::Usage(usage)) => {
                     outcome.tokens = Some(tokens(usage));
                     annotate_usage(&request_span, usage);

@@ -22,7 +22,8 @@ use futures::StreamExt;
 use serde_json::json;
 use switchyard_core::{
     BackendError, ChatMessage, ChatRequest, ChatResponse, ChatStream, ContentPart, Decision,
-    ErrorKind, FinishReason, Role, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, Usage,
+    ErrorKind, FinishReason, Role, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, ToolRun,
+    ToolRunEnd, Usage,
 };
 use switchyard_orchestration::{CacheStatus, Gateway, RequestContext, Routed};
 use switchyard_telemetry::metrics::metrics;
@@ -183,8 +184,8 @@ pub(crate) async fn whole(
 
 /// A streamed answer through the loop: text of every round streams as it
 /// comes; the client's tool calls stream as they come; Switchyard's calls
-/// are held and run between rounds; one finish and one usage (all rounds)
-/// end it.
+/// are held and run between rounds, each reported as it starts and ends
+/// (`ToolRun`); one finish and one usage (all rounds) end it.
 pub(crate) async fn streamed(
     plan: Arc<ToolPlan>,
     gateway: Arc<Gateway>,
@@ -233,7 +234,13 @@ pub(crate) async fn streamed(
                 note_step(&context, step, &deployment, round.usage, started);
                 earlier = added(earlier, round.usage);
             }
+            for call in &ours {
+                yield StreamEvent::ToolRun(run_of(call, None));
+            }
             let results = run_calls(&plan, step, &ours, &context).await;
+            for (call, result) in ours.iter().zip(&results) {
+                yield StreamEvent::ToolRun(run_of(call, Some(result)));
+            }
             continue_with(&mut request, std::mem::take(&mut round.text), ours, results);
             step += 1;
             started = Instant::now();
@@ -309,6 +316,7 @@ impl Round {
                 self.usage = usage;
                 None
             }
+            run @ StreamEvent::ToolRun(_) => Some(run),
         }
     }
 
@@ -325,12 +333,7 @@ impl Round {
 /// The conversation after a round: the model's turn (what it said, the
 /// calls it made) and one tool message per call. A request that forced a
 /// tool call is free to answer from the next round on.
-fn continue_with(
-    request: &mut ChatRequest,
-    said: String,
-    calls: Vec<ToolCall>,
-    results: Vec<ChatMessage>,
-) {
+fn continue_with(request: &mut ChatRequest, said: String, calls: Vec<ToolCall>, results: Vec<Ran>) {
     request.messages.push(ChatMessage {
         role: Role::Assistant,
         content: if said.is_empty() {
@@ -342,13 +345,22 @@ fn continue_with(
         tool_call_id: None,
         tool_calls: calls,
     });
-    request.messages.extend(results);
+    request
+        .messages
+        .extend(results.into_iter().map(|ran| ran.message));
     if matches!(
         request.tool_choice,
         Some(ToolChoice::Required | ToolChoice::Tool(_))
     ) {
         request.tool_choice = Some(ToolChoice::Auto);
     }
+}
+
+/// A call the loop ran: the tool message for the model, and whether it
+/// carries an error.
+struct Ran {
+    message: ChatMessage,
+    failed: bool,
 }
 
 /// Runs a round's calls at once, each under the timeout; a result (or an
@@ -358,16 +370,11 @@ async fn run_calls(
     step: usize,
     calls: &[ToolCall],
     context: &RequestContext,
-) -> Vec<ChatMessage> {
+) -> Vec<Ran> {
     futures::future::join_all(calls.iter().map(|call| run_call(plan, step, call, context))).await
 }
 
-async fn run_call(
-    plan: &ToolPlan,
-    step: usize,
-    call: &ToolCall,
-    context: &RequestContext,
-) -> ChatMessage {
+async fn run_call(plan: &ToolPlan, step: usize, call: &ToolCall, context: &RequestContext) -> Ran {
     let span = tracing::info_span!(
         "execute_tool",
         "gen_ai.operation.name" = "execute_tool",
@@ -410,18 +417,34 @@ async fn run_call(
         outcome,
         duration_ms: millis(elapsed),
     });
-    ChatMessage {
-        role: Role::Tool,
-        content: vec![ContentPart::Text(result)],
-        name: None,
-        tool_call_id: Some(call.id.clone()),
-        tool_calls: Vec::new(),
+    Ran {
+        message: ChatMessage {
+            role: Role::Tool,
+            content: vec![ContentPart::Text(result)],
+            name: None,
+            tool_call_id: Some(call.id.clone()),
+            tool_calls: Vec::new(),
+        },
+        failed: outcome != "ok",
+    }
+}
+
+/// How a streamed answer reports `call`: started, or ended with `result`.
+fn run_of(call: &ToolCall, result: Option<&Ran>) -> ToolRun {
+    ToolRun {
+        call_id: call.id.clone(),
+        name: call.name.clone(),
+        arguments: call.arguments.clone(),
+        ended: result.map(|ran| ToolRunEnd {
+            output: ran.message.text(),
+            failed: ran.failed,
+        }),
     }
 }
 
 /// Records a round whose calls the loop ran: its tokens are billed with
 /// the request.
-fn note_step(
+pub(super) fn note_step(
     context: &RequestContext,
     step: usize,
     deployment: &str,
@@ -437,7 +460,7 @@ fn note_step(
     });
 }
 
-fn added(a: Usage, b: Usage) -> Usage {
+pub(super) fn added(a: Usage, b: Usage) -> Usage {
     Usage {
         prompt_tokens: a.prompt_tokens.saturating_add(b.prompt_tokens),
         completion_tokens: a.completion_tokens.saturating_add(b.completion_tokens),
@@ -446,6 +469,6 @@ fn added(a: Usage, b: Usage) -> Usage {
     }
 }
 
-fn millis(elapsed: Duration) -> u64 {
+pub(super) fn millis(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }

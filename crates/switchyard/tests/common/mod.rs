@@ -453,3 +453,24 @@ pub fn decision_steps(record: &serde_json::Value, name: &str) -> Vec<serde_json:
         .cloned()
         .collect()
 }
+
+/// The prompt tokens the stand-in reported over every request it got: it
+/// counts the words of every message as tokens.
+pub fn upstream_prompt_tokens(upstream: &switchyard_standin::RunningStandin) -> u64 {
+    let mut words = 0;
+    for request in upstream.requests() {
+        for message in request.body["messages"].as_array().unwrap() {
+            let text = match &message["content"] {
+                serde_json::Value::String(text) => text.clone(),
+                serde_json::Value::Array(parts) => parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str())
+                    .collect::<Vec<_>>()
+                    .join(""),
+                _ => String::new(),
+            };
+            words += text.split_whitespace().count() as u64;
+        }
+    }
+    words
+}

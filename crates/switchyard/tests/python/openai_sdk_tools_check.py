@@ -69,6 +69,33 @@ def main(base_url: str) -> None:
         tools=[lookup, switchyard_calculator],
     )
     assert answered.choices[0].message.content == "tool said: 4711", answered
+
+    # The Responses API streams the calls Switchyard runs as items, in
+    # OpenAI's shape for server-run (MCP) tools, which the SDK types.
+    kinds = []
+    final = None
+    with client.responses.stream(
+        model="calc", input="What is 2^100 + 1?", tools=[switchyard_calculator]
+    ) as stream:
+        for event in stream:
+            kinds.append(event.type)
+        final = stream.get_final_response()
+    expected = [
+        "response.output_item.added",
+        "response.mcp_call.in_progress",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+        "response.mcp_call.completed",
+        "response.output_item.done",
+    ]
+    start = kinds.index("response.mcp_call.in_progress") - 1
+    assert kinds[start : start + len(expected)] == expected, kinds
+    call, message = final.output[0], final.output[1]
+    assert call.type == "mcp_call" and call.server_label == "switchyard", call
+    assert call.name == "calculator" and EXACT in call.output, call
+    assert call.status == "completed", call
+    assert EXACT in message.content[0].text, final
+    assert EXACT in final.output_text, final
     print("TOOLS OK")
 
 
