@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and serving Switchyard need and is missing: cmake
-# and libclang (llama.cpp's build), bubblewrap (the code sandbox), and,
+# and libclang (llama.cpp's build), bubblewrap (the code sandbox),
+# pyflakes (the code assistant's linter), and,
 # with --test, a Python virtual environment with the official client SDKs
 # the end-to-end tests drive.
 set -euo pipefail
@@ -24,6 +25,10 @@ command -v c++ >/dev/null 2>&1 || missing+=(g++)
 # (util-linux) set its limits and drop it to an unprivileged user.
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 { command -v prlimit && command -v setpriv; } >/dev/null 2>&1 || missing+=(util-linux)
+# The code assistant's lint check runs pyflakes in the sandbox, on the
+# system's python3 (the one in /usr, which the sandbox sees).
+PATH=/usr/local/bin:/usr/bin:/bin python3 -c 'import pyflakes' >/dev/null 2>&1 \
+  || missing+=(python3-pyflakes)
 if $want_test_env && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3-venv)
 fi

@@ -73,6 +73,16 @@ fn assistant_listing(name: &str, model: &str) -> Listed {
     }
 }
 
+/// A code assistant as a model, seen by whoever may use its code model.
+fn code_assistant_listing(name: &str, model: &str) -> Listed {
+    Listed {
+        name: name.to_owned(),
+        owned_by: format!("switchyard (code assistant on {model})"),
+        created: 0,
+        residency: None,
+    }
+}
+
 /// `GET /v1/models`: OpenAI's list shape.
 pub(crate) async fn list(who: Authenticated) -> Result<Response, ApiError> {
     let Authenticated { caller, snapshot } = who;
@@ -90,6 +100,13 @@ pub(crate) async fn list(who: Authenticated) -> Result<Response, ApiError> {
                 .map(|(name, assistant)| assistant_listing(name, &assistant.model)),
         );
     }
+    listing.extend(
+        snapshot
+            .code_assistants
+            .iter()
+            .filter(|(_, coder)| visible(&caller, &coder.model))
+            .map(|(name, coder)| code_assistant_listing(name, &coder.model)),
+    );
     let list = ModelList {
         object: "list",
         data: listing.into_iter().map(ModelObject::from).collect(),
@@ -107,12 +124,17 @@ pub(crate) async fn retrieve(
         .retrieval
         .as_ref()
         .and_then(|retrieval| retrieval.assistant(&model));
-    let (listed, answering_model) = match assistant {
-        Some(assistant) => (
+    let coder = snapshot.code_assistants.get(&model);
+    let (listed, answering_model) = match (assistant, coder) {
+        (Some(assistant), _) => (
             assistant_listing(&model, &assistant.model),
             assistant.model.clone(),
         ),
-        None => {
+        (None, Some(coder)) => (
+            code_assistant_listing(&model, &coder.model),
+            coder.model.clone(),
+        ),
+        (None, None) => {
             let listed = snapshot.gateway.lookup(&model)?;
             let name = listed.name.clone();
             (listed, name)

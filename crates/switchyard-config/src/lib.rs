@@ -16,6 +16,7 @@
 //! ```
 
 mod anomalies;
+mod code_assistants;
 mod context;
 mod engine;
 mod guardrails;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use anomalies::AnomaliesConfig;
+pub use code_assistants::{CodeAssistantConfig, CodeCheck, MAX_REPAIRS};
 pub use context::{ContextConfig, ConversationsConfig, FitMode};
 pub use engine::{EngineSettings, KeepAlive};
 pub use guardrails::{
@@ -107,6 +109,8 @@ pub struct Config {
     pub listener: ListenerConfig,
     /// Tools Switchyard runs itself, and the tool loop's limits.
     pub tools: ToolsConfig,
+    /// Model names that write code, check it in the sandbox and repair it.
+    pub code_assistants: BTreeMap<String, CodeAssistantConfig>,
 }
 
 /// The `[telemetry]` table.
@@ -358,6 +362,8 @@ struct RawConfig {
     listener: ListenerConfig,
     #[serde(default)]
     tools: ToolsConfig,
+    #[serde(default)]
+    code_assistants: BTreeMap<String, CodeAssistantConfig>,
 }
 
 impl Default for Config {
@@ -384,6 +390,7 @@ impl Default for Config {
             tls: None,
             listener: ListenerConfig::default(),
             tools: ToolsConfig::default(),
+            code_assistants: BTreeMap::new(),
         }
     }
 }
@@ -1321,6 +1328,7 @@ impl Config {
             tls: raw.tls,
             listener: raw.listener,
             tools: raw.tools,
+            code_assistants: raw.code_assistants,
         };
         config
             .validate()
@@ -1356,6 +1364,10 @@ impl Config {
         let known = |name: &str| self.models.contains_key(name) || self.routes.contains_key(name);
         self.context.validate(known)?;
         self.tools.validate_attach(known)?;
+        for (name, assistant) in &self.code_assistants {
+            let taken = known(name) || self.retrieval.assistants.contains_key(name);
+            assistant.validate(name, taken, known)?;
+        }
         if let Some(target) = self.guardrails.attach.keys().find(|t| !known(t)) {
             return Err((
                 format!("guardrails.attach.{target}"),
@@ -1812,5 +1824,49 @@ mod tests {
         assert_eq!(config.tools.mcp["files"].command, ["srv", "--stdio"]);
         let (field, _) = field_error(&format!("{TWO_MODELS}[tools.run_code]\nwall_secs = 0\n"));
         assert_eq!(field, "tools.run_code.wall_secs");
+    }
+
+    #[test]
+    fn code_assistants_name_configured_models_and_known_checks() {
+        let config = parse(&format!(
+            "{TWO_MODELS}[code_assistants.coder]\nmodel = \"a\"\nexplain_model = \"b\"\nchecks = [\"syntax\", \"tests\"]\n"
+        ))
+        .unwrap();
+        let coder = &config.code_assistants["coder"];
+        assert_eq!(coder.checks, [CodeCheck::Syntax, CodeCheck::Tests]);
+        assert_eq!(coder.max_repairs, 2);
+        assert_eq!(coder.explain_model.as_deref(), Some("b"));
+        let defaults = parse(&format!(
+            "{TWO_MODELS}[code_assistants.coder]\nmodel = \"a\"\n"
+        ))
+        .unwrap();
+        assert_eq!(defaults.code_assistants["coder"].checks.len(), 3);
+        for (body, expected) in [
+            ("[code_assistants.a]\nmodel = \"b\"\n", "code_assistants.a"),
+            (
+                "[code_assistants.c]\nmodel = \"nope\"\n",
+                "code_assistants.c.model",
+            ),
+            (
+                "[code_assistants.c]\nmodel = \"a\"\nexplain_model = \"nope\"\n",
+                "code_assistants.c.explain_model",
+            ),
+            (
+                "[code_assistants.c]\nmodel = \"a\"\nmax_repairs = 11\n",
+                "code_assistants.c.max_repairs",
+            ),
+            (
+                "[code_assistants.c]\nmodel = \"a\"\nchecks = [\"tests\", \"tests\"]\n",
+                "code_assistants.c.checks",
+            ),
+        ] {
+            let (field, _) = field_error(&format!("{TWO_MODELS}{body}"));
+            assert_eq!(field, expected, "{body}");
+        }
+        let error = parse(&format!(
+            "{TWO_MODELS}[code_assistants.c]\nmodel = \"a\"\nchecks = [\"fuzz\"]\n"
+        ))
+        .unwrap_err();
+        assert!(error.to_string().contains("fuzz"), "{error}");
     }
 }

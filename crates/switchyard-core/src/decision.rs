@@ -233,9 +233,10 @@ pub enum Decision {
         /// How many answers there were.
         of: usize,
     },
-    /// A step of the tool loop whose answer called tools Switchyard ran:
-    /// its tokens are part of the request's usage, priced at this
-    /// deployment.
+    /// A step of the tool loop whose answer called tools Switchyard ran,
+    /// or a code assistant's call before its answer (an attempt whose code
+    /// was repaired, the code the explanation is of): its tokens are part
+    /// of the request's usage, priced at this deployment.
     ToolStep {
         /// Its number, from 0.
         round: usize,
@@ -258,6 +259,17 @@ pub enum Decision {
         /// record).
         arguments: String,
         /// `ok`, `error` or `timeout`.
+        outcome: &'static str,
+        /// Its time, in milliseconds.
+        duration_ms: u64,
+    },
+    /// A check a code assistant ran on generated code, in the sandbox.
+    Check {
+        /// The attempt whose code it checked, from 0.
+        attempt: usize,
+        /// `syntax`, `tests` or `lint`.
+        check: &'static str,
+        /// `passed`, `failed` or `skipped`.
         outcome: &'static str,
         /// Its time, in milliseconds.
         duration_ms: u64,

@@ -11,6 +11,7 @@ use switchyard_telemetry::trace;
 use crate::stages::authenticate::CallKind;
 use switchyard_guardrails::OutputGuard;
 
+use crate::stages::code_assistant::{self, CodePlan};
 use crate::stages::history::{self, Turn};
 use crate::stages::tools::{self, ToolPlan};
 use crate::stages::{DEFAULT_TENANT, admit, authenticate, finish, fit, ground, guard, meter};
@@ -38,6 +39,8 @@ struct Admitted {
     tenant: String,
     /// The tools Switchyard runs for the model in this call, if any.
     tools: Option<Arc<ToolPlan>>,
+    /// The code assistant the call's model names, if it names one.
+    coder: Option<Arc<CodePlan>>,
 }
 
 impl Admitted {
@@ -76,13 +79,22 @@ impl Pipeline {
             .await?;
         let rate_limits = admitted.admission.rate_headers().pairs();
         let gateway = &admitted.snapshot.gateway;
-        let answered = match &admitted.tools {
-            None => {
+        let answered = match (&admitted.tools, &admitted.coder) {
+            (_, Some(coder)) => {
+                code_assistant::whole(
+                    coder,
+                    gateway,
+                    admitted.request.clone(),
+                    &admitted.call.context,
+                )
+                .await
+            }
+            (None, None) => {
                 gateway
                     .chat(admitted.request.clone(), &admitted.call.context)
                     .await
             }
-            Some(plan) => {
+            (Some(plan), None) => {
                 tools::whole(
                     plan,
                     gateway,
@@ -170,13 +182,22 @@ impl Pipeline {
             .await?;
         let rate_limits = admitted.admission.rate_headers().pairs();
         let gateway = &admitted.snapshot.gateway;
-        let answered = match &admitted.tools {
-            None => {
+        let answered = match (&admitted.tools, &admitted.coder) {
+            (_, Some(coder)) => {
+                code_assistant::streamed(
+                    coder.clone(),
+                    gateway.clone(),
+                    admitted.request.clone(),
+                    admitted.call.context.clone(),
+                )
+                .await
+            }
+            (None, None) => {
                 gateway
                     .chat_stream(admitted.request.clone(), &admitted.call.context)
                     .await
             }
-            Some(plan) => {
+            (Some(plan), None) => {
                 tools::streamed(
                     plan.clone(),
                     gateway.clone(),
@@ -254,6 +275,7 @@ impl Pipeline {
     ) -> Result<Admitted, PipelineError> {
         let snapshot = self.snapshot();
         let plan = ground::plan(&snapshot, grounding, &mut request)?;
+        let coder = code_assistant::plan(&snapshot, &mut request)?.map(Arc::new);
         let kind = CallKind {
             model: &request.model,
             operation: Operation::Chat,
@@ -321,6 +343,7 @@ impl Pipeline {
             guard,
             tenant,
             tools,
+            coder,
         })
     }
 }

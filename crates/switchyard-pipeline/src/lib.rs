@@ -11,7 +11,8 @@
 //!    mask, pseudonymise, flag) on what will be sent;
 //! 4. [`stages::route`]: the gateway's routes, fallbacks, retries, hedges
 //!    and cache, inside [`stages::tools`]' loop when the request has tools
-//!    Switchyard runs itself;
+//!    Switchyard runs itself, or [`stages::code_assistant`]'s checks and
+//!    repairs when its model is a code assistant;
 //! 5. [`stages::guard`] again on the answer (whole, or as it streams,
 //!    through a hold-back window), then [`stages::meter`]: a streamed
 //!    answer, watched as it passes;
@@ -62,6 +63,8 @@ pub struct Snapshot {
     pub keeping: responses::Keeping,
     /// The tools Switchyard runs for models, and the tool loop's limits.
     pub tools: Arc<switchyard_tools::Toolbox>,
+    /// Model names that write code, check it in the sandbox and repair it.
+    pub code_assistants: std::collections::BTreeMap<String, switchyard_config::CodeAssistantConfig>,
 }
 
 /// The request pipeline: governance (which outlives reloads: its store,

@@ -31,6 +31,8 @@ pub(crate) struct Prompt {
     pub scripted_calls: Vec<(String, String)>,
     /// See `scripted_calls`.
     pub scripted_rounds: u32,
+    /// Assistant turns the conversation already holds.
+    pub assistant_turns: u32,
 }
 
 /// One piece of an answer, streamed as one event.

@@ -71,6 +71,9 @@ fn prompt_of(request: &Value) -> Prompt {
         let (text, images) = text_and_images(&message["content"]);
         prompt.words += count_words(&text);
         prompt.images += images;
+        if message["role"] == "assistant" {
+            prompt.assistant_turns += 1;
+        }
         if message["role"] == "user" && !text.is_empty() {
             prompt.last_user = text;
         }
@@ -163,7 +166,8 @@ pub(crate) async fn messages(
     if script.fault == Fault::Reset {
         return reset_response();
     }
-    let answer = answer(&prompt_of(&request), script.reply.as_deref());
+    let prompt = prompt_of(&request);
+    let answer = answer(&prompt, script.reply_for(&prompt));
     let model = request["model"].as_str().unwrap_or("claude").to_owned();
     let usage = json!({
         "input_tokens": answer.usage.prompt_tokens,

@@ -252,7 +252,8 @@ pub(crate) async fn converse(
     if script.fault == Fault::Reset {
         return reset_response();
     }
-    let answer = answer(&prompt_of(&request), script.reply.as_deref());
+    let prompt = prompt_of(&request);
+    let answer = answer(&prompt, script.reply_for(&prompt));
     match action.as_str() {
         "converse" => {
             let mut content = Vec::new();

@@ -187,7 +187,8 @@ fn generate(
     if script.fault == Fault::Reset {
         return reset_response();
     }
-    let answer = answer(&prompt_of(request), script.reply.as_deref());
+    let prompt = prompt_of(request);
+    let answer = answer(&prompt, script.reply_for(&prompt));
     if script.fault == Fault::BlockedPrompt {
         let blocked = json!({
             "promptFeedback": {"blockReason": "SAFETY", "safetyRatings": []},

@@ -25,6 +25,7 @@
 //! | `x-standin-fault: blocked-prompt` | (Gemini) block the prompt: no candidates |
 //! | `x-standin-fault: reset` | drop the connection before any body |
 //! | `x-standin-reply: text` | answer with this text instead of the echo |
+//! | `x-standin-replies: ["first", "second"]` | (OpenAI, Anthropic) answer a conversation holding N assistant turns with the Nth text (the last once they run out) |
 //! | `x-standin-tool-calls: [{"name": "calculator", "arguments": {...}}]` | (OpenAI) call these tools (in parallel) instead of answering... |
 //! | `x-standin-tool-rounds: 2` | ...for this many rounds of calls (default 1; `forever` never answers) |
 //! | `x-standin-logprob: -0.05` | (OpenAI) each token's log-probability when `logprobs` is asked for; a last user message containing `[unsure]` gets −3.0 instead |
@@ -439,6 +440,8 @@ pub(crate) struct Script {
     pub fault: Fault,
     /// Reply with this text.
     pub reply: Option<String>,
+    /// Replies by the assistant turns a conversation already holds.
+    pub replies: Vec<String>,
     /// The log-probability of every answer token, when asked for.
     pub logprob: f32,
     /// Tool calls to make (name, arguments JSON) instead of answering,
@@ -483,6 +486,9 @@ impl Script {
             reply: header_str(headers, "x-standin-reply")
                 .map(str::to_owned)
                 .or_else(|| config.reply.clone()),
+            replies: header_str(headers, "x-standin-replies")
+                .and_then(|list| serde_json::from_str(list).ok())
+                .unwrap_or_default(),
             logprob: header_str(headers, "x-standin-logprob")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(CONFIDENT_LOGPROB),
@@ -494,6 +500,16 @@ impl Script {
                 Some(rounds) => rounds.parse().unwrap_or(1),
                 None => 1,
             },
+        }
+    }
+
+    /// The text to answer `prompt` with, when scripted: the reply for its
+    /// assistant turns so far, else the one reply.
+    pub(crate) fn reply_for(&self, prompt: &answer::Prompt) -> Option<&str> {
+        let turn = usize::try_from(prompt.assistant_turns).unwrap_or(usize::MAX);
+        match self.replies.get(turn).or(self.replies.last()) {
+            Some(reply) => Some(reply),
+            None => self.reply.as_deref(),
         }
     }
 

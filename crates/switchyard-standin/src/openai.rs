@@ -80,6 +80,9 @@ fn prompt_of(request: &ChatCompletionRequest) -> Prompt {
         if message.role == "user" {
             prompt.last_user = text.clone();
         }
+        if message.role == "assistant" {
+            prompt.assistant_turns += 1;
+        }
     }
     // The results of the last round of calls: the tool messages the
     // conversation ends with.
@@ -161,7 +164,7 @@ pub(crate) async fn chat_completions(
     let mut prompt = prompt_of(&request);
     prompt.scripted_calls = script.tool_calls.clone();
     prompt.scripted_rounds = script.tool_rounds;
-    let answer = answer(&prompt, script.reply.as_deref());
+    let answer = answer(&prompt, script.reply_for(&prompt));
     let model = request.model.clone();
 
     if !request.is_stream() {

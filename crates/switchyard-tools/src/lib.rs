@@ -5,6 +5,7 @@
 
 pub mod calculator;
 pub mod clock;
+pub mod code_checks;
 pub mod http_fetch;
 pub mod mcp;
 pub mod sandbox;

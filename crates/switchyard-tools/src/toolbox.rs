@@ -49,6 +49,8 @@ pub struct Toolbox {
     attach: BTreeMap<String, Vec<String>>,
     /// MCP servers, by name.
     mcp: BTreeMap<String, Arc<McpServer>>,
+    /// The code sandbox, or why there is none here.
+    sandbox: Result<Arc<RunCode>, String>,
     /// Rounds of tool calls before the loop stops.
     pub max_steps: usize,
     /// How long one call may take.
@@ -100,17 +102,21 @@ impl Toolbox {
         }
         if config.run_code.enabled {
             match RunCode::detect(&config.run_code) {
-                Ok(run_code) => toolbox.add(Arc::new(run_code)),
+                Ok(run_code) => {
+                    let run_code = Arc::new(run_code);
+                    toolbox.sandbox = Ok(run_code.clone());
+                    toolbox.add(run_code);
+                }
                 Err(why) => {
                     tracing::warn!(%why, "run_code is unavailable: generated code is never run outside a sandbox");
-                    toolbox.unavailable.insert("run_code".into(), why);
+                    toolbox.unavailable.insert("run_code".into(), why.clone());
+                    toolbox.sandbox = Err(why);
                 }
             }
         } else {
-            toolbox.unavailable.insert(
-                "run_code".into(),
-                "it is disabled ([tools.run_code] enabled = false)".into(),
-            );
+            let why = "it is disabled ([tools.run_code] enabled = false)".to_owned();
+            toolbox.unavailable.insert("run_code".into(), why.clone());
+            toolbox.sandbox = Err(why);
         }
         toolbox
     }
@@ -122,6 +128,7 @@ impl Toolbox {
             unavailable: BTreeMap::new(),
             attach: config.attach.clone(),
             mcp: BTreeMap::new(),
+            sandbox: Err("the toolbox has no sandbox".into()),
             max_steps: config.max_steps,
             call_timeout: Duration::from_secs(config.call_timeout_secs),
         }
@@ -171,6 +178,11 @@ impl Toolbox {
         self.get(name)
             .map(|tool| vec![tool])
             .map_err(ToolError::Arguments)
+    }
+
+    /// The code sandbox, or why code cannot be run here.
+    pub fn sandbox(&self) -> Result<&RunCode, &str> {
+        self.sandbox.as_deref().map_err(String::as_str)
     }
 
     /// The MCP server called `name`, if one is configured.

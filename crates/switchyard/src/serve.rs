@@ -137,6 +137,7 @@ async fn serve(
             fitting: Arc::new(crate::context::fitting(&config)),
             keeping: crate::context::keeping(&config),
             tools: Arc::new(switchyard_tools::Toolbox::from_config(&config.tools, None)),
+            code_assistants: config.code_assistants.clone(),
         },
     );
     crate::context::purge_in_background(pipeline.clone());
@@ -426,6 +427,7 @@ async fn reload(
             &next.tools,
             Some(&in_force.tools),
         )),
+        code_assistants: next.code_assistants.clone(),
     });
     Ok(assembled.reusable)
 }

@@ -4,6 +4,7 @@
 
 pub mod admit;
 pub mod authenticate;
+pub mod code_assistant;
 pub mod finish;
 pub mod fit;
 pub mod ground;
