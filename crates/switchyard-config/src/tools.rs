@@ -91,6 +91,12 @@ pub struct HttpFetchConfig {
     /// Characters of extracted text given to the model at most.
     #[serde(default = "default_fetch_max_chars")]
     pub max_chars: usize,
+    /// Whether an allowed host name may lead to a private, loopback or
+    /// link-local address. Off: such addresses of a name are never
+    /// connected to (an allowed host given as an IP address is reached as
+    /// given).
+    #[serde(default)]
+    pub allow_private_addresses: bool,
 }
 
 impl Default for HttpFetchConfig {
@@ -100,6 +106,7 @@ impl Default for HttpFetchConfig {
             max_bytes: default_fetch_max_bytes(),
             timeout_secs: default_fetch_timeout_secs(),
             max_chars: default_fetch_max_chars(),
+            allow_private_addresses: false,
         }
     }
 }

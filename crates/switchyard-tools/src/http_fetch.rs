@@ -3,6 +3,7 @@
 //! allows hosts; redirects are followed only to allowed hosts; the body is
 //! read up to a size limit and the whole fetch runs under a deadline.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -61,6 +62,70 @@ impl AllowedHosts {
     }
 }
 
+/// Resolves host names to their public addresses only, so that a name on
+/// the allow-list (or one its DNS answers for later) cannot lead a fetch to
+/// the gateway's own network: loopback, private ranges, link-local (cloud
+/// metadata services). Connections go to the addresses checked here, so a
+/// name that changes its answer between a check and the connection gains
+/// nothing. Literal IP addresses are not resolved, so an allow-listed
+/// address is reached as the operator wrote it.
+struct PublicAddressesOnly;
+
+impl reqwest::dns::Resolve for PublicAddressesOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = all.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!(
+                    "{host} resolves only to private, loopback or link-local addresses, which fetches do not reach"
+                )
+                .into());
+            }
+            let addresses: reqwest::dns::Addrs = Box::new(public.into_iter());
+            Ok(addresses)
+        })
+    }
+}
+
+/// Whether `ip` is a public address. Written out because the standard
+/// library's `is_global` is not stable; the ranges are IANA's special-use
+/// registries, the ones a request could abuse.
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || a == 0
+                // Shared address space (carrier-grade NAT), 100.64.0.0/10.
+                || (a == 100 && (64..128).contains(&b))
+                // Benchmarking, 198.18.0.0/15; reserved, 240.0.0.0/4.
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                // Unique local fc00::/7, link-local fe80::/10, multicast.
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || v6.is_multicast()
+                // Documentation, 2001:db8::/32.
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8))
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct Arguments {
     url: String,
@@ -113,9 +178,13 @@ impl HttpFetch {
                     attempt.error(format!("redirected to {to}, which is not an allowed host"))
                 }
             }))
-            .user_agent("switchyard-http-fetch")
-            .build()
-            .map_err(|e| format!("no HTTP client: {e}"))?;
+            .user_agent("switchyard-http-fetch");
+        let client = if config.allow_private_addresses {
+            client
+        } else {
+            client.dns_resolver(Arc::new(PublicAddressesOnly))
+        };
+        let client = client.build().map_err(|e| format!("no HTTP client: {e}"))?;
         Ok(Some(Self {
             client,
             allowed,
@@ -249,6 +318,28 @@ impl Tool for HttpFetch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_count_as_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
 
     #[test]
     fn hosts_are_allowed_exactly_or_by_domain() {

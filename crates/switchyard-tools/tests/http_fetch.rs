@@ -1,7 +1,8 @@
 //! `http_fetch` against a real HTTP server on an ephemeral port (axum):
 //! text extracted from HTML, hosts outside the allow-list refused, also
-//! when a redirect leads there, bodies cut at the size limit, a slow
-//! server stopped at the deadline.
+//! when a redirect leads there, allowed names that resolve to private
+//! addresses not reached, bodies cut at the size limit, a slow server
+//! stopped at the deadline.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -44,6 +45,7 @@ fn fetcher() -> HttpFetch {
         max_bytes: 10_000,
         timeout_secs: 2,
         max_chars: 20_000,
+        allow_private_addresses: false,
     })
     .unwrap()
     .expect("hosts are allowed, so the tool is on")
@@ -104,4 +106,34 @@ fn no_allowed_hosts_means_no_tool() {
             .unwrap()
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn an_allowed_name_that_resolves_to_a_private_address_is_not_reached_unless_allowed() {
+    let base = server().await;
+    let port = base.rsplit(':').next().unwrap();
+    let config = HttpFetchConfig {
+        allow_hosts: vec!["localhost".into()],
+        max_bytes: 10_000,
+        timeout_secs: 2,
+        max_chars: 20_000,
+        allow_private_addresses: false,
+    };
+    let url = format!("http://localhost:{port}/page");
+    let guarded = HttpFetch::new(&config).unwrap().unwrap();
+    let refused = guarded.fetch(&url).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("resolves only to private, loopback or link-local addresses"),
+        "{refused}"
+    );
+    let trusting = HttpFetch::new(&HttpFetchConfig {
+        allow_private_addresses: true,
+        ..config
+    })
+    .unwrap()
+    .unwrap();
+    let page = trusting.fetch(&url).await.unwrap();
+    assert!(page.text.contains("Release notes"), "{page:?}");
 }
