@@ -1824,6 +1824,10 @@ mod tests {
         assert_eq!(config.tools.mcp["files"].command, ["srv", "--stdio"]);
         let (field, _) = field_error(&format!("{TWO_MODELS}[tools.run_code]\nwall_secs = 0\n"));
         assert_eq!(field, "tools.run_code.wall_secs");
+        let (field, _) = field_error(&format!(
+            "{TWO_MODELS}[tools.mcp.files]\nurl = \"http://x\"\nallow_keys = [\"ci-bot\"]\n"
+        ));
+        assert_eq!(field, "tools.mcp.files.allow_keys");
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub struct McpServerConfig {
     /// Its tools offered to models; empty: all it lists.
     #[serde(default)]
     pub allow_tools: Vec<String>,
+    /// Keys (by id, `key_…`) whose callers may use it, beside the tenant
+    /// check; empty: every key. Keyless and master-key callers have no key
+    /// id, so a server with this list is not theirs.
+    #[serde(default)]
+    pub allow_keys: Vec<String>,
 }
 
 impl Default for ToolsConfig {
@@ -224,6 +229,12 @@ impl ToolsConfig {
                     field,
                     "a server's name is letters, digits, - and _ (no __), and not a built-in tool's"
                         .into(),
+                ));
+            }
+            if let Some(key) = server.allow_keys.iter().find(|k| !k.starts_with("key_")) {
+                return Err((
+                    format!("{field}.allow_keys"),
+                    format!("{key:?} is not a key id (key_…)"),
                 ));
             }
             match (server.command.is_empty(), &server.url) {

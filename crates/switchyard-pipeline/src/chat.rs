@@ -292,7 +292,11 @@ impl Pipeline {
             facts.estimated_tokens = admit::estimate_chat(&request);
             facts.response_id = Some(turn.response_id.clone());
         }
-        let tools = tools::plan(&snapshot, &tenant, &call.context, &mut request)
+        let user = switchyard_tools::ToolUser {
+            tenant: &tenant,
+            key: caller.key_id(),
+        };
+        let tools = tools::plan(&snapshot, user, &call.context, &mut request)
             .await?
             .map(Arc::new);
         let policy = snapshot.policy.settings();

@@ -11,4 +11,4 @@ pub mod mcp;
 pub mod sandbox;
 mod toolbox;
 
-pub use toolbox::{Tool, ToolError, Toolbox, parse_arguments};
+pub use toolbox::{Tool, ToolError, ToolUser, Toolbox, parse_arguments};

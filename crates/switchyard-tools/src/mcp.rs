@@ -2,7 +2,8 @@
 //! configured server is started as a command (stdio) or reached at a URL
 //! (streamable HTTP); its tools are listed when it connects and again when
 //! it says they changed, and models call them as `SERVER__TOOL` (those of
-//! its tools `allow_tools` names, for the tenants `allow_tenants` names).
+//! its tools `allow_tools` names, for the tenants `allow_tenants` and the
+//! keys `allow_keys` names).
 //! A supervisor keeps each server up: one that dies is restarted with
 //! backoff, and while it is down its tools answer the model with an error
 //! saying so (the loop's call timeout bounds a server that hangs).
@@ -22,7 +23,7 @@ use switchyard_config::McpServerConfig;
 use switchyard_core::ToolDefinition;
 use tokio::io::AsyncBufReadExt;
 
-use crate::toolbox::{Tool, ToolError, parse_arguments};
+use crate::toolbox::{Tool, ToolError, ToolUser, parse_arguments};
 
 /// How an MCP tool is named to models: `SERVER__TOOL`.
 pub const SEPARATOR: &str = "__";
@@ -104,15 +105,19 @@ impl McpServer {
         (state.peer.is_some(), state.connections)
     }
 
-    /// Its tools (all, or the one named `only`) that `tenant` may use, as
+    /// Its tools (all, or the one named `only`) that `user` may use, as
     /// the loop offers them; an error when there are none.
     pub fn tools(
         self: &Arc<Self>,
-        tenant: &str,
+        user: ToolUser<'_>,
         only: Option<&str>,
     ) -> Result<Vec<Arc<dyn Tool>>, ToolError> {
-        let allowed = &self.config.allow_tenants;
-        if !allowed.is_empty() && !allowed.iter().any(|t| t == tenant) {
+        let tenants = &self.config.allow_tenants;
+        let keys = &self.config.allow_keys;
+        let tenant_allowed = tenants.is_empty() || tenants.iter().any(|t| t == user.tenant);
+        let key_allowed =
+            keys.is_empty() || user.key.is_some_and(|key| keys.iter().any(|k| k == key));
+        if !tenant_allowed || !key_allowed {
             // Said as for a server that does not exist: a tenant learns
             // nothing of what others may use.
             return Err(ToolError::Arguments(format!(

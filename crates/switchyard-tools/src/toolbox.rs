@@ -29,6 +29,15 @@ pub enum ToolError {
     Failed(String),
 }
 
+/// Who asks for tools: what MCP servers' allow-lists are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct ToolUser<'a> {
+    /// The caller's tenant (`default` for keyless and master-key callers).
+    pub tenant: &'a str,
+    /// The caller's key id, when it presented a key.
+    pub key: Option<&'a str>,
+}
+
 /// A tool Switchyard runs for a model.
 pub trait Tool: Send + Sync {
     /// Its name, description and JSON Schema of arguments, as offered to
@@ -163,17 +172,17 @@ impl Toolbox {
     /// The tools a request's `{"type": "switchyard", "name": name}` stands
     /// for: a built-in tool, every tool of the MCP server `name`, or the one
     /// tool `SERVER__TOOL`.
-    /// MCP tools are those `tenant` may use.
+    /// MCP tools are those `user` may use.
     /// An `Unavailable` error is one worth retrying (a server that has not
     /// connected yet).
-    pub fn resolve(&self, name: &str, tenant: &str) -> Result<Vec<Arc<dyn Tool>>, ToolError> {
+    pub fn resolve(&self, name: &str, user: ToolUser<'_>) -> Result<Vec<Arc<dyn Tool>>, ToolError> {
         if let Some(server) = self.mcp.get(name) {
-            return server.tools(tenant, None);
+            return server.tools(user, None);
         }
         if let Some((server, tool)) = name.split_once(SEPARATOR)
             && let Some(server) = self.mcp.get(server)
         {
-            return server.tools(tenant, Some(tool));
+            return server.tools(user, Some(tool));
         }
         self.get(name)
             .map(|tool| vec![tool])

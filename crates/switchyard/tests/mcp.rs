@@ -242,3 +242,101 @@ async fn an_unknown_mcp_tool_is_a_clear_400() {
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("no tool \\\"teleport\\\""), "{text}");
 }
+
+const MASTER: &str = "sy-master-mcp-keys-0123456789";
+
+/// As [`ask`], with `key`.
+async fn ask_as(gateway: &Server, key: &str, model: &str, server: &str) -> (u16, String) {
+    let response = client()
+        .post(format!("{}/chat/completions", gateway.v1()))
+        .bearer_auth(key)
+        .json(&json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "go"}],
+            "tools": [{"type": "switchyard", "name": server}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    let text = body["choices"][0]["message"]["content"]
+        .as_str()
+        .map_or_else(|| body.to_string(), str::to_owned);
+    (status, text)
+}
+
+async fn admin_post(gateway: &Server, path: &str, body: Value) -> Value {
+    let response = client()
+        .post(format!("{}{path}", gateway.url))
+        .bearer_auth(MASTER)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{path}");
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_server_with_allow_keys_is_offered_to_those_keys_alone() {
+    let upstream = recording_standin().await;
+    let http = HttpMcp::start();
+    let config = |allowed: &str| {
+        format!(
+            "{}[governance]\nmaster_key = \"{MASTER}\"\n\
+             [tools.mcp.keyed]\nurl = \"http://127.0.0.1:{}/mcp\"\nallow_keys = [\"{allowed}\"]\n",
+            calling(
+                "adds-keyed",
+                &upstream,
+                "keyed__add",
+                json!({"a": 2, "b": 3})
+            ),
+            http.1
+        )
+    };
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config("key_nobody")).unwrap();
+    let gateway = Server::start_file(file.path());
+    let tenant = admin_post(&gateway, "/admin/tenants", json!({"name": "acme"})).await;
+    let mut keys = Vec::new();
+    for name in ["allowed", "other"] {
+        let key = admin_post(
+            &gateway,
+            "/admin/keys",
+            json!({"tenant_id": tenant["id"], "name": name}),
+        )
+        .await;
+        keys.push((
+            key["id"].as_str().unwrap().to_owned(),
+            key["key"].as_str().unwrap().to_owned(),
+        ));
+    }
+
+    // The key ids are known once the keys exist: the configuration names
+    // one, and is reloaded.
+    let reloads = gateway.logs().matches("configuration reloaded").count();
+    std::fs::write(file.path(), config(&keys[0].0)).unwrap();
+    common::signal(gateway.pid(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reloaded = gateway.logs().matches("configuration reloaded").count() > reloads;
+        let (status, text) = ask_as(&gateway, &keys[0].1, "adds-keyed", "keyed").await;
+        if reloaded && status == 200 {
+            assert!(text.contains('5'), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never: {status} {text}\n{}",
+            gateway.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Another key of the same tenant, and the master key, do not see it.
+    for key in [keys[1].1.as_str(), MASTER] {
+        let (status, text) = ask_as(&gateway, key, "adds-keyed", "keyed").await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("there is no tool named"), "{text}");
+    }
+}

@@ -27,7 +27,7 @@ use switchyard_core::{
 };
 use switchyard_orchestration::{CacheStatus, Gateway, RequestContext, Routed};
 use switchyard_telemetry::metrics::metrics;
-use switchyard_tools::{Tool, ToolError};
+use switchyard_tools::{Tool, ToolError, ToolUser};
 use tracing::Instrument;
 
 use super::search_tool::SearchTool;
@@ -45,10 +45,11 @@ pub(crate) struct ToolPlan {
 
 /// The request's Switchyard tools (asked for, and attached to its model),
 /// their definitions added to what the model is offered; `None` when it
-/// has none. Runs once the caller is known: `search` is its tenant's.
+/// has none. Runs once the caller is known: `search` is its tenant's, and
+/// MCP servers' allow-lists are checked against it.
 pub(crate) async fn plan(
     snapshot: &Snapshot,
-    tenant: &str,
+    user: ToolUser<'_>,
     context: &RequestContext,
     request: &mut ChatRequest,
 ) -> Result<Option<ToolPlan>, PipelineError> {
@@ -71,23 +72,26 @@ pub(crate) async fn plan(
                 .clone()
                 .ok_or(PipelineError::RetrievalUnavailable)?;
             let tool = Arc::new(
-                SearchTool::new(retrieval, snapshot.gateway.clone(), context.clone(), tenant)
-                    .await?,
+                SearchTool::new(
+                    retrieval,
+                    snapshot.gateway.clone(),
+                    context.clone(),
+                    user.tenant,
+                )
+                .await?,
             );
             search = Some(tool.clone());
             vec![tool]
         } else {
-            toolbox
-                .resolve(&name, tenant)
-                .map_err(|error| match error {
-                    ToolError::Unavailable(message) => {
-                        BackendError::new(ErrorKind::Overloaded, message)
-                            .with_retry_after(Some(Duration::from_secs(1)))
-                    }
-                    ToolError::Arguments(message) | ToolError::Failed(message) => {
-                        BackendError::invalid_request(message).with_param("tools")
-                    }
-                })?
+            toolbox.resolve(&name, user).map_err(|error| match error {
+                ToolError::Unavailable(message) => {
+                    BackendError::new(ErrorKind::Overloaded, message)
+                        .with_retry_after(Some(Duration::from_secs(1)))
+                }
+                ToolError::Arguments(message) | ToolError::Failed(message) => {
+                    BackendError::invalid_request(message).with_param("tools")
+                }
+            })?
         };
         for tool in resolved {
             let definition = tool.definition();
