@@ -298,7 +298,9 @@ impl Pipeline {
         };
         let tools = tools::plan(&snapshot, user, &call.context, &mut request)
             .await?
-            .map(Arc::new);
+            .map(|plan| {
+                Arc::new(plan.screened_by(guard::applied(&snapshot, &caller, &request.model)))
+            });
         let policy = snapshot.policy.settings();
         let prompt = policy.store_prompts.then(|| finish::prompt_text(&request));
         let keep_answer = policy.store_answers;

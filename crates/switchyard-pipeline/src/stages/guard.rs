@@ -13,7 +13,7 @@ use switchyard_core::{
     ToolCallDelta, Usage,
 };
 use switchyard_governance::Caller;
-use switchyard_guardrails::{Blocked, OutputGuard, OutputJudges, Passed};
+use switchyard_guardrails::{Applied, Blocked, OutputGuard, OutputJudges, Passed};
 use switchyard_orchestration::{Gateway, RequestContext};
 use switchyard_telemetry::metrics;
 
@@ -32,13 +32,7 @@ pub async fn input(
     request: &mut ChatRequest,
     context: &RequestContext,
 ) -> Result<Option<OutputGuard>, PipelineError> {
-    let named = match caller {
-        Caller::Key(key) => Some(key.tenant.guardrails.iter().chain(&key.key.guardrails)),
-        Caller::Anonymous | Caller::Master => None,
-    };
-    let applied = snapshot
-        .guardrails
-        .for_call(&request.model, named.into_iter().flatten());
+    let applied = applied(snapshot, caller, &request.model);
     if applied.is_empty() {
         return Ok(None);
     }
@@ -76,7 +70,19 @@ pub async fn input(
     Ok(applied.output_guard(outcome.restorer))
 }
 
-fn note(context: &RequestContext, decisions: Vec<Decision>) {
+/// The policies a request of `caller` to `model` runs: the defaults, the
+/// model's, its tenant's and its key's.
+pub(crate) fn applied(snapshot: &Snapshot, caller: &Caller, model: &str) -> Applied {
+    let named = match caller {
+        Caller::Key(key) => Some(key.tenant.guardrails.iter().chain(&key.key.guardrails)),
+        Caller::Anonymous | Caller::Master => None,
+    };
+    snapshot
+        .guardrails
+        .for_call(model, named.into_iter().flatten())
+}
+
+pub(crate) fn note(context: &RequestContext, decisions: Vec<Decision>) {
     for decision in decisions {
         if let Decision::Guardrail {
             policy,

@@ -25,6 +25,7 @@ use switchyard_core::{
     ErrorKind, FinishReason, Role, StreamEvent, ToolCall, ToolCallDelta, ToolChoice, ToolRun,
     ToolRunEnd, Usage,
 };
+use switchyard_guardrails::Applied;
 use switchyard_orchestration::{CacheStatus, Gateway, RequestContext, Routed};
 use switchyard_telemetry::metrics::metrics;
 use switchyard_tools::{Tool, ToolError, ToolUser};
@@ -41,6 +42,9 @@ pub(crate) struct ToolPlan {
     search: Option<Arc<SearchTool>>,
     max_steps: usize,
     call_timeout: Duration,
+    /// The request's guardrail policies, which screen every tool result
+    /// before it goes back to the model; `None` when none apply.
+    results_guard: Option<Applied>,
 }
 
 /// The request's Switchyard tools (asked for, and attached to its model),
@@ -115,6 +119,7 @@ pub(crate) async fn plan(
         search,
         max_steps: toolbox.max_steps,
         call_timeout: toolbox.call_timeout,
+        results_guard: None,
     }))
 }
 
@@ -123,6 +128,13 @@ pub(crate) async fn plan(
 const SEARCH: &str = "search";
 
 impl ToolPlan {
+    /// The plan with tool results screened by `policies` (their input
+    /// checks: masks, blocks, injection) before the model reads them.
+    pub(crate) fn screened_by(mut self, policies: Applied) -> Self {
+        self.results_guard = (!policies.is_empty()).then_some(policies);
+        self
+    }
+
     /// The passages `search` gave the model, as the answer's sources.
     pub(crate) fn grounded(&self) -> Option<Grounded> {
         self.search.as_ref().and_then(|search| search.grounded())
@@ -411,6 +423,10 @@ async fn run_call(plan: &ToolPlan, step: usize, call: &ToolCall, context: &Reque
             }
         }
     };
+    let (result, outcome) = match &plan.results_guard {
+        Some(policies) => screen(policies, result, outcome, context),
+        None => (result, outcome),
+    };
     let elapsed = started.elapsed();
     span.record("outcome", outcome);
     metrics().tool_call(&call.name, outcome, elapsed);
@@ -430,6 +446,39 @@ async fn run_call(plan: &ToolPlan, step: usize, call: &ToolCall, context: &Reque
             tool_calls: Vec::new(),
         },
         failed: outcome != "ok",
+    }
+}
+
+/// A tool's result through the request's guardrail policies, as the
+/// user's own words would go: what they mask is masked, what one blocks is
+/// withheld from the model (the call's outcome is then `blocked`), and
+/// every hit is noted in the trail. Model judges are not asked: a tool
+/// result is read by pattern checks alone.
+fn screen(
+    policies: &Applied,
+    result: String,
+    outcome: &'static str,
+    context: &RequestContext,
+) -> (String, &'static str) {
+    let mut checked = ChatRequest::new(String::new(), vec![ChatMessage::new(Role::Tool, result)]);
+    match policies.check_input(&mut checked) {
+        Ok(found) => {
+            super::guard::note(context, found.decisions);
+            let screened = checked
+                .messages
+                .pop()
+                .map(|message| message.text())
+                .unwrap_or_default();
+            (screened, outcome)
+        }
+        Err(mut blocked) => {
+            super::guard::note(context, std::mem::take(&mut blocked.decisions));
+            let withheld = json!({"error": format!(
+                "the tool's result was withheld by guardrail policy `{}` (check `{}`: {})",
+                blocked.policy, blocked.check, blocked.found
+            )});
+            (withheld.to_string(), "blocked")
+        }
     }
 }
 
