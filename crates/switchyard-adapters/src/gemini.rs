@@ -638,6 +638,7 @@ impl Wire for GeminiWire {
                 finish_reason: FinishReason::ContentFilter,
                 usage,
                 logprobs: None,
+                tool_runs: Vec::new(),
             });
         };
         let (content, tool_calls) = read_parts(candidate.content.unwrap_or_default().parts, 0);
@@ -652,6 +653,7 @@ impl Wire for GeminiWire {
             finish_reason: finish,
             usage,
             logprobs: None,
+            tool_runs: Vec::new(),
         })
     }
 

@@ -210,6 +210,7 @@ impl Wire for OpenAiWire {
                 finish_reason: FinishReason::ContentFilter,
                 usage: completion.usage.map(Into::into).unwrap_or_default(),
                 logprobs: None,
+                tool_runs: Vec::new(),
             });
         }
         Ok(ChatResponse {
@@ -225,6 +226,7 @@ impl Wire for OpenAiWire {
             finish_reason: parse_finish_reason(choice.finish_reason.as_deref().unwrap_or("stop")),
             usage: completion.usage.map(Into::into).unwrap_or_default(),
             logprobs: choice.logprobs.and_then(|l| l.into_canonical()),
+            tool_runs: Vec::new(),
         })
     }
 

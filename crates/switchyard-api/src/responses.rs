@@ -166,7 +166,13 @@ pub(crate) async fn create(
     let whole = &answer.routed.value;
     let notes = annotations(answer.grounded.as_ref());
     let output = answer_items(&new_id("msg"), &whole.content, &whole.tool_calls);
-    let shown = render(&output, &notes);
+    // The calls Switchyard ran come first, as they did when streamed.
+    let shown = whole
+        .tool_runs
+        .iter()
+        .map(|run| tool_run_item(&new_id("mcp"), run))
+        .chain(render(&output, &notes))
+        .collect();
     let mut object = object;
     finish(
         &state.pipeline,

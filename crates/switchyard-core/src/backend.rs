@@ -202,6 +202,7 @@ pub async fn collect_stream(
         finish_reason,
         usage,
         logprobs: None,
+        tool_runs: Vec::new(),
     })
 }
 

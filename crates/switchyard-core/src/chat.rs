@@ -378,6 +378,10 @@ pub struct ChatResponse {
     /// Each answer token's log-probability, when asked for and given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// The calls of tools Switchyard ran for the model on the way to this
+    /// answer, ended, in order (the Responses API shows them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_runs: Vec<ToolRun>,
 }
 
 /// One generated token and its log-probability.

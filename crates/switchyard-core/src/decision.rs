@@ -258,7 +258,8 @@ pub enum Decision {
         /// Its arguments as the model wrote them (masked in the audit
         /// record).
         arguments: String,
-        /// `ok`, `error` or `timeout`.
+        /// `ok`, `error`, `timeout`, or `blocked` (a guardrail withheld its
+        /// result).
         outcome: &'static str,
         /// Its time, in milliseconds.
         duration_ms: u64,

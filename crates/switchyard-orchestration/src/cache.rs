@@ -58,6 +58,7 @@ impl CachedAnswer {
             finish_reason: self.finish_reason,
             usage: self.usage,
             logprobs: None,
+            tool_runs: Vec::new(),
         }
     }
 

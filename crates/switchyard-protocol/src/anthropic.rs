@@ -803,6 +803,7 @@ impl MessagesResponse {
             finish_reason: parse_stop_reason(self.stop_reason.as_deref().unwrap_or("end_turn")),
             usage: self.usage.into(),
             logprobs: None,
+            tool_runs: Vec::new(),
         }
     }
 }

@@ -1581,6 +1581,7 @@ mod tests {
             finish_reason: FinishReason::ToolCalls,
             usage: Usage::new(1, 2),
             logprobs: None,
+            tool_runs: Vec::new(),
         };
         let whole = serde_json::to_value(ChatCompletion::from_canonical(
             "id".into(),

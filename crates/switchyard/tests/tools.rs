@@ -604,8 +604,14 @@ async fn the_anthropic_and_responses_front_doors_run_switchyard_tools_too() {
         .await
         .unwrap();
     assert_eq!(response["status"], "completed", "{response}");
+    // The call Switchyard ran is an item before the answer.
+    let call = &response["output"][0];
+    assert_eq!(call["type"], "mcp_call", "{response}");
+    assert_eq!(call["name"], "calculator");
+    assert_eq!(call["status"], "completed");
+    assert!(call["output"].as_str().unwrap().contains(EXACT));
     assert!(
-        response["output"][0]["content"][0]["text"]
+        response["output"][1]["content"][0]["text"]
             .as_str()
             .unwrap()
             .contains(EXACT)

@@ -392,6 +392,7 @@ pub(super) fn decode(body: &[u8], model: &str) -> Result<ChatResponse, BackendEr
         finish_reason: finish_reason(answer.stop_reason.as_deref().unwrap_or("end_turn")),
         usage: answer.usage.into(),
         logprobs: None,
+        tool_runs: Vec::new(),
     })
 }
 

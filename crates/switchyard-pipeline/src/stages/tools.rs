@@ -161,6 +161,7 @@ pub(crate) async fn whole(
     context: &RequestContext,
 ) -> Result<Routed<ChatResponse>, BackendError> {
     let mut earlier = Usage::default();
+    let mut runs = Vec::new();
     let mut step = 0;
     loop {
         let started = Instant::now();
@@ -185,6 +186,7 @@ pub(crate) async fn whole(
                 answer.finish_reason = FinishReason::Length;
             }
             answer.usage = added(answer.usage, earlier);
+            answer.tool_runs = runs;
             return Ok(routed);
         }
         if routed.cache != CacheStatus::Hit && routed.cache != CacheStatus::SemanticHit {
@@ -193,6 +195,11 @@ pub(crate) async fn whole(
         }
         let said = std::mem::take(&mut answer.content);
         let results = run_calls(plan, step, &ours, context).await;
+        runs.extend(
+            ours.iter()
+                .zip(&results)
+                .map(|(call, ran)| run_of(call, Some(ran))),
+        );
         continue_with(&mut request, said, ours, results);
         step += 1;
     }
