@@ -100,7 +100,8 @@ struct Checked {
     code: Option<Extracted>,
     results: Vec<CheckResult>,
     repairs: u32,
-    /// The tokens of the attempts before the last.
+    /// The tokens of the attempts billed as steps (those before the last,
+    /// and the last too when every attempt is a step).
     earlier: Usage,
 }
 
