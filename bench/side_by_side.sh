@@ -30,6 +30,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
   $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -111,7 +112,12 @@ done
 # CPU ticks (user + system) of a set of processes.
 ticks() { for pid in "$@"; do awk '{print $14 + $15}' "/proc/$pid/stat"; done | awk '{s += $1} END {print s}'; }
 rss_mib() { for pid in "$@"; do awk '/VmRSS/ {print $2}' "/proc/$pid/status"; done | awk '{s += $1} END {printf "%.0f", s / 1024}'; }
-nginx_pids() { pgrep -f "nginx.*$work" | tr '\n' ' '; }
+# The master and its workers (whose titles do not name the config).
+nginx_pids() {
+  local master
+  master=$(cat "$work/nginx.pid")
+  echo "$master $(pgrep -P "$master" | tr '\n' ' ')"
+}
 
 completed_total=0
 # One figure: wrk at concurrency $2 against URL $1 with script $3, the
@@ -157,7 +163,7 @@ echo "RSS after the load: switchyard $(rss_mib "$gateway_pid") MiB, nginx $(rss_
 # gateway has stopped (it flushes on the way out).
 kill -TERM "$gateway_pid"
 wait "$gateway_pid" 2>/dev/null || true
-rows=$(python3 - "$work/switchyard/switchyard.db" <<'PY'
+rows=$(python3 - "$work/switchyard.db" <<'PY'
 import sqlite3, sys
 print(sqlite3.connect(sys.argv[1]).execute("select count(*) from usage_ledger").fetchone()[0])
 PY
