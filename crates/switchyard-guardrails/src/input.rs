@@ -147,10 +147,40 @@ impl Applied {
     /// Runs the input checks over `request`, rewriting what they mask or
     /// pseudonymise; `Err` when one blocks it.
     pub fn check_input(&self, request: &mut ChatRequest) -> Result<InputOutcome, Blocked> {
+        self.check_messages(request, false)
+    }
+
+    /// Runs the input checks over a tool's result before a model reads
+    /// it: what they mask is masked, what they would pseudonymise is
+    /// masked too (its placeholders could not be told from the user's),
+    /// routing and size checks do not apply. The result as checked and
+    /// the decisions; `Err` when a check blocks it.
+    pub fn check_tool_result(&self, result: String) -> Result<(String, Vec<Decision>), Blocked> {
+        let mut request = ChatRequest::new(
+            String::new(),
+            vec![switchyard_core::ChatMessage::new(Role::Tool, result)],
+        );
+        let outcome = self.check_messages(&mut request, true)?;
+        let checked = request
+            .messages
+            .pop()
+            .map(|message| message.text())
+            .unwrap_or_default();
+        Ok((checked, outcome.decisions))
+    }
+
+    fn check_messages(
+        &self,
+        request: &mut ChatRequest,
+        tool_result: bool,
+    ) -> Result<InputOutcome, Blocked> {
         let mut outcome = InputOutcome::default();
         for policy in &self.policies {
             for check in policy.checks.iter().filter(|c| c.input) {
                 if let Test::PromptSize(_) = check.test {
+                    if tool_result {
+                        continue;
+                    }
                     let tokens = request
                         .messages
                         .iter()
@@ -213,10 +243,16 @@ impl Applied {
                                 ));
                             }
                             Action::Flag => {}
+                            Action::Route if tool_result => {}
                             Action::Route => {
                                 if outcome.rerouted.is_none() {
                                     outcome.rerouted = check.route_to.clone();
                                 }
+                            }
+                            Action::Mask | Action::Pseudonymize if tool_result => {
+                                *text = detect::replace(text, &hits, |hit| {
+                                    Check::mask_label(hit).to_owned()
+                                });
                             }
                             Action::Mask => {
                                 *text = detect::replace(text, &hits, |hit| {

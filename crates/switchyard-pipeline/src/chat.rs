@@ -275,7 +275,7 @@ impl Pipeline {
     ) -> Result<Admitted, PipelineError> {
         let snapshot = self.snapshot();
         let plan = ground::plan(&snapshot, grounding, &mut request)?;
-        let coder = code_assistant::plan(&snapshot, &mut request)?.map(Arc::new);
+        let mut coder = code_assistant::plan(&snapshot, &mut request)?;
         let kind = CallKind {
             model: &request.model,
             operation: Operation::Chat,
@@ -292,15 +292,29 @@ impl Pipeline {
             facts.estimated_tokens = admit::estimate_chat(&request);
             facts.response_id = Some(turn.response_id.clone());
         }
-        let user = switchyard_tools::ToolUser {
-            tenant: &tenant,
-            key: caller.key_id(),
+        // A code assistant runs its own checks, not the tool loop (nor
+        // the tools attached to its code model).
+        let tools = match &mut coder {
+            Some(coder) => {
+                coder.limit_to(&caller);
+                None
+            }
+            None => {
+                let user = switchyard_tools::ToolUser {
+                    tenant: &tenant,
+                    key: caller.key_id(),
+                };
+                tools::plan(&snapshot, user, &call.context, &mut request)
+                    .await?
+                    .map(|plan| {
+                        Arc::new(plan.screened_by(guard::applied(
+                            &snapshot,
+                            &caller,
+                            &request.model,
+                        )))
+                    })
+            }
         };
-        let tools = tools::plan(&snapshot, user, &call.context, &mut request)
-            .await?
-            .map(|plan| {
-                Arc::new(plan.screened_by(guard::applied(&snapshot, &caller, &request.model)))
-            });
         let policy = snapshot.policy.settings();
         let prompt = policy.store_prompts.then(|| finish::prompt_text(&request));
         let keep_answer = policy.store_answers;
@@ -324,6 +338,11 @@ impl Pipeline {
             Ok(guard) => guard,
             Err(error) => return Err(finish::fail(admission, error, &call.context)),
         };
+        // The assistant reads the question as the model will: whole, and
+        // masked.
+        if let Some(coder) = &mut coder {
+            coder.prepare(&mut request);
+        }
         // Last, on what will be sent: sources and masks included.
         let fitted = fit::fit(
             &self.governance,
@@ -349,7 +368,7 @@ impl Pipeline {
             guard,
             tenant,
             tools,
-            coder,
+            coder: coder.map(Arc::new),
         })
     }
 }

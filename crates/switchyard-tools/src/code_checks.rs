@@ -24,9 +24,11 @@ pub struct Extracted {
 }
 
 /// The Python code blocks of `markdown`: the solution and its tests. A
-/// block is a test block when it says so in a first comment (`# tests`),
-/// defines only `test…` functions, uses `unittest`, or is bare `assert`s.
-/// `None` when there is no Python block at all.
+/// block is a test block when its first line says so (`# tests`), when
+/// it defines only `test…` functions and `unittest` cases, or when it is
+/// bare `assert`s. Blocks marked `python` are the code; unmarked ones
+/// count only when none is marked (they are often shell commands or
+/// output). `None` when there is no Python block at all.
 pub fn extract_code(markdown: &str) -> Option<Extracted> {
     let mut extracted = Extracted::default();
     let mut found = false;
@@ -56,54 +58,61 @@ pub fn given_tests(markdown: &str) -> String {
         .join("\n\n")
 }
 
-/// Fenced blocks marked Python (or not marked at all), in order, as a
-/// CommonMark parser reads them: fences inside other blocks, indented
-/// fences and unclosed ones are its business, not ours.
+/// Fenced blocks marked Python, in order, as a CommonMark parser reads
+/// them (fences inside other blocks, indented fences and unclosed ones are
+/// its business, not ours); the unmarked ones when none is marked.
 fn python_blocks(markdown: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
+    let mut marked = Vec::new();
+    let mut unmarked = Vec::new();
+    // The block being read, and whether it is marked.
+    let mut current: Option<(String, bool)> = None;
     for event in Parser::new(markdown) {
         match event {
             Event::Start(Tag::CodeBlock(CodeBlockKind::Fenced(info))) => {
                 let language = info.split_whitespace().next().unwrap_or("");
-                if matches!(
-                    language.to_ascii_lowercase().as_str(),
-                    "" | "python" | "py" | "python3"
-                ) {
-                    current = Some(String::new());
+                match language.to_ascii_lowercase().as_str() {
+                    "python" | "py" | "python3" => current = Some((String::new(), true)),
+                    "" => current = Some((String::new(), false)),
+                    _ => {}
                 }
             }
             Event::Text(text) => {
-                if let Some(block) = &mut current {
+                if let Some((block, _)) = &mut current {
                     block.push_str(&text);
                 }
             }
             Event::End(TagEnd::CodeBlock) => {
-                if let Some(block) = current.take()
+                if let Some((block, is_marked)) = current.take()
                     && !block.trim().is_empty()
                 {
-                    blocks.push(block);
+                    if is_marked {
+                        marked.push(block);
+                    } else {
+                        unmarked.push(block);
+                    }
                 }
             }
             _ => {}
         }
     }
-    blocks
+    if marked.is_empty() { unmarked } else { marked }
 }
 
 fn is_test_block(block: &str) -> bool {
-    let mut lines = block
+    let first = block
         .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty());
-    if lines
-        .next()
-        .is_some_and(|first| first.starts_with('#') && first.to_ascii_lowercase().contains("test"))
-    {
-        return true;
-    }
-    if block.contains("unittest") {
-        return true;
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if let Some(comment) = first.strip_prefix('#') {
+        let words: Vec<&str> = comment.split_whitespace().take(2).collect();
+        let says_tests = |w: &str| matches!(w.trim_end_matches(':'), "test" | "tests");
+        if words.first().is_some_and(|w| says_tests(w))
+            || (words.first() == Some(&"unit") && words.get(1).is_some_and(|w| says_tests(w)))
+        {
+            return true;
+        }
     }
     let defs: Vec<&str> = block
         .lines()
@@ -113,9 +122,11 @@ fn is_test_block(block: &str) -> bool {
         return block.lines().any(|l| l.starts_with("assert "));
     }
     defs.iter().all(|d| {
-        d.trim_start_matches("async ")
-            .strip_prefix("def ")
+        let d = d.trim_start_matches("async ");
+        d.strip_prefix("def ")
             .is_some_and(|name| name.starts_with("test"))
+            || d.strip_prefix("class ")
+                .is_some_and(|class| class.contains("TestCase"))
     })
 }
 
@@ -463,6 +474,24 @@ mod tests {
         assert!(!is_test_block(
             "def add(a, b):\n    return a + b\n\ndef test_add():\n    assert add(1, 1) == 2"
         ));
+        assert!(is_test_block("# Unit tests:\nassert f() == 1"));
+        // A first comment that merely contains "test", or a solution that
+        // mentions unittest, is code.
+        assert!(!is_test_block("# fastest way\ndef f():\n    return 1"));
+        assert!(!is_test_block(
+            "import unittest\n\ndef helper():\n    return unittest"
+        ));
+        // Unmarked blocks count only when no block is marked python.
+        let mixed = "```\n$ pip install x\n```\n\n```python\ndef f():\n    return 1\n```";
+        assert_eq!(
+            extract_code(mixed).unwrap().solution,
+            "def f():\n    return 1"
+        );
+        let bare = "```\ndef f():\n    return 1\n```";
+        assert_eq!(
+            extract_code(bare).unwrap().solution,
+            "def f():\n    return 1"
+        );
     }
 
     #[test]

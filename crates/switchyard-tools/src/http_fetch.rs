@@ -110,18 +110,37 @@ fn is_public(ip: IpAddr) -> bool {
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            let segments = v6.segments();
+            let octets = v6.octets();
+            let embedded = |at: usize| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    octets[at],
+                    octets[at + 1],
+                    octets[at + 2],
+                    octets[at + 3],
+                ))
+            };
+            // Forms that carry an IPv4 address lead where it leads:
+            // IPv4-mapped ::ffff:0:0/96 and IPv4-compatible ::/96, NAT64's
+            // 64:ff9b::/96 and 64:ff9b:1::/48, 6to4's 2002::/16.
+            if segments[..5] == [0; 5] && (segments[5] == 0xffff || segments[5] == 0) {
+                return !v6.is_loopback() && !v6.is_unspecified() && is_public(embedded(12));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                // Unique local fc00::/7, link-local fe80::/10, multicast.
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || segments[..3] == [0x64, 0xff9b, 1] {
+                return is_public(embedded(12));
+            }
+            if segments[0] == 0x2002 {
+                return is_public(embedded(2));
+            }
+            let first = segments[0];
+            !(v6.is_multicast()
+                // Unique local fc00::/7, link-local fe80::/10, site-local
+                // fec0::/10 (deprecated, still routed inside some sites).
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || v6.is_multicast()
-                // Documentation, 2001:db8::/32.
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8))
+                || (first & 0xffc0) == 0xfec0
+                // Teredo 2001::/32 and documentation 2001:db8::/32.
+                || (first == 0x2001 && (segments[1] == 0 || segments[1] == 0x0db8)))
         }
     }
 }
@@ -178,7 +197,10 @@ impl HttpFetch {
                     attempt.error(format!("redirected to {to}, which is not an allowed host"))
                 }
             }))
-            .user_agent("switchyard-http-fetch");
+            .user_agent("switchyard-http-fetch")
+            // A proxy from the environment would resolve names itself,
+            // past the address check below.
+            .no_proxy();
         let client = if config.allow_private_addresses {
             client
         } else {
@@ -333,10 +355,21 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:10.0.0.1",
+            "::a9fe:a9fe",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a00:1::1",
+            "fec0::1",
+            "2001:0:4136:e378::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+        for public in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "64:ff9b::101:101",
+            "::ffff:1.1.1.1",
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }

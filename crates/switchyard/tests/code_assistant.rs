@@ -252,6 +252,35 @@ async fn code_that_stays_broken_is_answered_with_its_failed_checks_after_the_las
 }
 
 #[tokio::test]
+async fn the_responses_api_runs_the_code_assistant_on_the_turns_input() {
+    let upstream = recording_standin().await;
+    let server = Server::start(&config(&upstream));
+    let response: Value = client()
+        .post(format!("{}/responses", server.v1()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "coding", "input": ASK}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(response["status"], "completed", "{response}");
+    let text = response["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap();
+    assert!(text.contains("return a + b"), "{text}");
+    assert!(
+        text.contains("- tests: passed (the asserts passed)"),
+        "{text}"
+    );
+    // The code model was told how to answer, with the turn's question.
+    let first = upstream.requests()[0].body["messages"].clone();
+    assert_eq!(first[0]["role"], "system", "{first}");
+    assert!(first[0]["content"].as_str().unwrap().contains("```python"));
+}
+
+#[tokio::test]
 async fn with_the_local_model_as_the_code_model_the_flow_completes() {
     // The small default model's code is not asserted, only that the
     // assistant checks what it wrote and answers.

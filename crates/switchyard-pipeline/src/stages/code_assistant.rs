@@ -26,6 +26,7 @@ use switchyard_tools::code_checks::{self, CheckResult, Extracted};
 
 use super::tools::{added, millis, note_step};
 use crate::{PipelineError, Snapshot};
+use switchyard_governance::Caller;
 
 /// A request to a code assistant, prepared.
 pub(crate) struct CodePlan {
@@ -44,9 +45,10 @@ const INSTRUCTIONS: &str = "You are a code assistant. Answer with the complete P
 /// What the explaining model is told.
 const EXPLAIN: &str = "Explain the Python code below to the user who asked for it: what it does and how to use it, in a few sentences. Do not repeat or rewrite the code.";
 
-/// The code assistant `request.model` names, if it names one: the request
-/// is rewritten for its code model (model name, instructions first), so
-/// that the key's model permissions apply to that model.
+/// The code assistant `request.model` names, if it names one. The
+/// request's model becomes the code model before authentication, so that
+/// the key's model permissions apply to it; the rest of the request is
+/// prepared by [`CodePlan::prepare`] once the conversation is whole.
 pub(crate) fn plan(
     snapshot: &Snapshot,
     request: &mut ChatRequest,
@@ -62,35 +64,56 @@ pub(crate) fn plan(
         .into());
     }
     request.model = config.model.clone();
-    let asked = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == Role::User)
-        .map(ChatMessage::text)
-        .unwrap_or_default();
-    let mut instructions = INSTRUCTIONS.to_owned();
-    if let Some(more) = &config.instructions {
-        instructions.push_str("\n\n");
-        instructions.push_str(more);
-    }
-    // One system message: some chat templates take no second one.
-    match request.messages.first_mut() {
-        Some(first) if first.role == Role::System => {
-            first
-                .content
-                .insert(0, ContentPart::Text(format!("{instructions}\n\n")));
-        }
-        _ => request
-            .messages
-            .insert(0, ChatMessage::new(Role::System, instructions)),
-    }
     Ok(Some(CodePlan {
         config: config.clone(),
         toolbox: snapshot.tools.clone(),
-        given: code_checks::given_tests(&asked),
-        asked,
+        given: String::new(),
+        asked: String::new(),
     }))
+}
+
+impl CodePlan {
+    /// Leaves out the explanation when `caller`'s key may not use the
+    /// explaining model: the code model's own words stand instead.
+    pub(crate) fn limit_to(&mut self, caller: &Caller) {
+        if let Caller::Key(context) = caller
+            && let (Some(allowed), Some(model)) =
+                (&context.key.allowed_models, &self.config.explain_model)
+            && !allowed.contains(model)
+        {
+            self.config.explain_model = None;
+        }
+    }
+
+    /// Takes the user's question and tests from the conversation as the
+    /// model will see it (a Responses turn's history included, guardrail
+    /// masks applied), and puts the assistant's instructions first.
+    pub(crate) fn prepare(&mut self, request: &mut ChatRequest) {
+        self.asked = request
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(ChatMessage::text)
+            .unwrap_or_default();
+        self.given = code_checks::given_tests(&self.asked);
+        let mut instructions = INSTRUCTIONS.to_owned();
+        if let Some(more) = &self.config.instructions {
+            instructions.push_str("\n\n");
+            instructions.push_str(more);
+        }
+        // One system message: some chat templates take no second one.
+        match request.messages.first_mut() {
+            Some(first) if first.role == Role::System => {
+                first
+                    .content
+                    .insert(0, ContentPart::Text(format!("{instructions}\n\n")));
+            }
+            _ => request
+                .messages
+                .insert(0, ChatMessage::new(Role::System, instructions)),
+        }
+    }
 }
 
 /// The code model's attempts, checked and repaired.
@@ -210,7 +233,7 @@ pub(crate) async fn whole(
         let answer = &mut last.value;
         answer.content = format!("{}\n\n{checks}", answer.content.trim_end());
         answer.usage = added(answer.usage, earlier);
-        answer.tool_calls.clear();
+        settle(answer);
         return Ok(last);
     };
     let mut explained = gateway
@@ -223,7 +246,7 @@ pub(crate) async fn whole(
         answer.content.trim()
     );
     answer.usage = added(answer.usage, checked.earlier);
-    answer.tool_calls.clear();
+    settle(answer);
     Ok(explained)
 }
 
@@ -294,6 +317,16 @@ pub(crate) async fn streamed(
         cache,
         similarity,
     })
+}
+
+/// A code assistant answers in text: calls a model made (of tools it was
+/// not offered) are dropped, and the answer is finished, not waiting for
+/// them.
+fn settle(answer: &mut ChatResponse) {
+    answer.tool_calls.clear();
+    if answer.finish_reason == FinishReason::ToolCalls {
+        answer.finish_reason = FinishReason::Stop;
+    }
 }
 
 /// The checked code and its tests, as the answer shows them before an

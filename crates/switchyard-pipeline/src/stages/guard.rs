@@ -10,7 +10,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use switchyard_core::{
     BackendError, ChatRequest, ChatResponse, ChatStream, Decision, FinishReason, StreamEvent,
-    ToolCallDelta, Usage,
+    ToolCallDelta, ToolRun, Usage,
 };
 use switchyard_governance::Caller;
 use switchyard_guardrails::{Applied, Blocked, OutputGuard, OutputJudges, Passed};
@@ -107,6 +107,7 @@ pub fn whole(guard: &mut OutputGuard, answer: &mut ChatResponse, context: &Reque
         Passed::Blocked { text, .. } => {
             answer.content = text;
             answer.tool_calls.clear();
+            answer.tool_runs.clear();
             answer.finish_reason = FinishReason::ContentFilter;
         }
     }
@@ -116,7 +117,27 @@ pub fn whole(guard: &mut OutputGuard, answer: &mut ChatResponse, context: &Reque
             call.arguments = arguments;
         }
     }
+    for run in &mut answer.tool_runs {
+        shown_run(guard, run);
+    }
     note(context, guard.take_decisions());
+}
+
+/// What the client is shown of a tool Switchyard ran passes the output
+/// checks as the answer does: a part one blocks is withheld.
+fn shown_run(guard: &mut OutputGuard, run: &mut ToolRun) {
+    let mut check = |text: &mut String| {
+        *text = match guard.whole(text) {
+            Passed::Text(passed) => passed,
+            Passed::Blocked { blocked, .. } => {
+                format!("[withheld by guardrail policy `{}`]", blocked.policy)
+            }
+        };
+    };
+    check(&mut run.arguments);
+    if let Some(end) = &mut run.ended {
+        check(&mut end.output);
+    }
 }
 
 /// A whole answer before the client sees it: the output judges read it
@@ -244,6 +265,28 @@ pub fn streamed(
                     if delta.id.is_some() || delta.name.is_some() || !delta.arguments.is_empty() {
                         yield Ok(StreamEvent::ToolCall(delta));
                     }
+                }
+                Ok(StreamEvent::ToolRun(mut run)) => {
+                    // The round's text ends where its calls run: what is
+                    // held goes out before them.
+                    match guard.finish() {
+                        Passed::Text(out) => {
+                            if !out.is_empty() {
+                                yield Ok(StreamEvent::Delta(out));
+                            }
+                        }
+                        Passed::Blocked { text, .. } => {
+                            note(&context, guard.take_decisions());
+                            if !text.is_empty() {
+                                yield Ok(StreamEvent::Delta(text));
+                            }
+                            cut = true;
+                            break;
+                        }
+                    }
+                    shown_run(&mut guard, &mut run);
+                    note(&context, guard.take_decisions());
+                    yield Ok(StreamEvent::ToolRun(run));
                 }
                 Ok(StreamEvent::Finish(reason)) => {
                     for (index, arguments) in guard.finish_tool_arguments() {

@@ -457,25 +457,19 @@ async fn run_call(plan: &ToolPlan, step: usize, call: &ToolCall, context: &Reque
 }
 
 /// A tool's result through the request's guardrail policies, as the
-/// user's own words would go: what they mask is masked, what one blocks is
-/// withheld from the model (the call's outcome is then `blocked`), and
-/// every hit is noted in the trail. Model judges are not asked: a tool
-/// result is read by pattern checks alone.
+/// user's own words would go: what they mask (or pseudonymise) is masked,
+/// what one blocks is withheld from the model (the call's outcome is then
+/// `blocked`), and every hit is noted in the trail. Model judges are not
+/// asked: a tool result is read by pattern checks alone.
 fn screen(
     policies: &Applied,
     result: String,
     outcome: &'static str,
     context: &RequestContext,
 ) -> (String, &'static str) {
-    let mut checked = ChatRequest::new(String::new(), vec![ChatMessage::new(Role::Tool, result)]);
-    match policies.check_input(&mut checked) {
-        Ok(found) => {
-            super::guard::note(context, found.decisions);
-            let screened = checked
-                .messages
-                .pop()
-                .map(|message| message.text())
-                .unwrap_or_default();
+    match policies.check_tool_result(result) {
+        Ok((screened, decisions)) => {
+            super::guard::note(context, decisions);
             (screened, outcome)
         }
         Err(mut blocked) => {
