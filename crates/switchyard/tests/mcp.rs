@@ -103,16 +103,22 @@ fn config(upstream: &switchyard_standin::RunningStandin, http: &HttpMcp) -> Stri
 
 /// Asks `model` with the MCP tools of `server`; the answer's text.
 async fn ask(gateway: &Server, model: &str, server: &str) -> (u16, String) {
-    let response = client()
+    ask_with(gateway, None, model, server).await
+}
+
+/// As [`ask`], presenting `key` when given.
+async fn ask_with(gateway: &Server, key: Option<&str>, model: &str, server: &str) -> (u16, String) {
+    let mut request = client()
         .post(format!("{}/chat/completions", gateway.v1()))
         .json(&json!({
             "model": model,
             "messages": [{"role": "user", "content": "go"}],
             "tools": [{"type": "switchyard", "name": server}],
-        }))
-        .send()
-        .await
-        .unwrap();
+        }));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap();
     let text = body["choices"][0]["message"]["content"]
@@ -245,27 +251,6 @@ async fn an_unknown_mcp_tool_is_a_clear_400() {
 
 const MASTER: &str = "sy-master-mcp-keys-0123456789";
 
-/// As [`ask`], with `key`.
-async fn ask_as(gateway: &Server, key: &str, model: &str, server: &str) -> (u16, String) {
-    let response = client()
-        .post(format!("{}/chat/completions", gateway.v1()))
-        .bearer_auth(key)
-        .json(&json!({
-            "model": model,
-            "messages": [{"role": "user", "content": "go"}],
-            "tools": [{"type": "switchyard", "name": server}],
-        }))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
-    let text = body["choices"][0]["message"]["content"]
-        .as_str()
-        .map_or_else(|| body.to_string(), str::to_owned);
-    (status, text)
-}
-
 async fn admin_post(gateway: &Server, path: &str, body: Value) -> Value {
     let response = client()
         .post(format!("{}{path}", gateway.url))
@@ -321,7 +306,7 @@ async fn a_server_with_allow_keys_is_offered_to_those_keys_alone() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let reloaded = gateway.logs().matches("configuration reloaded").count() > reloads;
-        let (status, text) = ask_as(&gateway, &keys[0].1, "adds-keyed", "keyed").await;
+        let (status, text) = ask_with(&gateway, Some(&keys[0].1), "adds-keyed", "keyed").await;
         if reloaded && status == 200 {
             assert!(text.contains('5'), "{text}");
             break;
@@ -335,7 +320,7 @@ async fn a_server_with_allow_keys_is_offered_to_those_keys_alone() {
     }
     // Another key of the same tenant, and the master key, do not see it.
     for key in [keys[1].1.as_str(), MASTER] {
-        let (status, text) = ask_as(&gateway, key, "adds-keyed", "keyed").await;
+        let (status, text) = ask_with(&gateway, Some(key), "adds-keyed", "keyed").await;
         assert_eq!(status, 400, "{text}");
         assert!(text.contains("there is no tool named"), "{text}");
     }
