@@ -6,64 +6,96 @@
 //! the cost is owed and paid with the next spend read or write. A total
 //! that Redis lost meanwhile (restarted empty) is seeded again from the
 //! ledger, which holds the request; the debt is then dropped, not paid
-//! twice.
+//! twice. "Seeded again" is told by the seed's time, which Redis keeps
+//! beside the total: another instance may have seeded it before this one
+//! settles. (A debt whose ledger row had not reached the database when
+//! another instance seeded is dropped too: the total is then short of
+//! it, which errs towards a budget's overshoot, not a false refusal.)
 //!
 //! One case stays approximate: an add that Redis applied but whose reply
 //! was lost (a timeout after the command ran) is owed and paid again.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use switchyard_state::counters::SpendTotals;
 use tracing::{info, warn};
 
+use crate::now_ms;
+
+/// A cost that could not be added to one spend key, and when.
+struct Debt {
+    key: String,
+    amount: f64,
+    /// Unix ms.
+    at: i64,
+}
+
 /// Costs per spend key, waiting to be added.
 #[derive(Default)]
 pub(crate) struct OwedSpend {
     /// Whether anything is owed: the common case is one load, no lock.
     any: AtomicBool,
-    owed: Mutex<HashMap<String, f64>>,
+    owed: Mutex<Vec<Debt>>,
 }
 
 impl OwedSpend {
-    /// Notes that `amount` could not be added to `keys`.
+    /// Notes that `amount` could not be added to `keys` now.
     pub(crate) fn owe(&self, keys: &[String], amount: f64) {
+        let at = now_ms();
         let mut owed = self.lock();
-        for key in keys {
-            *owed.entry(key.clone()).or_default() += amount;
-        }
+        owed.extend(keys.iter().map(|key| Debt {
+            key: key.clone(),
+            amount,
+            at,
+        }));
         self.any.store(true, Ordering::Release);
     }
 
-    /// Adds what is owed, keeping whatever still cannot be added.
+    /// Adds what is owed, keeping whatever still cannot be added. A debt
+    /// is added only to a total seeded before it arose: one seeded since
+    /// (Redis lost it, and this or another instance read it again from
+    /// the ledger) holds it already.
     pub(crate) async fn settle(&self, totals: &dyn SpendTotals) {
         if !self.any.load(Ordering::Acquire) {
             return;
         }
-        let debts: Vec<(String, f64)> = {
+        let debts: Vec<Debt> = {
             let mut owed = self.lock();
             self.any.store(false, Ordering::Release);
-            owed.drain().collect()
+            std::mem::take(&mut *owed)
         };
         let mut unpaid = Vec::new();
-        for (key, amount) in debts {
-            match totals.add(std::slice::from_ref(&key), amount).await {
-                // `None`: the total is gone and will be seeded from the
-                // ledger, which holds this spend already.
-                Ok(_) => info!(key, amount, "owed spend added to the shared totals"),
+        for debt in debts {
+            let keys = std::slice::from_ref(&debt.key);
+            match totals.add_owed(keys, debt.amount, debt.at).await {
+                Ok(totals) if totals.first().is_some_and(Option::is_some) => {
+                    info!(
+                        key = debt.key,
+                        amount = debt.amount,
+                        "owed spend added to the shared totals"
+                    );
+                }
+                // The total is gone, or was seeded since: the ledger the
+                // seed is read from holds this spend.
+                Ok(_) => info!(
+                    key = debt.key,
+                    amount = debt.amount,
+                    "owed spend dropped: the ledger already holds it"
+                ),
                 Err(error) => {
-                    warn!(%error, key, "owed spend still cannot be added");
-                    unpaid.push((key, amount));
+                    warn!(%error, key = debt.key, "owed spend still cannot be added");
+                    unpaid.push(debt);
                 }
             }
         }
-        for (key, amount) in unpaid {
-            self.owe(&[key], amount);
+        if !unpaid.is_empty() {
+            self.lock().extend(unpaid);
+            self.any.store(true, Ordering::Release);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, f64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Debt>> {
         self.owed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -154,7 +186,7 @@ mod tests {
         totals.down.store(false, Ordering::SeqCst);
         owed.settle(&totals).await;
         owed.settle(&totals).await;
-        assert_eq!(totals.adds.load(Ordering::SeqCst), 1, "paid once");
+        assert_eq!(totals.adds.load(Ordering::SeqCst), 2, "each debt paid once");
         let now = totals.get(std::slice::from_ref(&key)).await.unwrap();
         assert_eq!(now, vec![Some(1.75)]);
     }

@@ -123,6 +123,21 @@ pub trait SpendTotals: Send + Sync {
         keys: &'a [String],
         amount: f64,
     ) -> BoxFuture<'a, Result<Vec<Option<f64>>, StateError>>;
+
+    /// Adds `amount` that could not be added at `owed_at` (Unix ms) to
+    /// each key that is set and was not seeded since: a total seeded
+    /// after the debt was read from a ledger that holds it already.
+    /// Totals of this process are never seeded behind a debt (they are
+    /// never lost), so by default this is `add`.
+    fn add_owed<'a>(
+        &'a self,
+        keys: &'a [String],
+        amount: f64,
+        owed_at: i64,
+    ) -> BoxFuture<'a, Result<Vec<Option<f64>>, StateError>> {
+        let _ = owed_at;
+        self.add(keys, amount)
+    }
 }
 
 // ---------------------------------------------------------------------
@@ -529,6 +544,30 @@ end
 return out
 ";
 
+/// Sets a total unless it is set, noting when it was seeded (the caller's
+/// clock, Unix ms) beside it.
+const SPEND_SEED_SCRIPT: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+end
+return 1
+";
+
+/// Adds an owed amount to each total (KEYS in pairs: total, its seed
+/// time) that is set and was seeded before the debt (ARGV[2], Unix ms).
+const SPEND_ADD_OWED_SCRIPT: &str = r"
+local out = {}
+for i = 1, #KEYS, 2 do
+  local seeded = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  if redis.call('EXISTS', KEYS[i]) == 1 and seeded < tonumber(ARGV[2]) then
+    table.insert(out, redis.call('INCRBYFLOAT', KEYS[i], ARGV[1]))
+  else
+    table.insert(out, false)
+  end
+end
+return out
+";
+
 /// Counters, slots and totals in Redis, shared by every instance that
 /// points at the same server. Keys live under `prefix`.
 #[derive(Clone)]
@@ -539,6 +578,8 @@ pub struct RedisCounters {
     adjust: std::sync::Arc<Script>,
     acquire: std::sync::Arc<Script>,
     spend_add: std::sync::Arc<Script>,
+    spend_seed: std::sync::Arc<Script>,
+    spend_add_owed: std::sync::Arc<Script>,
     /// Longest a slot is held when its holder never gives it back.
     lease: Duration,
 }
@@ -555,6 +596,8 @@ impl RedisCounters {
             adjust: std::sync::Arc::new(Script::new(ADJUST_SCRIPT)),
             acquire: std::sync::Arc::new(Script::new(ACQUIRE_SCRIPT)),
             spend_add: std::sync::Arc::new(Script::new(SPEND_ADD_SCRIPT)),
+            spend_seed: std::sync::Arc::new(Script::new(SPEND_SEED_SCRIPT)),
+            spend_add_owed: std::sync::Arc::new(Script::new(SPEND_ADD_OWED_SCRIPT)),
             lease,
         })
     }
@@ -718,15 +761,18 @@ impl SpendTotals for RedisCounters {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StateError>> {
         Box::pin(async move {
-            let mut connection = self.connection.clone();
-            let _: Option<String> = redis::cmd("SET")
-                .arg(self.name(key, ":spend"))
+            let seeded_at = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let mut invocation = self.spend_seed.prepare_invoke();
+            invocation
+                .key(self.name(key, ":spend"))
+                .key(self.name(key, ":spend_seeded"))
                 .arg(total)
-                .arg("NX")
-                .arg("PX")
                 .arg(millis(ttl))
-                .query_async(&mut connection)
-                .await?;
+                .arg(seeded_at);
+            let mut connection = self.connection.clone();
+            let _: i64 = invocation.invoke_async(&mut connection).await?;
             Ok(())
         })
     }
@@ -745,6 +791,29 @@ impl SpendTotals for RedisCounters {
                 invocation.key(self.name(key, ":spend"));
             }
             invocation.arg(amount);
+            let mut connection = self.connection.clone();
+            let values: Vec<Option<f64>> = invocation.invoke_async(&mut connection).await?;
+            Ok(values)
+        })
+    }
+
+    fn add_owed<'a>(
+        &'a self,
+        keys: &'a [String],
+        amount: f64,
+        owed_at: i64,
+    ) -> BoxFuture<'a, Result<Vec<Option<f64>>, StateError>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut invocation = self.spend_add_owed.prepare_invoke();
+            for key in keys {
+                invocation
+                    .key(self.name(key, ":spend"))
+                    .key(self.name(key, ":spend_seeded"));
+            }
+            invocation.arg(amount).arg(owed_at);
             let mut connection = self.connection.clone();
             let values: Vec<Option<f64>> = invocation.invoke_async(&mut connection).await?;
             Ok(values)

@@ -189,3 +189,51 @@ async fn spend_is_seeded_once_then_added_to() {
     assert_eq!(counters.add(&keys, 0.5).await.unwrap(), vec![Some(3.0)]);
     assert_eq!(counters.get(&keys).await.unwrap(), vec![Some(3.0)]);
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(switchyard_redis),
+    ignore = "needs Redis: set SWITCHYARD_TEST_REDIS_URL (make test does)"
+)]
+async fn an_owed_amount_is_added_only_to_a_total_seeded_before_the_debt() {
+    let Some(counters) = counters("owed").await else {
+        return;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let (kept, reseeded, gone) = (
+        ["kept".to_owned()],
+        ["reseeded".to_owned()],
+        ["gone".to_owned()],
+    );
+    // A total that outlived the outage takes the debt.
+    counters
+        .seed("kept", 1.0, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        counters.add_owed(&kept, 0.5, now + 1_000).await.unwrap(),
+        vec![Some(1.5)]
+    );
+    // One seeded again after the debt arose was read from a ledger that
+    // holds it: not charged twice.
+    counters
+        .seed("reseeded", 2.0, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        counters
+            .add_owed(&reseeded, 0.5, now - 60_000)
+            .await
+            .unwrap(),
+        vec![None]
+    );
+    assert_eq!(counters.get(&reseeded).await.unwrap(), vec![Some(2.0)]);
+    // One not seeded yet will be, from the ledger.
+    assert_eq!(
+        counters.add_owed(&gone, 0.5, now).await.unwrap(),
+        vec![None]
+    );
+}

@@ -1711,7 +1711,8 @@ fn redis_spend(port: u16, scope_id: &str) -> Option<f64> {
             .expect("redis-cli, which comes with redis-server");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    let name = cli(&["--scan", "--pattern", &format!("*spend*{scope_id}*")]);
+    // The total itself, not the seed time kept beside it.
+    let name = cli(&["--scan", "--pattern", &format!("*spend*{scope_id}*:spend")]);
     let name = name.lines().next()?.to_owned();
     cli(&["GET", &name]).parse().ok()
 }
