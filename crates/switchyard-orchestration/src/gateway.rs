@@ -70,6 +70,12 @@ pub enum CacheStatus {
 }
 
 impl CacheStatus {
+    /// Whether the answer came from the cache (exact or semantic): no
+    /// model produced it, so it costs no tokens.
+    pub fn answered_from_cache(self) -> bool {
+        matches!(self, Self::Hit | Self::SemanticHit)
+    }
+
     /// `hit`, `miss` or `bypass`.
     pub fn as_str(self) -> &'static str {
         match self {

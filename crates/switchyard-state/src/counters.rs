@@ -531,19 +531,6 @@ end
 return 0
 ";
 
-/// Adds to each total that exists; KEYS: totals, ARGV: the amount.
-const SPEND_ADD_SCRIPT: &str = r"
-local out = {}
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    table.insert(out, redis.call('INCRBYFLOAT', KEYS[i], ARGV[1]))
-  else
-    table.insert(out, false)
-  end
-end
-return out
-";
-
 /// Sets a total unless it is set, noting when it was seeded (the caller's
 /// clock, Unix ms) beside it.
 const SPEND_SEED_SCRIPT: &str = r"
@@ -553,8 +540,9 @@ end
 return 1
 ";
 
-/// Adds an owed amount to each total (KEYS in pairs: total, its seed
-/// time) that is set and was seeded before the debt (ARGV[2], Unix ms).
+/// Adds an amount to each total (KEYS in pairs: total, its seed time)
+/// that is set and was seeded before ARGV[2] (Unix ms; a plain add passes
+/// the largest time there is).
 const SPEND_ADD_OWED_SCRIPT: &str = r"
 local out = {}
 for i = 1, #KEYS, 2 do
@@ -577,7 +565,6 @@ pub struct RedisCounters {
     charge: std::sync::Arc<Script>,
     adjust: std::sync::Arc<Script>,
     acquire: std::sync::Arc<Script>,
-    spend_add: std::sync::Arc<Script>,
     spend_seed: std::sync::Arc<Script>,
     spend_add_owed: std::sync::Arc<Script>,
     /// Longest a slot is held when its holder never gives it back.
@@ -595,7 +582,6 @@ impl RedisCounters {
             charge: std::sync::Arc::new(Script::new(CHARGE_SCRIPT)),
             adjust: std::sync::Arc::new(Script::new(ADJUST_SCRIPT)),
             acquire: std::sync::Arc::new(Script::new(ACQUIRE_SCRIPT)),
-            spend_add: std::sync::Arc::new(Script::new(SPEND_ADD_SCRIPT)),
             spend_seed: std::sync::Arc::new(Script::new(SPEND_SEED_SCRIPT)),
             spend_add_owed: std::sync::Arc::new(Script::new(SPEND_ADD_OWED_SCRIPT)),
             lease,
@@ -782,19 +768,8 @@ impl SpendTotals for RedisCounters {
         keys: &'a [String],
         amount: f64,
     ) -> BoxFuture<'a, Result<Vec<Option<f64>>, StateError>> {
-        Box::pin(async move {
-            if keys.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut invocation = self.spend_add.prepare_invoke();
-            for key in keys {
-                invocation.key(self.name(key, ":spend"));
-            }
-            invocation.arg(amount);
-            let mut connection = self.connection.clone();
-            let values: Vec<Option<f64>> = invocation.invoke_async(&mut connection).await?;
-            Ok(values)
-        })
+        // Every seed is older than a debt from the end of time.
+        self.add_owed(keys, amount, i64::MAX)
     }
 
     fn add_owed<'a>(

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{
-    Server, audit_record, client, decision_steps, local_model_config, recording_standin,
+    Server, audit_record, client, decision_steps, local_model_config, post_chat, recording_standin,
     standin_model, stream_chunks, streamed_text, upstream_prompt_tokens,
 };
 use serde_json::{Value, json};
@@ -57,14 +57,7 @@ fn config(upstream: &switchyard_standin::RunningStandin) -> String {
 }
 
 async fn post(server: &Server, body: &Value, request_id: &str) -> reqwest::Response {
-    client()
-        .post(format!("{}/chat/completions", server.v1()))
-        .header("x-request-id", request_id)
-        .bearer_auth(MASTER)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    post_chat(server, MASTER, body, request_id).await
 }
 
 /// The lint check's line where pyflakes is, or is not, installed for the

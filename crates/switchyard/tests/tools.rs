@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{
     Server, audit_record, client, decision_steps, local_embedding_config, local_model_config,
-    metric_sample, recording_standin, run_check, scrape, sse_data, standin_model, stream_chunks,
-    streamed_text, upstream_prompt_tokens,
+    metric_sample, post_chat, recording_standin, run_check, scrape, sse_data, standin_model,
+    stream_chunks, streamed_text, upstream_prompt_tokens,
 };
 use serde_json::{Value, json};
 
@@ -107,14 +107,7 @@ fn ask(model: &str, tools: &[&str], stream: bool) -> Value {
 }
 
 async fn post(server: &Server, body: &Value, request_id: &str) -> reqwest::Response {
-    client()
-        .post(format!("{}/chat/completions", server.v1()))
-        .header("x-request-id", request_id)
-        .bearer_auth(MASTER)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    post_chat(server, MASTER, body, request_id).await
 }
 
 /// The audit record of `request_id`.

@@ -19,12 +19,12 @@ use switchyard_core::{
     BackendError, ChatMessage, ChatRequest, ChatResponse, ChatStream, ContentPart, Decision,
     FinishReason, Role, StreamEvent, Usage,
 };
-use switchyard_orchestration::{CacheStatus, Gateway, RequestContext, Routed};
+use switchyard_orchestration::{Gateway, RequestContext, Routed};
 use switchyard_telemetry::metrics::metrics;
 use switchyard_tools::Toolbox;
 use switchyard_tools::code_checks::{self, CheckResult, Extracted};
 
-use super::tools::{added, millis, note_step};
+use super::tools::{added, note_step};
 use crate::{PipelineError, Snapshot};
 use switchyard_governance::Caller;
 
@@ -289,7 +289,7 @@ pub(crate) async fn streamed(
                 let started = Instant::now();
                 let explaining = gateway.chat_stream(asked, &context).await?;
                 let explained_by = explaining.deployment.clone();
-                let cached = is_cached(explaining.cache);
+                let cached = explaining.cache.answered_from_cache();
                 let mut explained = Usage::default();
                 let mut stream = explaining.value;
                 while let Some(event) = futures::StreamExt::next(&mut stream).await {
@@ -349,10 +349,6 @@ fn pieces(text: &str) -> Vec<String> {
     text.split_inclusive('\n').map(str::to_owned).collect()
 }
 
-fn is_cached(cache: CacheStatus) -> bool {
-    cache == CacheStatus::Hit || cache == CacheStatus::SemanticHit
-}
-
 /// Bills an attempt (unless the cache answered it) as a step.
 fn bill(
     context: &RequestContext,
@@ -361,7 +357,7 @@ fn bill(
     started: Instant,
     earlier: &mut Usage,
 ) {
-    if !is_cached(routed.cache) {
+    if !routed.cache.answered_from_cache() {
         note_step(
             context,
             attempt,
@@ -376,17 +372,16 @@ fn bill(
 /// Each check of an attempt, in the audit trail and the metrics.
 fn note_checks(context: &RequestContext, attempt: usize, results: &[CheckResult]) {
     for result in results {
-        let duration = std::time::Duration::from_millis(result.duration_ms);
         metrics().tool_call(
             &format!("code_check_{}", result.check.name()),
             result.outcome.name(),
-            duration,
+            std::time::Duration::from_millis(result.duration_ms),
         );
         context.trail.note(Decision::Check {
             attempt,
             check: result.check.name(),
             outcome: result.outcome.name(),
-            duration_ms: millis(duration),
+            duration_ms: result.duration_ms,
         });
     }
 }

@@ -123,6 +123,18 @@ pub fn whole(guard: &mut OutputGuard, answer: &mut ChatResponse, context: &Reque
     note(context, guard.take_decisions());
 }
 
+/// The text the guard let out, and whether it blocked the answer (its
+/// decisions then noted).
+fn released(passed: Passed, guard: &mut OutputGuard, context: &RequestContext) -> (String, bool) {
+    match passed {
+        Passed::Text(out) => (out, false),
+        Passed::Blocked { text, .. } => {
+            note(context, guard.take_decisions());
+            (text, true)
+        }
+    }
+}
+
 /// What the client is shown of a tool Switchyard ran passes the output
 /// checks as the answer does: a part one blocks is withheld.
 fn shown_run(guard: &mut OutputGuard, run: &mut ToolRun) {
@@ -244,20 +256,13 @@ pub fn streamed(
                         let (judges, so_far, models) = (judges.clone(), produced.clone(), &models);
                         judging = Some(Box::pin(async move { judges.judge(&so_far, models).await }));
                     }
-                    match guard.push(&text) {
-                        Passed::Text(out) => {
-                            if !out.is_empty() {
-                                yield Ok(StreamEvent::Delta(out));
-                            }
-                        }
-                        Passed::Blocked { text, .. } => {
-                            note(&context, guard.take_decisions());
-                            if !text.is_empty() {
-                                yield Ok(StreamEvent::Delta(text));
-                            }
-                            cut = true;
-                            break;
-                        }
+                    let (out, blocked) = released(guard.push(&text), &mut guard, &context);
+                    if !out.is_empty() {
+                        yield Ok(StreamEvent::Delta(out));
+                    }
+                    if blocked {
+                        cut = true;
+                        break;
                     }
                 }
                 Ok(StreamEvent::ToolCall(mut delta)) => {
@@ -269,20 +274,13 @@ pub fn streamed(
                 Ok(StreamEvent::ToolRun(mut run)) => {
                     // The round's text ends where its calls run: what is
                     // held goes out before them.
-                    match guard.finish() {
-                        Passed::Text(out) => {
-                            if !out.is_empty() {
-                                yield Ok(StreamEvent::Delta(out));
-                            }
-                        }
-                        Passed::Blocked { text, .. } => {
-                            note(&context, guard.take_decisions());
-                            if !text.is_empty() {
-                                yield Ok(StreamEvent::Delta(text));
-                            }
-                            cut = true;
-                            break;
-                        }
+                    let (out, blocked) = released(guard.finish(), &mut guard, &context);
+                    if !out.is_empty() {
+                        yield Ok(StreamEvent::Delta(out));
+                    }
+                    if blocked {
+                        cut = true;
+                        break;
                     }
                     shown_run(&mut guard, &mut run);
                     note(&context, guard.take_decisions());

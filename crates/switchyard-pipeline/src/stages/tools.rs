@@ -26,7 +26,7 @@ use switchyard_core::{
     ToolRunEnd, Usage,
 };
 use switchyard_guardrails::Applied;
-use switchyard_orchestration::{CacheStatus, Gateway, RequestContext, Routed};
+use switchyard_orchestration::{Gateway, RequestContext, Routed};
 use switchyard_telemetry::metrics::metrics;
 use switchyard_tools::{Tool, ToolError, ToolUser};
 use tracing::Instrument;
@@ -189,7 +189,7 @@ pub(crate) async fn whole(
             answer.tool_runs = runs;
             return Ok(routed);
         }
-        if routed.cache != CacheStatus::Hit && routed.cache != CacheStatus::SemanticHit {
+        if !routed.cache.answered_from_cache() {
             note_step(context, step, &routed.deployment, answer.usage, started);
             earlier = added(earlier, answer.usage);
         }
@@ -225,7 +225,7 @@ pub(crate) async fn streamed(
         similarity,
     } = first;
     let first_deployment = deployment.clone();
-    let first_cached = cache == CacheStatus::Hit || cache == CacheStatus::SemanticHit;
+    let first_cached = cache.answered_from_cache();
     let events = async_stream::try_stream! {
         let mut current = value;
         let mut deployment = first_deployment;
@@ -270,7 +270,7 @@ pub(crate) async fn streamed(
             let next = gateway.chat_stream(request.clone(), &context).await?;
             current = next.value;
             deployment = next.deployment;
-            cached = next.cache == CacheStatus::Hit || next.cache == CacheStatus::SemanticHit;
+            cached = next.cache.answered_from_cache();
         }
     };
     Ok(Routed {
@@ -523,6 +523,6 @@ pub(super) fn added(a: Usage, b: Usage) -> Usage {
     }
 }
 
-pub(super) fn millis(elapsed: Duration) -> u64 {
+fn millis(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }

@@ -474,3 +474,21 @@ pub fn upstream_prompt_tokens(upstream: &switchyard_standin::RunningStandin) -> 
     }
     words
 }
+
+/// A chat completion sent with `key` under `request_id` (to read its audit
+/// record after).
+pub async fn post_chat(
+    server: &Server,
+    key: &str,
+    body: &serde_json::Value,
+    request_id: &str,
+) -> reqwest::Response {
+    client()
+        .post(format!("{}/chat/completions", server.v1()))
+        .header("x-request-id", request_id)
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
